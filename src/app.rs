@@ -1,0 +1,179 @@
+//! Building and running the server. [`Application::build`] binds the listener first (port 0 picks a
+//! free one, reported by [`Application::local_addr`]), connects and migrates the database, then
+//! assembles the services; [`Application::run`] serves until its shutdown token is cancelled.
+//!
+//! Shutdown protocol: health turns NOT_SERVING, the server stops accepting connections, open watch
+//! streams end with UNAVAILABLE (callers resume elsewhere with after_event), in-flight calls get
+//! `shutdown_grace` to finish, then the database pool is closed.
+
+use crate::config::Config;
+use crate::grpc::OnboardingApi;
+use crate::grpc::call::CallLayer;
+use crate::operations::Operations;
+use crate::proto;
+use crate::proto::onboarding_service_server::OnboardingServiceServer;
+use crate::storage::{Store, StoreOptions};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// The service names health reports on: "" for the server as a whole, and each API service.
+const HEALTH_SERVICES: [&str; 2] = ["", "payway.billecta.onboarding.v1.OnboardingService"];
+
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Store,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Binds, connects and migrates. Fails with a clear message on a bad setting or an unreachable
+    /// database.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let store = Store::connect(&StoreOptions {
+            database: config.database.clone(),
+            max_connections: config.database_max_connections,
+            acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+        })
+        .await?;
+        store.migrate().await?;
+        Ok(Self {
+            config,
+            listener,
+            local_addr,
+            store,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Cancelling this token starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            config,
+            listener,
+            local_addr,
+            store,
+            shutdown,
+        } = self;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for service in HEALTH_SERVICES {
+            health.set_service_status(service, ServingStatus::NotServing).await;
+        }
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let operations = Operations::new(store.clone());
+        let api = OnboardingApi::new(
+            operations,
+            shutdown.clone(),
+            Duration::from_millis(config.watch_poll_interval_ms),
+        );
+        let onboarding_service = OnboardingServiceServer::new(api)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+
+        let health_task = tokio::spawn(watch_database(
+            health.clone(),
+            store.clone(),
+            Duration::from_millis(config.health_check_interval_ms),
+            shutdown.clone(),
+        ));
+
+        let server = Server::builder()
+            .concurrency_limit_per_connection(config.concurrency_per_connection)
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(CallLayer::new(config.max_concurrent_calls))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(onboarding_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        tracing::info!(address = %local_addr, backend = ?store.backend(), sandbox = config.sandbox, "serving gRPC");
+
+        let mut server = std::pin::pin!(server);
+        tokio::select! {
+            finished = &mut server => {
+                shutdown.cancel();
+                finished.context("the gRPC server stopped")?;
+            }
+            () = shutdown.cancelled() => {
+                for service in HEALTH_SERVICES {
+                    health.set_service_status(service, ServingStatus::NotServing).await;
+                }
+                tracing::info!(grace_ms = config.shutdown_grace_ms, "draining: no new connections, finishing calls in flight");
+                match tokio::time::timeout(config.shutdown_grace(), &mut server).await {
+                    Ok(finished) => finished.context("the gRPC server stopped")?,
+                    Err(_) => tracing::warn!("calls still in flight after the grace period were cut off"),
+                }
+            }
+        }
+        health_task.abort();
+        store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Reflection over the API, health and the google.rpc error details, so that grpcurl can describe
+/// every service and decode every error.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not,
+/// and NOT_SERVING for good once draining starts.
+async fn watch_database(health: HealthReporter, store: Store, interval: Duration, shutdown: CancellationToken) {
+    let mut last = None;
+    loop {
+        let status = match tokio::time::timeout(interval.max(Duration::from_millis(500)), store.ping()).await {
+            Ok(Ok(())) => ServingStatus::Serving,
+            _ => ServingStatus::NotServing,
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if last != Some(status) {
+            if status == ServingStatus::Serving {
+                tracing::info!("database reachable: SERVING");
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+            }
+            for service in HEALTH_SERVICES {
+                health.set_service_status(service, status).await;
+            }
+            last = Some(status);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Every setting of the service, each a command-line flag and an environment variable
+//! (`billecta-onboarding --help` lists them). Validated once at start-up.
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event, for a terminal.
+    Human,
+    /// One JSON object per line, with the call's span fields (request id, method), for log shippers.
+    Json,
+}
+
+/// Onboards Payway tenants onto Billecta over gRPC and keeps their integration healthy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "billecta-onboarding", version, about, long_about = None)]
+pub struct Config {
+    /// Address the gRPC server listens on. Port 0 picks a free port (the address is logged).
+    #[arg(long, env = "ONBOARDING_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// The database: a SQLite file path (created and migrated on start), or a postgres:// URL.
+    #[arg(long, env = "ONBOARDING_DATABASE", default_value = "billecta-onboarding.sqlite3")]
+    pub database: String,
+
+    /// Most database connections the service holds (SQLite additionally keeps one writer).
+    #[arg(long, env = "ONBOARDING_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// How long a call waits for a free database connection before failing with UNAVAILABLE.
+    #[arg(long, env = "ONBOARDING_DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    pub database_acquire_timeout_ms: u64,
+
+    /// How often the database is checked for the health service.
+    #[arg(long, env = "ONBOARDING_HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
+    pub health_check_interval_ms: u64,
+
+    /// Run the Billecta sandbox: no real Billecta is called. Meant for trying the service locally.
+    #[arg(long, env = "ONBOARDING_SANDBOX", default_value_t = false)]
+    pub sandbox: bool,
+
+    /// Log format.
+    #[arg(long, env = "ONBOARDING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (for example "info" or "info,sqlx=warn").
+    #[arg(long, env = "ONBOARDING_LOG", default_value = "info,sqlx=warn,h2=warn,tower=warn")]
+    pub log: String,
+
+    /// Largest request or response message in bytes.
+    #[arg(long, env = "ONBOARDING_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most calls served at once across all connections; further calls are refused with
+    /// RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "ONBOARDING_MAX_CONCURRENT_CALLS", default_value_t = 1024)]
+    pub max_concurrent_calls: usize,
+
+    /// Most concurrent HTTP/2 streams (calls) one connection may open.
+    #[arg(long, env = "ONBOARDING_MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// Most concurrent calls served per connection.
+    #[arg(long, env = "ONBOARDING_CONCURRENCY_PER_CONNECTION", default_value_t = 256)]
+    pub concurrency_per_connection: usize,
+
+    /// On SIGTERM or SIGINT: how long in-flight calls may take to finish before the server stops.
+    #[arg(long, env = "ONBOARDING_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// How often a watch stream also polls the database for changes made by other replicas.
+    #[arg(long, env = "ONBOARDING_WATCH_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub watch_poll_interval_ms: u64,
+}
+
+impl Config {
+    /// Checks settings that clap cannot, so a bad configuration stops the start with a clear message.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.database.trim().is_empty(), "--database must not be empty");
+        anyhow::ensure!(self.database_max_connections >= 1, "--database-max-connections must be at least 1");
+        anyhow::ensure!(self.max_message_bytes >= 4096, "--max-message-bytes must be at least 4096");
+        anyhow::ensure!(self.max_concurrent_calls >= 1, "--max-concurrent-calls must be at least 1");
+        anyhow::ensure!(self.max_concurrent_streams >= 1, "--max-concurrent-streams must be at least 1");
+        anyhow::ensure!(self.concurrency_per_connection >= 1, "--concurrency-per-connection must be at least 1");
+        anyhow::ensure!(self.watch_poll_interval_ms >= 10, "--watch-poll-interval-ms must be at least 10");
+        anyhow::ensure!(self.health_check_interval_ms >= 10, "--health-check-interval-ms must be at least 10");
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// A configuration for tests and embedding: defaults, a free port, the given database.
+    pub fn for_database(database: impl Into<String>) -> Self {
+        let mut config = Config::parse_from(["billecta-onboarding"]);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database = database.into();
+        config
+    }
+}

@@ -1,0 +1,371 @@
+//! The onboarding record of one tenant and environment, and the operations that change it. Each
+//! operation checks its preconditions, changes the record in memory and says what happened; the
+//! caller stores the result and the audit event in one transaction.
+
+use super::stages::{self, ENVIRONMENT_STAGES};
+use super::validate::{OnboardingKey, TenantId};
+use super::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+
+/// The stored state of one onboarding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnboardingRecord {
+    /// Internal id, stable for the onboarding's lifetime; never shown to callers.
+    pub id: String,
+    pub tenant: String,
+    pub environment: Environment,
+    /// Roll-up, recomputed by [`OnboardingRecord::refresh`] after every change.
+    pub state: OnboardingState,
+    pub blocked_on: BlockedOn,
+    /// Counts changes; the etag is derived from it.
+    pub version: i64,
+    /// Sequence number of the newest audit event (events count from 1 per onboarding).
+    pub last_event: i64,
+    pub agreement: Option<Agreement>,
+    pub account: Option<Account>,
+    /// The environment-level stages, in [`ENVIRONMENT_STAGES`] order.
+    pub stages: Vec<StageRecord>,
+    pub creditors: Vec<CreditorRecord>,
+    pub create_time: Micros,
+    pub update_time: Micros,
+}
+
+/// One stage's stored status: exactly what a read shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: Stage,
+    pub state: StageState,
+    pub blocked_on: BlockedOn,
+    pub due: Vec<String>,
+    pub reason: String,
+    pub message: String,
+    pub update_time: Option<Micros>,
+}
+
+/// A creditor of the environment and its stages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditorRecord {
+    pub id: String,
+    /// The full resource name, `tenants/{tenant}/environments/{environment}/creditors/{creditor}`.
+    pub name: String,
+    pub organisation_number: String,
+    pub company_name: String,
+    pub title: String,
+    pub creditor_public_id: Option<String>,
+    pub stages: Vec<StageRecord>,
+}
+
+/// Something due next, derived from the stages (never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueItem {
+    pub item: String,
+    pub stage: Stage,
+    pub creditor: Option<String>,
+    pub from: BlockedOn,
+    pub description: String,
+}
+
+/// The agreement attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreement {
+    pub attested_by: String,
+    pub agreement_time: Micros,
+    pub reference: String,
+    pub record_time: Micros,
+}
+
+/// The Billecta account a person creates in the portal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub full_name: String,
+    pub company_name: String,
+    pub email: String,
+    pub register_time: Micros,
+}
+
+/// A stage moving from one state to another, as the audit trail records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageTransition {
+    pub stage: Stage,
+    /// The creditor's resource name, or `None` for an environment-level stage.
+    pub creditor: Option<String>,
+    pub from: StageState,
+    pub to: StageState,
+}
+
+/// One entry of an onboarding's audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Counts from 1 per onboarding, without gaps.
+    pub sequence: i64,
+    pub event_time: Micros,
+    pub actor: String,
+    pub method: String,
+    pub request_id: String,
+    pub correlation_id: String,
+    /// The gRPC status code name of the outcome, "OK" on success.
+    pub outcome: String,
+    pub summary: String,
+    pub transitions: Vec<StageTransition>,
+}
+
+impl StageRecord {
+    /// A stage that has not started, waiting on `blocked_on` for `due`.
+    pub fn waiting(stage: Stage, blocked_on: BlockedOn, due: Vec<String>, reason: &str, message: &str) -> Self {
+        Self {
+            stage,
+            state: StageState::NotStarted,
+            blocked_on,
+            due,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+            update_time: None,
+        }
+    }
+
+    /// Moves the stage to a new status.
+    pub fn set(
+        &mut self,
+        state: StageState,
+        blocked_on: BlockedOn,
+        due: Vec<String>,
+        reason: &str,
+        message: &str,
+        now: Micros,
+    ) {
+        self.state = state;
+        self.blocked_on = blocked_on;
+        self.due = due;
+        self.reason = reason.to_owned();
+        self.message = message.to_owned();
+        self.update_time = Some(now);
+    }
+}
+
+impl OnboardingRecord {
+    /// A new onboarding with every stage not started.
+    pub fn new(id: String, key: &OnboardingKey, now: Micros) -> Self {
+        let mut record = Self {
+            id,
+            tenant: key.tenant.as_str().to_owned(),
+            environment: key.environment,
+            state: OnboardingState::ActionRequired,
+            blocked_on: BlockedOn::PaywayOperations,
+            version: 1,
+            last_event: 0,
+            agreement: None,
+            account: None,
+            stages: stages::initial_environment_stages(key.environment),
+            creditors: Vec::new(),
+            create_time: now,
+            update_time: now,
+        };
+        record.refresh();
+        record
+    }
+
+    pub fn key(&self) -> OnboardingKey {
+        let tenant = TenantId::parse("tenant", &self.tenant).expect("stored tenant ids were validated on create");
+        OnboardingKey::new(tenant, self.environment)
+    }
+
+    /// The etag of this version (AIP-154): opaque to callers, changes on every update.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+
+    /// An environment-level stage.
+    pub fn stage(&self, stage: Stage) -> &StageRecord {
+        self.stages
+            .iter()
+            .find(|s| s.stage == stage)
+            .expect("every environment-level stage exists from creation")
+    }
+
+    pub fn stage_mut(&mut self, stage: Stage) -> &mut StageRecord {
+        debug_assert!(ENVIRONMENT_STAGES.contains(&stage));
+        self.stages
+            .iter_mut()
+            .find(|s| s.stage == stage)
+            .expect("every environment-level stage exists from creation")
+    }
+
+    /// Recomputes the roll-up after a change.
+    pub fn refresh(&mut self) {
+        let (state, blocked_on, _) = stages::roll_up(self);
+        self.state = state;
+        self.blocked_on = blocked_on;
+    }
+
+    /// What is due next and from whom.
+    pub fn next_due(&self) -> Vec<DueItem> {
+        stages::roll_up(self).2
+    }
+
+    /// Attests the AGREEMENT stage; recording it again replaces the attestation.
+    pub fn record_agreement(&mut self, agreement: Agreement, now: Micros) -> String {
+        let summary = format!(
+            "agreement recorded by {} with reference {}",
+            agreement.attested_by, agreement.reference
+        );
+        self.agreement = Some(agreement);
+        stages::agreement_recorded(self, now);
+        summary
+    }
+
+    /// Records the account a person must create in Billecta's portal. Needs AGREEMENT; refused once
+    /// ACCOUNT is completed, since the account then exists.
+    pub fn register_account(&mut self, account: Account, now: Micros) -> Result<String, Error> {
+        stages::require_done(self, &[Stage::Agreement], "RegisterAccount")?;
+        if self.stage(Stage::Account).state == StageState::Completed {
+            return Err(Error::Precondition {
+                reason: "STAGE_ALREADY_COMPLETED",
+                subject: format!("{}/stages/{}", self.key().name(), Stage::Account),
+                message: "ACCOUNT is completed: the account is activated and can no longer be re-registered".to_owned(),
+            });
+        }
+        let summary = format!("account registered for {} ({})", account.full_name, account.company_name);
+        self.account = Some(account);
+        stages::account_registered(self, now);
+        Ok(summary)
+    }
+
+    /// Every stage, with the creditor it belongs to.
+    fn every_stage(&self) -> impl Iterator<Item = (Option<&str>, &StageRecord)> {
+        self.stages.iter().map(|s| (None, s)).chain(
+            self.creditors
+                .iter()
+                .flat_map(|c| c.stages.iter().map(move |s| (Some(c.name.as_str()), s))),
+        )
+    }
+
+    /// The stage state changes from `before` to `self`.
+    pub fn transitions_since(&self, before: &OnboardingRecord) -> Vec<StageTransition> {
+        self.every_stage()
+            .filter_map(|(creditor, after)| {
+                let from = before
+                    .every_stage()
+                    .find(|(c, s)| *c == creditor && s.stage == after.stage)
+                    .map_or(StageState::NotStarted, |(_, s)| s.state);
+                (from != after.state).then(|| StageTransition {
+                    stage: after.stage,
+                    creditor: creditor.map(str::to_owned),
+                    from,
+                    to: after.state,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(environment: Environment) -> OnboardingKey {
+        OnboardingKey::new(TenantId::parse("tenant", "gp").unwrap(), environment)
+    }
+
+    fn agreement() -> Agreement {
+        Agreement {
+            attested_by: "anna@payway.se".into(),
+            agreement_time: 1,
+            reference: "CONTRACT-1".into(),
+            record_time: 2,
+        }
+    }
+
+    fn account() -> Account {
+        Account {
+            full_name: "Payway Billecta".into(),
+            company_name: "GP AB".into(),
+            email: "billecta@gp.se".into(),
+            register_time: 3,
+        }
+    }
+
+    #[test]
+    fn a_new_onboarding_waits_for_the_agreement_from_operations() {
+        let record = OnboardingRecord::new("id".into(), &key(Environment::Test), 0);
+        assert_eq!(record.state, OnboardingState::ActionRequired);
+        assert_eq!(record.blocked_on, BlockedOn::PaywayOperations);
+        let due = record.next_due();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].item, stages::AGREEMENT_RECORD);
+        assert_eq!(due[0].stage, Stage::Agreement);
+    }
+
+    #[test]
+    fn the_account_needs_the_agreement_first() {
+        let mut record = OnboardingRecord::new("id".into(), &key(Environment::Test), 0);
+        let before = record.clone();
+        let error = record.register_account(account(), 5).unwrap_err();
+        match error {
+            Error::StagesNotDone { unmet, .. } => {
+                assert_eq!(unmet.len(), 1);
+                assert_eq!(unmet[0].stage, Stage::Agreement);
+                assert_eq!(unmet[0].subject, "tenants/gp/environments/test/stages/AGREEMENT");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(record, before, "a refused call changes nothing");
+    }
+
+    #[test]
+    fn registering_the_account_waits_on_the_tenant_for_the_portal_steps() {
+        let mut record = OnboardingRecord::new("id".into(), &key(Environment::Test), 0);
+        let before = record.clone();
+        record.record_agreement(agreement(), 4);
+        record.register_account(account(), 5).unwrap();
+        record.refresh();
+        let stage = record.stage(Stage::Account);
+        assert_eq!(stage.state, StageState::ActionRequired);
+        assert_eq!(stage.blocked_on, BlockedOn::Tenant);
+        assert!(stage.due.contains(&stages::ACCOUNT_ACTIVATE.to_owned()));
+        assert!(stage.due.contains(&stages::ACCOUNT_ACCEPT_TERMS.to_owned()));
+        assert!(stage.due.contains(&stages::ACCOUNT_CHANGE_PASSWORD.to_owned()));
+        assert!(stage.message.contains("one user"), "test notes the single user: {}", stage.message);
+        assert_eq!(record.state, OnboardingState::ActionRequired);
+        assert_eq!(record.blocked_on, BlockedOn::Tenant);
+        let transitions = record.transitions_since(&before);
+        assert_eq!(
+            transitions,
+            vec![
+                StageTransition { stage: Stage::Agreement, creditor: None, from: StageState::NotStarted, to: StageState::Completed },
+                StageTransition { stage: Stage::Account, creditor: None, from: StageState::NotStarted, to: StageState::ActionRequired },
+            ]
+        );
+    }
+
+    #[test]
+    fn production_recommends_a_separate_api_user() {
+        let mut record = OnboardingRecord::new("id".into(), &key(Environment::Production), 0);
+        record.record_agreement(agreement(), 4);
+        record.register_account(account(), 5).unwrap();
+        assert!(record.stage(Stage::Account).message.contains("separate API user"));
+        assert!(record.next_due()[0].description.contains("app.billecta.com"));
+    }
+
+    #[test]
+    fn a_done_environment_asks_for_the_first_creditor() {
+        let mut record = OnboardingRecord::new("id".into(), &key(Environment::Test), 0);
+        record.record_agreement(agreement(), 4);
+        record.stage_mut(Stage::Account).set(StageState::Completed, BlockedOn::Nobody, vec![], "ACTIVATED", "", 6);
+        record.refresh();
+        assert_eq!(record.state, OnboardingState::ActionRequired);
+        assert_eq!(record.next_due()[0].item, stages::CREDITOR_CREATE);
+    }
+
+    #[test]
+    fn failing_and_waiting_never_look_alike() {
+        let mut record = OnboardingRecord::new("id".into(), &key(Environment::Test), 0);
+        record.stage_mut(Stage::Agreement).set(StageState::Failed, BlockedOn::PaywayOperations, vec![], "X", "", 1);
+        record.refresh();
+        assert_eq!(record.state, OnboardingState::Failed);
+        record.stage_mut(Stage::Agreement).set(StageState::InProgress, BlockedOn::SystemRetrying, vec![], "X", "", 1);
+        record.refresh();
+        assert_eq!(record.state, OnboardingState::InProgress);
+        assert_eq!(record.blocked_on, BlockedOn::SystemRetrying);
+    }
+}

@@ -1,0 +1,80 @@
+//! The one error type of the service's operations. Each variant is something a caller can act on,
+//! except `Internal`, which carries the cause chain for the logs. The transport maps each variant to a
+//! gRPC status in exactly one place (`grpc::status`).
+
+use crate::domain::validate::FieldViolation;
+use crate::domain::{Stage, StageState};
+use std::time::Duration;
+
+/// A stage that must be done before the call can proceed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnmetStage {
+    /// The stage's resource, such as `tenants/gp/environments/test/stages/AGREEMENT`.
+    pub subject: String,
+    pub stage: Stage,
+    pub state: StageState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input; nothing was changed. One violation per bad field.
+    #[error("the request has invalid fields")]
+    InvalidArgument(Vec<FieldViolation>),
+
+    #[error("{resource} does not exist")]
+    NotFound { resource: String },
+
+    #[error("{resource} already exists")]
+    AlreadyExists { resource: String },
+
+    /// The call came too early: earlier stages are not done.
+    #[error("{message}")]
+    StagesNotDone {
+        resource: String,
+        unmet: Vec<UnmetStage>,
+        message: String,
+    },
+
+    /// The call does not fit the resource's current state for another reason.
+    #[error("{message}")]
+    Precondition {
+        reason: &'static str,
+        subject: String,
+        message: String,
+    },
+
+    /// The caller's etag is not the resource's current one (AIP-154).
+    #[error("the etag does not match {resource}'s current etag")]
+    EtagMismatch { resource: String },
+
+    /// The same request_id came with a different request.
+    #[error("request_id {request_id:?} was used before for a different request")]
+    RequestIdReused { request_id: String },
+
+    /// A dependency (the database) cannot be reached; the call may succeed if retried later.
+    #[error("{what} is unavailable")]
+    Unavailable {
+        what: &'static str,
+        retry_after: Duration,
+        #[source]
+        source: anyhow::Error,
+    },
+
+    /// Anything a caller cannot act on. Logged with its cause; callers see only that it happened.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Vec<FieldViolation>> for Error {
+    fn from(violations: Vec<FieldViolation>) -> Self {
+        Error::InvalidArgument(violations)
+    }
+}
+
+impl From<FieldViolation> for Error {
+    fn from(violation: FieldViolation) -> Self {
+        Error::InvalidArgument(vec![violation])
+    }
+}

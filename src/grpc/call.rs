@@ -1,0 +1,121 @@
+//! What happens to every call before its handler: a correlation id (the caller's `x-request-id`, or a
+//! new one) that is echoed back and put on a `rpc` span so that every log line of the call carries
+//! it; admission against the server-wide concurrency limit (a call over the limit is refused at once
+//! with RESOURCE_EXHAUSTED rather than queued); and one log line when the call ends.
+
+use futures::future::BoxFuture;
+use http::{HeaderValue, Request, Response};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+/// The header that carries the correlation id both ways.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// A call's correlation id, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct CorrelationId(pub String);
+
+#[derive(Clone)]
+pub struct CallLayer {
+    admission: Arc<Semaphore>,
+}
+
+impl CallLayer {
+    /// `max_concurrent_calls` calls at once across the server.
+    pub fn new(max_concurrent_calls: usize) -> Self {
+        Self {
+            admission: Arc::new(Semaphore::new(max_concurrent_calls)),
+        }
+    }
+}
+
+impl<S> Layer<S> for CallLayer {
+    type Service = CallService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallService {
+            inner,
+            admission: self.admission.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallService<S> {
+    inner: S,
+    admission: Arc<Semaphore>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CallService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let correlation_id = request
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| is_acceptable_id(value))
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+        let span = tracing::info_span!("rpc", request_id = %correlation_id, method = %method);
+        request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
+        let permit = self.admission.clone().try_acquire_owned();
+        // The service that was polled ready is the one to call; leave a fresh clone behind.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let header = HeaderValue::from_str(&correlation_id).ok();
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let mut response = match permit {
+                    Ok(_permit) => inner.call(request).await?,
+                    Err(_) => {
+                        tracing::warn!("call refused: the server is at its concurrency limit");
+                        tonic::Status::resource_exhausted(
+                            "the server is at its concurrency limit; retry with backoff",
+                        )
+                        .into_http()
+                    }
+                };
+                let status = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                if status == tonic::Code::Ok {
+                    tracing::debug!(elapsed_ms, "call finished");
+                } else {
+                    tracing::info!(elapsed_ms, grpc_status = ?status, "call finished");
+                }
+                if let Some(header) = header {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, header);
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// A caller's id is reused only if it is short, printable ASCII, so logs stay clean.
+fn is_acceptable_id(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+}

@@ -1,0 +1,224 @@
+//! Domain records to API messages, and API enums to domain values.
+
+use crate::domain::onboarding::{CreditorRecord, DueItem, EventRecord, OnboardingRecord, StageRecord, StageTransition};
+use crate::domain::validate::{FieldViolation, OnboardingKey};
+use crate::domain::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
+use crate::proto;
+
+pub fn timestamp(micros: Micros) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0),
+    }
+}
+
+/// A caller's timestamp in microseconds; out-of-range values saturate and are then rejected by the
+/// field's own validation.
+pub fn micros(timestamp: &prost_types::Timestamp) -> Micros {
+    timestamp
+        .seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(timestamp.nanos) / 1000)
+}
+
+pub fn environment(environment: Environment) -> proto::Environment {
+    match environment {
+        Environment::Test => proto::Environment::Test,
+        Environment::Production => proto::Environment::Production,
+    }
+}
+
+/// A required environment field.
+pub fn parse_environment(field: &str, value: i32) -> Result<Environment, FieldViolation> {
+    match proto::Environment::try_from(value) {
+        Ok(proto::Environment::Test) => Ok(Environment::Test),
+        Ok(proto::Environment::Production) => Ok(Environment::Production),
+        _ => Err(FieldViolation::new(field, "is required: ENVIRONMENT_TEST or ENVIRONMENT_PRODUCTION")),
+    }
+}
+
+/// An optional filter field: unspecified means no filter.
+pub fn parse_filter<P, D>(field: &str, value: i32, convert: fn(P) -> Option<D>) -> Result<Option<D>, FieldViolation>
+where
+    P: TryFrom<i32>,
+{
+    if value == 0 {
+        return Ok(None);
+    }
+    P::try_from(value)
+        .ok()
+        .and_then(convert)
+        .map(Some)
+        .ok_or_else(|| FieldViolation::new(field, format!("{value} is not a known value")))
+}
+
+pub fn environment_from(value: proto::Environment) -> Option<Environment> {
+    match value {
+        proto::Environment::Unspecified => None,
+        proto::Environment::Test => Some(Environment::Test),
+        proto::Environment::Production => Some(Environment::Production),
+    }
+}
+
+pub fn onboarding_state_from(value: proto::OnboardingState) -> Option<OnboardingState> {
+    OnboardingState::ALL.iter().copied().find(|state| onboarding_state(*state) == value)
+}
+
+pub fn blocked_on_from(value: proto::BlockedOn) -> Option<BlockedOn> {
+    BlockedOn::ALL.iter().copied().find(|blocked| blocked_on(*blocked) == value)
+}
+
+pub fn stage(stage: Stage) -> proto::Stage {
+    match stage {
+        Stage::Agreement => proto::Stage::Agreement,
+        Stage::Account => proto::Stage::Account,
+        Stage::Creditor => proto::Stage::Creditor,
+        Stage::CompanySettings => proto::Stage::CompanySettings,
+        Stage::InvoiceSettings => proto::Stage::InvoiceSettings,
+        Stage::ApiAccess => proto::Stage::ApiAccess,
+        Stage::PaymentConfiguration => proto::Stage::PaymentConfiguration,
+        Stage::Webhooks => proto::Stage::Webhooks,
+    }
+}
+
+pub fn stage_state(state: StageState) -> proto::StageState {
+    match state {
+        StageState::NotStarted => proto::StageState::NotStarted,
+        StageState::InProgress => proto::StageState::InProgress,
+        StageState::ActionRequired => proto::StageState::ActionRequired,
+        StageState::Completed => proto::StageState::Completed,
+        StageState::Skipped => proto::StageState::Skipped,
+        StageState::Failed => proto::StageState::Failed,
+        StageState::Broken => proto::StageState::Broken,
+    }
+}
+
+pub fn blocked_on(blocked_on: BlockedOn) -> proto::BlockedOn {
+    match blocked_on {
+        BlockedOn::Nobody => proto::BlockedOn::None,
+        BlockedOn::Tenant => proto::BlockedOn::Tenant,
+        BlockedOn::PaywayOperations => proto::BlockedOn::PaywayOperations,
+        BlockedOn::BillectaSupport => proto::BlockedOn::BillectaSupport,
+        BlockedOn::SystemRetrying => proto::BlockedOn::SystemRetrying,
+    }
+}
+
+pub fn onboarding_state(state: OnboardingState) -> proto::OnboardingState {
+    match state {
+        OnboardingState::InProgress => proto::OnboardingState::InProgress,
+        OnboardingState::ActionRequired => proto::OnboardingState::ActionRequired,
+        OnboardingState::Ready => proto::OnboardingState::Ready,
+        OnboardingState::Failed => proto::OnboardingState::Failed,
+        OnboardingState::Broken => proto::OnboardingState::Broken,
+    }
+}
+
+fn stage_status(record: &StageRecord) -> proto::StageStatus {
+    proto::StageStatus {
+        stage: stage(record.stage).into(),
+        state: stage_state(record.state).into(),
+        blocked_on: blocked_on(record.blocked_on).into(),
+        due: record.due.clone(),
+        reason: record.reason.clone(),
+        message: record.message.clone(),
+        update_time: record.update_time.map(timestamp),
+    }
+}
+
+fn creditor(record: &CreditorRecord) -> proto::Creditor {
+    proto::Creditor {
+        name: record.name.clone(),
+        organisation_number: record.organisation_number.clone(),
+        company_name: record.company_name.clone(),
+        title: record.title.clone(),
+        creditor_public_id: record.creditor_public_id.clone().unwrap_or_default(),
+        stages: record.stages.iter().map(stage_status).collect(),
+    }
+}
+
+fn due_item(item: DueItem) -> proto::DueItem {
+    proto::DueItem {
+        item: item.item,
+        stage: stage(item.stage).into(),
+        creditor: item.creditor.unwrap_or_default(),
+        from: blocked_on(item.from).into(),
+        description: item.description,
+    }
+}
+
+pub fn onboarding(record: &OnboardingRecord) -> proto::Onboarding {
+    let key = record.key();
+    proto::Onboarding {
+        name: key.name(),
+        tenant: record.tenant.clone(),
+        environment: environment(record.environment).into(),
+        state: onboarding_state(record.state).into(),
+        blocked_on: blocked_on(record.blocked_on).into(),
+        stages: record.stages.iter().map(stage_status).collect(),
+        creditors: record.creditors.iter().map(creditor).collect(),
+        next_due: record.next_due().into_iter().map(due_item).collect(),
+        agreement: record.agreement.as_ref().map(|a| proto::Agreement {
+            attested_by: a.attested_by.clone(),
+            agreement_time: Some(timestamp(a.agreement_time)),
+            reference: a.reference.clone(),
+            record_time: Some(timestamp(a.record_time)),
+        }),
+        account: record.account.as_ref().map(|a| proto::Account {
+            full_name: a.full_name.clone(),
+            company_name: a.company_name.clone(),
+            email: a.email.clone(),
+            register_time: Some(timestamp(a.register_time)),
+        }),
+        etag: record.etag(),
+        create_time: Some(timestamp(record.create_time)),
+        update_time: Some(timestamp(record.update_time)),
+        last_event: if record.last_event > 0 { key.event_name(record.last_event) } else { String::new() },
+    }
+}
+
+fn transition(record: &StageTransition) -> proto::StageTransition {
+    proto::StageTransition {
+        stage: stage(record.stage).into(),
+        creditor: record.creditor.clone().unwrap_or_default(),
+        from_state: stage_state(record.from).into(),
+        to_state: stage_state(record.to).into(),
+    }
+}
+
+pub fn event(key: &OnboardingKey, record: &EventRecord) -> proto::OnboardingEvent {
+    proto::OnboardingEvent {
+        name: key.event_name(record.sequence),
+        event_time: Some(timestamp(record.event_time)),
+        actor: record.actor.clone(),
+        method: record.method.clone(),
+        request_id: record.request_id.clone(),
+        correlation_id: record.correlation_id.clone(),
+        outcome: record.outcome.clone(),
+        summary: record.summary.clone(),
+        transitions: record.transitions.iter().map(transition).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_1970() {
+        for value in [0, 1, 1_700_000_000_123_456, -1, -1_500_000] {
+            assert_eq!(micros(&timestamp(value)), value);
+            assert!((0..1_000_000_000).contains(&timestamp(value).nanos));
+        }
+    }
+
+    #[test]
+    fn every_domain_value_has_an_api_value() {
+        for state in OnboardingState::ALL {
+            assert_eq!(onboarding_state_from(onboarding_state(*state)), Some(*state));
+        }
+        for blocked in BlockedOn::ALL {
+            assert_eq!(blocked_on_from(blocked_on(*blocked)), Some(*blocked));
+        }
+        assert_eq!(onboarding_state_from(proto::OnboardingState::Unspecified), None);
+    }
+}

@@ -1,0 +1,418 @@
+//! The gRPC transport: parses requests into domain values (every bad field reported at once),
+//! calls [`Operations`], and converts records and errors to API messages.
+
+pub mod call;
+pub mod convert;
+pub mod status;
+mod tokens;
+
+use crate::domain::validate::{self, FieldViolation, OnboardingKey, RequestId, TenantId, Violations};
+use crate::domain::now_micros;
+use crate::error::Error;
+use crate::operations::{CallContext, Mutation, Operations};
+use crate::proto;
+use crate::proto::onboarding_service_server::OnboardingService;
+use crate::storage::ListFilter;
+use call::CorrelationId;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// Longest accepted attestation texts.
+const MAX_TEXT: usize = 200;
+
+/// The `OnboardingService` implementation.
+#[derive(Clone)]
+pub struct OnboardingApi {
+    operations: Operations,
+    /// Cancelled when the server drains: open watch streams end so shutdown is not held up.
+    shutdown: CancellationToken,
+    watch_poll_interval: Duration,
+}
+
+impl OnboardingApi {
+    pub fn new(operations: Operations, shutdown: CancellationToken, watch_poll_interval: Duration) -> Self {
+        Self {
+            operations,
+            shutdown,
+            watch_poll_interval,
+        }
+    }
+}
+
+/// Who is calling and under which correlation id.
+fn call_context<T>(request: &Request<T>) -> CallContext {
+    let correlation_id = request
+        .extensions()
+        .get::<CorrelationId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    let actor = match request.remote_addr() {
+        Some(address) => format!("anonymous@{address}"),
+        None => "anonymous".to_owned(),
+    };
+    CallContext { actor, correlation_id }
+}
+
+/// The shared conventions of a mutating request. `without_id` is the request with its request_id
+/// and validate_only cleared, so a retry hashes the same.
+fn mutation<M: Message>(
+    violations: &mut Violations,
+    method: &'static str,
+    request_id: &str,
+    etag: &str,
+    validate_only: bool,
+    without_id: &M,
+) -> Option<Mutation> {
+    let request_id = violations.check(RequestId::parse_optional("request_id", request_id))?;
+    let request_hash = hex::encode(Sha256::digest(without_id.encode_to_vec()));
+    Some(Mutation {
+        method,
+        request_id,
+        request_hash,
+        etag: (!etag.is_empty()).then(|| etag.to_owned()),
+        validate_only,
+    })
+}
+
+/// Unwraps values that [`Violations::finish`] has vouched for.
+fn checked<T>(value: Option<T>) -> T {
+    value.expect("every field was checked before use")
+}
+
+#[derive(Serialize, Deserialize)]
+struct OnboardingsPage {
+    /// The last onboarding of the previous page.
+    tenant: String,
+    environment: String,
+    /// The filter the token was issued for.
+    filter: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EventsPage {
+    onboarding: String,
+    after: i64,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchOnboardingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OnboardingService for OnboardingApi {
+    async fn create_onboarding(
+        &self,
+        request: Request<proto::CreateOnboardingRequest>,
+    ) -> Result<Response<proto::CreateOnboardingResponse>, Status> {
+        let call = call_context(&request);
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let tenant = violations.check(TenantId::parse("tenant", &request.tenant));
+        let environment = violations.check(convert::parse_environment("environment", request.environment));
+        let without_id = proto::CreateOnboardingRequest {
+            request_id: String::new(),
+            validate_only: false,
+            ..request.clone()
+        };
+        let mutation = mutation(&mut violations, "CreateOnboarding", &request.request_id, "", request.validate_only, &without_id);
+        violations.finish().map_err(Error::from)?;
+        let key = OnboardingKey::new(checked(tenant), checked(environment));
+        let record = self.operations.create_onboarding(&call, &key, &checked(mutation)).await?;
+        tracing::info!(onboarding = %key, validate_only = request.validate_only, "onboarding created");
+        Ok(Response::new(proto::CreateOnboardingResponse {
+            onboarding: Some(convert::onboarding(&record)),
+        }))
+    }
+
+    async fn get_onboarding(
+        &self,
+        request: Request<proto::GetOnboardingRequest>,
+    ) -> Result<Response<proto::GetOnboardingResponse>, Status> {
+        let key = OnboardingKey::parse_name("name", &request.get_ref().name).map_err(Error::from)?;
+        let record = self.operations.get_onboarding(&key).await?;
+        Ok(Response::new(proto::GetOnboardingResponse {
+            onboarding: Some(convert::onboarding(&record)),
+        }))
+    }
+
+    async fn list_onboardings(
+        &self,
+        request: Request<proto::ListOnboardingsRequest>,
+    ) -> Result<Response<proto::ListOnboardingsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let environment = violations.check(convert::parse_filter("environment", request.environment, convert::environment_from));
+        let state = violations.check(convert::parse_filter("state", request.state, convert::onboarding_state_from));
+        let blocked_on = violations.check(convert::parse_filter("blocked_on", request.blocked_on, convert::blocked_on_from));
+        let page_size = violations.check(tokens::page_size("page_size", request.page_size, 50, 500));
+        let page = violations.check(tokens::decode::<OnboardingsPage>("page_token", &request.page_token));
+        violations.finish().map_err(Error::from)?;
+        let filter = ListFilter {
+            environment: checked(environment),
+            state: checked(state),
+            blocked_on: checked(blocked_on),
+        };
+        let filter_text = format!("{:?}", (filter.environment, filter.state, filter.blocked_on));
+        let page = checked(page);
+        if page.as_ref().is_some_and(|page| page.filter != filter_text) {
+            return Err(Error::from(FieldViolation::new("page_token", "was issued for a different filter")).into());
+        }
+        let limit = checked(page_size);
+        let after = page.as_ref().map(|page| (page.tenant.as_str(), page.environment.as_str()));
+        let mut records = self.operations.list_onboardings(&filter, after, limit + 1).await?;
+        let more = records.len() as i64 > limit;
+        records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let next_page_token = match records.last() {
+            Some(last) if more => tokens::encode(&OnboardingsPage {
+                tenant: last.tenant.clone(),
+                environment: last.environment.as_str().to_owned(),
+                filter: filter_text,
+            }),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListOnboardingsResponse {
+            onboardings: records.iter().map(convert::onboarding).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn record_agreement(
+        &self,
+        request: Request<proto::RecordAgreementRequest>,
+    ) -> Result<Response<proto::RecordAgreementResponse>, Status> {
+        let call = call_context(&request);
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let key = violations.check(OnboardingKey::parse_name("name", &request.name));
+        let attested_by = violations.check(validate::required_text("attested_by", &request.attested_by, MAX_TEXT));
+        let agreement_time = violations.check(validate::past_time(
+            "agreement_time",
+            request.agreement_time.as_ref().map(convert::micros),
+            now_micros(),
+        ));
+        let reference = violations.check(validate::required_text("reference", &request.reference, MAX_TEXT));
+        let without_id = proto::RecordAgreementRequest {
+            request_id: String::new(),
+            validate_only: false,
+            etag: String::new(),
+            ..request.clone()
+        };
+        let mutation = mutation(&mut violations, "RecordAgreement", &request.request_id, &request.etag, request.validate_only, &without_id);
+        violations.finish().map_err(Error::from)?;
+        let record = self
+            .operations
+            .record_agreement(
+                &call,
+                &checked(key),
+                &checked(mutation),
+                checked(attested_by),
+                checked(agreement_time),
+                checked(reference),
+            )
+            .await?;
+        Ok(Response::new(proto::RecordAgreementResponse {
+            onboarding: Some(convert::onboarding(&record)),
+        }))
+    }
+
+    async fn register_account(
+        &self,
+        request: Request<proto::RegisterAccountRequest>,
+    ) -> Result<Response<proto::RegisterAccountResponse>, Status> {
+        let call = call_context(&request);
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let key = violations.check(OnboardingKey::parse_name("name", &request.name));
+        let account = request.account.clone().unwrap_or_default();
+        if request.account.is_none() {
+            violations.push(FieldViolation::new("account", "is required: full_name, company_name and email"));
+        }
+        let full_name = violations.check(validate::required_text("account.full_name", &account.full_name, MAX_TEXT));
+        let company_name = violations.check(validate::required_text("account.company_name", &account.company_name, MAX_TEXT));
+        let email = violations.check(validate::Email::parse("account.email", &account.email));
+        let without_id = proto::RegisterAccountRequest {
+            request_id: String::new(),
+            validate_only: false,
+            etag: String::new(),
+            ..request.clone()
+        };
+        let mutation = mutation(&mut violations, "RegisterAccount", &request.request_id, &request.etag, request.validate_only, &without_id);
+        violations.finish().map_err(Error::from)?;
+        let record = self
+            .operations
+            .register_account(
+                &call,
+                &checked(key),
+                &checked(mutation),
+                checked(full_name),
+                checked(company_name),
+                checked(email).into_string(),
+            )
+            .await?;
+        Ok(Response::new(proto::RegisterAccountResponse {
+            onboarding: Some(convert::onboarding(&record)),
+        }))
+    }
+
+    async fn list_onboarding_events(
+        &self,
+        request: Request<proto::ListOnboardingEventsRequest>,
+    ) -> Result<Response<proto::ListOnboardingEventsResponse>, Status> {
+        let request = request.into_inner();
+        let mut violations = Violations::new();
+        let key = violations.check(OnboardingKey::parse_name("name", &request.name));
+        let page_size = violations.check(tokens::page_size("page_size", request.page_size, 100, 1000));
+        let page = violations.check(tokens::decode::<EventsPage>("page_token", &request.page_token));
+        violations.finish().map_err(Error::from)?;
+        let key = checked(key);
+        let page = checked(page);
+        if page.as_ref().is_some_and(|page| page.onboarding != key.name()) {
+            return Err(Error::from(FieldViolation::new("page_token", "was issued for a different onboarding")).into());
+        }
+        let limit = checked(page_size);
+        let record = self.operations.get_onboarding(&key).await?;
+        let after = page.map_or(0, |page| page.after);
+        let events = self.operations.list_events(&key.tenant, &record.id, after, limit).await?;
+        let next_page_token = match events.last() {
+            Some(last) if last.sequence < record.last_event => tokens::encode(&EventsPage {
+                onboarding: key.name(),
+                after: last.sequence,
+            }),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListOnboardingEventsResponse {
+            events: events.iter().map(|event| convert::event(&key, event)).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchOnboardingStream = WatchStream;
+
+    async fn watch_onboarding(
+        &self,
+        request: Request<proto::WatchOnboardingRequest>,
+    ) -> Result<Response<Self::WatchOnboardingStream>, Status> {
+        let request = request.into_inner();
+        let key = OnboardingKey::parse_name("name", &request.name).map_err(Error::from)?;
+        let after = if request.after_event.is_empty() {
+            None
+        } else {
+            Some(key.parse_event_name("after_event", &request.after_event).map_err(Error::from)?)
+        };
+        // Subscribe before reading, so no change between the read and the subscription is missed.
+        let changes = self.operations.subscribe();
+        let record = self.operations.get_onboarding(&key).await?;
+        if after.is_some_and(|after| after > record.last_event) {
+            let newest = key.event_name(record.last_event);
+            return Err(Error::from(FieldViolation::new(
+                "after_event",
+                format!("is newer than the newest event, {newest}"),
+            ))
+            .into());
+        }
+        let (sender, receiver) = mpsc::channel(16);
+        let watch = Watch {
+            operations: self.operations.clone(),
+            key,
+            onboarding_id: record.id.clone(),
+            sender,
+            shutdown: self.shutdown.clone(),
+            poll_interval: self.watch_poll_interval,
+        };
+        tokio::spawn(watch.run(record, after, changes).instrument(tracing::Span::current()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// One open WatchOnboarding stream. Sends events from the database, in sequence order, after a
+/// cursor; wakes on changes committed in this process and polls for those of other replicas.
+struct Watch {
+    operations: Operations,
+    key: OnboardingKey,
+    onboarding_id: String,
+    sender: mpsc::Sender<Result<proto::WatchOnboardingResponse, Status>>,
+    shutdown: CancellationToken,
+    poll_interval: Duration,
+}
+
+impl Watch {
+    async fn run(
+        self,
+        first: crate::domain::onboarding::OnboardingRecord,
+        after: Option<i64>,
+        mut changes: broadcast::Receiver<crate::operations::Change>,
+    ) {
+        let mut cursor = match after {
+            Some(after) => after,
+            None => {
+                let snapshot = proto::WatchOnboardingResponse {
+                    event: None,
+                    onboarding: Some(convert::onboarding(&first)),
+                };
+                if self.sender.send(Ok(snapshot)).await.is_err() {
+                    return;
+                }
+                first.last_event
+            }
+        };
+        loop {
+            match self.send_after(cursor).await {
+                Ok(Some(sent_up_to)) => cursor = sent_up_to,
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = self.sender.send(Err(status)).await;
+                    return;
+                }
+            }
+            let poll = tokio::time::sleep(self.poll_interval);
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    () = self.sender.closed() => return,
+                    () = self.shutdown.cancelled() => {
+                        let status = Status::unavailable("the server is shutting down; resume with after_event set to the last event received");
+                        let _ = self.sender.send(Err(status)).await;
+                        return;
+                    }
+                    () = &mut poll => break,
+                    change = changes.recv() => match change {
+                        Ok(change) if change.onboarding_id != self.onboarding_id || change.sequence <= cursor => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Sends every event after `cursor`; returns the new cursor, or `None` when the caller left.
+    async fn send_after(&self, mut cursor: i64) -> Result<Option<i64>, Status> {
+        loop {
+            let events = self
+                .operations
+                .list_events(&self.key.tenant, &self.onboarding_id, cursor, 100)
+                .await?;
+            if events.is_empty() {
+                return Ok(Some(cursor));
+            }
+            let current = convert::onboarding(&self.operations.get_onboarding(&self.key).await?);
+            for event in &events {
+                let message = proto::WatchOnboardingResponse {
+                    event: Some(convert::event(&self.key, event)),
+                    onboarding: Some(current.clone()),
+                };
+                if self.sender.send(Ok(message)).await.is_err() {
+                    return Ok(None);
+                }
+                cursor = event.sequence;
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Each RPC's work, from parsed input to stored result: load the onboarding in a transaction,
+//! replay an earlier result for a retried request_id, check the etag, apply the domain operation,
+//! write the record, its changed stages and one audit event, and tell watchers.
+
+use crate::domain::onboarding::{Account, Agreement, EventRecord, OnboardingRecord};
+use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
+use crate::domain::{Micros, now_micros};
+use crate::error::{Error, Result};
+use crate::storage::{ListFilter, Store, StoredResult};
+use tokio::sync::broadcast;
+
+/// Who is calling, for the audit trail.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The caller's identity.
+    pub actor: String,
+    /// The call's correlation id, as in the logs.
+    pub correlation_id: String,
+}
+
+/// The conventions every mutating call shares.
+#[derive(Debug, Clone)]
+pub struct Mutation {
+    /// The RPC name, recorded in the audit trail and with the stored result.
+    pub method: &'static str,
+    pub request_id: Option<RequestId>,
+    /// A digest of the request (without its request_id), to tell a retry from a reused id.
+    pub request_hash: String,
+    /// When set, the call applies only to this version of the onboarding.
+    pub etag: Option<String>,
+    pub validate_only: bool,
+}
+
+/// A committed change to an onboarding, as announced to watchers in this process.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub onboarding_id: String,
+    pub sequence: i64,
+}
+
+/// The service's operations over one store.
+#[derive(Clone)]
+pub struct Operations {
+    store: Store,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Operations {
+    pub fn new(store: Store) -> Self {
+        let (changes, _) = broadcast::channel(1024);
+        Self { store, changes }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Changes committed by this process, as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Creates an onboarding; a retry with the same request_id returns the first result.
+    pub async fn create_onboarding(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+    ) -> Result<OnboardingRecord> {
+        // Two attempts: when a concurrent call with the same request_id wins the insert, the second
+        // attempt finds its stored result.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_create(call, key, mutation).await {
+                Err(Error::AlreadyExists { .. }) if attempt == 1 && mutation.request_id.is_some() => continue,
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_create(&self, call: &CallContext, key: &OnboardingKey, mutation: &Mutation) -> Result<OnboardingRecord> {
+        let now = now_micros();
+        let mut tx = self.store.begin().await?;
+        let existing = tx.lock_onboarding(&key.tenant, key.environment).await?;
+        if let Some(replayed) = replay(&mut tx, &key.tenant, mutation).await? {
+            return Ok(replayed);
+        }
+        if existing.is_some() {
+            return Err(Error::AlreadyExists { resource: key.name() });
+        }
+        let mut record = OnboardingRecord::new(uuid::Uuid::new_v4().to_string(), key, now);
+        let before = record.clone();
+        record.last_event = 1;
+        let event = event(call, mutation, &record, &before, now, format!("onboarding created for {key}"));
+        if mutation.validate_only {
+            return Ok(record);
+        }
+        tx.insert_onboarding(&record).await?;
+        tx.append_event(&record, &event).await?;
+        finish(tx, &key.tenant, mutation, &record, now).await?;
+        self.announce(&record);
+        Ok(record)
+    }
+
+    /// Attests the AGREEMENT stage.
+    pub async fn record_agreement(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        attested_by: String,
+        agreement_time: Micros,
+        reference: String,
+    ) -> Result<OnboardingRecord> {
+        self.mutate(call, key, mutation, |record, now| {
+            let agreement = Agreement {
+                attested_by,
+                agreement_time,
+                reference,
+                record_time: now,
+            };
+            Ok(record.record_agreement(agreement, now))
+        })
+        .await
+    }
+
+    /// Records the account a person must create in Billecta's portal.
+    pub async fn register_account(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        full_name: String,
+        company_name: String,
+        email: String,
+    ) -> Result<OnboardingRecord> {
+        self.mutate(call, key, mutation, |record, now| {
+            let account = Account {
+                full_name,
+                company_name,
+                email,
+                register_time: now,
+            };
+            record.register_account(account, now)
+        })
+        .await
+    }
+
+    /// Runs one change to an existing onboarding with the shared conventions: idempotency, etag,
+    /// validate_only, one audit event, and an announcement after commit.
+    async fn mutate(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        change: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<String>,
+    ) -> Result<OnboardingRecord> {
+        let now = now_micros();
+        let mut tx = self.store.begin().await?;
+        let Some(before) = tx.lock_onboarding(&key.tenant, key.environment).await? else {
+            return Err(Error::NotFound { resource: key.name() });
+        };
+        if let Some(replayed) = replay(&mut tx, &key.tenant, mutation).await? {
+            return Ok(replayed);
+        }
+        if mutation.etag.as_ref().is_some_and(|etag| *etag != before.etag()) {
+            return Err(Error::EtagMismatch { resource: key.name() });
+        }
+        let mut record = before.clone();
+        let summary = change(&mut record, now)?;
+        record.refresh();
+        record.version += 1;
+        record.last_event += 1;
+        record.update_time = now;
+        let event = event(call, mutation, &record, &before, now, summary);
+        if mutation.validate_only {
+            return Ok(record);
+        }
+        tx.update_onboarding(&before, &record).await?;
+        tx.append_event(&record, &event).await?;
+        finish(tx, &key.tenant, mutation, &record, now).await?;
+        self.announce(&record);
+        Ok(record)
+    }
+
+    fn announce(&self, record: &OnboardingRecord) {
+        // Nobody listening is fine: watchers also poll the database.
+        let _ = self.changes.send(Change {
+            onboarding_id: record.id.clone(),
+            sequence: record.last_event,
+        });
+    }
+
+    pub async fn get_onboarding(&self, key: &OnboardingKey) -> Result<OnboardingRecord> {
+        self.store
+            .get_onboarding(&key.tenant, key.environment)
+            .await?
+            .ok_or_else(|| Error::NotFound { resource: key.name() })
+    }
+
+    pub async fn list_onboardings(
+        &self,
+        filter: &ListFilter,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<OnboardingRecord>> {
+        self.store.list_onboardings(filter, after, limit).await
+    }
+
+    /// Events of an onboarding after sequence number `after`, oldest first.
+    pub async fn list_events(&self, tenant: &TenantId, onboarding_id: &str, after: i64, limit: i64) -> Result<Vec<EventRecord>> {
+        self.store.list_events(tenant, onboarding_id, after, limit).await
+    }
+}
+
+/// The first result of a retried call, or `None` for a new request_id. The same id with another
+/// request is [`Error::RequestIdReused`].
+async fn replay(
+    tx: &mut crate::storage::WriteTx,
+    tenant: &TenantId,
+    mutation: &Mutation,
+) -> Result<Option<OnboardingRecord>> {
+    let Some(request_id) = mutation.request_id.as_ref().filter(|_| !mutation.validate_only) else {
+        return Ok(None);
+    };
+    let Some(stored) = tx.find_result(tenant, request_id.as_str()).await? else {
+        return Ok(None);
+    };
+    if stored.method != mutation.method || stored.request_hash != mutation.request_hash {
+        return Err(Error::RequestIdReused {
+            request_id: request_id.as_str().to_owned(),
+        });
+    }
+    let record = serde_json::from_str(&stored.response)
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("stored result is not valid")))?;
+    Ok(Some(record))
+}
+
+/// Stores the result under the request_id, if any, and commits.
+async fn finish(
+    mut tx: crate::storage::WriteTx,
+    tenant: &TenantId,
+    mutation: &Mutation,
+    record: &OnboardingRecord,
+    now: Micros,
+) -> Result<()> {
+    if let Some(request_id) = &mutation.request_id {
+        let stored = StoredResult {
+            method: mutation.method.to_owned(),
+            request_hash: mutation.request_hash.clone(),
+            response: serde_json::to_string(record).map_err(|e| Error::Internal(e.into()))?,
+        };
+        tx.save_result(tenant, request_id.as_str(), &stored, now).await?;
+    }
+    tx.commit().await
+}
+
+fn event(
+    call: &CallContext,
+    mutation: &Mutation,
+    after: &OnboardingRecord,
+    before: &OnboardingRecord,
+    now: Micros,
+    summary: String,
+) -> EventRecord {
+    EventRecord {
+        sequence: after.last_event,
+        event_time: now,
+        actor: call.actor.clone(),
+        method: mutation.method.to_owned(),
+        request_id: mutation.request_id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default(),
+        correlation_id: call.correlation_id.clone(),
+        outcome: "OK".to_owned(),
+        summary,
+        transitions: after.transitions_since(before),
+    }
+}

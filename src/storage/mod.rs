@@ -1,0 +1,465 @@
+//! Storage: SQLite (one file, WAL) or PostgreSQL behind one API, through sqlx's `Any` driver so each
+//! query is written once. Both schemas live in `migrations/{sqlite,postgres}`, are embedded in the
+//! binary and applied at start-up.
+//!
+//! Every function takes the tenant it works for and scopes its queries by it. Writes go through
+//! [`WriteTx`]: one transaction that locks the onboarding row, so concurrent calls for one onboarding
+//! are serialised and its audit events are numbered in commit order. SQLite has a single writer
+//! connection, which gives the same serialisation within the process.
+
+mod rows;
+
+use crate::domain::onboarding::{CreditorRecord, EventRecord, OnboardingRecord, StageRecord};
+use crate::domain::validate::TenantId;
+use crate::domain::{BlockedOn, Environment, OnboardingState};
+use crate::error::{Error, Result};
+use anyhow::Context;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::time::Duration;
+
+/// Which database engine a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// A SQLite file path (or `sqlite:` URL), or a `postgres://` URL.
+    pub database: String,
+    pub max_connections: u32,
+    /// How long a call waits for a free connection before it fails with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+/// A connection pool (a separate single writer for SQLite) and the queries of the service.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    reader: AnyPool,
+    writer: AnyPool,
+}
+
+/// Which onboardings to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub environment: Option<Environment>,
+    pub state: Option<OnboardingState>,
+    pub blocked_on: Option<BlockedOn>,
+}
+
+/// A stored result of a mutating call, looked up by the caller's request_id.
+#[derive(Debug, Clone)]
+pub struct StoredResult {
+    pub method: String,
+    pub request_hash: String,
+    pub response: String,
+}
+
+impl Store {
+    /// Connects, creating the SQLite file (and its folder) if it does not exist.
+    pub async fn connect(options: &StoreOptions) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = database_url(&options.database)?;
+        let pool_options = || {
+            AnyPoolOptions::new()
+                .acquire_timeout(options.acquire_timeout)
+                .after_connect(move |connection, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            connection
+                                .execute(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                                )
+                                .await?;
+                        }
+                        Ok(())
+                    })
+                })
+        };
+        let reader = pool_options()
+            .max_connections(options.max_connections.max(1))
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to the {backend:?} database"))?;
+        let writer = match backend {
+            // SQLite allows one writer at a time; one connection makes writers queue here rather
+            // than fail with SQLITE_BUSY.
+            Backend::Sqlite => pool_options().max_connections(1).connect(&url).await?,
+            Backend::Postgres => reader.clone(),
+        };
+        Ok(Self {
+            backend,
+            reader,
+            writer,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the embedded migrations that have not run yet.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
+        };
+        migrator.run(&self.writer).await.context("applying database migrations")?;
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Waits for connections in use to be returned, then closes them.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<WriteTx> {
+        let tx = self.writer.begin().await.map_err(db_error)?;
+        Ok(WriteTx {
+            backend: self.backend,
+            tx,
+        })
+    }
+
+    /// One onboarding with its stages and creditors.
+    pub async fn get_onboarding(&self, tenant: &TenantId, environment: Environment) -> Result<Option<OnboardingRecord>> {
+        let mut connection = self.reader.acquire().await.map_err(db_error)?;
+        let row = sqlx::query(rows::SELECT_ONBOARDING)
+            .bind(tenant.as_str())
+            .bind(environment.as_str())
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        match row {
+            Some(row) => Ok(Some(load_children(&mut connection, tenant.as_str(), row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` onboardings matching `filter`, ordered by (tenant, environment), starting after
+    /// `after`. Keyset pagination: rows inserted meanwhile neither shift nor repeat a page.
+    pub async fn list_onboardings(
+        &self,
+        filter: &ListFilter,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<OnboardingRecord>> {
+        let mut connection = self.reader.acquire().await.map_err(db_error)?;
+        let (after_tenant, after_environment) = after.unwrap_or(("", ""));
+        let found = sqlx::query(rows::LIST_ONBOARDINGS)
+            .bind(after_tenant)
+            .bind(after_environment)
+            .bind(filter.environment.map_or("", Environment::as_str))
+            .bind(filter.state.map_or("", OnboardingState::as_str))
+            .bind(filter.blocked_on.map_or("", BlockedOn::as_str))
+            .bind(limit)
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(db_error)?;
+        let mut records = Vec::with_capacity(found.len());
+        for row in found {
+            let tenant: String = row.try_get("tenant").map_err(db_error)?;
+            records.push(load_children(&mut connection, &tenant, row).await?);
+        }
+        Ok(records)
+    }
+
+    /// Up to `limit` events of an onboarding with a sequence number above `after`, oldest first.
+    pub async fn list_events(
+        &self,
+        tenant: &TenantId,
+        onboarding_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>> {
+        let found = sqlx::query(rows::LIST_EVENTS)
+            .bind(onboarding_id)
+            .bind(tenant.as_str())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        found.iter().map(rows::event).collect()
+    }
+}
+
+/// Reads an onboarding row's stages and creditors.
+async fn load_children(
+    connection: &mut sqlx::AnyConnection,
+    tenant: &str,
+    row: AnyRow,
+) -> Result<OnboardingRecord> {
+    let mut record = rows::onboarding(&row)?;
+    let stage_rows = sqlx::query(rows::SELECT_STAGES)
+        .bind(&record.id)
+        .bind(tenant)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    let creditor_rows = sqlx::query(rows::SELECT_CREDITORS)
+        .bind(&record.id)
+        .bind(tenant)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    let key = record.key();
+    record.creditors = creditor_rows
+        .iter()
+        .map(|row| rows::creditor(&key, row))
+        .collect::<Result<Vec<_>>>()?;
+    for row in &stage_rows {
+        let (creditor_id, stage) = rows::stage(row)?;
+        if creditor_id.is_empty() {
+            record.stages.push(stage);
+        } else if let Some(creditor) = record.creditors.iter_mut().find(|c| c.id == creditor_id) {
+            creditor.stages.push(stage);
+        }
+    }
+    record.stages.sort_by_key(|s| s.stage);
+    for creditor in &mut record.creditors {
+        creditor.stages.sort_by_key(|s| s.stage);
+    }
+    Ok(record)
+}
+
+/// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
+pub struct WriteTx {
+    backend: Backend,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl WriteTx {
+    /// Reads an onboarding for update: on PostgreSQL the row stays locked until the transaction ends,
+    /// so concurrent writers of one onboarding take turns and none loses an update.
+    pub async fn lock_onboarding(&mut self, tenant: &TenantId, environment: Environment) -> Result<Option<OnboardingRecord>> {
+        let query = match self.backend {
+            Backend::Sqlite => rows::SELECT_ONBOARDING,
+            Backend::Postgres => rows::SELECT_ONBOARDING_FOR_UPDATE,
+        };
+        let row = sqlx::query(query)
+            .bind(tenant.as_str())
+            .bind(environment.as_str())
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        match row {
+            Some(row) => Ok(Some(load_children(&mut self.tx, tenant.as_str(), row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored result of an earlier call with this request_id, if any.
+    pub async fn find_result(&mut self, tenant: &TenantId, request_id: &str) -> Result<Option<StoredResult>> {
+        let row = sqlx::query(rows::SELECT_RESULT)
+            .bind(tenant.as_str())
+            .bind(request_id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        row.map(|row| {
+            Ok(StoredResult {
+                method: row.try_get("method").map_err(db_error)?,
+                request_hash: row.try_get("request_hash").map_err(db_error)?,
+                response: row.try_get("response").map_err(db_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores a call's result under its request_id.
+    pub async fn save_result(
+        &mut self,
+        tenant: &TenantId,
+        request_id: &str,
+        result: &StoredResult,
+        now: i64,
+    ) -> Result<()> {
+        let saved = sqlx::query(rows::INSERT_RESULT)
+            .bind(tenant.as_str())
+            .bind(request_id)
+            .bind(&result.method)
+            .bind(&result.request_hash)
+            .bind(&result.response)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await;
+        match saved {
+            // Another call of this tenant stored a result under the same id meanwhile (the same call
+            // is serialised by the onboarding lock, so this one is a different request).
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Err(Error::RequestIdReused {
+                request_id: request_id.to_owned(),
+            }),
+            other => other.map(drop).map_err(db_error),
+        }
+    }
+
+    /// Inserts a new onboarding with its stages. A second onboarding for the same tenant and
+    /// environment is [`Error::AlreadyExists`], even when created concurrently.
+    pub async fn insert_onboarding(&mut self, record: &OnboardingRecord) -> Result<()> {
+        let inserted = sqlx::query(rows::INSERT_ONBOARDING)
+            .bind(&record.id)
+            .bind(&record.tenant)
+            .bind(record.environment.as_str())
+            .bind(record.state.as_str())
+            .bind(record.blocked_on.as_str())
+            .bind(record.version)
+            .bind(record.last_event)
+            .bind(rows::json_opt(&record.agreement)?)
+            .bind(rows::json_opt(&record.account)?)
+            .bind(record.create_time)
+            .bind(record.update_time)
+            .execute(&mut *self.tx)
+            .await;
+        match inserted {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                return Err(Error::AlreadyExists {
+                    resource: record.key().name(),
+                });
+            }
+            other => other.map_err(db_error)?,
+        };
+        for stage in &record.stages {
+            self.upsert_stage(record, "", stage).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a changed onboarding: the row (only if still at `before`'s version) and the stages
+    /// that changed.
+    pub async fn update_onboarding(&mut self, before: &OnboardingRecord, after: &OnboardingRecord) -> Result<()> {
+        let updated = sqlx::query(rows::UPDATE_ONBOARDING)
+            .bind(after.state.as_str())
+            .bind(after.blocked_on.as_str())
+            .bind(after.version)
+            .bind(after.last_event)
+            .bind(rows::json_opt(&after.agreement)?)
+            .bind(rows::json_opt(&after.account)?)
+            .bind(after.update_time)
+            .bind(&after.id)
+            .bind(&after.tenant)
+            .bind(before.version)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "onboarding {} changed underneath a locked update",
+                after.id
+            )));
+        }
+        for stage in &after.stages {
+            if !before.stages.contains(stage) {
+                self.upsert_stage(after, "", stage).await?;
+            }
+        }
+        for creditor in &after.creditors {
+            let previous: Option<&CreditorRecord> = before.creditors.iter().find(|c| c.id == creditor.id);
+            for stage in &creditor.stages {
+                if previous.is_none_or(|c| !c.stages.contains(stage)) {
+                    self.upsert_stage(after, &creditor.id, stage).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn upsert_stage(&mut self, record: &OnboardingRecord, creditor_id: &str, stage: &StageRecord) -> Result<()> {
+        sqlx::query(rows::UPSERT_STAGE)
+            .bind(&record.id)
+            .bind(creditor_id)
+            .bind(stage.stage.as_str())
+            .bind(&record.tenant)
+            .bind(stage.state.as_str())
+            .bind(stage.blocked_on.as_str())
+            .bind(rows::json(&stage.due)?)
+            .bind(&stage.reason)
+            .bind(&stage.message)
+            .bind(stage.update_time)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Appends an event to an onboarding's audit trail.
+    pub async fn append_event(&mut self, record: &OnboardingRecord, event: &EventRecord) -> Result<()> {
+        sqlx::query(rows::INSERT_EVENT)
+            .bind(&record.id)
+            .bind(event.sequence)
+            .bind(&record.tenant)
+            .bind(event.event_time)
+            .bind(&event.actor)
+            .bind(&event.method)
+            .bind(&event.request_id)
+            .bind(&event.correlation_id)
+            .bind(&event.outcome)
+            .bind(&event.summary)
+            .bind(rows::json(&event.transitions)?)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await.map_err(db_error)
+    }
+}
+
+/// Turns a database error into the service's error: connection trouble is UNAVAILABLE (the call may
+/// be retried), anything else internal.
+pub fn db_error(error: sqlx::Error) -> Error {
+    let unavailable = match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        // PostgreSQL: connection exceptions (08…), shutdown (57P…), and SQLite's "busy"/"locked".
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "5" || code == "6"),
+        _ => false,
+    };
+    if unavailable {
+        Error::Unavailable {
+            what: "the database",
+            retry_after: Duration::from_secs(1),
+            source: error.into(),
+        }
+    } else {
+        Error::Internal(anyhow::Error::new(error).context("database query failed"))
+    }
+}
+
+/// The sqlx URL and backend for a `database` setting: a `postgres://` URL, a `sqlite:` URL, or a
+/// plain file path for SQLite.
+fn database_url(database: &str) -> anyhow::Result<(Backend, String)> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        return Ok((Backend::Postgres, database.to_owned()));
+    }
+    if database.starts_with("sqlite:") {
+        return Ok((Backend::Sqlite, database.to_owned()));
+    }
+    anyhow::ensure!(!database.is_empty(), "the database setting is empty");
+    let path = std::path::Path::new(database);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    Ok((Backend::Sqlite, format!("sqlite://{database}?mode=rwc")))
+}

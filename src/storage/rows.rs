@@ -1,0 +1,141 @@
+//! The SQL of the store, written once for both engines (`$n` placeholders work in SQLite and
+//! PostgreSQL), and the mapping between rows and domain records.
+
+use super::db_error;
+use crate::domain::onboarding::{CreditorRecord, EventRecord, OnboardingRecord, StageRecord};
+use crate::domain::validate::OnboardingKey;
+use crate::domain::{BlockedOn, Environment, OnboardingState, Stage, StageState};
+use crate::error::{Error, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+macro_rules! onboarding_select {
+    ($($tail:literal)*) => {
+        concat!(
+            "SELECT id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time FROM onboardings ",
+            $($tail),*
+        )
+    };
+}
+
+pub const SELECT_ONBOARDING: &str = onboarding_select!("WHERE tenant = $1 AND environment = $2");
+pub const SELECT_ONBOARDING_FOR_UPDATE: &str =
+    onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE");
+pub const LIST_ONBOARDINGS: &str = onboarding_select!(
+    "WHERE (tenant > $1 OR (tenant = $1 AND environment > $2)) "
+    "AND ($3 = '' OR environment = $3) AND ($4 = '' OR state = $4) AND ($5 = '' OR blocked_on = $5) "
+    "ORDER BY tenant, environment LIMIT $6"
+);
+pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7 \
+     WHERE id = $8 AND tenant = $9 AND version = $10";
+
+pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time FROM stages \
+     WHERE onboarding_id = $1 AND tenant = $2";
+pub const UPSERT_STAGE: &str = "INSERT INTO stages (onboarding_id, creditor_id, stage, tenant, state, blocked_on, due, reason, message, update_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (onboarding_id, creditor_id, stage) DO UPDATE SET state = excluded.state, blocked_on = excluded.blocked_on, \
+     due = excluded.due, reason = excluded.reason, message = excluded.message, update_time = excluded.update_time";
+
+pub const SELECT_CREDITORS: &str = "SELECT id, creditor, organisation_number, company_name, title, creditor_public_id FROM creditors \
+     WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor";
+
+pub const INSERT_EVENT: &str = "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub const LIST_EVENTS: &str = "SELECT sequence, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions FROM events \
+     WHERE onboarding_id = $1 AND tenant = $2 AND sequence > $3 ORDER BY sequence LIMIT $4";
+
+pub const SELECT_RESULT: &str = "SELECT method, request_hash, response FROM idempotency_keys WHERE tenant = $1 AND request_id = $2";
+pub const INSERT_RESULT: &str = "INSERT INTO idempotency_keys (tenant, request_id, method, request_hash, response, create_time) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Serialises a JSON column.
+pub fn json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(e.into()))
+}
+
+/// Serialises a nullable JSON column.
+pub fn json_opt<T: Serialize>(value: &Option<T>) -> Result<Option<String>> {
+    value.as_ref().map(json).transpose()
+}
+
+fn parse_json<T: DeserializeOwned>(column: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Internal(anyhow::Error::new(e).context(format!("stored {column} is not valid"))))
+}
+
+fn get<T>(row: &AnyRow, column: &str) -> Result<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(column).map_err(db_error)
+}
+
+fn stored<T>(column: &str, text: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    parse(text).ok_or_else(|| Error::Internal(anyhow::anyhow!("stored {column} {text:?} is not known")))
+}
+
+pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
+    let agreement: Option<String> = get(row, "agreement")?;
+    let account: Option<String> = get(row, "account")?;
+    Ok(OnboardingRecord {
+        id: get(row, "id")?,
+        tenant: get(row, "tenant")?,
+        environment: stored("environment", &get::<String>(row, "environment")?, Environment::parse)?,
+        state: stored("state", &get::<String>(row, "state")?, OnboardingState::parse)?,
+        blocked_on: stored("blocked_on", &get::<String>(row, "blocked_on")?, BlockedOn::parse)?,
+        version: get(row, "version")?,
+        last_event: get(row, "last_event")?,
+        agreement: agreement.map(|text| parse_json("agreement", &text)).transpose()?,
+        account: account.map(|text| parse_json("account", &text)).transpose()?,
+        stages: Vec::new(),
+        creditors: Vec::new(),
+        create_time: get(row, "create_time")?,
+        update_time: get(row, "update_time")?,
+    })
+}
+
+/// A stage row, with the id of the creditor it belongs to ('' for the environment).
+pub fn stage(row: &AnyRow) -> Result<(String, StageRecord)> {
+    let due: String = get(row, "due")?;
+    let record = StageRecord {
+        stage: stored("stage", &get::<String>(row, "stage")?, Stage::parse)?,
+        state: stored("stage state", &get::<String>(row, "state")?, StageState::parse)?,
+        blocked_on: stored("blocked_on", &get::<String>(row, "blocked_on")?, BlockedOn::parse)?,
+        due: parse_json("due", &due)?,
+        reason: get(row, "reason")?,
+        message: get(row, "message")?,
+        update_time: get(row, "update_time")?,
+    };
+    Ok((get(row, "creditor_id")?, record))
+}
+
+pub fn creditor(key: &OnboardingKey, row: &AnyRow) -> Result<CreditorRecord> {
+    let creditor: String = get(row, "creditor")?;
+    Ok(CreditorRecord {
+        id: get(row, "id")?,
+        name: format!("{}/creditors/{creditor}", key.name()),
+        organisation_number: get(row, "organisation_number")?,
+        company_name: get(row, "company_name")?,
+        title: get(row, "title")?,
+        creditor_public_id: get(row, "creditor_public_id")?,
+        stages: Vec::new(),
+    })
+}
+
+pub fn event(row: &AnyRow) -> Result<EventRecord> {
+    let transitions: String = get(row, "transitions")?;
+    Ok(EventRecord {
+        sequence: get(row, "sequence")?,
+        event_time: get(row, "event_time")?,
+        actor: get(row, "actor")?,
+        method: get(row, "method")?,
+        request_id: get(row, "request_id")?,
+        correlation_id: get(row, "correlation_id")?,
+        outcome: get(row, "outcome")?,
+        summary: get(row, "summary")?,
+        transitions: parse_json("transitions", &transitions)?,
+    })
+}
