@@ -177,3 +177,28 @@ async fn watch_database(health: HealthReporter, store: Store, interval: Duration
         }
     }
 }
+
+/// Asks the server at `address` for its overall health; `Ok` only when it is SERVING.
+pub async fn probe(address: &str, timeout: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus as Status;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest { service: String::new() })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            response.status == Status::Serving as i32,
+            "health is {:?}",
+            Status::try_from(response.status).unwrap_or(Status::Unknown)
+        );
+        Ok(())
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {address} within {timeout:?}"))?
+}

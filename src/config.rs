@@ -1,7 +1,7 @@
 //! Every setting of the service, each a command-line flag and an environment variable
 //! (`billecta-onboarding --help` lists them). Validated once at start-up.
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,6 +18,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "billecta-onboarding", version, about, long_about = None)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the gRPC server listens on. Port 0 picks a free port (the address is logged).
     #[arg(long, env = "ONBOARDING_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -74,6 +77,21 @@ pub struct Config {
     /// How often a watch stream also polls the database for changes made by other replicas.
     #[arg(long, env = "ONBOARDING_WATCH_POLL_INTERVAL_MS", default_value_t = 1000)]
     pub watch_poll_interval_ms: u64,
+}
+
+/// What the binary does; without a subcommand it serves.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Asks a running server's gRPC health service for its overall status; exits 0 only on SERVING.
+    /// For container health checks.
+    Probe {
+        /// The server to ask.
+        #[arg(long, env = "ONBOARDING_PROBE_ADDRESS", default_value = "http://127.0.0.1:50051")]
+        address: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 impl Config {

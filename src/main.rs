@@ -1,13 +1,25 @@
 //! The service binary: read the configuration, set up logging, build, serve until SIGTERM or SIGINT.
+//! `billecta-onboarding probe` instead asks a running server's health service (container checks).
 
-use billecta_onboarding::app::Application;
-use billecta_onboarding::config::Config;
+use billecta_onboarding::app::{Application, probe};
+use billecta_onboarding::config::{Command, Config};
 use billecta_onboarding::telemetry;
 use clap::Parser;
+use std::process::ExitCode;
+use std::time::Duration;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let config = Config::parse();
+    if let Some(Command::Probe { address, timeout_ms }) = &config.command {
+        return Ok(match probe(address, Duration::from_millis(*timeout_ms)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("not serving: {error:#}");
+                ExitCode::FAILURE
+            }
+        });
+    }
     telemetry::init(config.log_format, &config.log)?;
     let application = Application::build(config).await?;
     let shutdown = application.shutdown_token();
@@ -15,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
         wait_for_signal().await;
         shutdown.cancel();
     });
-    application.run().await
+    application.run().await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+
+FROM rust:1.95-slim-bookworm AS builder
+WORKDIR /build
+
+# Dependencies change far less often than the service, so they get their own cached layer:
+# build them against placeholder sources first.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto/ proto/
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+
+COPY src/ src/
+COPY migrations/ migrations/
+# COPY keeps the files' original timestamps, which can be older than the placeholder build;
+# touching them makes cargo rebuild the crate. Migrations are embedded at compile time.
+RUN touch src/main.rs src/lib.rs \
+    && cargo build --release --locked
+
+FROM debian:bookworm-slim
+
+# The only system package is CA roots: SQLite is compiled into the binary.
+# Unpinned on purpose: the bookworm-slim tag already fixes the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 onboarding \
+    && useradd --system --uid 10001 --gid onboarding --no-create-home \
+        --home-dir /var/lib/billecta-onboarding --shell /usr/sbin/nologin onboarding \
+    && mkdir -p /var/lib/billecta-onboarding \
+    && chown onboarding:onboarding /var/lib/billecta-onboarding
+
+COPY --from=builder /build/target/release/billecta-onboarding /usr/local/bin/billecta-onboarding
+
+# The SQLite database lives in the one directory the service user may write to.
+WORKDIR /var/lib/billecta-onboarding
+
+# Listen on all interfaces so the published port is reachable; log JSON for log shippers.
+ENV ONBOARDING_LISTEN=0.0.0.0:50051 \
+    ONBOARDING_DATABASE=/var/lib/billecta-onboarding/onboarding.sqlite3 \
+    ONBOARDING_LOG_FORMAT=json
+
+EXPOSE 50051
+
+USER 10001
+
+# Ask the gRPC health service itself; the probe exits 0 only on SERVING.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/billecta-onboarding", "probe", "--address", "http://127.0.0.1:50051"]
+
+ENTRYPOINT ["/usr/local/bin/billecta-onboarding"]
