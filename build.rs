@@ -13,7 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("onboarding_descriptor.bin"))
         .compile_protos(
-            &[PathBuf::from("proto/payway/billecta/onboarding/v1/onboarding.proto")],
+            &[PathBuf::from(
+                "proto/payway/billecta/onboarding/v1/onboarding.proto",
+            )],
             &[PathBuf::from("proto"), well_known],
         )?;
     println!("cargo:rerun-if-changed=proto");

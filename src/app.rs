@@ -80,7 +80,9 @@ impl Application {
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in HEALTH_SERVICES {
-            health.set_service_status(service, ServingStatus::NotServing).await;
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
         }
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -112,7 +114,10 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(onboarding_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
         tracing::info!(address = %local_addr, backend = ?store.backend(), sandbox = config.sandbox, "serving gRPC");
 
         let mut server = std::pin::pin!(server);
@@ -150,10 +155,20 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 /// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not,
 /// and NOT_SERVING for good once draining starts.
-async fn watch_database(health: HealthReporter, store: Store, interval: Duration, shutdown: CancellationToken) {
+async fn watch_database(
+    health: HealthReporter,
+    store: Store,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
     let mut last = None;
     loop {
-        let status = match tokio::time::timeout(interval.max(Duration::from_millis(500)), store.ping()).await {
+        let status = match tokio::time::timeout(
+            interval.max(Duration::from_millis(500)),
+            store.ping(),
+        )
+        .await
+        {
             Ok(Ok(())) => ServingStatus::Serving,
             _ => ServingStatus::NotServing,
         };
@@ -188,7 +203,9 @@ pub async fn probe(address: &str, timeout: Duration) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("connecting to {address}"))?;
         let response = HealthClient::new(channel)
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
             .await?
             .into_inner();
         anyhow::ensure!(

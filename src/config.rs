@@ -26,22 +26,38 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// The database: a SQLite file path (created and migrated on start), or a postgres:// URL.
-    #[arg(long, env = "ONBOARDING_DATABASE", default_value = "billecta-onboarding.sqlite3")]
+    #[arg(
+        long,
+        env = "ONBOARDING_DATABASE",
+        default_value = "billecta-onboarding.sqlite3"
+    )]
     pub database: String,
 
     /// Most database connections the service holds (SQLite additionally keeps one writer).
-    #[arg(long, env = "ONBOARDING_DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "ONBOARDING_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
     pub database_max_connections: u32,
 
     /// How long a call waits for a free database connection before failing with UNAVAILABLE.
-    #[arg(long, env = "ONBOARDING_DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(
+        long,
+        env = "ONBOARDING_DATABASE_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
     pub database_acquire_timeout_ms: u64,
 
     /// How often the database is checked for the health service.
-    #[arg(long, env = "ONBOARDING_HEALTH_CHECK_INTERVAL_MS", default_value_t = 2000)]
+    #[arg(
+        long,
+        env = "ONBOARDING_HEALTH_CHECK_INTERVAL_MS",
+        default_value_t = 2000
+    )]
     pub health_check_interval_ms: u64,
 
-    /// Run the Billecta sandbox: no real Billecta is called. Meant for trying the service locally.
+    /// Sandbox mode, for trying the service locally: it never contacts a real Billecta environment.
     #[arg(long, env = "ONBOARDING_SANDBOX", default_value_t = false)]
     pub sandbox: bool,
 
@@ -50,7 +66,11 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Log filter, in tracing's EnvFilter syntax (for example "info" or "info,sqlx=warn").
-    #[arg(long, env = "ONBOARDING_LOG", default_value = "info,sqlx=warn,h2=warn,tower=warn")]
+    #[arg(
+        long,
+        env = "ONBOARDING_LOG",
+        default_value = "info,sqlx=warn,h2=warn,tower=warn"
+    )]
     pub log: String,
 
     /// Largest request or response message in bytes.
@@ -67,7 +87,11 @@ pub struct Config {
     pub max_concurrent_streams: u32,
 
     /// Most concurrent calls served per connection.
-    #[arg(long, env = "ONBOARDING_CONCURRENCY_PER_CONNECTION", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "ONBOARDING_CONCURRENCY_PER_CONNECTION",
+        default_value_t = 256
+    )]
     pub concurrency_per_connection: usize,
 
     /// On SIGTERM or SIGINT: how long in-flight calls may take to finish before the server stops.
@@ -75,7 +99,11 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
 
     /// How often a watch stream also polls the database for changes made by other replicas.
-    #[arg(long, env = "ONBOARDING_WATCH_POLL_INTERVAL_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "ONBOARDING_WATCH_POLL_INTERVAL_MS",
+        default_value_t = 1000
+    )]
     pub watch_poll_interval_ms: u64,
 }
 
@@ -86,7 +114,11 @@ pub enum Command {
     /// For container health checks.
     Probe {
         /// The server to ask.
-        #[arg(long, env = "ONBOARDING_PROBE_ADDRESS", default_value = "http://127.0.0.1:50051")]
+        #[arg(
+            long,
+            env = "ONBOARDING_PROBE_ADDRESS",
+            default_value = "http://127.0.0.1:50051"
+        )]
         address: String,
         /// How long to wait for the answer.
         #[arg(long, default_value_t = 2000)]
@@ -97,14 +129,38 @@ pub enum Command {
 impl Config {
     /// Checks settings that clap cannot, so a bad configuration stops the start with a clear message.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.database.trim().is_empty(), "--database must not be empty");
-        anyhow::ensure!(self.database_max_connections >= 1, "--database-max-connections must be at least 1");
-        anyhow::ensure!(self.max_message_bytes >= 4096, "--max-message-bytes must be at least 4096");
-        anyhow::ensure!(self.max_concurrent_calls >= 1, "--max-concurrent-calls must be at least 1");
-        anyhow::ensure!(self.max_concurrent_streams >= 1, "--max-concurrent-streams must be at least 1");
-        anyhow::ensure!(self.concurrency_per_connection >= 1, "--concurrency-per-connection must be at least 1");
-        anyhow::ensure!(self.watch_poll_interval_ms >= 10, "--watch-poll-interval-ms must be at least 10");
-        anyhow::ensure!(self.health_check_interval_ms >= 10, "--health-check-interval-ms must be at least 10");
+        anyhow::ensure!(
+            !self.database.trim().is_empty(),
+            "--database must not be empty"
+        );
+        anyhow::ensure!(
+            self.database_max_connections >= 1,
+            "--database-max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_message_bytes >= 4096,
+            "--max-message-bytes must be at least 4096"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_calls >= 1,
+            "--max-concurrent-calls must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_concurrent_streams >= 1,
+            "--max-concurrent-streams must be at least 1"
+        );
+        anyhow::ensure!(
+            self.concurrency_per_connection >= 1,
+            "--concurrency-per-connection must be at least 1"
+        );
+        anyhow::ensure!(
+            self.watch_poll_interval_ms >= 10,
+            "--watch-poll-interval-ms must be at least 10"
+        );
+        anyhow::ensure!(
+            self.health_check_interval_ms >= 10,
+            "--health-check-interval-ms must be at least 10"
+        );
         Ok(())
     }
 

@@ -1,13 +1,13 @@
 //! The Billecta onboarding service.
 //!
 //! Layout, outermost first:
-//! - [`config`]: every setting, from flags or the environment.
-//! - [`app`]: builds the server from a configuration and runs it until shutdown.
-//! - [`grpc`]: the transport: tonic services, request ids, the mapping of errors to statuses.
-//! - [`operations`]: each RPC's work, from parsed input to stored result and audit event.
-//! - [`domain`]: stages, validation and the onboarding record; no gRPC, no SQL.
-//! - [`storage`]: SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
-//! - [`telemetry`]: logging.
+//! - [`config`] — every setting, from flags or the environment.
+//! - [`app`] — builds the server from a configuration and runs it until shutdown.
+//! - [`grpc`] — the transport: tonic services, request ids, the mapping of errors to statuses.
+//! - [`operations`] — each RPC's work, from parsed input to stored result and audit event.
+//! - [`domain`] — stages, validation and the onboarding record; no gRPC, no SQL.
+//! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
+//! - [`telemetry`] — logging.
 
 pub mod app;
 pub mod config;
@@ -23,5 +23,6 @@ pub mod proto {
     tonic::include_proto!("payway.billecta.onboarding.v1");
 
     /// The encoded descriptors of the API and the well-known types it imports.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("onboarding_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("onboarding_descriptor");
 }

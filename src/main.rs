@@ -11,14 +11,20 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let config = Config::parse();
-    if let Some(Command::Probe { address, timeout_ms }) = &config.command {
-        return Ok(match probe(address, Duration::from_millis(*timeout_ms)).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("not serving: {error:#}");
-                ExitCode::FAILURE
-            }
-        });
+    if let Some(Command::Probe {
+        address,
+        timeout_ms,
+    }) = &config.command
+    {
+        return Ok(
+            match probe(address, Duration::from_millis(*timeout_ms)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("not serving: {error:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        );
     }
     telemetry::init(config.log_format, &config.log)?;
     let application = Application::build(config).await?;

@@ -73,13 +73,22 @@ impl Operations {
         loop {
             attempt += 1;
             match self.try_create(call, key, mutation).await {
-                Err(Error::AlreadyExists { .. }) if attempt == 1 && mutation.request_id.is_some() => continue,
+                Err(Error::AlreadyExists { .. })
+                    if attempt == 1 && mutation.request_id.is_some() =>
+                {
+                    continue;
+                }
                 outcome => return outcome,
             }
         }
     }
 
-    async fn try_create(&self, call: &CallContext, key: &OnboardingKey, mutation: &Mutation) -> Result<OnboardingRecord> {
+    async fn try_create(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+    ) -> Result<OnboardingRecord> {
         let now = now_micros();
         let mut tx = self.store.begin().await?;
         let existing = tx.lock_onboarding(&key.tenant, key.environment).await?;
@@ -87,12 +96,21 @@ impl Operations {
             return Ok(replayed);
         }
         if existing.is_some() {
-            return Err(Error::AlreadyExists { resource: key.name() });
+            return Err(Error::AlreadyExists {
+                resource: key.name(),
+            });
         }
         let mut record = OnboardingRecord::new(uuid::Uuid::new_v4().to_string(), key, now);
         let before = record.clone();
         record.last_event = 1;
-        let event = event(call, mutation, &record, &before, now, format!("onboarding created for {key}"));
+        let event = event(
+            call,
+            mutation,
+            &record,
+            &before,
+            now,
+            format!("onboarding created for {key}"),
+        );
         if mutation.validate_only {
             return Ok(record);
         }
@@ -159,13 +177,21 @@ impl Operations {
         let now = now_micros();
         let mut tx = self.store.begin().await?;
         let Some(before) = tx.lock_onboarding(&key.tenant, key.environment).await? else {
-            return Err(Error::NotFound { resource: key.name() });
+            return Err(Error::NotFound {
+                resource: key.name(),
+            });
         };
         if let Some(replayed) = replay(&mut tx, &key.tenant, mutation).await? {
             return Ok(replayed);
         }
-        if mutation.etag.as_ref().is_some_and(|etag| *etag != before.etag()) {
-            return Err(Error::EtagMismatch { resource: key.name() });
+        if mutation
+            .etag
+            .as_ref()
+            .is_some_and(|etag| *etag != before.etag())
+        {
+            return Err(Error::EtagMismatch {
+                resource: key.name(),
+            });
         }
         let mut record = before.clone();
         let summary = change(&mut record, now)?;
@@ -196,7 +222,9 @@ impl Operations {
         self.store
             .get_onboarding(&key.tenant, key.environment)
             .await?
-            .ok_or_else(|| Error::NotFound { resource: key.name() })
+            .ok_or_else(|| Error::NotFound {
+                resource: key.name(),
+            })
     }
 
     pub async fn list_onboardings(
@@ -209,8 +237,16 @@ impl Operations {
     }
 
     /// Events of an onboarding after sequence number `after`, oldest first.
-    pub async fn list_events(&self, tenant: &TenantId, onboarding_id: &str, after: i64, limit: i64) -> Result<Vec<EventRecord>> {
-        self.store.list_events(tenant, onboarding_id, after, limit).await
+    pub async fn list_events(
+        &self,
+        tenant: &TenantId,
+        onboarding_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>> {
+        self.store
+            .list_events(tenant, onboarding_id, after, limit)
+            .await
     }
 }
 
@@ -221,7 +257,11 @@ async fn replay(
     tenant: &TenantId,
     mutation: &Mutation,
 ) -> Result<Option<OnboardingRecord>> {
-    let Some(request_id) = mutation.request_id.as_ref().filter(|_| !mutation.validate_only) else {
+    let Some(request_id) = mutation
+        .request_id
+        .as_ref()
+        .filter(|_| !mutation.validate_only)
+    else {
         return Ok(None);
     };
     let Some(stored) = tx.find_result(tenant, request_id.as_str()).await? else {
@@ -232,8 +272,9 @@ async fn replay(
             request_id: request_id.as_str().to_owned(),
         });
     }
-    let record = serde_json::from_str(&stored.response)
-        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("stored result is not valid")))?;
+    let record = serde_json::from_str(&stored.response).map_err(|e| {
+        Error::Internal(anyhow::Error::new(e).context("stored result is not valid"))
+    })?;
     Ok(Some(record))
 }
 
@@ -251,7 +292,8 @@ async fn finish(
             request_hash: mutation.request_hash.clone(),
             response: serde_json::to_string(record).map_err(|e| Error::Internal(e.into()))?,
         };
-        tx.save_result(tenant, request_id.as_str(), &stored, now).await?;
+        tx.save_result(tenant, request_id.as_str(), &stored, now)
+            .await?;
     }
     tx.commit().await
 }
@@ -269,7 +311,11 @@ fn event(
         event_time: now,
         actor: call.actor.clone(),
         method: mutation.method.to_owned(),
-        request_id: mutation.request_id.as_ref().map(|id| id.as_str().to_owned()).unwrap_or_default(),
+        request_id: mutation
+            .request_id
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
         correlation_id: call.correlation_id.clone(),
         outcome: "OK".to_owned(),
         summary,

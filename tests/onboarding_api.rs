@@ -24,7 +24,12 @@ async fn create_get_and_already_exists() {
         assert_eq!(created.state, OnboardingState::ActionRequired as i32);
         assert_eq!(created.blocked_on, BlockedOn::PaywayOperations as i32);
         assert_eq!(created.stages.len(), 2);
-        assert!(created.stages.iter().all(|s| s.state == StageState::NotStarted as i32));
+        assert!(
+            created
+                .stages
+                .iter()
+                .all(|s| s.state == StageState::NotStarted as i32)
+        );
         assert_eq!(created.next_due[0].item, "agreement.record");
         assert_eq!(created.next_due[0].from, BlockedOn::PaywayOperations as i32);
         assert_eq!(created.last_event, "tenants/gp/environments/test/events/1");
@@ -32,14 +37,21 @@ async fn create_get_and_already_exists() {
         let fetched = get(&server, &created.name).await.unwrap();
         assert_eq!(fetched, created);
 
-        let again = client.create_onboarding(create_request("gp", Environment::Test)).await.unwrap_err();
+        let again = client
+            .create_onboarding(create_request("gp", Environment::Test))
+            .await
+            .unwrap_err();
         assert_eq!(again.code(), Code::AlreadyExists);
         assert_eq!(reason(&again), "ALREADY_EXISTS");
 
         // The other environment of the same tenant is a separate onboarding.
         let production = create(&server, "gp", Environment::Production).await;
         assert_eq!(production.name, "tenants/gp/environments/production");
-        assert!(production.next_due[0].description.contains("production procedure"));
+        assert!(
+            production.next_due[0]
+                .description
+                .contains("production procedure")
+        );
     })
     .await;
 }
@@ -52,10 +64,22 @@ async fn create_is_idempotent_by_request_id() {
             request_id: "create-gp-1".into(),
             ..create_request("gp", Environment::Test)
         };
-        let first = client.create_onboarding(request.clone()).await.unwrap().into_inner();
-        let retried = client.create_onboarding(request.clone()).await.unwrap().into_inner();
+        let first = client
+            .create_onboarding(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let retried = client
+            .create_onboarding(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(first, retried, "a retry returns the first result");
-        assert_eq!(events(&server, "tenants/gp/environments/test").await.len(), 1, "and does nothing twice");
+        assert_eq!(
+            events(&server, "tenants/gp/environments/test").await.len(),
+            1,
+            "and does nothing twice"
+        );
 
         let reused = client
             .create_onboarding(proto::CreateOnboardingRequest {
@@ -67,7 +91,13 @@ async fn create_is_idempotent_by_request_id() {
         assert_eq!(reused.code(), Code::InvalidArgument);
         assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
         assert_eq!(bad_fields(&reused), vec!["request_id"]);
-        assert_eq!(get(&server, "tenants/gp/environments/production").await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            get(&server, "tenants/gp/environments/production")
+                .await
+                .unwrap_err()
+                .code(),
+            Code::NotFound
+        );
 
         // Concurrent first attempts with one request_id create one onboarding and agree on it.
         let request = proto::CreateOnboardingRequest {
@@ -77,11 +107,23 @@ async fn create_is_idempotent_by_request_id() {
         let attempts = (0..8).map(|_| {
             let mut client = client.clone();
             let request = request.clone();
-            tokio::spawn(async move { client.create_onboarding(request).await.map(|r| r.into_inner()) })
+            tokio::spawn(async move {
+                client
+                    .create_onboarding(request)
+                    .await
+                    .map(|r| r.into_inner())
+            })
         });
-        let results: Vec<_> = futures::future::join_all(attempts).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        let results: Vec<_> = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().unwrap())
+            .collect();
         assert!(results.windows(2).all(|pair| pair[0] == pair[1]));
-        assert_eq!(events(&server, "tenants/hd/environments/test").await.len(), 1);
+        assert_eq!(
+            events(&server, "tenants/hd/environments/test").await.len(),
+            1
+        );
     })
     .await;
 }
@@ -101,21 +143,37 @@ async fn bad_input_is_rejected_field_by_field_and_changes_nothing() {
             .unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument);
         assert_eq!(reason(&error), "INVALID_FIELDS");
-        assert_eq!(bad_fields(&error), vec!["tenant", "environment", "request_id"]);
-        let listed = client.list_onboardings(proto::ListOnboardingsRequest::default()).await.unwrap().into_inner();
+        assert_eq!(
+            bad_fields(&error),
+            vec!["tenant", "environment", "request_id"]
+        );
+        let listed = client
+            .list_onboardings(proto::ListOnboardingsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
         assert!(listed.onboardings.is_empty());
 
         let created = create(&server, "gp", Environment::Test).await;
         let mut bad_agreement = agreement_request(&created.name);
         bad_agreement.attested_by = "  ".into();
         bad_agreement.reference = "x".repeat(201);
-        bad_agreement.agreement_time = Some(prost_types::Timestamp { seconds: 4_102_444_800, nanos: 0 });
+        bad_agreement.agreement_time = Some(prost_types::Timestamp {
+            seconds: 4_102_444_800,
+            nanos: 0,
+        });
         let error = client.record_agreement(bad_agreement).await.unwrap_err();
-        assert_eq!(bad_fields(&error), vec!["attested_by", "agreement_time", "reference"]);
+        assert_eq!(
+            bad_fields(&error),
+            vec!["attested_by", "agreement_time", "reference"]
+        );
 
         let mut no_time = agreement_request(&created.name);
         no_time.agreement_time = None;
-        assert_eq!(bad_fields(&client.record_agreement(no_time).await.unwrap_err()), vec!["agreement_time"]);
+        assert_eq!(
+            bad_fields(&client.record_agreement(no_time).await.unwrap_err()),
+            vec!["agreement_time"]
+        );
 
         let error = client
             .register_account(proto::RegisterAccountRequest {
@@ -130,7 +188,10 @@ async fn bad_input_is_rejected_field_by_field_and_changes_nothing() {
             })
             .await
             .unwrap_err();
-        assert_eq!(bad_fields(&error), vec!["account.full_name", "account.email"]);
+        assert_eq!(
+            bad_fields(&error),
+            vec!["account.full_name", "account.email"]
+        );
 
         let error = client
             .register_account(proto::RegisterAccountRequest {
@@ -141,12 +202,21 @@ async fn bad_input_is_rejected_field_by_field_and_changes_nothing() {
             .unwrap_err();
         assert!(bad_fields(&error).contains(&"account".to_owned()));
 
-        for bad_name in ["", "tenants/gp", "tenants/gp/environments/staging", "tenants/GP/environments/test"] {
+        for bad_name in [
+            "",
+            "tenants/gp",
+            "tenants/gp/environments/staging",
+            "tenants/GP/environments/test",
+        ] {
             let error = get(&server, bad_name).await.unwrap_err();
             assert_eq!(error.code(), Code::InvalidArgument, "{bad_name}");
             assert_eq!(bad_fields(&error), vec!["name"]);
         }
-        assert_eq!(get(&server, &created.name).await.unwrap(), created, "nothing changed");
+        assert_eq!(
+            get(&server, &created.name).await.unwrap(),
+            created,
+            "nothing changed"
+        );
         assert_eq!(events(&server, &created.name).await.len(), 1);
     })
     .await;
@@ -160,17 +230,29 @@ async fn missing_onboardings_are_not_found() {
         let error = get(&server, &name).await.unwrap_err();
         assert_eq!(error.code(), Code::NotFound);
         assert_eq!(reason(&error), "NOT_FOUND");
-        let error = client.record_agreement(agreement_request(&name)).await.unwrap_err();
-        assert_eq!(error.code(), Code::NotFound);
-        let error = client.register_account(account_request(&name)).await.unwrap_err();
-        assert_eq!(error.code(), Code::NotFound);
         let error = client
-            .list_onboarding_events(proto::ListOnboardingEventsRequest { name: name.clone(), ..Default::default() })
+            .record_agreement(agreement_request(&name))
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::NotFound);
         let error = client
-            .watch_onboarding(proto::WatchOnboardingRequest { name, after_event: String::new() })
+            .register_account(account_request(&name))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::NotFound);
+        let error = client
+            .list_onboarding_events(proto::ListOnboardingEventsRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::NotFound);
+        let error = client
+            .watch_onboarding(proto::WatchOnboardingRequest {
+                name,
+                after_event: String::new(),
+            })
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::NotFound);
@@ -185,46 +267,98 @@ async fn agreement_then_account_walks_the_environment_stages() {
         let created = create(&server, "gp", Environment::Test).await;
 
         // Too early: the account needs the agreement.
-        let error = client.register_account(account_request(&created.name)).await.unwrap_err();
+        let error = client
+            .register_account(account_request(&created.name))
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), Code::FailedPrecondition);
         assert_eq!(reason(&error), "STAGES_NOT_COMPLETED");
         let details = tonic_types::StatusExt::get_error_details(&error);
         let violations = &details.precondition_failure().unwrap().violations;
         assert_eq!(violations.len(), 1);
-        assert_eq!(violations[0].subject, "tenants/gp/environments/test/stages/AGREEMENT");
+        assert_eq!(
+            violations[0].subject,
+            "tenants/gp/environments/test/stages/AGREEMENT"
+        );
         assert!(error.message().contains("AGREEMENT"));
 
-        let recorded = client.record_agreement(agreement_request(&created.name)).await.unwrap().into_inner().onboarding.unwrap();
+        let recorded = client
+            .record_agreement(agreement_request(&created.name))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
         let agreement = stage(&recorded, Stage::Agreement);
         assert_eq!(agreement.state, StageState::Completed as i32);
-        assert_eq!(recorded.agreement.as_ref().unwrap().reference, "CONTRACT-2026-17");
-        assert_eq!(recorded.agreement.as_ref().unwrap().attested_by, "anna@payway.se");
+        assert_eq!(
+            recorded.agreement.as_ref().unwrap().reference,
+            "CONTRACT-2026-17"
+        );
+        assert_eq!(
+            recorded.agreement.as_ref().unwrap().attested_by,
+            "anna@payway.se"
+        );
         assert_eq!(recorded.next_due[0].item, "account.register");
         assert_ne!(recorded.etag, created.etag);
 
-        let registered = client.register_account(account_request(&created.name)).await.unwrap().into_inner().onboarding.unwrap();
+        let registered = client
+            .register_account(account_request(&created.name))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
         let account = stage(&registered, Stage::Account);
         assert_eq!(account.state, StageState::ActionRequired as i32);
         assert_eq!(account.blocked_on, BlockedOn::Tenant as i32);
         assert_eq!(account.reason, "AWAITING_ACTIVATION");
-        for item in ["account.create", "account.activate", "account.accept_terms", "account.change_password"] {
+        for item in [
+            "account.create",
+            "account.activate",
+            "account.accept_terms",
+            "account.change_password",
+        ] {
             assert!(account.due.contains(&item.to_owned()), "{item} is due");
         }
-        assert!(account.message.contains("one user"), "test notes the single user");
+        assert!(
+            account.message.contains("one user"),
+            "test notes the single user"
+        );
         assert_eq!(registered.state, OnboardingState::ActionRequired as i32);
         assert_eq!(registered.blocked_on, BlockedOn::Tenant as i32);
-        assert!(registered.next_due.iter().all(|due| due.from == BlockedOn::Tenant as i32));
+        assert!(
+            registered
+                .next_due
+                .iter()
+                .all(|due| due.from == BlockedOn::Tenant as i32)
+        );
         assert_eq!(registered.account.as_ref().unwrap().email, "billecta@gp.se");
-        assert_eq!(get(&server, &created.name).await.unwrap(), registered, "reads show what the write returned");
+        assert_eq!(
+            get(&server, &created.name).await.unwrap(),
+            registered,
+            "reads show what the write returned"
+        );
 
         let trail = events(&server, &created.name).await;
         let methods: Vec<&str> = trail.iter().map(|e| e.method.as_str()).collect();
-        assert_eq!(methods, ["CreateOnboarding", "RecordAgreement", "RegisterAccount"]);
-        assert!(trail.iter().all(|e| e.outcome == "OK" && e.actor.starts_with("anonymous") && !e.correlation_id.is_empty()));
+        assert_eq!(
+            methods,
+            ["CreateOnboarding", "RecordAgreement", "RegisterAccount"]
+        );
+        assert!(trail.iter().all(|e| e.outcome == "OK"
+            && e.actor.starts_with("anonymous")
+            && !e.correlation_id.is_empty()));
         assert_eq!(trail[2].transitions.len(), 1);
         assert_eq!(trail[2].transitions[0].stage, Stage::Account as i32);
-        assert_eq!(trail[2].transitions[0].from_state, StageState::NotStarted as i32);
-        assert_eq!(trail[2].transitions[0].to_state, StageState::ActionRequired as i32);
+        assert_eq!(
+            trail[2].transitions[0].from_state,
+            StageState::NotStarted as i32
+        );
+        assert_eq!(
+            trail[2].transitions[0].to_state,
+            StageState::ActionRequired as i32
+        );
     })
     .await;
 }
@@ -249,26 +383,57 @@ async fn etags_and_validate_only_guard_changes() {
             etag: created.etag.clone(),
             ..agreement_request(&created.name)
         };
-        let would_be = client.record_agreement(dry_run).await.unwrap().into_inner().onboarding.unwrap();
-        assert_eq!(stage(&would_be, Stage::Agreement).state, StageState::Completed as i32);
-        assert_eq!(get(&server, &created.name).await.unwrap(), created, "validate_only changes nothing");
+        let would_be = client
+            .record_agreement(dry_run)
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(
+            stage(&would_be, Stage::Agreement).state,
+            StageState::Completed as i32
+        );
+        assert_eq!(
+            get(&server, &created.name).await.unwrap(),
+            created,
+            "validate_only changes nothing"
+        );
         assert_eq!(events(&server, &created.name).await.len(), 1);
 
         let dry_create = proto::CreateOnboardingRequest {
             validate_only: true,
             ..create_request("newco", Environment::Test)
         };
-        let would_create = client.create_onboarding(dry_create).await.unwrap().into_inner().onboarding.unwrap();
+        let would_create = client
+            .create_onboarding(dry_create)
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
         assert_eq!(would_create.name, "tenants/newco/environments/test");
-        assert_eq!(get(&server, &would_create.name).await.unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            get(&server, &would_create.name).await.unwrap_err().code(),
+            Code::NotFound
+        );
 
         let current = proto::RecordAgreementRequest {
             etag: created.etag.clone(),
             ..agreement_request(&created.name)
         };
-        let updated = client.record_agreement(current.clone()).await.unwrap().into_inner().onboarding.unwrap();
+        let updated = client
+            .record_agreement(current.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
         // The same etag again is now stale.
-        assert_eq!(client.record_agreement(current).await.unwrap_err().code(), Code::Aborted);
+        assert_eq!(
+            client.record_agreement(current).await.unwrap_err().code(),
+            Code::Aborted
+        );
         assert_eq!(get(&server, &created.name).await.unwrap(), updated);
     })
     .await;
@@ -284,10 +449,21 @@ async fn mutating_calls_replay_their_first_result() {
             etag: created.etag.clone(),
             ..agreement_request(&created.name)
         };
-        let first = client.record_agreement(request.clone()).await.unwrap().into_inner();
-        client.register_account(account_request(&created.name)).await.unwrap();
+        let first = client
+            .record_agreement(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        client
+            .register_account(account_request(&created.name))
+            .await
+            .unwrap();
         // The retry carries a now stale etag, yet returns the first result and changes nothing.
-        let retried = client.record_agreement(request.clone()).await.unwrap().into_inner();
+        let retried = client
+            .record_agreement(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(first, retried);
         assert_eq!(events(&server, &created.name).await.len(), 3);
 
@@ -301,7 +477,15 @@ async fn mutating_calls_replay_their_first_result() {
             request_id: "agreement-1".into(),
             ..account_request(&created.name)
         };
-        assert_eq!(reason(&client.register_account(reused_on_other_method).await.unwrap_err()), "REQUEST_ID_REUSED");
+        assert_eq!(
+            reason(
+                &client
+                    .register_account(reused_on_other_method)
+                    .await
+                    .unwrap_err()
+            ),
+            "REQUEST_ID_REUSED"
+        );
     })
     .await;
 }
@@ -324,10 +508,15 @@ async fn concurrent_writers_lose_no_update() {
         let trail = events(&server, &created.name).await;
         assert_eq!(trail.len(), 17);
         let names: Vec<String> = trail.iter().map(|e| e.name.clone()).collect();
-        let expected: Vec<String> = (1..=17).map(|n| format!("{}/events/{n}", created.name)).collect();
+        let expected: Vec<String> = (1..=17)
+            .map(|n| format!("{}/events/{n}", created.name))
+            .collect();
         assert_eq!(names, expected, "events are numbered without gaps");
         let last = get(&server, &created.name).await.unwrap();
-        assert_eq!(last.etag, "\"17\"", "every write applied on top of the one before");
+        assert_eq!(
+            last.etag, "\"17\"",
+            "every write applied on top of the one before"
+        );
         let last_reference = &last.agreement.unwrap().reference;
         assert!(trail[16].summary.contains(last_reference.as_str()));
     })
@@ -342,18 +531,44 @@ async fn list_filters_and_pages_stay_correct_while_rows_are_inserted() {
             create(&server, tenant, Environment::Test).await;
         }
         let production = create(&server, "d-tenant", Environment::Production).await;
-        client.record_agreement(agreement_request(&production.name)).await.unwrap();
-        client.register_account(account_request(&production.name)).await.unwrap();
+        client
+            .record_agreement(agreement_request(&production.name))
+            .await
+            .unwrap();
+        client
+            .register_account(account_request(&production.name))
+            .await
+            .unwrap();
 
         let list = |request: proto::ListOnboardingsRequest| {
             let mut client = client.clone();
-            async move { client.list_onboardings(request).await.map(|r| r.into_inner()) }
+            async move {
+                client
+                    .list_onboardings(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         };
-        let names = |page: &proto::ListOnboardingsResponse| page.onboardings.iter().map(|o| o.name.clone()).collect::<Vec<_>>();
+        let names = |page: &proto::ListOnboardingsResponse| {
+            page.onboardings
+                .iter()
+                .map(|o| o.name.clone())
+                .collect::<Vec<_>>()
+        };
 
-        let by_environment = list(proto::ListOnboardingsRequest { environment: Environment::Production.into(), ..Default::default() }).await.unwrap();
+        let by_environment = list(proto::ListOnboardingsRequest {
+            environment: Environment::Production.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         assert_eq!(names(&by_environment), vec![production.name.clone()]);
-        let waiting_on_tenant = list(proto::ListOnboardingsRequest { blocked_on: BlockedOn::Tenant.into(), ..Default::default() }).await.unwrap();
+        let waiting_on_tenant = list(proto::ListOnboardingsRequest {
+            blocked_on: BlockedOn::Tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         assert_eq!(names(&waiting_on_tenant), vec![production.name.clone()]);
         let waiting_on_operations = list(proto::ListOnboardingsRequest {
             state: OnboardingState::ActionRequired.into(),
@@ -363,26 +578,68 @@ async fn list_filters_and_pages_stay_correct_while_rows_are_inserted() {
         .await
         .unwrap();
         assert_eq!(waiting_on_operations.onboardings.len(), 4);
-        let ready = list(proto::ListOnboardingsRequest { state: OnboardingState::Ready.into(), ..Default::default() }).await.unwrap();
+        let ready = list(proto::ListOnboardingsRequest {
+            state: OnboardingState::Ready.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         assert!(ready.onboardings.is_empty());
 
         // Page through the test environment two at a time, inserting before and after the cursor.
-        let filter = proto::ListOnboardingsRequest { environment: Environment::Test.into(), page_size: 2, ..Default::default() };
+        let filter = proto::ListOnboardingsRequest {
+            environment: Environment::Test.into(),
+            page_size: 2,
+            ..Default::default()
+        };
         let first = list(filter.clone()).await.unwrap();
-        assert_eq!(names(&first), vec![name("b-tenant", "test"), name("d-tenant", "test")]);
+        assert_eq!(
+            names(&first),
+            vec![name("b-tenant", "test"), name("d-tenant", "test")]
+        );
         create(&server, "a-tenant", Environment::Test).await; // before the cursor: not in later pages
         create(&server, "e-tenant", Environment::Test).await; // after the cursor: in a later page
-        let second = list(proto::ListOnboardingsRequest { page_token: first.next_page_token.clone(), ..filter.clone() }).await.unwrap();
-        assert_eq!(names(&second), vec![name("e-tenant", "test"), name("f-tenant", "test")]);
-        let third = list(proto::ListOnboardingsRequest { page_token: second.next_page_token.clone(), ..filter.clone() }).await.unwrap();
+        let second = list(proto::ListOnboardingsRequest {
+            page_token: first.next_page_token.clone(),
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            names(&second),
+            vec![name("e-tenant", "test"), name("f-tenant", "test")]
+        );
+        let third = list(proto::ListOnboardingsRequest {
+            page_token: second.next_page_token.clone(),
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
         assert_eq!(names(&third), vec![name("h-tenant", "test")]);
         assert!(third.next_page_token.is_empty());
 
-        let wrong_filter = list(proto::ListOnboardingsRequest { page_token: first.next_page_token.clone(), page_size: 2, ..Default::default() }).await.unwrap_err();
+        let wrong_filter = list(proto::ListOnboardingsRequest {
+            page_token: first.next_page_token.clone(),
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
         assert_eq!(bad_fields(&wrong_filter), vec!["page_token"]);
-        let garbage = list(proto::ListOnboardingsRequest { page_token: "garbage!".into(), ..Default::default() }).await.unwrap_err();
+        let garbage = list(proto::ListOnboardingsRequest {
+            page_token: "garbage!".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
         assert_eq!(bad_fields(&garbage), vec!["page_token"]);
-        let negative = list(proto::ListOnboardingsRequest { page_size: -1, state: 99, ..Default::default() }).await.unwrap_err();
+        let negative = list(proto::ListOnboardingsRequest {
+            page_size: -1,
+            state: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
         assert_eq!(bad_fields(&negative), vec!["state", "page_size"]);
     })
     .await;
@@ -394,13 +651,20 @@ async fn events_page_in_order() {
         let mut client = server.client.clone();
         let created = create(&server, "gp", Environment::Test).await;
         for _ in 0..4 {
-            client.record_agreement(agreement_request(&created.name)).await.unwrap();
+            client
+                .record_agreement(agreement_request(&created.name))
+                .await
+                .unwrap();
         }
         let mut seen = Vec::new();
         let mut token = String::new();
         loop {
             let page = client
-                .list_onboarding_events(proto::ListOnboardingEventsRequest { name: created.name.clone(), page_size: 2, page_token: token })
+                .list_onboarding_events(proto::ListOnboardingEventsRequest {
+                    name: created.name.clone(),
+                    page_size: 2,
+                    page_token: token,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -410,17 +674,27 @@ async fn events_page_in_order() {
                 break;
             }
         }
-        let expected: Vec<String> = (1..=5).map(|n| format!("{}/events/{n}", created.name)).collect();
+        let expected: Vec<String> = (1..=5)
+            .map(|n| format!("{}/events/{n}", created.name))
+            .collect();
         assert_eq!(seen, expected);
 
         let other = create(&server, "hd", Environment::Test).await;
         let first = client
-            .list_onboarding_events(proto::ListOnboardingEventsRequest { name: created.name.clone(), page_size: 1, page_token: String::new() })
+            .list_onboarding_events(proto::ListOnboardingEventsRequest {
+                name: created.name.clone(),
+                page_size: 1,
+                page_token: String::new(),
+            })
             .await
             .unwrap()
             .into_inner();
         let error = client
-            .list_onboarding_events(proto::ListOnboardingEventsRequest { name: other.name, page_size: 1, page_token: first.next_page_token })
+            .list_onboarding_events(proto::ListOnboardingEventsRequest {
+                name: other.name,
+                page_size: 1,
+                page_token: first.next_page_token,
+            })
             .await
             .unwrap_err();
         assert_eq!(bad_fields(&error), vec!["page_token"]);

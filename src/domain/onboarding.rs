@@ -112,7 +112,13 @@ pub struct EventRecord {
 
 impl StageRecord {
     /// A stage that has not started, waiting on `blocked_on` for `due`.
-    pub fn waiting(stage: Stage, blocked_on: BlockedOn, due: Vec<String>, reason: &str, message: &str) -> Self {
+    pub fn waiting(
+        stage: Stage,
+        blocked_on: BlockedOn,
+        due: Vec<String>,
+        reason: &str,
+        message: &str,
+    ) -> Self {
         Self {
             stage,
             state: StageState::NotStarted,
@@ -166,7 +172,8 @@ impl OnboardingRecord {
     }
 
     pub fn key(&self) -> OnboardingKey {
-        let tenant = TenantId::parse("tenant", &self.tenant).expect("stored tenant ids were validated on create");
+        let tenant = TenantId::parse("tenant", &self.tenant)
+            .expect("stored tenant ids were validated on create");
         OnboardingKey::new(tenant, self.environment)
     }
 
@@ -225,7 +232,10 @@ impl OnboardingRecord {
                 message: "ACCOUNT is completed: the account is activated and can no longer be re-registered".to_owned(),
             });
         }
-        let summary = format!("account registered for {} ({})", account.full_name, account.company_name);
+        let summary = format!(
+            "account registered for {} ({})",
+            account.full_name, account.company_name
+        );
         self.account = Some(account);
         stages::account_registered(self, now);
         Ok(summary)
@@ -305,7 +315,10 @@ mod tests {
             Error::StagesNotDone { unmet, .. } => {
                 assert_eq!(unmet.len(), 1);
                 assert_eq!(unmet[0].stage, Stage::Agreement);
-                assert_eq!(unmet[0].subject, "tenants/gp/environments/test/stages/AGREEMENT");
+                assert_eq!(
+                    unmet[0].subject,
+                    "tenants/gp/environments/test/stages/AGREEMENT"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -324,16 +337,34 @@ mod tests {
         assert_eq!(stage.blocked_on, BlockedOn::Tenant);
         assert!(stage.due.contains(&stages::ACCOUNT_ACTIVATE.to_owned()));
         assert!(stage.due.contains(&stages::ACCOUNT_ACCEPT_TERMS.to_owned()));
-        assert!(stage.due.contains(&stages::ACCOUNT_CHANGE_PASSWORD.to_owned()));
-        assert!(stage.message.contains("one user"), "test notes the single user: {}", stage.message);
+        assert!(
+            stage
+                .due
+                .contains(&stages::ACCOUNT_CHANGE_PASSWORD.to_owned())
+        );
+        assert!(
+            stage.message.contains("one user"),
+            "test notes the single user: {}",
+            stage.message
+        );
         assert_eq!(record.state, OnboardingState::ActionRequired);
         assert_eq!(record.blocked_on, BlockedOn::Tenant);
         let transitions = record.transitions_since(&before);
         assert_eq!(
             transitions,
             vec![
-                StageTransition { stage: Stage::Agreement, creditor: None, from: StageState::NotStarted, to: StageState::Completed },
-                StageTransition { stage: Stage::Account, creditor: None, from: StageState::NotStarted, to: StageState::ActionRequired },
+                StageTransition {
+                    stage: Stage::Agreement,
+                    creditor: None,
+                    from: StageState::NotStarted,
+                    to: StageState::Completed
+                },
+                StageTransition {
+                    stage: Stage::Account,
+                    creditor: None,
+                    from: StageState::NotStarted,
+                    to: StageState::ActionRequired
+                },
             ]
         );
     }
@@ -343,15 +374,31 @@ mod tests {
         let mut record = OnboardingRecord::new("id".into(), &key(Environment::Production), 0);
         record.record_agreement(agreement(), 4);
         record.register_account(account(), 5).unwrap();
-        assert!(record.stage(Stage::Account).message.contains("separate API user"));
-        assert!(record.next_due()[0].description.contains("app.billecta.com"));
+        assert!(
+            record
+                .stage(Stage::Account)
+                .message
+                .contains("separate API user")
+        );
+        assert!(
+            record.next_due()[0]
+                .description
+                .contains("app.billecta.com")
+        );
     }
 
     #[test]
     fn a_done_environment_asks_for_the_first_creditor() {
         let mut record = OnboardingRecord::new("id".into(), &key(Environment::Test), 0);
         record.record_agreement(agreement(), 4);
-        record.stage_mut(Stage::Account).set(StageState::Completed, BlockedOn::Nobody, vec![], "ACTIVATED", "", 6);
+        record.stage_mut(Stage::Account).set(
+            StageState::Completed,
+            BlockedOn::Nobody,
+            vec![],
+            "ACTIVATED",
+            "",
+            6,
+        );
         record.refresh();
         assert_eq!(record.state, OnboardingState::ActionRequired);
         assert_eq!(record.next_due()[0].item, stages::CREDITOR_CREATE);
@@ -360,10 +407,24 @@ mod tests {
     #[test]
     fn failing_and_waiting_never_look_alike() {
         let mut record = OnboardingRecord::new("id".into(), &key(Environment::Test), 0);
-        record.stage_mut(Stage::Agreement).set(StageState::Failed, BlockedOn::PaywayOperations, vec![], "X", "", 1);
+        record.stage_mut(Stage::Agreement).set(
+            StageState::Failed,
+            BlockedOn::PaywayOperations,
+            vec![],
+            "X",
+            "",
+            1,
+        );
         record.refresh();
         assert_eq!(record.state, OnboardingState::Failed);
-        record.stage_mut(Stage::Agreement).set(StageState::InProgress, BlockedOn::SystemRetrying, vec![], "X", "", 1);
+        record.stage_mut(Stage::Agreement).set(
+            StageState::InProgress,
+            BlockedOn::SystemRetrying,
+            vec![],
+            "X",
+            "",
+            1,
+        );
         record.refresh();
         assert_eq!(record.state, OnboardingState::InProgress);
         assert_eq!(record.blocked_on, BlockedOn::SystemRetrying);

@@ -99,7 +99,9 @@ pub fn initial_environment_stages(environment: Environment) -> Vec<StageRecord> 
         "AWAITING_AGREEMENT",
         match environment {
             Environment::Test => "No agreement with Billecta is recorded yet.",
-            Environment::Production => "The production procedure with Billecta is not recorded as started yet.",
+            Environment::Production => {
+                "The production procedure with Billecta is not recorded as started yet."
+            }
         },
     );
     let account = StageRecord::waiting(
@@ -168,7 +170,11 @@ pub fn account_registered(record: &mut OnboardingRecord, now: Micros) {
 }
 
 /// The stages among `required` that are not done yet, as a precondition error for `action`.
-pub fn require_done(record: &OnboardingRecord, required: &[Stage], action: &str) -> Result<(), Error> {
+pub fn require_done(
+    record: &OnboardingRecord,
+    required: &[Stage],
+    action: &str,
+) -> Result<(), Error> {
     let name = record.key().name();
     let unmet: Vec<UnmetStage> = required
         .iter()
@@ -186,7 +192,10 @@ pub fn require_done(record: &OnboardingRecord, required: &[Stage], action: &str)
     let list: Vec<&str> = unmet.iter().map(|u| u.stage.as_str()).collect();
     Err(Error::StagesNotDone {
         resource: name,
-        message: format!("{action} needs these stages completed first: {}", list.join(", ")),
+        message: format!(
+            "{action} needs these stages completed first: {}",
+            list.join(", ")
+        ),
         unmet,
     })
 }
@@ -200,10 +209,16 @@ pub fn roll_up(record: &OnboardingRecord) -> (OnboardingState, BlockedOn, Vec<Du
     let environment = record.environment;
     let mut next_due = Vec::new();
     let mut waiting_on = None;
-    let mut add_frontier = |stage: &StageRecord, creditor: Option<&str>, next_due: &mut Vec<DueItem>| {
-        waiting_on.get_or_insert(stage.blocked_on);
-        next_due.extend(stage.due.iter().map(|item| due_item(item, stage.stage, creditor, environment)));
-    };
+    let mut add_frontier =
+        |stage: &StageRecord, creditor: Option<&str>, next_due: &mut Vec<DueItem>| {
+            waiting_on.get_or_insert(stage.blocked_on);
+            next_due.extend(
+                stage
+                    .due
+                    .iter()
+                    .map(|item| due_item(item, stage.stage, creditor, environment)),
+            );
+        };
     match frontier(&record.stages) {
         Some(stage) => add_frontier(stage, None, &mut next_due),
         None if record.creditors.is_empty() => {
@@ -250,9 +265,10 @@ pub fn roll_up(record: &OnboardingRecord) -> (OnboardingState, BlockedOn, Vec<Du
 
 /// The first stage that holds the setup back: not done, and not an optional stage nobody started.
 fn frontier(stages: &[StageRecord]) -> Option<&StageRecord> {
-    stages
-        .iter()
-        .find(|stage| !stage.state.is_done() && !(stage.stage.is_optional() && stage.state == StageState::NotStarted))
+    stages.iter().find(|stage| {
+        !(stage.state.is_done()
+            || (stage.stage.is_optional() && stage.state == StageState::NotStarted))
+    })
 }
 
 fn due_item(item: &str, stage: Stage, creditor: Option<&str>, environment: Environment) -> DueItem {

@@ -64,7 +64,8 @@ pub struct TenantId(String);
 
 impl TenantId {
     pub fn parse(field: &str, text: &str) -> Result<Self, FieldViolation> {
-        const RULE: &str = "must be 1-63 characters of a-z, 0-9 and '-', start with a letter and not end with '-'";
+        const RULE: &str =
+            "must be 1-63 characters of a-z, 0-9 and '-', start with a letter and not end with '-'";
         let valid_chars = text
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -110,10 +111,14 @@ impl OnboardingKey {
         let parts: Vec<&str> = name.split('/').collect();
         match parts.as_slice() {
             ["tenants", tenant, "environments", environment] => {
-                let tenant = TenantId::parse(field, tenant)
-                    .map_err(|v| FieldViolation::new(field, format!("{FORM}; tenant {}", v.description)))?;
+                let tenant = TenantId::parse(field, tenant).map_err(|v| {
+                    FieldViolation::new(field, format!("{FORM}; tenant {}", v.description))
+                })?;
                 let environment = Environment::parse(environment).ok_or_else(|| {
-                    FieldViolation::new(field, format!("{FORM}; the environment is test or production"))
+                    FieldViolation::new(
+                        field,
+                        format!("{FORM}; the environment is test or production"),
+                    )
                 })?;
                 Ok(Self::new(tenant, environment))
             }
@@ -140,14 +145,21 @@ impl OnboardingKey {
             .and_then(|sequence| sequence.parse::<i64>().ok())
             .filter(|sequence| *sequence >= 0)
             .ok_or_else(|| {
-                FieldViolation::new(field, format!("must be an event name of this onboarding, {prefix}{{n}}"))
+                FieldViolation::new(
+                    field,
+                    format!("must be an event name of this onboarding, {prefix}{{n}}"),
+                )
             })
     }
 }
 
 impl fmt::Display for OnboardingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tenants/{}/environments/{}", self.tenant, self.environment)
+        write!(
+            f,
+            "tenants/{}/environments/{}",
+            self.tenant, self.environment
+        )
     }
 }
 
@@ -186,10 +198,16 @@ pub fn required_text(field: &str, text: &str, max: usize) -> Result<String, Fiel
         return Err(FieldViolation::new(field, "is required"));
     }
     if trimmed.chars().count() > max {
-        return Err(FieldViolation::new(field, format!("must be at most {max} characters")));
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(FieldViolation::new(field, "must not contain control characters"));
+        return Err(FieldViolation::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(trimmed.to_owned())
 }
@@ -205,7 +223,8 @@ impl Email {
         if text.is_empty() {
             return Err(FieldViolation::new(field, "is required"));
         }
-        let invalid = || FieldViolation::new(field, "must be an e-mail address such as name@example.se");
+        let invalid =
+            || FieldViolation::new(field, "must be an e-mail address such as name@example.se");
         let (local, domain) = text.rsplit_once('@').ok_or_else(invalid)?;
         let local_ok = !local.is_empty()
             && local.len() <= 64
@@ -222,9 +241,13 @@ impl Email {
                     && label.len() <= 63
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
-            && labels.last().is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+            && labels
+                .last()
+                .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
         if text.len() > 254 || !local_ok || !domain_ok {
             return Err(invalid());
         }
@@ -247,8 +270,12 @@ pub fn past_time(field: &str, time: Option<Micros>, now: Micros) -> Result<Micro
     const SKEW: Micros = 5 * 60 * 1_000_000;
     match time {
         None => Err(FieldViolation::new(field, "is required")),
-        Some(time) if time < YEAR_2000 => Err(FieldViolation::new(field, "must be after 2000-01-01")),
-        Some(time) if time > now + SKEW => Err(FieldViolation::new(field, "must not be in the future")),
+        Some(time) if time < YEAR_2000 => {
+            Err(FieldViolation::new(field, "must be after 2000-01-01"))
+        }
+        Some(time) if time > now + SKEW => {
+            Err(FieldViolation::new(field, "must not be in the future"))
+        }
         Some(time) => Ok(time),
     }
 }
@@ -274,19 +301,46 @@ mod tests {
         assert_eq!(key.tenant.as_str(), "gp");
         assert_eq!(key.environment, Environment::Production);
         assert_eq!(key.name(), "tenants/gp/environments/production");
-        assert_eq!(key.parse_event_name("after", &key.event_name(7)).unwrap(), 7);
-        assert!(key.parse_event_name("after", "tenants/x/environments/test/events/7").is_err());
-        for bad in ["", "tenants/gp", "tenants/gp/environments/stage", "tenants/GP/environments/test", "x/gp/environments/test/extra"] {
+        assert_eq!(
+            key.parse_event_name("after", &key.event_name(7)).unwrap(),
+            7
+        );
+        assert!(
+            key.parse_event_name("after", "tenants/x/environments/test/events/7")
+                .is_err()
+        );
+        for bad in [
+            "",
+            "tenants/gp",
+            "tenants/gp/environments/stage",
+            "tenants/GP/environments/test",
+            "x/gp/environments/test/extra",
+        ] {
             assert!(OnboardingKey::parse_name("name", bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn emails_need_a_deliverable_shape() {
-        for good in ["a@b.se", "payway.billecta@example.com", "first+tag@sub.example.co.uk"] {
+        for good in [
+            "a@b.se",
+            "payway.billecta@example.com",
+            "first+tag@sub.example.co.uk",
+        ] {
             assert!(Email::parse("email", good).is_ok(), "{good}");
         }
-        for bad in ["", "plain", "@b.se", "a@", "a@b", "a@b.s", "a b@c.se", "a@-b.se", "a..b@c.se", "a@b.123"] {
+        for bad in [
+            "",
+            "plain",
+            "@b.se",
+            "a@",
+            "a@b",
+            "a@b.s",
+            "a b@c.se",
+            "a@-b.se",
+            "a..b@c.se",
+            "a@b.123",
+        ] {
             assert!(Email::parse("email", bad).is_err(), "{bad}");
         }
     }
@@ -294,7 +348,11 @@ mod tests {
     #[test]
     fn request_ids_are_bounded() {
         assert_eq!(RequestId::parse_optional("request_id", "").unwrap(), None);
-        assert!(RequestId::parse_optional("request_id", "0f8c-11:ab.c_d").unwrap().is_some());
+        assert!(
+            RequestId::parse_optional("request_id", "0f8c-11:ab.c_d")
+                .unwrap()
+                .is_some()
+        );
         assert!(RequestId::parse_optional("request_id", "has space").is_err());
         assert!(RequestId::parse_optional("request_id", &"x".repeat(129)).is_err());
     }

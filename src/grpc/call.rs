@@ -72,9 +72,17 @@ where
             .and_then(|value| value.to_str().ok())
             .filter(|value| is_acceptable_id(value))
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         let span = tracing::info_span!("rpc", request_id = %correlation_id, method = %method);
-        request.extensions_mut().insert(CorrelationId(correlation_id.clone()));
+        request
+            .extensions_mut()
+            .insert(CorrelationId(correlation_id.clone()));
         let permit = self.admission.clone().try_acquire_owned();
         // The service that was polled ready is the one to call; leave a fresh clone behind.
         let fresh = self.inner.clone();
@@ -118,4 +126,55 @@ where
 /// A caller's id is reused only if it is short, printable ASCII, so logs stay clean.
 fn is_acceptable_id(value: &str) -> bool {
     !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tokio::sync::oneshot;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_call_over_the_limit_is_refused_at_once_and_ids_are_echoed() {
+        let (release, released) = oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let slow = tower::service_fn(move |_request: Request<()>| {
+            let released = released.clone();
+            async move {
+                if let Some(wait) = released.lock().await.take() {
+                    let _ = wait.await;
+                }
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        });
+        let service = CallLayer::new(1).layer(slow);
+
+        let mut held = Request::new(());
+        held.headers_mut()
+            .insert(REQUEST_ID_HEADER, HeaderValue::from_static("first-call"));
+        let first = tokio::spawn(service.clone().oneshot(held));
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+        let refused = service.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(
+            refused.headers().get("grpc-status").unwrap(),
+            "8",
+            "RESOURCE_EXHAUSTED"
+        );
+        assert!(!refused.headers().get(REQUEST_ID_HEADER).unwrap().is_empty());
+
+        release.send(()).unwrap();
+        let served = first.await.unwrap().unwrap();
+        assert!(served.headers().get("grpc-status").is_none());
+        assert_eq!(
+            served.headers().get(REQUEST_ID_HEADER).unwrap(),
+            "first-call"
+        );
+
+        // The slot is free again.
+        let after = service.oneshot(Request::new(())).await.unwrap();
+        assert!(after.headers().get("grpc-status").is_none());
+    }
 }

@@ -1,6 +1,8 @@
 //! Domain records to API messages, and API enums to domain values.
 
-use crate::domain::onboarding::{CreditorRecord, DueItem, EventRecord, OnboardingRecord, StageRecord, StageTransition};
+use crate::domain::onboarding::{
+    CreditorRecord, DueItem, EventRecord, OnboardingRecord, StageRecord, StageTransition,
+};
 use crate::domain::validate::{FieldViolation, OnboardingKey};
 use crate::domain::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
 use crate::proto;
@@ -33,12 +35,19 @@ pub fn parse_environment(field: &str, value: i32) -> Result<Environment, FieldVi
     match proto::Environment::try_from(value) {
         Ok(proto::Environment::Test) => Ok(Environment::Test),
         Ok(proto::Environment::Production) => Ok(Environment::Production),
-        _ => Err(FieldViolation::new(field, "is required: ENVIRONMENT_TEST or ENVIRONMENT_PRODUCTION")),
+        _ => Err(FieldViolation::new(
+            field,
+            "is required: ENVIRONMENT_TEST or ENVIRONMENT_PRODUCTION",
+        )),
     }
 }
 
 /// An optional filter field: unspecified means no filter.
-pub fn parse_filter<P, D>(field: &str, value: i32, convert: fn(P) -> Option<D>) -> Result<Option<D>, FieldViolation>
+pub fn parse_filter<P, D>(
+    field: &str,
+    value: i32,
+    convert: fn(P) -> Option<D>,
+) -> Result<Option<D>, FieldViolation>
 where
     P: TryFrom<i32>,
 {
@@ -61,11 +70,17 @@ pub fn environment_from(value: proto::Environment) -> Option<Environment> {
 }
 
 pub fn onboarding_state_from(value: proto::OnboardingState) -> Option<OnboardingState> {
-    OnboardingState::ALL.iter().copied().find(|state| onboarding_state(*state) == value)
+    OnboardingState::ALL
+        .iter()
+        .copied()
+        .find(|state| onboarding_state(*state) == value)
 }
 
 pub fn blocked_on_from(value: proto::BlockedOn) -> Option<BlockedOn> {
-    BlockedOn::ALL.iter().copied().find(|blocked| blocked_on(*blocked) == value)
+    BlockedOn::ALL
+        .iter()
+        .copied()
+        .find(|blocked| blocked_on(*blocked) == value)
 }
 
 pub fn stage(stage: Stage) -> proto::Stage {
@@ -172,7 +187,11 @@ pub fn onboarding(record: &OnboardingRecord) -> proto::Onboarding {
         etag: record.etag(),
         create_time: Some(timestamp(record.create_time)),
         update_time: Some(timestamp(record.update_time)),
-        last_event: if record.last_event > 0 { key.event_name(record.last_event) } else { String::new() },
+        last_event: if record.last_event > 0 {
+            key.event_name(record.last_event)
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -214,11 +233,17 @@ mod tests {
     #[test]
     fn every_domain_value_has_an_api_value() {
         for state in OnboardingState::ALL {
-            assert_eq!(onboarding_state_from(onboarding_state(*state)), Some(*state));
+            assert_eq!(
+                onboarding_state_from(onboarding_state(*state)),
+                Some(*state)
+            );
         }
         for blocked in BlockedOn::ALL {
             assert_eq!(blocked_on_from(blocked_on(*blocked)), Some(*blocked));
         }
-        assert_eq!(onboarding_state_from(proto::OnboardingState::Unspecified), None);
+        assert_eq!(
+            onboarding_state_from(proto::OnboardingState::Unspecified),
+            None
+        );
     }
 }

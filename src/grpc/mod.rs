@@ -6,8 +6,10 @@ pub mod convert;
 pub mod status;
 mod tokens;
 
-use crate::domain::validate::{self, FieldViolation, OnboardingKey, RequestId, TenantId, Violations};
 use crate::domain::now_micros;
+use crate::domain::validate::{
+    self, FieldViolation, OnboardingKey, RequestId, TenantId, Violations,
+};
 use crate::error::Error;
 use crate::operations::{CallContext, Mutation, Operations};
 use crate::proto;
@@ -39,7 +41,11 @@ pub struct OnboardingApi {
 }
 
 impl OnboardingApi {
-    pub fn new(operations: Operations, shutdown: CancellationToken, watch_poll_interval: Duration) -> Self {
+    pub fn new(
+        operations: Operations,
+        shutdown: CancellationToken,
+        watch_poll_interval: Duration,
+    ) -> Self {
         Self {
             operations,
             shutdown,
@@ -59,7 +65,10 @@ fn call_context<T>(request: &Request<T>) -> CallContext {
         Some(address) => format!("anonymous@{address}"),
         None => "anonymous".to_owned(),
     };
-    CallContext { actor, correlation_id }
+    CallContext {
+        actor,
+        correlation_id,
+    }
 }
 
 /// The shared conventions of a mutating request. `without_id` is the request with its request_id
@@ -103,7 +112,8 @@ struct EventsPage {
     after: i64,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchOnboardingResponse, Status>> + Send>>;
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<proto::WatchOnboardingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl OnboardingService for OnboardingApi {
@@ -115,16 +125,29 @@ impl OnboardingService for OnboardingApi {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let tenant = violations.check(TenantId::parse("tenant", &request.tenant));
-        let environment = violations.check(convert::parse_environment("environment", request.environment));
+        let environment = violations.check(convert::parse_environment(
+            "environment",
+            request.environment,
+        ));
         let without_id = proto::CreateOnboardingRequest {
             request_id: String::new(),
             validate_only: false,
             ..request.clone()
         };
-        let mutation = mutation(&mut violations, "CreateOnboarding", &request.request_id, "", request.validate_only, &without_id);
+        let mutation = mutation(
+            &mut violations,
+            "CreateOnboarding",
+            &request.request_id,
+            "",
+            request.validate_only,
+            &without_id,
+        );
         violations.finish().map_err(Error::from)?;
         let key = OnboardingKey::new(checked(tenant), checked(environment));
-        let record = self.operations.create_onboarding(&call, &key, &checked(mutation)).await?;
+        let record = self
+            .operations
+            .create_onboarding(&call, &key, &checked(mutation))
+            .await?;
         tracing::info!(onboarding = %key, validate_only = request.validate_only, "onboarding created");
         Ok(Response::new(proto::CreateOnboardingResponse {
             onboarding: Some(convert::onboarding(&record)),
@@ -135,7 +158,8 @@ impl OnboardingService for OnboardingApi {
         &self,
         request: Request<proto::GetOnboardingRequest>,
     ) -> Result<Response<proto::GetOnboardingResponse>, Status> {
-        let key = OnboardingKey::parse_name("name", &request.get_ref().name).map_err(Error::from)?;
+        let key =
+            OnboardingKey::parse_name("name", &request.get_ref().name).map_err(Error::from)?;
         let record = self.operations.get_onboarding(&key).await?;
         Ok(Response::new(proto::GetOnboardingResponse {
             onboarding: Some(convert::onboarding(&record)),
@@ -148,25 +172,53 @@ impl OnboardingService for OnboardingApi {
     ) -> Result<Response<proto::ListOnboardingsResponse>, Status> {
         let request = request.into_inner();
         let mut violations = Violations::new();
-        let environment = violations.check(convert::parse_filter("environment", request.environment, convert::environment_from));
-        let state = violations.check(convert::parse_filter("state", request.state, convert::onboarding_state_from));
-        let blocked_on = violations.check(convert::parse_filter("blocked_on", request.blocked_on, convert::blocked_on_from));
-        let page_size = violations.check(tokens::page_size("page_size", request.page_size, 50, 500));
-        let page = violations.check(tokens::decode::<OnboardingsPage>("page_token", &request.page_token));
+        let environment = violations.check(convert::parse_filter(
+            "environment",
+            request.environment,
+            convert::environment_from,
+        ));
+        let state = violations.check(convert::parse_filter(
+            "state",
+            request.state,
+            convert::onboarding_state_from,
+        ));
+        let blocked_on = violations.check(convert::parse_filter(
+            "blocked_on",
+            request.blocked_on,
+            convert::blocked_on_from,
+        ));
+        let page_size =
+            violations.check(tokens::page_size("page_size", request.page_size, 50, 500));
+        let page = violations.check(tokens::decode::<OnboardingsPage>(
+            "page_token",
+            &request.page_token,
+        ));
         violations.finish().map_err(Error::from)?;
         let filter = ListFilter {
             environment: checked(environment),
             state: checked(state),
             blocked_on: checked(blocked_on),
         };
-        let filter_text = format!("{:?}", (filter.environment, filter.state, filter.blocked_on));
+        let filter_text = format!(
+            "{:?}",
+            (filter.environment, filter.state, filter.blocked_on)
+        );
         let page = checked(page);
         if page.as_ref().is_some_and(|page| page.filter != filter_text) {
-            return Err(Error::from(FieldViolation::new("page_token", "was issued for a different filter")).into());
+            return Err(Error::from(FieldViolation::new(
+                "page_token",
+                "was issued for a different filter",
+            ))
+            .into());
         }
         let limit = checked(page_size);
-        let after = page.as_ref().map(|page| (page.tenant.as_str(), page.environment.as_str()));
-        let mut records = self.operations.list_onboardings(&filter, after, limit + 1).await?;
+        let after = page
+            .as_ref()
+            .map(|page| (page.tenant.as_str(), page.environment.as_str()));
+        let mut records = self
+            .operations
+            .list_onboardings(&filter, after, limit + 1)
+            .await?;
         let more = records.len() as i64 > limit;
         records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let next_page_token = match records.last() {
@@ -191,20 +243,35 @@ impl OnboardingService for OnboardingApi {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
-        let attested_by = violations.check(validate::required_text("attested_by", &request.attested_by, MAX_TEXT));
+        let attested_by = violations.check(validate::required_text(
+            "attested_by",
+            &request.attested_by,
+            MAX_TEXT,
+        ));
         let agreement_time = violations.check(validate::past_time(
             "agreement_time",
             request.agreement_time.as_ref().map(convert::micros),
             now_micros(),
         ));
-        let reference = violations.check(validate::required_text("reference", &request.reference, MAX_TEXT));
+        let reference = violations.check(validate::required_text(
+            "reference",
+            &request.reference,
+            MAX_TEXT,
+        ));
         let without_id = proto::RecordAgreementRequest {
             request_id: String::new(),
             validate_only: false,
             etag: String::new(),
             ..request.clone()
         };
-        let mutation = mutation(&mut violations, "RecordAgreement", &request.request_id, &request.etag, request.validate_only, &without_id);
+        let mutation = mutation(
+            &mut violations,
+            "RecordAgreement",
+            &request.request_id,
+            &request.etag,
+            request.validate_only,
+            &without_id,
+        );
         violations.finish().map_err(Error::from)?;
         let record = self
             .operations
@@ -232,10 +299,21 @@ impl OnboardingService for OnboardingApi {
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
         let account = request.account.clone().unwrap_or_default();
         if request.account.is_none() {
-            violations.push(FieldViolation::new("account", "is required: full_name, company_name and email"));
+            violations.push(FieldViolation::new(
+                "account",
+                "is required: full_name, company_name and email",
+            ));
         }
-        let full_name = violations.check(validate::required_text("account.full_name", &account.full_name, MAX_TEXT));
-        let company_name = violations.check(validate::required_text("account.company_name", &account.company_name, MAX_TEXT));
+        let full_name = violations.check(validate::required_text(
+            "account.full_name",
+            &account.full_name,
+            MAX_TEXT,
+        ));
+        let company_name = violations.check(validate::required_text(
+            "account.company_name",
+            &account.company_name,
+            MAX_TEXT,
+        ));
         let email = violations.check(validate::Email::parse("account.email", &account.email));
         let without_id = proto::RegisterAccountRequest {
             request_id: String::new(),
@@ -243,7 +321,14 @@ impl OnboardingService for OnboardingApi {
             etag: String::new(),
             ..request.clone()
         };
-        let mutation = mutation(&mut violations, "RegisterAccount", &request.request_id, &request.etag, request.validate_only, &without_id);
+        let mutation = mutation(
+            &mut violations,
+            "RegisterAccount",
+            &request.request_id,
+            &request.etag,
+            request.validate_only,
+            &without_id,
+        );
         violations.finish().map_err(Error::from)?;
         let record = self
             .operations
@@ -268,18 +353,32 @@ impl OnboardingService for OnboardingApi {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
-        let page_size = violations.check(tokens::page_size("page_size", request.page_size, 100, 1000));
-        let page = violations.check(tokens::decode::<EventsPage>("page_token", &request.page_token));
+        let page_size =
+            violations.check(tokens::page_size("page_size", request.page_size, 100, 1000));
+        let page = violations.check(tokens::decode::<EventsPage>(
+            "page_token",
+            &request.page_token,
+        ));
         violations.finish().map_err(Error::from)?;
         let key = checked(key);
         let page = checked(page);
-        if page.as_ref().is_some_and(|page| page.onboarding != key.name()) {
-            return Err(Error::from(FieldViolation::new("page_token", "was issued for a different onboarding")).into());
+        if page
+            .as_ref()
+            .is_some_and(|page| page.onboarding != key.name())
+        {
+            return Err(Error::from(FieldViolation::new(
+                "page_token",
+                "was issued for a different onboarding",
+            ))
+            .into());
         }
         let limit = checked(page_size);
         let record = self.operations.get_onboarding(&key).await?;
         let after = page.map_or(0, |page| page.after);
-        let events = self.operations.list_events(&key.tenant, &record.id, after, limit).await?;
+        let events = self
+            .operations
+            .list_events(&key.tenant, &record.id, after, limit)
+            .await?;
         let next_page_token = match events.last() {
             Some(last) if last.sequence < record.last_event => tokens::encode(&EventsPage {
                 onboarding: key.name(),
@@ -288,7 +387,10 @@ impl OnboardingService for OnboardingApi {
             _ => String::new(),
         };
         Ok(Response::new(proto::ListOnboardingEventsResponse {
-            events: events.iter().map(|event| convert::event(&key, event)).collect(),
+            events: events
+                .iter()
+                .map(|event| convert::event(&key, event))
+                .collect(),
             next_page_token,
         }))
     }
@@ -304,7 +406,10 @@ impl OnboardingService for OnboardingApi {
         let after = if request.after_event.is_empty() {
             None
         } else {
-            Some(key.parse_event_name("after_event", &request.after_event).map_err(Error::from)?)
+            Some(
+                key.parse_event_name("after_event", &request.after_event)
+                    .map_err(Error::from)?,
+            )
         };
         // Subscribe before reading, so no change between the read and the subscription is missed.
         let changes = self.operations.subscribe();
@@ -326,7 +431,11 @@ impl OnboardingService for OnboardingApi {
             shutdown: self.shutdown.clone(),
             poll_interval: self.watch_poll_interval,
         };
-        tokio::spawn(watch.run(record, after, changes).instrument(tracing::Span::current()));
+        tokio::spawn(
+            watch
+                .run(record, after, changes)
+                .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

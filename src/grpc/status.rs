@@ -12,7 +12,10 @@ pub const ERROR_DOMAIN: &str = "billecta-onboarding.payway";
 pub fn to_status(error: Error) -> Status {
     let mut details = ErrorDetails::new();
     let metadata = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     };
     let (code, message) = match &error {
         Error::InvalidArgument(violations) => {
@@ -20,19 +23,41 @@ pub fn to_status(error: Error) -> Status {
                 details.add_bad_request_violation(&violation.field, &violation.description);
             }
             let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
-            details.set_error_info("INVALID_FIELDS", ERROR_DOMAIN, metadata(&[("fields", &fields.join(","))]));
-            let described: Vec<String> = violations.iter().map(|v| format!("{} {}", v.field, v.description)).collect();
-            (Code::InvalidArgument, format!("invalid request: {}", described.join("; ")))
+            details.set_error_info(
+                "INVALID_FIELDS",
+                ERROR_DOMAIN,
+                metadata(&[("fields", &fields.join(","))]),
+            );
+            let described: Vec<String> = violations
+                .iter()
+                .map(|v| format!("{} {}", v.field, v.description))
+                .collect();
+            (
+                Code::InvalidArgument,
+                format!("invalid request: {}", described.join("; ")),
+            )
         }
         Error::NotFound { resource } => {
-            details.set_error_info("NOT_FOUND", ERROR_DOMAIN, metadata(&[("resource", resource)]));
+            details.set_error_info(
+                "NOT_FOUND",
+                ERROR_DOMAIN,
+                metadata(&[("resource", resource)]),
+            );
             (Code::NotFound, error.to_string())
         }
         Error::AlreadyExists { resource } => {
-            details.set_error_info("ALREADY_EXISTS", ERROR_DOMAIN, metadata(&[("resource", resource)]));
+            details.set_error_info(
+                "ALREADY_EXISTS",
+                ERROR_DOMAIN,
+                metadata(&[("resource", resource)]),
+            );
             (Code::AlreadyExists, error.to_string())
         }
-        Error::StagesNotDone { resource, unmet, message } => {
+        Error::StagesNotDone {
+            resource,
+            unmet,
+            message,
+        } => {
             for stage in unmet {
                 details.add_precondition_failure_violation(
                     "STAGE",
@@ -48,32 +73,52 @@ pub fn to_status(error: Error) -> Status {
             );
             (Code::FailedPrecondition, message.clone())
         }
-        Error::Precondition { reason, subject, message } => {
+        Error::Precondition {
+            reason,
+            subject,
+            message,
+        } => {
             details.add_precondition_failure_violation("STATE", subject, message);
             details.set_error_info(*reason, ERROR_DOMAIN, metadata(&[("resource", subject)]));
             (Code::FailedPrecondition, message.clone())
         }
         Error::EtagMismatch { resource } => {
-            details.set_error_info("ETAG_MISMATCH", ERROR_DOMAIN, metadata(&[("resource", resource)]));
-            (Code::Aborted, format!("{error}; read it again and retry with the new etag"))
+            details.set_error_info(
+                "ETAG_MISMATCH",
+                ERROR_DOMAIN,
+                metadata(&[("resource", resource)]),
+            );
+            (
+                Code::Aborted,
+                format!("{error}; read it again and retry with the new etag"),
+            )
         }
         Error::RequestIdReused { .. } => {
-            details.add_bad_request_violation("request_id", "was used before for a different request");
+            details
+                .add_bad_request_violation("request_id", "was used before for a different request");
             details.set_error_info("REQUEST_ID_REUSED", ERROR_DOMAIN, HashMap::new());
             (Code::InvalidArgument, error.to_string())
         }
-        Error::Unavailable { what, retry_after, source } => {
+        Error::Unavailable {
+            what,
+            retry_after,
+            source,
+        } => {
             tracing::warn!(error = %source, "{what} is unavailable");
             details.set_retry_info(Some(*retry_after));
             details.set_error_info("DATABASE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
-            (Code::Unavailable, format!("{what} is unavailable; retry later"))
+            (
+                Code::Unavailable,
+                format!("{what} is unavailable; retry later"),
+            )
         }
         Error::Internal(cause) => {
             tracing::error!(error = ?cause, "internal error");
             details.set_error_info("INTERNAL", ERROR_DOMAIN, HashMap::new());
             (
                 Code::Internal,
-                "internal error; the service's logs have the cause under this call's x-request-id".to_owned(),
+                "internal error; the service's logs have the cause under this call's x-request-id"
+                    .to_owned(),
             )
         }
     };

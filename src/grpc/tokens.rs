@@ -24,7 +24,12 @@ pub fn decode<T: DeserializeOwned>(field: &str, token: &str) -> Result<Option<T>
 }
 
 /// The page size to use: `default` for 0, at most `max`; negative is invalid.
-pub fn page_size(field: &str, requested: i32, default: i64, max: i64) -> Result<i64, FieldViolation> {
+pub fn page_size(
+    field: &str,
+    requested: i32,
+    default: i64,
+    max: i64,
+) -> Result<i64, FieldViolation> {
     match requested {
         0 => Ok(default),
         n if n < 0 => Err(FieldViolation::new(field, "must not be negative")),

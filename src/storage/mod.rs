@@ -109,13 +109,19 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("migrations/postgres"),
         };
-        migrator.run(&self.writer).await.context("applying database migrations")?;
+        migrator
+            .run(&self.writer)
+            .await
+            .context("applying database migrations")?;
         Ok(())
     }
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(db_error)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -135,7 +141,11 @@ impl Store {
     }
 
     /// One onboarding with its stages and creditors.
-    pub async fn get_onboarding(&self, tenant: &TenantId, environment: Environment) -> Result<Option<OnboardingRecord>> {
+    pub async fn get_onboarding(
+        &self,
+        tenant: &TenantId,
+        environment: Environment,
+    ) -> Result<Option<OnboardingRecord>> {
         let mut connection = self.reader.acquire().await.map_err(db_error)?;
         let row = sqlx::query(rows::SELECT_ONBOARDING)
             .bind(tenant.as_str())
@@ -144,7 +154,9 @@ impl Store {
             .await
             .map_err(db_error)?;
         match row {
-            Some(row) => Ok(Some(load_children(&mut connection, tenant.as_str(), row).await?)),
+            Some(row) => Ok(Some(
+                load_children(&mut connection, tenant.as_str(), row).await?,
+            )),
             None => Ok(None),
         }
     }
@@ -245,7 +257,11 @@ pub struct WriteTx {
 impl WriteTx {
     /// Reads an onboarding for update: on PostgreSQL the row stays locked until the transaction ends,
     /// so concurrent writers of one onboarding take turns and none loses an update.
-    pub async fn lock_onboarding(&mut self, tenant: &TenantId, environment: Environment) -> Result<Option<OnboardingRecord>> {
+    pub async fn lock_onboarding(
+        &mut self,
+        tenant: &TenantId,
+        environment: Environment,
+    ) -> Result<Option<OnboardingRecord>> {
         let query = match self.backend {
             Backend::Sqlite => rows::SELECT_ONBOARDING,
             Backend::Postgres => rows::SELECT_ONBOARDING_FOR_UPDATE,
@@ -257,13 +273,19 @@ impl WriteTx {
             .await
             .map_err(db_error)?;
         match row {
-            Some(row) => Ok(Some(load_children(&mut self.tx, tenant.as_str(), row).await?)),
+            Some(row) => Ok(Some(
+                load_children(&mut self.tx, tenant.as_str(), row).await?,
+            )),
             None => Ok(None),
         }
     }
 
     /// The stored result of an earlier call with this request_id, if any.
-    pub async fn find_result(&mut self, tenant: &TenantId, request_id: &str) -> Result<Option<StoredResult>> {
+    pub async fn find_result(
+        &mut self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> Result<Option<StoredResult>> {
         let row = sqlx::query(rows::SELECT_RESULT)
             .bind(tenant.as_str())
             .bind(request_id)
@@ -300,9 +322,11 @@ impl WriteTx {
         match saved {
             // Another call of this tenant stored a result under the same id meanwhile (the same call
             // is serialised by the onboarding lock, so this one is a different request).
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Err(Error::RequestIdReused {
-                request_id: request_id.to_owned(),
-            }),
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                Err(Error::RequestIdReused {
+                    request_id: request_id.to_owned(),
+                })
+            }
             other => other.map(drop).map_err(db_error),
         }
     }
@@ -340,7 +364,11 @@ impl WriteTx {
 
     /// Writes a changed onboarding: the row (only if still at `before`'s version) and the stages
     /// that changed.
-    pub async fn update_onboarding(&mut self, before: &OnboardingRecord, after: &OnboardingRecord) -> Result<()> {
+    pub async fn update_onboarding(
+        &mut self,
+        before: &OnboardingRecord,
+        after: &OnboardingRecord,
+    ) -> Result<()> {
         let updated = sqlx::query(rows::UPDATE_ONBOARDING)
             .bind(after.state.as_str())
             .bind(after.blocked_on.as_str())
@@ -367,7 +395,8 @@ impl WriteTx {
             }
         }
         for creditor in &after.creditors {
-            let previous: Option<&CreditorRecord> = before.creditors.iter().find(|c| c.id == creditor.id);
+            let previous: Option<&CreditorRecord> =
+                before.creditors.iter().find(|c| c.id == creditor.id);
             for stage in &creditor.stages {
                 if previous.is_none_or(|c| !c.stages.contains(stage)) {
                     self.upsert_stage(after, &creditor.id, stage).await?;
@@ -377,7 +406,12 @@ impl WriteTx {
         Ok(())
     }
 
-    async fn upsert_stage(&mut self, record: &OnboardingRecord, creditor_id: &str, stage: &StageRecord) -> Result<()> {
+    async fn upsert_stage(
+        &mut self,
+        record: &OnboardingRecord,
+        creditor_id: &str,
+        stage: &StageRecord,
+    ) -> Result<()> {
         sqlx::query(rows::UPSERT_STAGE)
             .bind(&record.id)
             .bind(creditor_id)
@@ -396,7 +430,11 @@ impl WriteTx {
     }
 
     /// Appends an event to an onboarding's audit trail.
-    pub async fn append_event(&mut self, record: &OnboardingRecord, event: &EventRecord) -> Result<()> {
+    pub async fn append_event(
+        &mut self,
+        record: &OnboardingRecord,
+        event: &EventRecord,
+    ) -> Result<()> {
         sqlx::query(rows::INSERT_EVENT)
             .bind(&record.id)
             .bind(event.sequence)
@@ -431,9 +469,9 @@ pub fn db_error(error: sqlx::Error) -> Error {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         // PostgreSQL: connection exceptions (08…), shutdown (57P…), and SQLite's "busy"/"locked".
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P") || code == "5" || code == "6"),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "5" || code == "6"
+        }),
         _ => false,
     };
     if unavailable {
@@ -459,7 +497,8 @@ fn database_url(database: &str) -> anyhow::Result<(Backend, String)> {
     anyhow::ensure!(!database.is_empty(), "the database setting is empty");
     let path = std::path::Path::new(database);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok((Backend::Sqlite, format!("sqlite://{database}?mode=rwc")))
 }

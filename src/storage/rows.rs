@@ -63,7 +63,9 @@ pub fn json_opt<T: Serialize>(value: &Option<T>) -> Result<Option<String>> {
 }
 
 fn parse_json<T: DeserializeOwned>(column: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| Error::Internal(anyhow::Error::new(e).context(format!("stored {column} is not valid"))))
+    serde_json::from_str(text).map_err(|e| {
+        Error::Internal(anyhow::Error::new(e).context(format!("stored {column} is not valid")))
+    })
 }
 
 fn get<T>(row: &AnyRow, column: &str) -> Result<T>
@@ -74,7 +76,8 @@ where
 }
 
 fn stored<T>(column: &str, text: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
-    parse(text).ok_or_else(|| Error::Internal(anyhow::anyhow!("stored {column} {text:?} is not known")))
+    parse(text)
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored {column} {text:?} is not known")))
 }
 
 pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
@@ -83,13 +86,29 @@ pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
     Ok(OnboardingRecord {
         id: get(row, "id")?,
         tenant: get(row, "tenant")?,
-        environment: stored("environment", &get::<String>(row, "environment")?, Environment::parse)?,
-        state: stored("state", &get::<String>(row, "state")?, OnboardingState::parse)?,
-        blocked_on: stored("blocked_on", &get::<String>(row, "blocked_on")?, BlockedOn::parse)?,
+        environment: stored(
+            "environment",
+            &get::<String>(row, "environment")?,
+            Environment::parse,
+        )?,
+        state: stored(
+            "state",
+            &get::<String>(row, "state")?,
+            OnboardingState::parse,
+        )?,
+        blocked_on: stored(
+            "blocked_on",
+            &get::<String>(row, "blocked_on")?,
+            BlockedOn::parse,
+        )?,
         version: get(row, "version")?,
         last_event: get(row, "last_event")?,
-        agreement: agreement.map(|text| parse_json("agreement", &text)).transpose()?,
-        account: account.map(|text| parse_json("account", &text)).transpose()?,
+        agreement: agreement
+            .map(|text| parse_json("agreement", &text))
+            .transpose()?,
+        account: account
+            .map(|text| parse_json("account", &text))
+            .transpose()?,
         stages: Vec::new(),
         creditors: Vec::new(),
         create_time: get(row, "create_time")?,
@@ -102,8 +121,16 @@ pub fn stage(row: &AnyRow) -> Result<(String, StageRecord)> {
     let due: String = get(row, "due")?;
     let record = StageRecord {
         stage: stored("stage", &get::<String>(row, "stage")?, Stage::parse)?,
-        state: stored("stage state", &get::<String>(row, "state")?, StageState::parse)?,
-        blocked_on: stored("blocked_on", &get::<String>(row, "blocked_on")?, BlockedOn::parse)?,
+        state: stored(
+            "stage state",
+            &get::<String>(row, "state")?,
+            StageState::parse,
+        )?,
+        blocked_on: stored(
+            "blocked_on",
+            &get::<String>(row, "blocked_on")?,
+            BlockedOn::parse,
+        )?,
         due: parse_json("due", &due)?,
         reason: get(row, "reason")?,
         message: get(row, "message")?,

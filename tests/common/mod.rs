@@ -31,7 +31,9 @@ pub fn backends() -> Vec<Backend> {
     match std::env::var("TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => backends.push(Backend::Postgres(url)),
         _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
-            panic!("CI=true but TEST_POSTGRES_URL is not set: the PostgreSQL suite would be skipped")
+            panic!(
+                "CI=true but TEST_POSTGRES_URL is not set: the PostgreSQL suite would be skipped"
+            )
         }
         _ => eprintln!("TEST_POSTGRES_URL is not set: running against SQLite only"),
     }
@@ -105,13 +107,17 @@ async fn fresh_database(backend: &Backend) -> (String, Option<tempfile::TempDir>
         }
         Backend::Postgres(url) => {
             let name = format!("onboarding_test_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(url).await.expect("connects to TEST_POSTGRES_URL");
+            let mut admin = sqlx::PgConnection::connect(url)
+                .await
+                .expect("connects to TEST_POSTGRES_URL");
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut admin)
                 .await
                 .expect("creates a test database");
             admin.close().await.ok();
-            let (base, _) = url.rsplit_once('/').expect("TEST_POSTGRES_URL has a database path");
+            let (base, _) = url
+                .rsplit_once('/')
+                .expect("TEST_POSTGRES_URL has a database path");
             (format!("{base}/{name}"), None)
         }
     }
@@ -121,7 +127,11 @@ async fn fresh_database(backend: &Backend) -> (String, Option<tempfile::TempDir>
 pub fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     let details = status.get_error_details();
-    details.error_info().expect("every error carries an ErrorInfo").reason.clone()
+    details
+        .error_info()
+        .expect("every error carries an ErrorInfo")
+        .reason
+        .clone()
 }
 
 /// The fields named by a status's BadRequest.
@@ -130,7 +140,12 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
     status
         .get_error_details()
         .bad_request()
-        .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -138,7 +153,10 @@ pub fn name(tenant: &str, environment: &str) -> String {
     format!("tenants/{tenant}/environments/{environment}")
 }
 
-pub fn create_request(tenant: &str, environment: proto::Environment) -> proto::CreateOnboardingRequest {
+pub fn create_request(
+    tenant: &str,
+    environment: proto::Environment,
+) -> proto::CreateOnboardingRequest {
     proto::CreateOnboardingRequest {
         tenant: tenant.to_owned(),
         environment: environment.into(),
@@ -173,7 +191,11 @@ pub fn account_request(name: &str) -> proto::RegisterAccountRequest {
 }
 
 /// Creates an onboarding and returns it.
-pub async fn create(server: &TestServer, tenant: &str, environment: proto::Environment) -> proto::Onboarding {
+pub async fn create(
+    server: &TestServer,
+    tenant: &str,
+    environment: proto::Environment,
+) -> proto::Onboarding {
     server
         .client
         .clone()
@@ -189,7 +211,9 @@ pub async fn get(server: &TestServer, name: &str) -> Result<proto::Onboarding, t
     Ok(server
         .client
         .clone()
-        .get_onboarding(proto::GetOnboardingRequest { name: name.to_owned() })
+        .get_onboarding(proto::GetOnboardingRequest {
+            name: name.to_owned(),
+        })
         .await?
         .into_inner()
         .onboarding

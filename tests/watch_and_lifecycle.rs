@@ -1,0 +1,233 @@
+//! WatchOnboarding (live changes, resume without gaps or repeats), health, request ids and graceful
+//! shutdown, over real gRPC on SQLite and PostgreSQL.
+
+mod common;
+
+use common::*;
+use proto::Environment;
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+async fn next(
+    stream: &mut tonic::Streaming<proto::WatchOnboardingResponse>,
+) -> proto::WatchOnboardingResponse {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a watch message within 10 s")
+        .expect("the stream is open")
+        .expect("a message, not an error")
+}
+
+fn event_name(message: &proto::WatchOnboardingResponse) -> String {
+    message.event.as_ref().expect("an event").name.clone()
+}
+
+#[tokio::test]
+async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let created = create(&server, "gp", Environment::Test).await;
+        let mut stream = client
+            .watch_onboarding(proto::WatchOnboardingRequest {
+                name: created.name.clone(),
+                after_event: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = next(&mut stream).await;
+        assert!(
+            first.event.is_none(),
+            "the first message is the current state"
+        );
+        assert_eq!(first.onboarding.unwrap(), created);
+
+        client
+            .record_agreement(agreement_request(&created.name))
+            .await
+            .unwrap();
+        let change = next(&mut stream).await;
+        assert_eq!(event_name(&change), format!("{}/events/2", created.name));
+        assert_eq!(change.event.as_ref().unwrap().method, "RecordAgreement");
+        assert_eq!(
+            change.onboarding.as_ref().unwrap().stages[0].state,
+            proto::StageState::Completed as i32
+        );
+        drop(stream);
+
+        // Changes made while nobody watches are replayed on resume, then the stream goes on live.
+        client
+            .register_account(account_request(&created.name))
+            .await
+            .unwrap();
+        client
+            .record_agreement(agreement_request(&created.name))
+            .await
+            .unwrap();
+        let mut resumed = client
+            .watch_onboarding(proto::WatchOnboardingRequest {
+                name: created.name.clone(),
+                after_event: format!("{}/events/2", created.name),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            event_name(&next(&mut resumed).await),
+            format!("{}/events/3", created.name)
+        );
+        assert_eq!(
+            event_name(&next(&mut resumed).await),
+            format!("{}/events/4", created.name)
+        );
+        client
+            .record_agreement(agreement_request(&created.name))
+            .await
+            .unwrap();
+        let live = next(&mut resumed).await;
+        assert_eq!(event_name(&live), format!("{}/events/5", created.name));
+        assert_eq!(
+            live.onboarding.unwrap().last_event,
+            format!("{}/events/5", created.name)
+        );
+        // Nothing more is sent: no repeats.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(600), resumed.next())
+                .await
+                .is_err()
+        );
+
+        // Changes to other onboardings do not show up.
+        create(&server, "other", Environment::Test).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(400), resumed.next())
+                .await
+                .is_err()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watch_rejects_bad_resume_points() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let created = create(&server, "gp", Environment::Test).await;
+        for after_event in [
+            "events/1".to_owned(),
+            "tenants/other/environments/test/events/1".to_owned(),
+            format!("{}/events/99", created.name),
+            format!("{}/events/x", created.name),
+        ] {
+            let error = client
+                .watch_onboarding(proto::WatchOnboardingRequest {
+                    name: created.name.clone(),
+                    after_event: after_event.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), Code::InvalidArgument, "{after_event}");
+            assert_eq!(bad_fields(&error), vec!["after_event"]);
+        }
+        // Resuming at the newest event waits quietly for the next one.
+        let mut stream = client
+            .watch_onboarding(proto::WatchOnboardingRequest {
+                name: created.name.clone(),
+                after_event: created.last_event.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(400), stream.next())
+                .await
+                .is_err()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_is_serving_and_request_ids_flow_into_the_audit_trail() {
+    for_each_backend(|server| async move {
+        let mut health = HealthClient::new(server.channel.clone());
+        for service in ["", "payway.billecta.onboarding.v1.OnboardingService"] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(status.status, ServingStatus::Serving as i32, "{service:?}");
+        }
+
+        let mut request = tonic::Request::new(create_request("gp", Environment::Test));
+        request
+            .metadata_mut()
+            .insert("x-request-id", "trace-abc-123".parse().unwrap());
+        let response = server
+            .client
+            .clone()
+            .create_onboarding(request)
+            .await
+            .unwrap();
+        assert_eq!(
+            response.metadata().get("x-request-id").unwrap(),
+            "trace-abc-123"
+        );
+        let trail = events(&server, "tenants/gp/environments/test").await;
+        assert_eq!(trail[0].correlation_id, "trace-abc-123");
+
+        // Without one, the server makes one up and says which.
+        let response = server
+            .client
+            .clone()
+            .get_onboarding(proto::GetOnboardingRequest {
+                name: "tenants/gp/environments/test".into(),
+            })
+            .await
+            .unwrap();
+        assert!(!response.metadata().get("x-request-id").unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_watch_streams_and_stops_within_the_grace_period() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let created = create(&server, "gp", Environment::Test).await;
+        let mut stream = client
+            .watch_onboarding(proto::WatchOnboardingRequest {
+                name: created.name.clone(),
+                after_event: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        next(&mut stream).await;
+        server.shutdown.cancel();
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream ends");
+        match ended {
+            Some(Err(status)) => assert_eq!(status.code(), Code::Unavailable),
+            other => panic!("expected UNAVAILABLE, got {other:?}"),
+        }
+        let stopped = tokio::time::timeout(Duration::from_secs(10), server.task)
+            .await
+            .expect("stops within the grace period");
+        stopped.unwrap().unwrap();
+        // The port no longer takes calls.
+        let refused = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
+            .unwrap()
+            .connect()
+            .await;
+        assert!(refused.is_err());
+    })
+    .await;
+}
