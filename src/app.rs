@@ -79,11 +79,10 @@ impl Application {
             shutdown,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
-        for service in HEALTH_SERVICES {
-            health
-                .set_service_status(service, ServingStatus::NotServing)
-                .await;
-        }
+        // Migrations ran in build(); SERVING from the first call on if the database answers.
+        let check_interval = Duration::from_millis(config.health_check_interval_ms);
+        let initial = database_status(&store, check_interval).await;
+        report(&health, initial).await;
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -100,7 +99,8 @@ impl Application {
         let health_task = tokio::spawn(watch_database(
             health.clone(),
             store.clone(),
-            Duration::from_millis(config.health_check_interval_ms),
+            check_interval,
+            initial,
             shutdown.clone(),
         ));
 
@@ -159,37 +159,42 @@ async fn watch_database(
     health: HealthReporter,
     store: Store,
     interval: Duration,
+    initial: ServingStatus,
     shutdown: CancellationToken,
 ) {
-    let mut last = None;
+    let mut last = initial;
     loop {
-        let status = match tokio::time::timeout(
-            interval.max(Duration::from_millis(500)),
-            store.ping(),
-        )
-        .await
-        {
-            Ok(Ok(())) => ServingStatus::Serving,
-            _ => ServingStatus::NotServing,
-        };
-        if shutdown.is_cancelled() {
-            return;
-        }
-        if last != Some(status) {
-            if status == ServingStatus::Serving {
-                tracing::info!("database reachable: SERVING");
-            } else {
-                tracing::warn!("database unreachable: NOT_SERVING");
-            }
-            for service in HEALTH_SERVICES {
-                health.set_service_status(service, status).await;
-            }
-            last = Some(status);
-        }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
         }
+        let status = database_status(&store, interval).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if last != status {
+            report(&health, status).await;
+            last = status;
+        }
+    }
+}
+
+/// SERVING when the database answers within the check interval (at least 500 ms).
+async fn database_status(store: &Store, interval: Duration) -> ServingStatus {
+    match tokio::time::timeout(interval.max(Duration::from_millis(500)), store.ping()).await {
+        Ok(Ok(())) => ServingStatus::Serving,
+        _ => ServingStatus::NotServing,
+    }
+}
+
+async fn report(health: &HealthReporter, status: ServingStatus) {
+    if status == ServingStatus::Serving {
+        tracing::info!("database reachable: SERVING");
+    } else {
+        tracing::warn!("database unreachable: NOT_SERVING");
+    }
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
     }
 }
 

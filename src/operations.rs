@@ -6,7 +6,7 @@ use crate::domain::onboarding::{Account, Agreement, EventRecord, OnboardingRecor
 use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
 use crate::domain::{Micros, now_micros};
 use crate::error::{Error, Result};
-use crate::storage::{ListFilter, Store, StoredResult};
+use crate::storage::{Store, StoredResult};
 use tokio::sync::broadcast;
 
 /// Who is calling, for the audit trail.
@@ -225,28 +225,6 @@ impl Operations {
             .ok_or_else(|| Error::NotFound {
                 resource: key.name(),
             })
-    }
-
-    pub async fn list_onboardings(
-        &self,
-        filter: &ListFilter,
-        after: Option<(&str, &str)>,
-        limit: i64,
-    ) -> Result<Vec<OnboardingRecord>> {
-        self.store.list_onboardings(filter, after, limit).await
-    }
-
-    /// Events of an onboarding after sequence number `after`, oldest first.
-    pub async fn list_events(
-        &self,
-        tenant: &TenantId,
-        onboarding_id: &str,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<EventRecord>> {
-        self.store
-            .list_events(tenant, onboarding_id, after, limit)
-            .await
     }
 }
 

@@ -217,6 +217,7 @@ impl OnboardingService for OnboardingApi {
             .map(|page| (page.tenant.as_str(), page.environment.as_str()));
         let mut records = self
             .operations
+            .store()
             .list_onboardings(&filter, after, limit + 1)
             .await?;
         let more = records.len() as i64 > limit;
@@ -377,6 +378,7 @@ impl OnboardingService for OnboardingApi {
         let after = page.map_or(0, |page| page.after);
         let events = self
             .operations
+            .store()
             .list_events(&key.tenant, &record.id, after, limit)
             .await?;
         let next_page_token = match events.last() {
@@ -506,6 +508,7 @@ impl Watch {
         loop {
             let events = self
                 .operations
+                .store()
                 .list_events(&self.key.tenant, &self.onboarding_id, cursor, 100)
                 .await?;
             if events.is_empty() {

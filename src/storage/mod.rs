@@ -1,6 +1,6 @@
 //! Storage: SQLite (one file, WAL) or PostgreSQL behind one API, through sqlx's `Any` driver so each
-//! query is written once. Both schemas live in `migrations/{sqlite,postgres}`, are embedded in the
-//! binary and applied at start-up.
+//! query and the schema (`migrations/`) are written once. Migrations are embedded in the binary and
+//! applied at start-up.
 //!
 //! Every function takes the tenant it works for and scopes its queries by it. Writes go through
 //! [`WriteTx`]: one transaction that locks the onboarding row, so concurrent calls for one onboarding
@@ -105,11 +105,7 @@ impl Store {
 
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        let migrator = match self.backend {
-            Backend::Sqlite => sqlx::migrate!("migrations/sqlite"),
-            Backend::Postgres => sqlx::migrate!("migrations/postgres"),
-        };
-        migrator
+        sqlx::migrate!()
             .run(&self.writer)
             .await
             .context("applying database migrations")?;

@@ -75,8 +75,10 @@ where
     row.try_get(column).map_err(db_error)
 }
 
-fn stored<T>(column: &str, text: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
-    parse(text)
+/// A column holding one of a domain enum's stored spellings.
+fn stored<T>(row: &AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    let text: String = get(row, column)?;
+    parse(&text)
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored {column} {text:?} is not known")))
 }
 
@@ -86,21 +88,9 @@ pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
     Ok(OnboardingRecord {
         id: get(row, "id")?,
         tenant: get(row, "tenant")?,
-        environment: stored(
-            "environment",
-            &get::<String>(row, "environment")?,
-            Environment::parse,
-        )?,
-        state: stored(
-            "state",
-            &get::<String>(row, "state")?,
-            OnboardingState::parse,
-        )?,
-        blocked_on: stored(
-            "blocked_on",
-            &get::<String>(row, "blocked_on")?,
-            BlockedOn::parse,
-        )?,
+        environment: stored(row, "environment", Environment::parse)?,
+        state: stored(row, "state", OnboardingState::parse)?,
+        blocked_on: stored(row, "blocked_on", BlockedOn::parse)?,
         version: get(row, "version")?,
         last_event: get(row, "last_event")?,
         agreement: agreement
@@ -120,17 +110,9 @@ pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
 pub fn stage(row: &AnyRow) -> Result<(String, StageRecord)> {
     let due: String = get(row, "due")?;
     let record = StageRecord {
-        stage: stored("stage", &get::<String>(row, "stage")?, Stage::parse)?,
-        state: stored(
-            "stage state",
-            &get::<String>(row, "state")?,
-            StageState::parse,
-        )?,
-        blocked_on: stored(
-            "blocked_on",
-            &get::<String>(row, "blocked_on")?,
-            BlockedOn::parse,
-        )?,
+        stage: stored(row, "stage", Stage::parse)?,
+        state: stored(row, "state", StageState::parse)?,
+        blocked_on: stored(row, "blocked_on", BlockedOn::parse)?,
         due: parse_json("due", &due)?,
         reason: get(row, "reason")?,
         message: get(row, "message")?,

@@ -1,5 +1,6 @@
--- The whole onboarding model. Times are microseconds since the Unix epoch (UTC). Rows of every table
--- carry the tenant they belong to, so each query can be scoped to one tenant.
+-- The whole onboarding model, for SQLite and PostgreSQL alike (SQLite accepts PostgreSQL's type names:
+-- BIGINT is an integer there, BYTEA keeps blobs as blobs). Times are microseconds since the Unix epoch
+-- (UTC). Rows of every table carry the tenant they belong to, so each query can be scoped to one tenant.
 
 -- One per tenant and Billecta environment. state and blocked_on are the stored roll-up of the stages,
 -- kept so that lists can filter on them.
