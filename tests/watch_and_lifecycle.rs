@@ -21,6 +21,24 @@ async fn next(
         .expect("a message, not an error")
 }
 
+/// Opens a watch stream on `name`, resuming after `after_event` when it is not empty.
+async fn watch(
+    server: &TestServer,
+    name: &str,
+    after_event: &str,
+) -> Result<tonic::Streaming<proto::WatchOnboardingResponse>, tonic::Status> {
+    let request = proto::WatchOnboardingRequest {
+        name: name.to_owned(),
+        after_event: after_event.to_owned(),
+    };
+    Ok(server
+        .client
+        .clone()
+        .watch_onboarding(request)
+        .await?
+        .into_inner())
+}
+
 fn event_name(message: &proto::WatchOnboardingResponse) -> String {
     message.event.as_ref().expect("an event").name.clone()
 }
@@ -30,14 +48,7 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
     for_each_backend(|server| async move {
         let mut client = server.client.clone();
         let created = create(&server, "gp", Environment::Test).await;
-        let mut stream = client
-            .watch_onboarding(proto::WatchOnboardingRequest {
-                name: created.name.clone(),
-                after_event: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = watch(&server, &created.name, "").await.unwrap();
         let first = next(&mut stream).await;
         assert!(
             first.event.is_none(),
@@ -67,14 +78,13 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
             .record_agreement(agreement_request(&created.name))
             .await
             .unwrap();
-        let mut resumed = client
-            .watch_onboarding(proto::WatchOnboardingRequest {
-                name: created.name.clone(),
-                after_event: format!("{}/events/2", created.name),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut resumed = watch(
+            &server,
+            &created.name,
+            &format!("{}/events/2", created.name),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             event_name(&next(&mut resumed).await),
             format!("{}/events/3", created.name)
@@ -114,7 +124,6 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
 #[tokio::test]
 async fn watch_rejects_bad_resume_points() {
     for_each_backend(|server| async move {
-        let mut client = server.client.clone();
         let created = create(&server, "gp", Environment::Test).await;
         for after_event in [
             "events/1".to_owned(),
@@ -122,25 +131,16 @@ async fn watch_rejects_bad_resume_points() {
             format!("{}/events/99", created.name),
             format!("{}/events/x", created.name),
         ] {
-            let error = client
-                .watch_onboarding(proto::WatchOnboardingRequest {
-                    name: created.name.clone(),
-                    after_event: after_event.clone(),
-                })
+            let error = watch(&server, &created.name, &after_event)
                 .await
                 .unwrap_err();
             assert_eq!(error.code(), Code::InvalidArgument, "{after_event}");
             assert_eq!(bad_fields(&error), vec!["after_event"]);
         }
         // Resuming at the newest event waits quietly for the next one.
-        let mut stream = client
-            .watch_onboarding(proto::WatchOnboardingRequest {
-                name: created.name.clone(),
-                after_event: created.last_event.clone(),
-            })
+        let mut stream = watch(&server, &created.name, &created.last_event)
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert!(
             tokio::time::timeout(Duration::from_millis(400), stream.next())
                 .await
@@ -199,16 +199,8 @@ async fn health_is_serving_and_request_ids_flow_into_the_audit_trail() {
 #[tokio::test]
 async fn shutdown_ends_watch_streams_and_stops_within_the_grace_period() {
     for_each_backend(|server| async move {
-        let mut client = server.client.clone();
         let created = create(&server, "gp", Environment::Test).await;
-        let mut stream = client
-            .watch_onboarding(proto::WatchOnboardingRequest {
-                name: created.name.clone(),
-                after_event: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = watch(&server, &created.name, "").await.unwrap();
         next(&mut stream).await;
         server.shutdown.cancel();
         let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
