@@ -7,8 +7,9 @@ WORKDIR /build
 # build them against placeholder sources first.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto/ proto/
-RUN mkdir src \
+RUN mkdir -p src/bin \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > src/bin/billecta-sim.rs \
     && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
@@ -17,12 +18,12 @@ COPY src/ src/
 COPY migrations/ migrations/
 # COPY keeps the files' original timestamps, which can be older than the placeholder build;
 # touching them makes cargo rebuild the crate. Migrations are embedded at compile time.
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs src/bin/billecta-sim.rs \
     && cargo build --release --locked
 
 FROM debian:bookworm-slim
 
-# The only system package is CA roots: SQLite is compiled into the binary.
+# The only system package is CA roots, for TLS to Billecta: SQLite is compiled into the binary.
 # Unpinned on purpose: the bookworm-slim tag already fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -4,14 +4,17 @@
 //!
 //! Shutdown protocol: health turns NOT_SERVING, the server stops accepting connections, open watch
 //! streams end with UNAVAILABLE (callers resume elsewhere with after_event), in-flight calls get
-//! `shutdown_grace` to finish, then the database pool is closed.
+//! `shutdown_grace` to finish, then the database pool is closed and the sandbox's simulators stop.
 
+use crate::billecta::{Billecta, BillectaClient};
 use crate::config::Config;
+use crate::domain::Environment;
 use crate::grpc::OnboardingApi;
 use crate::grpc::call::CallLayer;
 use crate::operations::Operations;
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingServiceServer;
+use crate::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::storage::{Store, StoreOptions};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -31,7 +34,53 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     store: Store,
+    billecta: Billecta,
+    sandbox: Option<Sandbox>,
     shutdown: CancellationToken,
+}
+
+/// The two in-process Billecta simulators of `--sandbox`, one per environment.
+pub struct Sandbox {
+    test: RunningSimulator,
+    production: RunningSimulator,
+}
+
+impl Sandbox {
+    async fn start() -> anyhow::Result<Self> {
+        let start = |environment| {
+            simulator::start(SimulatorConfig {
+                environment,
+                ..SimulatorConfig::default()
+            })
+        };
+        let test = start(Environment::Test)
+            .await
+            .context("starting the sandbox's test-environment simulator")?;
+        let production = start(Environment::Production)
+            .await
+            .context("starting the sandbox's production simulator")?;
+        for (environment, simulator) in [("test", &test), ("production", &production)] {
+            tracing::info!(
+                environment,
+                base_url = %simulator.base_url(),
+                "sandbox: Billecta simulator listening (admin API under /admin)"
+            );
+        }
+        Ok(Sandbox { test, production })
+    }
+
+    /// The simulator standing in for an environment.
+    pub fn simulator(&self, environment: Environment) -> &RunningSimulator {
+        match environment {
+            Environment::Test => &self.test,
+            Environment::Production => &self.production,
+        }
+    }
+
+    async fn stop(self) {
+        self.test.shutdown().await;
+        self.production.shutdown().await;
+    }
 }
 
 impl Application {
@@ -50,11 +99,25 @@ impl Application {
         })
         .await?;
         store.migrate().await?;
+        let sandbox = match config.sandbox {
+            true => Some(Sandbox::start().await?),
+            false => None,
+        };
+        let client = |environment| {
+            let base_url = match &sandbox {
+                Some(sandbox) => sandbox.simulator(environment).base_url(),
+                None => config.billecta_url(environment).to_owned(),
+            };
+            BillectaClient::new(environment, config.billecta_settings(&base_url))
+        };
+        let billecta = Billecta::new(client(Environment::Test)?, client(Environment::Production)?);
         Ok(Self {
             config,
             listener,
             local_addr,
             store,
+            billecta,
+            sandbox,
             shutdown: CancellationToken::new(),
         })
     }
@@ -62,6 +125,16 @@ impl Application {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The Billecta clients, pointed at the configured URLs or at the sandbox's simulators.
+    pub fn billecta(&self) -> &Billecta {
+        &self.billecta
+    }
+
+    /// The sandbox's simulators, when running with `--sandbox`.
+    pub fn sandbox(&self) -> Option<&Sandbox> {
+        self.sandbox.as_ref()
     }
 
     /// Cancelling this token starts a graceful shutdown.
@@ -76,6 +149,8 @@ impl Application {
             listener,
             local_addr,
             store,
+            billecta,
+            sandbox,
             shutdown,
         } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -86,7 +161,7 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let operations = Operations::new(store.clone());
+        let operations = Operations::new(store.clone(), billecta);
         let api = OnboardingApi::new(
             operations,
             shutdown.clone(),
@@ -139,6 +214,9 @@ impl Application {
         }
         health_task.abort();
         store.close().await;
+        if let Some(sandbox) = sandbox {
+            sandbox.stop().await;
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Every setting of the service, each a command-line flag and an environment variable
 //! (`billecta-onboarding --help` lists them). Validated once at start-up.
 
+use crate::billecta::{self, BreakerPolicy, ClientSettings, RetryPolicy};
+use crate::domain::Environment;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,9 +59,69 @@ pub struct Config {
     )]
     pub health_check_interval_ms: u64,
 
-    /// Sandbox mode, for trying the service locally: it never contacts a real Billecta environment.
+    /// Sandbox mode, for trying the service locally with no network: starts the built-in Billecta
+    /// simulator twice in-process (test and production, on free loopback ports, logged at start-up)
+    /// and talks to those instead of Billecta. The URL settings below are then ignored.
     #[arg(long, env = "ONBOARDING_SANDBOX", default_value_t = false)]
     pub sandbox: bool,
+
+    /// Base URL of Billecta's test environment API.
+    #[arg(long, env = "ONBOARDING_BILLECTA_TEST_URL", default_value = billecta::TEST_BASE_URL)]
+    pub billecta_test_url: String,
+
+    /// Base URL of Billecta's production API.
+    #[arg(long, env = "ONBOARDING_BILLECTA_PRODUCTION_URL", default_value = billecta::PRODUCTION_BASE_URL)]
+    pub billecta_production_url: String,
+
+    /// The longest one Billecta request may take, response included. A caller's shorter gRPC
+    /// deadline shortens it further.
+    #[arg(long, env = "ONBOARDING_BILLECTA_TIMEOUT_MS", default_value_t = 10_000)]
+    pub billecta_timeout_ms: u64,
+
+    /// The longest connecting to Billecta may take.
+    #[arg(
+        long,
+        env = "ONBOARDING_BILLECTA_CONNECT_TIMEOUT_MS",
+        default_value_t = 3_000
+    )]
+    pub billecta_connect_timeout_ms: u64,
+
+    /// Attempts per Billecta call, the first included, for failures worth retrying.
+    #[arg(long, env = "ONBOARDING_BILLECTA_MAX_ATTEMPTS", default_value_t = 4)]
+    pub billecta_max_attempts: u32,
+
+    /// Backoff before the first retry; it doubles per retry, with jitter.
+    #[arg(
+        long,
+        env = "ONBOARDING_BILLECTA_BACKOFF_BASE_MS",
+        default_value_t = 200
+    )]
+    pub billecta_backoff_base_ms: u64,
+
+    /// The longest backoff between two attempts.
+    #[arg(
+        long,
+        env = "ONBOARDING_BILLECTA_BACKOFF_MAX_MS",
+        default_value_t = 5_000
+    )]
+    pub billecta_backoff_max_ms: u64,
+
+    /// Consecutive failed attempts (no connection, timeout, 5xx) after which calls to that
+    /// environment are paused.
+    #[arg(
+        long,
+        env = "ONBOARDING_BILLECTA_BREAKER_FAILURES",
+        default_value_t = 5
+    )]
+    pub billecta_breaker_failures: u32,
+
+    /// How long calls stay paused before one probe call is let through.
+    #[arg(
+        long,
+        env = "ONBOARDING_BILLECTA_BREAKER_OPEN_MS",
+        default_value_t = 30_000
+    )]
+    pub billecta_breaker_open_ms: u64,
 
     /// Log format.
     #[arg(long, env = "ONBOARDING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
@@ -161,7 +223,50 @@ impl Config {
             self.health_check_interval_ms >= 10,
             "--health-check-interval-ms must be at least 10"
         );
+        anyhow::ensure!(
+            self.billecta_max_attempts >= 1,
+            "--billecta-max-attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            self.billecta_timeout_ms >= 1 && self.billecta_connect_timeout_ms >= 1,
+            "--billecta-timeout-ms and --billecta-connect-timeout-ms must be at least 1"
+        );
+        anyhow::ensure!(
+            self.billecta_backoff_base_ms <= self.billecta_backoff_max_ms,
+            "--billecta-backoff-base-ms must not exceed --billecta-backoff-max-ms"
+        );
+        anyhow::ensure!(
+            self.billecta_breaker_failures >= 1,
+            "--billecta-breaker-failures must be at least 1"
+        );
         Ok(())
+    }
+
+    /// How the Billecta client of an environment behaves, pointed at `base_url`.
+    pub fn billecta_settings(&self, base_url: &str) -> ClientSettings {
+        ClientSettings {
+            base_url: base_url.to_owned(),
+            timeout: Duration::from_millis(self.billecta_timeout_ms),
+            connect_timeout: Duration::from_millis(self.billecta_connect_timeout_ms),
+            retry: RetryPolicy {
+                max_attempts: self.billecta_max_attempts,
+                base_delay: Duration::from_millis(self.billecta_backoff_base_ms),
+                max_delay: Duration::from_millis(self.billecta_backoff_max_ms),
+                ..RetryPolicy::default()
+            },
+            breaker: BreakerPolicy {
+                failure_threshold: self.billecta_breaker_failures,
+                open_for: Duration::from_millis(self.billecta_breaker_open_ms),
+            },
+        }
+    }
+
+    /// The configured base URL of an environment's API.
+    pub fn billecta_url(&self, environment: Environment) -> &str {
+        match environment {
+            Environment::Test => &self.billecta_test_url,
+            Environment::Production => &self.billecta_production_url,
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -60,6 +60,12 @@ pub enum Error {
         source: anyhow::Error,
     },
 
+    /// A Billecta call failed. Its kind decides the status: Billecta refusing our data, our credentials
+    /// or not finding a resource is a failed precondition; Billecta down or slow is UNAVAILABLE with
+    /// the time to wait. Billecta's own message travels with it; credentials never do.
+    #[error("{0}")]
+    Billecta(#[from] crate::billecta::BillectaError),
+
     /// Anything a caller cannot act on. Logged with its cause; callers see only that it happened.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),

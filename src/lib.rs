@@ -7,14 +7,20 @@
 //! - [`operations`] — each RPC's work, from parsed input to stored result and audit event.
 //! - [`domain`] — stages, validation and the onboarding record; no gRPC, no SQL.
 //! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
+//! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
+//! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
+//! - [`secret`] — a value that cannot be printed by accident.
 //! - [`telemetry`] — logging.
 
 pub mod app;
+pub mod billecta;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod operations;
+pub mod secret;
+pub mod simulator;
 pub mod storage;
 pub mod telemetry;
 

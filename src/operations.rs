@@ -2,6 +2,7 @@
 //! replay an earlier result for a retried request_id, check the etag, apply the domain operation,
 //! write the record, its changed stages and one audit event, and tell watchers.
 
+use crate::billecta::Billecta;
 use crate::domain::onboarding::{Account, Agreement, EventRecord, OnboardingRecord};
 use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
 use crate::domain::{Micros, now_micros};
@@ -42,13 +43,23 @@ pub struct Change {
 #[derive(Clone)]
 pub struct Operations {
     store: Store,
+    billecta: Billecta,
     changes: broadcast::Sender<Change>,
 }
 
 impl Operations {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, billecta: Billecta) -> Self {
         let (changes, _) = broadcast::channel(1024);
-        Self { store, changes }
+        Self {
+            store,
+            billecta,
+            changes,
+        }
+    }
+
+    /// The Billecta clients the stages drive.
+    pub fn billecta(&self) -> &Billecta {
+        &self.billecta
     }
 
     pub fn store(&self) -> &Store {

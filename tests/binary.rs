@@ -18,6 +18,10 @@ struct Service {
 
 impl Service {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(BINARY)
             .args([
@@ -30,6 +34,7 @@ impl Service {
             ])
             .arg("--database")
             .arg(dir.path().join("onboarding.sqlite3"))
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -132,6 +137,64 @@ fn help_documents_every_setting_with_its_environment_variable() {
         "--shutdown-grace-ms",
     ] {
         assert!(help.contains(setting), "{setting} missing from --help");
+    }
+}
+
+/// A plain HTTP/1.1 GET, answered with the status line and the body.
+fn http_get(base_url: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let address = base_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn sandbox_runs_a_billecta_simulator_for_each_environment() {
+    let service = Service::start_with(&["--sandbox"]);
+    service.wait_for_serving();
+    let simulators: Vec<(String, String)> = service
+        .log_lines()
+        .iter()
+        .filter(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("sandbox: Billecta simulator"))
+        })
+        .map(|line| {
+            (
+                line["environment"].as_str().unwrap().to_owned(),
+                line["base_url"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let environments: Vec<&str> = simulators.iter().map(|(env, _)| env.as_str()).collect();
+    assert_eq!(environments, ["test", "production"]);
+    for (environment, base_url) in &simulators {
+        assert!(base_url.starts_with("http://127.0.0.1:"), "{base_url}");
+        let (status, body) = http_get(base_url, "/admin/state");
+        assert!(status.contains(" 200 "), "{environment}: {status}");
+        assert!(
+            body.to_lowercase()
+                .contains(&format!("\"environment\":\"{environment}\"")),
+            "{environment}: {body}"
+        );
+        // The public API answers like Billecta: no token, no entry.
+        let (status, _) = http_get(base_url, "/v1/creditors/creditors");
+        assert!(status.contains(" 401 "), "{environment}: {status}");
     }
 }
 

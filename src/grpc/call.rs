@@ -128,8 +128,69 @@ fn is_acceptable_id(value: &str) -> bool {
     !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// The caller's deadline, from the `grpc-timeout` header (gRPC over HTTP/2: at most eight digits and
+/// a unit, `H`, `M`, `S`, `m`, `u` or `n`). Billecta calls made for the call must end by then; without
+/// the header only the client's own timeouts apply.
+pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> crate::billecta::Deadline {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or_else(
+            crate::billecta::Deadline::none,
+            crate::billecta::Deadline::after,
+        )
+}
+
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at(split);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("150m"), Some(Duration::from_millis(150)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5M"), Some(Duration::from_secs(300)));
+        assert_eq!(
+            parse_grpc_timeout("99999u"),
+            Some(Duration::from_micros(99999))
+        );
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(
+            parse_grpc_timeout("123456789S"),
+            None,
+            "more than eight digits"
+        );
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+        assert_eq!(parse_grpc_timeout(""), None);
+
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(caller_deadline(&metadata).remaining(), None);
+        metadata.insert("grpc-timeout", "500m".parse().unwrap());
+        let left = caller_deadline(&metadata).remaining().unwrap();
+        assert!(left <= Duration::from_millis(500) && left > Duration::from_millis(400));
+    }
+
     use super::*;
     use std::convert::Infallible;
     use tokio::sync::oneshot;

@@ -1,10 +1,14 @@
 //! The one place where the service's errors become gRPC statuses: each with exactly one ErrorInfo
 //! (an UPPER_SNAKE reason), plus BadRequest, PreconditionFailure or RetryInfo where they apply.
 
+use crate::billecta::{ErrorKind, Failure};
 use crate::error::Error;
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
+
+/// What a caller is told to wait when Billecta is down and did not say for how long.
+const BILLECTA_DEFAULT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The ErrorInfo domain of every error this service returns.
 pub const ERROR_DOMAIN: &str = "billecta-onboarding.payway";
@@ -112,6 +116,53 @@ pub fn to_status(error: Error) -> Status {
                 format!("{what} is unavailable; retry later"),
             )
         }
+        Error::Billecta(failure) => {
+            let kind = failure.kind();
+            let status = failure.status().map(|status| status.to_string());
+            let attempts = failure.attempts.to_string();
+            let mut pairs = vec![
+                ("environment", failure.environment.as_str()),
+                ("endpoint", failure.endpoint),
+                ("kind", kind.as_str()),
+                ("attempts", attempts.as_str()),
+                ("billecta_message", failure.message.as_str()),
+            ];
+            if let Some(status) = &status {
+                pairs.push(("http_status", status));
+            }
+            if let Some(code) = &failure.external_error_code {
+                pairs.push(("external_error_code", code));
+            }
+            if failure.outcome_unknown {
+                pairs.push(("outcome_unknown", "true"));
+            }
+            let (code, reason) = match (kind, &failure.failure) {
+                (_, Failure::DeadlineExceeded) => {
+                    (Code::DeadlineExceeded, "BILLECTA_DEADLINE_EXCEEDED")
+                }
+                (ErrorKind::Transient, _) => (Code::Unavailable, "BILLECTA_UNAVAILABLE"),
+                (ErrorKind::InvalidInput, _) => (Code::FailedPrecondition, "BILLECTA_REJECTED"),
+                (ErrorKind::BadCredentials, _) => {
+                    (Code::FailedPrecondition, "BILLECTA_CREDENTIALS_REJECTED")
+                }
+                (ErrorKind::NotFound, _) => (Code::FailedPrecondition, "BILLECTA_NOT_FOUND"),
+                (ErrorKind::Unexpected, _) => (Code::Internal, "BILLECTA_UNEXPECTED_RESPONSE"),
+            };
+            if code == Code::Unavailable {
+                details.set_retry_info(Some(
+                    failure.retry_after.unwrap_or(BILLECTA_DEFAULT_RETRY_AFTER),
+                ));
+            }
+            if code == Code::FailedPrecondition {
+                details.add_precondition_failure_violation(
+                    reason,
+                    format!("billecta/{}", failure.environment),
+                    failure.to_string(),
+                );
+            }
+            details.set_error_info(reason, ERROR_DOMAIN, metadata(&pairs));
+            (code, failure.to_string())
+        }
         Error::Internal(cause) => {
             tracing::error!(error = ?cause, "internal error");
             details.set_error_info("INTERNAL", ERROR_DOMAIN, HashMap::new());
@@ -128,5 +179,95 @@ pub fn to_status(error: Error) -> Status {
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         to_status(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::billecta::BillectaError;
+    use crate::domain::Environment;
+    use std::time::Duration;
+
+    fn billecta(failure: Failure, retry_after: Option<Duration>) -> Status {
+        to_status(Error::Billecta(BillectaError {
+            environment: Environment::Test,
+            endpoint: "POST /v1/creditors/creditor",
+            failure,
+            message: "OrgNo is not a valid organisation number".into(),
+            external_error_code: Some("E17".into()),
+            retry_after,
+            attempts: 3,
+            outcome_unknown: false,
+        }))
+    }
+
+    #[test]
+    fn billecta_refusing_our_data_is_a_failed_precondition_with_its_message() {
+        let status = billecta(Failure::Status(400), None);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .contains("OrgNo is not a valid organisation number"),
+            "{}",
+            status.message()
+        );
+        let details = status.get_error_details();
+        let info = details.error_info().expect("error info");
+        assert_eq!(info.reason, "BILLECTA_REJECTED");
+        assert_eq!(info.metadata["external_error_code"], "E17");
+        assert_eq!(info.metadata["http_status"], "400");
+        assert_eq!(info.metadata["environment"], "test");
+    }
+
+    #[test]
+    fn billecta_down_is_unavailable_with_the_time_to_wait() {
+        let status = billecta(Failure::Status(429), Some(Duration::from_secs(7)));
+        assert_eq!(status.code(), Code::Unavailable);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "BILLECTA_UNAVAILABLE");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_secs(7))
+        );
+        let status = billecta(Failure::Connect, None);
+        assert_eq!(
+            status.get_error_details().retry_info().unwrap().retry_delay,
+            Some(BILLECTA_DEFAULT_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn other_billecta_failures_map_to_their_own_reasons() {
+        let reason = |failure| {
+            let status = billecta(failure, None);
+            let reason = status
+                .get_error_details()
+                .error_info()
+                .unwrap()
+                .reason
+                .clone();
+            (status.code(), reason)
+        };
+        assert_eq!(
+            reason(Failure::Status(401)),
+            (
+                Code::FailedPrecondition,
+                "BILLECTA_CREDENTIALS_REJECTED".into()
+            )
+        );
+        assert_eq!(
+            reason(Failure::Status(404)),
+            (Code::FailedPrecondition, "BILLECTA_NOT_FOUND".into())
+        );
+        assert_eq!(
+            reason(Failure::DeadlineExceeded),
+            (Code::DeadlineExceeded, "BILLECTA_DEADLINE_EXCEEDED".into())
+        );
+        assert_eq!(
+            reason(Failure::Decode),
+            (Code::Internal, "BILLECTA_UNEXPECTED_RESPONSE".into())
+        );
     }
 }

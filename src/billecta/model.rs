@@ -1,0 +1,492 @@
+//! Billecta's view models as they travel on the wire: PascalCase names (with Billecta's acronym
+//! spellings such as `LogoURL`, `GLN`, `IBAN`), enums as strings, `null` where the schema allows it.
+//!
+//! Two rules keep us compatible with a Billecta that changes under us:
+//! - Fields we do not know are kept in `extra` and sent back unchanged. Billecta's `PUT` replaces the
+//!   whole object, so dropping a field we did not understand would erase it.
+//! - Enum values we do not know are kept as [`WireEnum::Other`] text and sent back as they came.
+//!
+//! Fields are `Option` and left out of a request when `None`; the schemas have no required fields and
+//! non-nullable fields must then be absent rather than `null`.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// An enum Billecta sends and accepts as a string, with room for values added after this was written.
+pub trait WireEnum: Sized {
+    fn from_wire(text: &str) -> Self;
+    fn as_wire(&self) -> &str;
+}
+
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal = $number:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant,)+
+            /// A value Billecta added after this client was written; sent back unchanged.
+            Other(String),
+        }
+
+        impl WireEnum for $name {
+            fn from_wire(text: &str) -> Self {
+                match text {
+                    $($text => $name::$variant,)+
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+
+            fn as_wire(&self) -> &str {
+                match self {
+                    $($name::$variant => $text,)+
+                    $name::Other(text) => text,
+                }
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_wire())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                // Billecta's schemas declare enums as integers with names; the API sends the names.
+                // Accept the schema's integers too, read as the names they stand for.
+                match Value::deserialize(deserializer)? {
+                    Value::String(text) => Ok($name::from_wire(&text)),
+                    Value::Number(number) => match number.as_i64() {
+                        $(Some($number) => Ok($name::$variant),)+
+                        _ => Ok($name::Other(number.to_string())),
+                    },
+                    other => Err(serde::de::Error::custom(format!(
+                        "expected a {} name, found {other}",
+                        stringify!($name)
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// `CreditorPaymentMethodTypeView`: how debtors pay a creditor.
+    PaymentMethodType {
+        BankGiro => "BankGiro" = 0,
+        PlusGiro => "PlusGiro" = 1,
+        BankAccount => "BankAccount" = 2,
+        Iban => "IBAN" = 3,
+        Unknown => "Unknown" = -1,
+    }
+}
+
+wire_enum! {
+    /// `CreditorPaymentMethodPriorityTypeView`.
+    PaymentMethodPriority {
+        Primary => "Primary" = 0,
+        Alternative => "Alternative" = 1,
+        Unknown => "Unknown" = -1,
+    }
+}
+
+wire_enum! {
+    /// `DeliveryMethodTypeView`: how invoices reach debtors.
+    DeliveryMethod {
+        Email => "Email" = 0,
+        Mail => "Mail" = 1,
+        Manually => "Manually" = 2,
+        Sms => "SMS" = 3,
+        EInvoice => "EInvoice" = 4,
+        Kivra => "Kivra" = 5,
+        Avy => "Avy" = 6,
+        Unknown => "Unknown" = -1,
+    }
+}
+
+wire_enum! {
+    /// `LanguageTypeView`.
+    Language {
+        Swedish => "SV" = 0,
+        English => "EN" = 1,
+        Finnish => "FI" = 2,
+    }
+}
+
+/// `SecureTokenView`. The token is a [`crate::secret::Secret`] once it leaves the client; this wire form
+/// lives only as long as the response is being decoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SecureTokenView {
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// `CreatedView`: what a create call answers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreatedView {
+    #[serde(default)]
+    pub public_id: Option<String>,
+}
+
+/// `CreditorView`: the company that sends invoices.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Creditor {
+    /// Billecta's id. Not sent on create: Billecta assigns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_public_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_bank_info: Option<CreditorBankInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub care_of: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address2: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zip_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// ISO 3166-1 alpha-2, such as `SE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vat_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residence: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_company_tax: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub give_all_users_full_rights_on_creditor: Option<bool>,
+    #[serde(rename = "GLN", default, skip_serializing_if = "Option::is_none")]
+    pub gln: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_contact: Option<Contact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_claims_contact: Option<Contact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_signatory_contact: Option<Contact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_invoice_address: Option<InvoiceAddress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_enabled: Option<bool>,
+    /// Digits only; the number the next invoice gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_invoice_number: Option<String>,
+    #[serde(rename = "LogoURL", default, skip_serializing_if = "Option::is_none")]
+    pub logo_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_cent_rounding: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_client_fund_for_invoicing: Option<bool>,
+    /// Fields this client does not know, kept so that an update sends them back.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `CreditorBankInfoView`: where debtors pay, and the bankgiros the creditor pays from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreditorBankInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uses_client_fund: Option<bool>,
+    /// The legacy single payment method; [`CreditorBankInfo::payment_methods`] is the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<PaymentMethodType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bankgiro_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plusgiro_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clearing_no: Option<String>,
+    #[serde(
+        rename = "EInvoiceFUI",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub e_invoice_fui: Option<String>,
+    #[serde(
+        rename = "EInvoiceCUI",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub e_invoice_cui: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_accounts: Option<Vec<ForeignAccount>>,
+    /// Bankgiros for outgoing payments; Billecta's staff approve each one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_outgoing_bankgiroes: Option<Vec<OutgoingBankgiro>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_methods: Option<Vec<PaymentMethod>>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `CreditorPaymentMethodView`: one way debtors can pay (note `IBAN`/`BIC` in capitals here).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PaymentMethod {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<PaymentMethodPriority>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<PaymentMethodType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bankgiro_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plusgiro_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clearing_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_no: Option<String>,
+    #[serde(rename = "IBAN", default, skip_serializing_if = "Option::is_none")]
+    pub iban: Option<String>,
+    #[serde(rename = "BIC", default, skip_serializing_if = "Option::is_none")]
+    pub bic: Option<String>,
+    /// Set by Billecta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `CreditorOutgoingBankgiroView`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct OutgoingBankgiro {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bankgiro_no: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_active: Option<bool>,
+    /// Set by Billecta's customer service after a security review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bankgiro_approved: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bookkeeping_payment_mean_code: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `CreditorForeignAccountView` (note `Iban`/`Bic` in mixed case here).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ForeignAccount {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iban: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bic: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `CreditorContactView`, `CreditorClaimsContactView` and `CreditorSignatoryContactView` share a shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Contact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `CreditorInvoiceAddressView`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InvoiceAddress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address2: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zip_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_method: Option<DeliveryMethod>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `UserView`. The fields the onboarding reads or sets are typed; the rest travel in `extra`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct User {
+    /// Billecta's id. Not sent on create: Billecta assigns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_public_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<Language>,
+    /// Write-only: Billecta never returns it. Set only on create, by code that holds a
+    /// [`crate::secret::Secret`]; never logged (this type's `Debug` is not used in logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rights: Option<Vec<UserRight>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_administrator: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_api_user: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_manage_creditors: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_login: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `UserRightView`: what a user may do with one creditor. The two rights the onboarding checks are
+/// typed; the other flags travel in `extra`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UserRight {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creditor_public_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_read_creditor: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_write_creditor: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl User {
+    /// Whether this user may read the creditor, by its rights or as an administrator.
+    pub fn can_read(&self, creditor_public_id: &str) -> bool {
+        self.is_administrator == Some(true)
+            || self.rights.iter().flatten().any(|right| {
+                right
+                    .creditor_public_id
+                    .as_deref()
+                    .is_some_and(|id| id.eq_ignore_ascii_case(creditor_public_id))
+                    && right.can_read_creditor == Some(true)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn acronym_fields_use_billectas_spelling() {
+        let creditor = Creditor {
+            gln: Some("7300000000000".into()),
+            logo_url: Some("https://example.se/logo.png".into()),
+            creditor_bank_info: Some(CreditorBankInfo {
+                e_invoice_fui: Some("fui".into()),
+                payment_methods: Some(vec![PaymentMethod {
+                    iban: Some("SE45".into()),
+                    bic: Some("ESSESESS".into()),
+                    ..PaymentMethod::default()
+                }]),
+                foreign_accounts: Some(vec![ForeignAccount {
+                    iban: Some("DE89".into()),
+                    ..ForeignAccount::default()
+                }]),
+                ..CreditorBankInfo::default()
+            }),
+            ..Creditor::default()
+        };
+        let wire = serde_json::to_value(&creditor).unwrap();
+        assert_eq!(wire["GLN"], "7300000000000");
+        assert_eq!(wire["LogoURL"], "https://example.se/logo.png");
+        let bank = &wire["CreditorBankInfo"];
+        assert_eq!(bank["EInvoiceFUI"], "fui");
+        assert_eq!(bank["PaymentMethods"][0]["IBAN"], "SE45");
+        assert_eq!(bank["PaymentMethods"][0]["BIC"], "ESSESESS");
+        assert_eq!(bank["ForeignAccounts"][0]["Iban"], "DE89");
+    }
+
+    #[test]
+    fn unknown_fields_and_enum_values_survive_a_round_trip() {
+        let wire = json!({
+            "CreditorPublicId": "0b8f8c5e-7d0c-4a57-a0b7-3f1f1b6a2d11",
+            "Name": "Tidningen AB",
+            "BrandNewField": {"Nested": [1, 2]},
+            "CreditorInvoiceAddress": {"DeliveryMethod": "CarrierPigeon"},
+            "CreditorBankInfo": {
+                "PaymentMethods": [{"Priority": "Primary", "PaymentMethod": "Swish", "Extra": true}]
+            }
+        });
+        let creditor: Creditor = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(
+            creditor
+                .creditor_invoice_address
+                .as_ref()
+                .unwrap()
+                .delivery_method,
+            Some(DeliveryMethod::Other("CarrierPigeon".into()))
+        );
+        assert_eq!(serde_json::to_value(&creditor).unwrap(), wire);
+    }
+
+    #[test]
+    fn absent_values_are_left_out_rather_than_sent_as_null() {
+        let wire = serde_json::to_value(Creditor {
+            name: Some("Tidningen AB".into()),
+            ..Creditor::default()
+        })
+        .unwrap();
+        assert_eq!(wire, json!({"Name": "Tidningen AB"}));
+    }
+
+    #[test]
+    fn read_rights_come_from_rights_or_administration() {
+        let id = "0b8f8c5e-7d0c-4a57-a0b7-3f1f1b6a2d11";
+        let reader = User {
+            rights: Some(vec![UserRight {
+                creditor_public_id: Some(id.to_uppercase()),
+                can_read_creditor: Some(true),
+                ..UserRight::default()
+            }]),
+            ..User::default()
+        };
+        assert!(reader.can_read(id));
+        assert!(!User::default().can_read(id));
+        let administrator = User {
+            is_administrator: Some(true),
+            ..User::default()
+        };
+        assert!(administrator.can_read(id));
+    }
+}

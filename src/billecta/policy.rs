@@ -1,0 +1,360 @@
+//! How hard the client tries: deadlines, retries with capped exponential backoff and jitter, and a
+//! circuit breaker per environment so that a Billecta that is down is not hammered by every caller.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// When the caller stops waiting. Every attempt's timeout and every backoff fits inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// No deadline of the caller's own; only the client's per-attempt timeout applies.
+    pub fn none() -> Self {
+        Deadline(None)
+    }
+
+    pub fn at(instant: Instant) -> Self {
+        Deadline(Some(instant))
+    }
+
+    pub fn after(duration: Duration) -> Self {
+        Deadline(Instant::now().checked_add(duration))
+    }
+
+    /// The time left, or `None` when there is no deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0
+            .map(|instant| instant.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether `wait` still fits before the deadline.
+    pub fn allows(&self, wait: Duration) -> bool {
+        self.remaining().is_none_or(|left| wait < left)
+    }
+
+    /// The timeout for one attempt: the configured one, shortened to the time left.
+    pub fn cap(&self, timeout: Duration) -> Duration {
+        self.remaining().map_or(timeout, |left| left.min(timeout))
+    }
+}
+
+/// Retries of transient failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included. 1 means no retries.
+    pub max_attempts: u32,
+    /// The backoff before the first retry; it doubles for each further one.
+    pub base_delay: Duration,
+    /// The backoff never grows past this.
+    pub max_delay: Duration,
+    /// A `Retry-After` longer than this is not waited for inside a call: the error carries it instead.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `retry` (1 for the first retry): half of the capped exponential
+    /// step, plus a random share of the other half, so that callers that failed together do not all
+    /// come back at the same instant.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exponent = retry.saturating_sub(1).min(20);
+        let step = self
+            .base_delay
+            .saturating_mul(1 << exponent)
+            .min(self.max_delay);
+        let half = step / 2;
+        half + half.mul_f64(random_fraction())
+    }
+}
+
+/// A number in `[0, 1)` from the operating system's randomness (through a v4 UUID).
+fn random_fraction() -> f64 {
+    let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64; // 53 random bits
+    bits as f64 / (1u64 << 53) as f64
+}
+
+/// When the breaker opens and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Consecutive failed attempts (connect errors, timeouts, 5xx) that open the breaker.
+    pub failure_threshold: u32,
+    /// How long it stays open before one probe is let through.
+    pub open_for: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The breaker's state, for health reports and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once, without reaching Billecta.
+    Open,
+    /// One probe call is being let through to see whether Billecta is back.
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// How an attempt ended, as far as the breaker cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Billecta answered (even with a 4xx: it is up).
+    Answered,
+    /// Billecta could not be reached, timed out or failed (5xx).
+    Failed,
+    /// Says nothing about Billecta's health (a 429: it is up and asks us to slow down).
+    Neutral,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Closed { consecutive_failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// A circuit breaker for one Billecta environment, shared by every call to it.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    policy: BreakerPolicy,
+    state: Mutex<State>,
+}
+
+/// Permission for one attempt. Dropping it without [`Permit::record`] (a cancelled call) gives a
+/// half-open breaker's probe slot back, so an abandoned probe cannot wedge the breaker.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl CircuitBreaker {
+    pub fn new(policy: BreakerPolicy) -> Self {
+        CircuitBreaker {
+            policy,
+            state: Mutex::new(State::Closed {
+                consecutive_failures: 0,
+            }),
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Lets an attempt through, or says how long until one may try.
+    pub fn admit(&self) -> Result<Permit<'_>, Duration> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let probe = match *state {
+            State::Closed { .. } => false,
+            State::Open { until } if now < until => return Err(until - now),
+            State::Open { .. } | State::HalfOpen { probing: false } => {
+                *state = State::HalfOpen { probing: true };
+                true
+            }
+            // Another call is probing; it will decide soon.
+            State::HalfOpen { probing: true } => return Err(self.policy.open_for.min(PROBE_WAIT)),
+        };
+        Ok(Permit {
+            breaker: self,
+            probe,
+            recorded: false,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a caller is told to wait while another call probes a half-open breaker.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+impl Permit<'_> {
+    pub fn record(mut self, outcome: AttemptOutcome) {
+        self.recorded = true;
+        let breaker = self.breaker;
+        let mut state = breaker.lock();
+        let next = match (outcome, &*state) {
+            (AttemptOutcome::Answered, _) => State::Closed {
+                consecutive_failures: 0,
+            },
+            (
+                AttemptOutcome::Failed,
+                State::Closed {
+                    consecutive_failures,
+                },
+            ) => {
+                let failures = consecutive_failures + 1;
+                if failures >= breaker.policy.failure_threshold {
+                    tracing::warn!(
+                        failures,
+                        open_for_ms = breaker.policy.open_for.as_millis() as u64,
+                        "billecta circuit breaker opened"
+                    );
+                    State::Open {
+                        until: Instant::now() + breaker.policy.open_for,
+                    }
+                } else {
+                    State::Closed {
+                        consecutive_failures: failures,
+                    }
+                }
+            }
+            (AttemptOutcome::Failed, _) if self.probe => {
+                tracing::warn!("billecta circuit breaker probe failed; open again");
+                State::Open {
+                    until: Instant::now() + breaker.policy.open_for,
+                }
+            }
+            (AttemptOutcome::Neutral, State::HalfOpen { .. }) if self.probe => {
+                State::HalfOpen { probing: false }
+            }
+            // A failure or neutral answer from an attempt admitted before the breaker changed.
+            (_, current) => *current,
+        };
+        *state = next;
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.recorded {
+            let mut state = self.breaker.lock();
+            if let State::HalfOpen { probing: true } = *state {
+                *state = State::HalfOpen { probing: false };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32, open_for: Duration) -> CircuitBreaker {
+        CircuitBreaker::new(BreakerPolicy {
+            failure_threshold: threshold,
+            open_for,
+        })
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(1000),
+            max_retry_after: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let first = policy.backoff(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = policy.backoff(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = policy.backoff(30);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
+        }
+        let samples: std::collections::HashSet<Duration> =
+            (0..20).map(|_| policy.backoff(4)).collect();
+        assert!(samples.len() > 1, "backoff has no jitter");
+    }
+
+    #[test]
+    fn deadline_shortens_attempts_and_refuses_waits_that_do_not_fit() {
+        let deadline = Deadline::after(Duration::from_millis(500));
+        assert!(deadline.cap(Duration::from_secs(10)) <= Duration::from_millis(500));
+        assert!(deadline.allows(Duration::from_millis(10)));
+        assert!(!deadline.allows(Duration::from_secs(1)));
+        assert_eq!(
+            Deadline::none().cap(Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        assert!(Deadline::none().allows(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_a_good_probe_closes_it() {
+        let breaker = breaker(3, Duration::from_millis(30));
+        for _ in 0..2 {
+            breaker.admit().unwrap().record(AttemptOutcome::Failed);
+        }
+        // An answer (even a 4xx) resets the count.
+        breaker.admit().unwrap().record(AttemptOutcome::Answered);
+        for _ in 0..3 {
+            breaker.admit().unwrap().record(AttemptOutcome::Failed);
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        let wait = breaker.admit().unwrap_err();
+        assert!(wait <= Duration::from_millis(30));
+
+        std::thread::sleep(Duration::from_millis(40));
+        let probe = breaker.admit().expect("one probe after the open period");
+        assert!(breaker.admit().is_err(), "only one probe at a time");
+        probe.record(AttemptOutcome::Answered);
+        assert_eq!(breaker.state(), BreakerState::Closed);
+        assert!(breaker.admit().is_ok());
+    }
+
+    #[test]
+    fn a_failed_probe_opens_it_again_and_an_abandoned_probe_frees_the_slot() {
+        let breaker = breaker(1, Duration::from_millis(20));
+        breaker.admit().unwrap().record(AttemptOutcome::Failed);
+        std::thread::sleep(Duration::from_millis(30));
+        breaker.admit().unwrap().record(AttemptOutcome::Failed);
+        assert_eq!(breaker.state(), BreakerState::Open);
+
+        std::thread::sleep(Duration::from_millis(30));
+        drop(breaker.admit().unwrap());
+        assert!(
+            breaker.admit().is_ok(),
+            "a dropped probe gives its slot back"
+        );
+    }
+
+    #[test]
+    fn rate_limiting_neither_opens_nor_closes_it() {
+        let breaker = breaker(2, Duration::from_secs(60));
+        breaker.admit().unwrap().record(AttemptOutcome::Failed);
+        breaker.admit().unwrap().record(AttemptOutcome::Neutral);
+        breaker.admit().unwrap().record(AttemptOutcome::Failed);
+        assert_eq!(breaker.state(), BreakerState::Open);
+    }
+}

@@ -1,0 +1,125 @@
+//! `billecta-sim`: the Billecta simulator as a process, for running the service or a client by hand
+//! against something that behaves like Billecta. Prints the base URL once it listens; stops
+//! gracefully on SIGTERM or SIGINT. See `src/simulator/README.md`.
+
+use billecta_onboarding::domain::Environment;
+use billecta_onboarding::simulator::{self, FaultRule, SimulatorConfig};
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EnvironmentArg {
+    Test,
+    Production,
+}
+
+impl From<EnvironmentArg> for Environment {
+    fn from(value: EnvironmentArg) -> Self {
+        match value {
+            EnvironmentArg::Test => Environment::Test,
+            EnvironmentArg::Production => Environment::Production,
+        }
+    }
+}
+
+/// A stateful simulator of Billecta's REST API.
+#[derive(Debug, Parser)]
+#[command(name = "billecta-sim", version)]
+struct Cli {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "BILLECTA_SIM_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Which Billecta environment to behave like (test: one user per account).
+    #[arg(long, value_enum, default_value = "test")]
+    environment: EnvironmentArg,
+
+    /// Seed of the generator that decides fault probabilities.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// A fault rule, repeatable: KIND[=VALUE][@ROUTE][,p=P][,times=N], for example
+    /// "status=503@POST /v1/creditors/creditor,p=0.3,times=2", "status=502:html", "latency=200",
+    /// "rate-limit=2", "hang", "reset".
+    #[arg(long = "fault", value_name = "RULE")]
+    faults: Vec<FaultRule>,
+
+    /// How long a SecureToken lives, in days.
+    #[arg(long, default_value_t = 365)]
+    token_lifetime_days: u64,
+
+    /// Log filter (tracing-subscriber EnvFilter syntax).
+    #[arg(long, env = "BILLECTA_SIM_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    for rule in &cli.faults {
+        tracing::info!(rule = %rule, "fault rule");
+    }
+    let running = simulator::start(SimulatorConfig {
+        listen: cli.listen,
+        environment: cli.environment.into(),
+        seed: cli.seed,
+        faults: cli.faults,
+        token_lifetime: Duration::from_secs(cli.token_lifetime_days.saturating_mul(24 * 60 * 60)),
+    })
+    .await?;
+    println!("{}", running.base_url());
+    wait_for_signal().await?;
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        result = tokio::signal::ctrl_c() => {
+            result?;
+            tracing::info!("SIGINT received");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn fault_flags_parse_and_bad_ones_are_refused() {
+        let cli = Cli::try_parse_from([
+            "billecta-sim",
+            "--fault",
+            "status=503@POST /v1/creditors/creditor,p=0.3,times=2",
+            "--fault",
+            "latency=200",
+            "--seed",
+            "9",
+            "--environment",
+            "production",
+        ])
+        .unwrap();
+        assert_eq!(cli.faults.len(), 2);
+        assert_eq!(cli.seed, 9);
+        assert_eq!(cli.environment, EnvironmentArg::Production);
+        let error = Cli::try_parse_from(["billecta-sim", "--fault", "status=404"]).unwrap_err();
+        assert!(error.to_string().contains("500 to 599"), "{error}");
+    }
+}

@@ -1,0 +1,215 @@
+//! The admin API under `/admin`: what people do in Billecta's portal (create and activate an
+//! account, add users) and what Billecta's staff do (approve a bankgiro), plus the simulator's own
+//! knobs (faults, reset) and a view of everything it holds. JSON with snake_case fields, no
+//! authentication. Errors are `{"error": "..."}` with 400, 404 or 409. The same operations are
+//! available in-process on [`RunningSimulator`](super::RunningSimulator).
+
+use super::Shared;
+use super::faults::FaultRule;
+use super::state::{AdminError, NewAccount, NewUser};
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The body of `PUT /admin/faults`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FaultsRequest {
+    /// Restart the probability generator from this seed; absent means the seed the simulator was
+    /// started with. Either way the generator restarts, so a test that sets rules gets the same
+    /// outcomes every run.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    pub rules: Vec<FaultRule>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Activation {
+    password: String,
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/admin/accounts", post(create_account))
+        .route("/admin/accounts/{id}/activate", post(activate_account))
+        .route("/admin/accounts/{id}/users", post(create_user))
+        .route("/admin/users/{id}", delete(delete_user))
+        .route("/admin/users/{id}/disable", post(disable_user))
+        .route("/admin/users/{id}/enable", post(enable_user))
+        .route(
+            "/admin/creditors/{id}/outgoing-bankgiros/{bankgiro}/approve",
+            post(approve_outgoing_bankgiro),
+        )
+        .route(
+            "/admin/creditors/{id}/payment-methods/{number}/verify",
+            post(verify_payment_method),
+        )
+        .route("/admin/state", get(state))
+        .route(
+            "/admin/faults",
+            get(get_faults).put(put_faults).delete(clear_faults),
+        )
+        .route("/admin/reset", post(reset))
+        .route_layer(middleware::from_fn(admin_layer))
+        .with_state(shared)
+}
+
+async fn admin_layer(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::debug!(
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "admin request"
+    );
+    response
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        (status, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, AdminError> {
+    serde_json::from_slice(bytes)
+        .map_err(|error| AdminError::Invalid(format!("the body does not parse: {error}")))
+}
+
+fn id(text: &str) -> Result<Uuid, AdminError> {
+    Uuid::parse_str(text).map_err(|_| AdminError::Invalid(format!("{text:?} is not a GUID")))
+}
+
+fn done(result: Result<(), AdminError>) -> Response {
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn create_account(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
+    let result = body::<NewAccount>(&bytes).and_then(|account| {
+        shared
+            .store()
+            .admin_create_account(account, OffsetDateTime::now_utc())
+    });
+    match result {
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn activate_account(
+    State(shared): State<Arc<Shared>>,
+    Path(account): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    done(id(&account).and_then(|account_id| {
+        let activation: Activation = body(&bytes)?;
+        shared
+            .store()
+            .admin_activate_account(account_id, &activation.password)
+    }))
+}
+
+async fn create_user(
+    State(shared): State<Arc<Shared>>,
+    Path(account): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    let result = id(&account).and_then(|account_id| {
+        let user: NewUser = body(&bytes)?;
+        shared
+            .store()
+            .admin_create_user(account_id, user, OffsetDateTime::now_utc())
+    });
+    match result {
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn delete_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -> Response {
+    done(id(&user).and_then(|user_id| shared.store().admin_delete_user(user_id)))
+}
+
+async fn disable_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -> Response {
+    done(id(&user).and_then(|user_id| shared.store().admin_set_user_enabled(user_id, false)))
+}
+
+async fn enable_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -> Response {
+    done(id(&user).and_then(|user_id| shared.store().admin_set_user_enabled(user_id, true)))
+}
+
+async fn approve_outgoing_bankgiro(
+    State(shared): State<Arc<Shared>>,
+    Path((creditor, bankgiro)): Path<(String, String)>,
+) -> Response {
+    done(id(&creditor).and_then(|creditor_id| {
+        shared
+            .store()
+            .admin_approve_outgoing_bankgiro(creditor_id, &bankgiro)
+    }))
+}
+
+async fn verify_payment_method(
+    State(shared): State<Arc<Shared>>,
+    Path((creditor, number)): Path<(String, String)>,
+) -> Response {
+    done(id(&creditor).and_then(|creditor_id| {
+        shared
+            .store()
+            .admin_verify_payment_method(creditor_id, &number)
+    }))
+}
+
+async fn state(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.state()).into_response()
+}
+
+async fn get_faults(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.faults().state()).into_response()
+}
+
+async fn put_faults(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
+    let result = body::<FaultsRequest>(&bytes).and_then(|request| {
+        shared
+            .set_faults(request.seed, request.rules)
+            .map_err(|error| AdminError::Invalid(error.to_string()))
+    });
+    match result {
+        Ok(()) => Json(shared.faults().state()).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn clear_faults(State(shared): State<Arc<Shared>>) -> Response {
+    shared.clear_faults();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> Response {
+    shared.store().reset();
+    tracing::info!("state reset");
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,309 @@
+//! A stateful simulator of Billecta's REST API, for tests and local runs, because Billecta itself
+//! cannot be reached from where the service is built and tested. One simulator is one Billecta
+//! environment (test or production): accounts with users, SecureTokens, creditors with their bank
+//! details, rights, and the errors Billecta answers. It is faithful where public material is clear
+//! and picks one documented answer where it is not (the open questions about Billecta's behaviour; see
+//! `README.md` beside this file). Every request and response body is checked against Billecta's
+//! published schemas ([`schema`]), the same ones the client's contract tests use.
+//!
+//! - [`schema`] — the contract: the view models' schemas, adapted to the wire, and `validate`.
+//! - `state` — what the environment holds and every business rule.
+//! - `routes` — the public `/v1` API; `admin` — the `/admin` API that plays people and staff.
+//! - [`faults`] — injected latency, 5xx, 429, hangs and connection resets, seeded and repeatable.
+//! - `server` — the HTTP/1.1 accept loop that can reset a connection.
+//!
+//! Start one in-process with [`start`] and drive the human steps with the helpers on
+//! [`RunningSimulator`]; or run the `billecta-sim` binary.
+
+mod admin;
+pub mod faults;
+mod routes;
+pub mod schema;
+mod server;
+mod state;
+
+pub use admin::FaultsRequest;
+pub use faults::{ActiveRule, Fault, FaultBody, FaultRule, FaultRuleError, FaultsState};
+pub use routes::PUBLIC_ROUTES;
+pub use state::{
+    AccountState, AdminError, CreatedAccount, CreatedUser, CreditorState, NewAccount, NewUser,
+    SimulatorState, TokenState, UserRightView, UserState,
+};
+
+use crate::domain::Environment;
+use anyhow::Context;
+use faults::FaultPlan;
+use state::Store;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How a simulator starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatorConfig {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Which Billecta environment to behave like. In `Test` an account has exactly one user.
+    pub environment: Environment,
+    /// Seeds the generator that decides fault probabilities.
+    pub seed: u64,
+    /// Fault rules in force from the start.
+    pub faults: Vec<FaultRule>,
+    /// How long a SecureToken lives.
+    pub token_lifetime: Duration,
+}
+
+impl SimulatorConfig {
+    /// The default token lifetime: a year.
+    pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+    /// `127.0.0.1`, a random port, no faults, seed 0.
+    pub fn new(environment: Environment) -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            environment,
+            seed: 0,
+            faults: Vec::new(),
+            token_lifetime: Self::DEFAULT_TOKEN_LIFETIME,
+        }
+    }
+}
+
+impl Default for SimulatorConfig {
+    /// The test environment.
+    fn default() -> Self {
+        Self::new(Environment::Test)
+    }
+}
+
+/// What the server tasks share.
+pub(crate) struct Shared {
+    store: Mutex<Store>,
+    faults: Mutex<FaultPlan>,
+    start_seed: u64,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic under the lock leaves plain data behind; keep serving it.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn faults(&self) -> MutexGuard<'_, FaultPlan> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the rules and restarts the generator from `seed` (or the start seed).
+    pub(crate) fn set_faults(
+        &self,
+        seed: Option<u64>,
+        rules: Vec<FaultRule>,
+    ) -> Result<(), FaultRuleError> {
+        for rule in &rules {
+            rule.check(PUBLIC_ROUTES)?;
+        }
+        let effective_seed = seed.unwrap_or(self.start_seed);
+        tracing::info!(
+            seed = effective_seed,
+            rules = rules.len(),
+            "fault rules replaced"
+        );
+        *self.faults() = FaultPlan::new(effective_seed, rules);
+        Ok(())
+    }
+
+    pub(crate) fn clear_faults(&self) {
+        let seed = self.faults().seed();
+        *self.faults() = FaultPlan::new(seed, Vec::new());
+        tracing::info!("fault rules cleared");
+    }
+
+    pub(crate) fn state(&self) -> SimulatorState {
+        let faults = self.faults().state();
+        self.store().snapshot(faults)
+    }
+}
+
+/// Binds, then serves in a spawned task until [`RunningSimulator::shutdown`].
+pub async fn start(config: SimulatorConfig) -> anyhow::Result<RunningSimulator> {
+    for rule in &config.faults {
+        rule.check(PUBLIC_ROUTES)
+            .with_context(|| format!("fault rule {rule}"))?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        store: Mutex::new(Store::new(config.environment, config.token_lifetime)),
+        faults: Mutex::new(FaultPlan::new(config.seed, config.faults.clone())),
+        start_seed: config.seed,
+        shutdown: CancellationToken::new(),
+    });
+    let router = routes::router(Arc::clone(&shared))
+        .merge(admin::router(Arc::clone(&shared)))
+        .fallback(|| async { http::StatusCode::NOT_FOUND });
+    let task = tokio::spawn(server::serve(listener, router, shared.shutdown.clone()));
+    tracing::info!(
+        address = %local_addr,
+        environment = %config.environment,
+        seed = config.seed,
+        faults = config.faults.len(),
+        "billecta simulator listening"
+    );
+    Ok(RunningSimulator {
+        local_addr,
+        environment: config.environment,
+        shared,
+        task: Some(task),
+    })
+}
+
+/// A simulator serving in the background. Dropping it stops accepting and ends every connection;
+/// [`shutdown`](Self::shutdown) also waits for that to finish.
+pub struct RunningSimulator {
+    local_addr: SocketAddr,
+    environment: Environment,
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningSimulator {
+    /// `http://127.0.0.1:41234`, no trailing slash: what a Billecta client takes as its base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// A person fills in "Create new account" in the portal. The account waits for activation; its
+    /// one user (username = e-mail) is an administrator who may manage creditors.
+    pub fn create_account(&self, account: NewAccount) -> Result<CreatedAccount, AdminError> {
+        self.shared
+            .store()
+            .admin_create_account(account, OffsetDateTime::now_utc())
+    }
+
+    /// The person activates the account, accepts the terms and sets `password`.
+    pub fn activate_account(&self, account_id: Uuid, password: &str) -> Result<(), AdminError> {
+        self.shared
+            .store()
+            .admin_activate_account(account_id, password)
+    }
+
+    /// Both steps at once: an activated account whose user `email` has `password`.
+    pub fn create_activated_account(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<CreatedAccount, AdminError> {
+        let created = self.create_account(NewAccount {
+            name: "Payway Billecta".to_owned(),
+            company_name: "Simulated Company AB".to_owned(),
+            email: email.to_owned(),
+            password: format!("{password}-initial"),
+        })?;
+        self.activate_account(created.account_id, password)?;
+        Ok(created)
+    }
+
+    /// An administrator adds a user in the portal. In the test environment this fails: the account
+    /// already has its one user.
+    pub fn create_user(&self, account_id: Uuid, user: NewUser) -> Result<CreatedUser, AdminError> {
+        self.shared
+            .store()
+            .admin_create_user(account_id, user, OffsetDateTime::now_utc())
+    }
+
+    /// The user is removed in the portal; its SecureToken stops working at once.
+    pub fn delete_user(&self, user_public_id: Uuid) -> Result<(), AdminError> {
+        self.shared.store().admin_delete_user(user_public_id)
+    }
+
+    /// Disables (dropping its token) or enables a user.
+    pub fn set_user_enabled(&self, user_public_id: Uuid, enabled: bool) -> Result<(), AdminError> {
+        self.shared
+            .store()
+            .admin_set_user_enabled(user_public_id, enabled)
+    }
+
+    /// Billecta's customer service approves an outgoing bankgiro (`BankgiroApproved`).
+    pub fn approve_outgoing_bankgiro(
+        &self,
+        creditor_public_id: Uuid,
+        bankgiro: &str,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .store()
+            .admin_approve_outgoing_bankgiro(creditor_public_id, bankgiro)
+    }
+
+    /// Billecta verifies a payment method (`Verified`) by its number.
+    pub fn verify_payment_method(
+        &self,
+        creditor_public_id: Uuid,
+        number: &str,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .store()
+            .admin_verify_payment_method(creditor_public_id, number)
+    }
+
+    /// Replaces the fault rules; the generator restarts from `seed`, or the start seed.
+    pub fn set_faults(
+        &self,
+        seed: Option<u64>,
+        rules: Vec<FaultRule>,
+    ) -> Result<(), FaultRuleError> {
+        self.shared.set_faults(seed, rules)
+    }
+
+    pub fn clear_faults(&self) {
+        self.shared.clear_faults();
+    }
+
+    /// Public requests so far to `route` (`"POST /v1/creditors/creditor"`), faulted ones included.
+    pub fn request_count(&self, route: &str) -> u64 {
+        self.shared.store().request_count(route)
+    }
+
+    /// Everything the simulator holds, without passwords or token values.
+    pub fn state(&self) -> SimulatorState {
+        self.shared.state()
+    }
+
+    /// Forgets accounts, users, tokens, creditors and request counts; keeps the fault rules.
+    pub fn reset(&self) {
+        self.shared.store().reset();
+    }
+
+    /// Stops accepting, ends hanging requests and resets their connections, lets the others finish,
+    /// and waits for all of it.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::warn!(error = %error, "the simulator's server task failed");
+        }
+        tracing::info!("billecta simulator stopped");
+    }
+}
+
+impl Drop for RunningSimulator {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}

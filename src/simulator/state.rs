@@ -1,0 +1,1520 @@
+//! What one Billecta environment holds, in memory: accounts, their users (with passwords and
+//! SecureTokens), creditors, and how often each endpoint was called. Every rule of the simulated
+//! API that is not about HTTP lives here: who may do what, what a create or an update stores, which
+//! fields belong to Billecta and cannot be written. The HTTP layer (`routes`, `admin`) parses,
+//! validates bodies against the schemas, takes the lock and calls one method.
+//!
+//! The choices for what public material leaves open are listed in `README.md` beside this file;
+//! the comments below say which rule answers which question.
+
+use super::faults::FaultsState;
+use super::schema::{self, View};
+use crate::domain::Environment;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The message ASP.NET Web API answers for every refused credential.
+pub(crate) const DENIED: &str = "Authorization has been denied for this request.";
+
+const NOT_ACTIVATED: &str = "The account has not been activated. Follow the activation link in the e-mail from Billecta and accept the terms and conditions.";
+
+const NO_RIGHTS: &str = "The user does not have the rights required for this request.";
+
+const ONE_USER_IN_TEST: &str = "The test environment allows one user per account.";
+
+/// A refusal of the public API, with the status and message Billecta would answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// 400 with `Message`.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401 with `Message`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 with `Message`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 with an empty body.
+    #[error("not found")]
+    NotFound,
+    /// 415 with `Message`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 500 with `Message`: the simulator broke its own contract.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub(crate) fn invalid(detail: impl std::fmt::Display) -> Self {
+        ApiError::BadRequest(format!("The request is invalid. {detail}"))
+    }
+
+    fn denied() -> Self {
+        ApiError::Unauthorized(DENIED.to_owned())
+    }
+
+    fn forbidden() -> Self {
+        ApiError::Forbidden(NO_RIGHTS.to_owned())
+    }
+}
+
+/// A refusal of the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the request does not fit the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 400: the request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A user's rights on one creditor (`UserRightView`), as Billecta writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UserRightView {
+    pub creditor_public_id: Uuid,
+    pub can_read_creditor: bool,
+    pub include_creditor_on_start_page: bool,
+    pub can_write_creditor: bool,
+    pub can_attest_invoice: bool,
+    pub can_manage_invoice_payments: bool,
+    pub can_sell_invoice: bool,
+    pub can_sales_finance: bool,
+    pub can_attest_supplier_invoice: bool,
+    pub can_pay_supplier_invoice: bool,
+    pub can_manage_invoices: bool,
+    pub can_manage_debt_collections: bool,
+    pub can_manage_self_invoices: bool,
+    pub can_manage_self_invoice_debtor_infoes: bool,
+    pub can_manage_supplier_invoices: bool,
+    pub can_manage_finances: bool,
+    pub can_read_settings: bool,
+    pub can_read_bookkeeping: bool,
+}
+
+impl UserRightView {
+    /// Every right on `creditor`: what the creator of a creditor gets.
+    pub fn full(creditor: Uuid) -> Self {
+        Self {
+            creditor_public_id: creditor,
+            can_read_creditor: true,
+            include_creditor_on_start_page: true,
+            can_write_creditor: true,
+            can_attest_invoice: true,
+            can_manage_invoice_payments: true,
+            can_sell_invoice: true,
+            can_sales_finance: true,
+            can_attest_supplier_invoice: true,
+            can_pay_supplier_invoice: true,
+            can_manage_invoices: true,
+            can_manage_debt_collections: true,
+            can_manage_self_invoices: true,
+            can_manage_self_invoice_debtor_infoes: true,
+            can_manage_supplier_invoices: true,
+            can_manage_finances: true,
+            can_read_settings: true,
+            can_read_bookkeeping: true,
+        }
+    }
+}
+
+/// `UserView` on the wire, every field present (the body is completed with .NET defaults before it
+/// is read into this).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct UserView {
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub user_public_id: Uuid,
+    pub full_name: Option<String>,
+    pub org_no: Option<String>,
+    pub language: String,
+    pub password_expired: bool,
+    pub password_never_expires: bool,
+    pub password: Option<String>,
+    pub is_enabled: bool,
+    pub rights: Option<Vec<UserRightView>>,
+    pub is_administrator: bool,
+    pub is_api_user: bool,
+    pub can_manage_creditors: bool,
+    pub hide_select_creditor_dialog: bool,
+    pub hide_system_updates: bool,
+    pub hide_lookup_dialog: bool,
+    pub active_creditor_public_id: Option<Uuid>,
+    pub last_login: Option<String>,
+    pub created: String,
+    pub has_accepted_agreements: bool,
+    pub receive_system_update_notification: bool,
+    pub two_factor_bank_id_auth_enabled: bool,
+}
+
+/// The admin API's new account: what a person types into the portal's "Create new account" form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAccount {
+    /// The user's name.
+    pub name: String,
+    pub company_name: String,
+    /// Also the username.
+    pub email: String,
+    /// The first password; activation sets the one the integration uses.
+    pub password: String,
+}
+
+/// What creating an account made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedAccount {
+    pub account_id: Uuid,
+    pub user_public_id: Uuid,
+    pub username: String,
+}
+
+/// The admin API's new user, as an administrator adds one in the portal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser {
+    pub username: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub full_name: Option<String>,
+    /// Without a password the user cannot use `apiauthenticate`; an administrator can still mint
+    /// its token with `POST /v1/authentication/securetoken/{UserPublicId}`.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub is_api_user: bool,
+    #[serde(default)]
+    pub is_administrator: bool,
+    #[serde(default)]
+    pub can_manage_creditors: bool,
+}
+
+/// What creating a user made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedUser {
+    pub user_public_id: Uuid,
+    pub username: String,
+}
+
+/// Everything the simulator holds, for tests and the admin API. Passwords and token values are
+/// never part of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimulatorState {
+    pub environment: Environment,
+    pub accounts: Vec<AccountState>,
+    pub users: Vec<UserState>,
+    pub creditors: Vec<CreditorState>,
+    /// How many creditors exist per `OrgNo`: Billecta allows duplicates, so the caller must not
+    /// create them.
+    pub creditors_per_org_no: BTreeMap<String, usize>,
+    /// Public API requests per route template (`"POST /v1/creditors/creditor"`), including those a
+    /// fault answered.
+    pub request_counts: BTreeMap<String, u64>,
+    pub faults: FaultsState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountState {
+    pub account_id: Uuid,
+    pub name: String,
+    pub company_name: String,
+    pub email: String,
+    pub activated: bool,
+    pub created: String,
+    pub user_public_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserState {
+    pub user_public_id: Uuid,
+    pub account_id: Uuid,
+    pub username: String,
+    pub email: Option<String>,
+    pub full_name: Option<String>,
+    pub is_enabled: bool,
+    pub is_administrator: bool,
+    pub is_api_user: bool,
+    pub can_manage_creditors: bool,
+    pub has_accepted_agreements: bool,
+    pub has_password: bool,
+    /// In Billecta's own shape (`UserRightView`, PascalCase).
+    pub rights: Vec<UserRightView>,
+    pub created: String,
+    pub last_login: Option<String>,
+    pub token: Option<TokenState>,
+}
+
+/// A SecureToken without its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenState {
+    /// The first 8 hexadecimal digits of the SHA-256 of the value: enough to tell tokens apart.
+    pub fingerprint: String,
+    pub expires: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreditorState {
+    pub creditor_public_id: Uuid,
+    pub account_id: Uuid,
+    /// The `CreditorView` as stored and returned.
+    pub view: Value,
+}
+
+struct Account {
+    id: Uuid,
+    name: String,
+    company_name: String,
+    email: String,
+    activated: bool,
+    created: OffsetDateTime,
+}
+
+struct PasswordHash {
+    salt: [u8; 16],
+    digest: [u8; 32],
+}
+
+impl PasswordHash {
+    fn new(password: &str) -> Self {
+        let salt = *Uuid::new_v4().as_bytes();
+        Self {
+            salt,
+            digest: Self::digest(&salt, password),
+        }
+    }
+
+    fn digest(salt: &[u8], password: &str) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(salt)
+            .chain_update(password.as_bytes())
+            .finalize()
+            .into()
+    }
+
+    fn matches(&self, password: &str) -> bool {
+        Self::digest(&self.salt, password) == self.digest
+    }
+}
+
+struct Token {
+    value: String,
+    expires: OffsetDateTime,
+}
+
+impl Token {
+    /// 64 random bytes in base64: 88 characters ending in `==`, like Billecta's.
+    fn issue(now: OffsetDateTime, lifetime: Duration) -> Self {
+        let bytes: Vec<u8> = (0..4).flat_map(|_| *Uuid::new_v4().as_bytes()).collect();
+        Self {
+            value: BASE64.encode(bytes),
+            expires: now + lifetime,
+        }
+    }
+
+    fn is_live(&self, now: OffsetDateTime) -> bool {
+        self.expires > now
+    }
+
+    fn view(&self) -> Value {
+        json!({"Value": self.value, "Expires": wire_time(self.expires)})
+    }
+
+    fn state(&self) -> TokenState {
+        let digest = Sha256::digest(self.value.as_bytes());
+        TokenState {
+            fingerprint: hex::encode(&digest[..4]),
+            expires: wire_time(self.expires),
+        }
+    }
+}
+
+struct User {
+    id: Uuid,
+    account_id: Uuid,
+    username: String,
+    email: Option<String>,
+    full_name: Option<String>,
+    org_no: Option<String>,
+    language: String,
+    password_expired: bool,
+    password_never_expires: bool,
+    password: Option<PasswordHash>,
+    is_enabled: bool,
+    rights: Vec<UserRightView>,
+    is_administrator: bool,
+    is_api_user: bool,
+    can_manage_creditors: bool,
+    hide_select_creditor_dialog: bool,
+    hide_system_updates: bool,
+    hide_lookup_dialog: bool,
+    active_creditor_public_id: Option<Uuid>,
+    last_login: Option<OffsetDateTime>,
+    created: OffsetDateTime,
+    has_accepted_agreements: bool,
+    receive_system_update_notification: bool,
+    two_factor_bank_id_auth_enabled: bool,
+    token: Option<Token>,
+}
+
+impl User {
+    fn new(account_id: Uuid, username: String, now: OffsetDateTime) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            account_id,
+            username,
+            email: None,
+            full_name: None,
+            org_no: None,
+            language: "SV".to_owned(),
+            password_expired: false,
+            password_never_expires: false,
+            password: None,
+            is_enabled: true,
+            rights: Vec::new(),
+            is_administrator: false,
+            is_api_user: false,
+            can_manage_creditors: false,
+            hide_select_creditor_dialog: false,
+            hide_system_updates: false,
+            hide_lookup_dialog: false,
+            active_creditor_public_id: None,
+            last_login: None,
+            created: now,
+            has_accepted_agreements: false,
+            receive_system_update_notification: false,
+            two_factor_bank_id_auth_enabled: false,
+            token: None,
+        }
+    }
+
+    /// The user as `GET /v1/users/user/{id}` shows it: never the password.
+    fn view(&self) -> UserView {
+        UserView {
+            username: Some(self.username.clone()),
+            email: self.email.clone(),
+            user_public_id: self.id,
+            full_name: self.full_name.clone(),
+            org_no: self.org_no.clone(),
+            language: self.language.clone(),
+            password_expired: self.password_expired,
+            password_never_expires: self.password_never_expires,
+            password: None,
+            is_enabled: self.is_enabled,
+            rights: Some(self.rights.clone()),
+            is_administrator: self.is_administrator,
+            is_api_user: self.is_api_user,
+            can_manage_creditors: self.can_manage_creditors,
+            hide_select_creditor_dialog: self.hide_select_creditor_dialog,
+            hide_system_updates: self.hide_system_updates,
+            hide_lookup_dialog: self.hide_lookup_dialog,
+            active_creditor_public_id: self.active_creditor_public_id,
+            last_login: self.last_login.map(wire_time),
+            created: wire_time(self.created),
+            has_accepted_agreements: self.has_accepted_agreements,
+            receive_system_update_notification: self.receive_system_update_notification,
+            two_factor_bank_id_auth_enabled: self.two_factor_bank_id_auth_enabled,
+        }
+    }
+
+    /// Takes every field a client may set from `view`; `Created`, `LastLogin` and
+    /// `HasAcceptedAgreements` belong to Billecta and are ignored.
+    fn apply(&mut self, view: UserView, username: String) {
+        self.username = username;
+        self.email = view.email;
+        self.full_name = view.full_name;
+        self.org_no = view.org_no;
+        self.language = view.language;
+        self.password_expired = view.password_expired;
+        self.password_never_expires = view.password_never_expires;
+        if let Some(password) = view.password.filter(|password| !password.is_empty()) {
+            self.password = Some(PasswordHash::new(&password));
+        }
+        self.is_enabled = view.is_enabled;
+        self.rights = view.rights.unwrap_or_default();
+        self.is_administrator = view.is_administrator;
+        self.is_api_user = view.is_api_user;
+        self.can_manage_creditors = view.can_manage_creditors;
+        self.hide_select_creditor_dialog = view.hide_select_creditor_dialog;
+        self.hide_system_updates = view.hide_system_updates;
+        self.hide_lookup_dialog = view.hide_lookup_dialog;
+        self.active_creditor_public_id = view.active_creditor_public_id;
+        self.receive_system_update_notification = view.receive_system_update_notification;
+        self.two_factor_bank_id_auth_enabled = view.two_factor_bank_id_auth_enabled;
+        if !self.is_enabled {
+            self.token = None;
+        }
+    }
+
+    fn state(&self) -> UserState {
+        UserState {
+            user_public_id: self.id,
+            account_id: self.account_id,
+            username: self.username.clone(),
+            email: self.email.clone(),
+            full_name: self.full_name.clone(),
+            is_enabled: self.is_enabled,
+            is_administrator: self.is_administrator,
+            is_api_user: self.is_api_user,
+            can_manage_creditors: self.can_manage_creditors,
+            has_accepted_agreements: self.has_accepted_agreements,
+            has_password: self.password.is_some(),
+            rights: self.rights.clone(),
+            created: wire_time(self.created),
+            last_login: self.last_login.map(wire_time),
+            token: self.token.as_ref().map(Token::state),
+        }
+    }
+
+    fn grant_full(&mut self, creditor: Uuid) {
+        self.rights
+            .retain(|right| right.creditor_public_id != creditor);
+        self.rights.push(UserRightView::full(creditor));
+    }
+}
+
+struct Creditor {
+    id: Uuid,
+    account_id: Uuid,
+    /// The complete `CreditorView`.
+    view: Value,
+}
+
+impl Creditor {
+    fn sub_view(&self) -> Value {
+        json!({
+            "CreditorPublicId": self.id,
+            "Name": self.view["Name"],
+            "IsEnabled": self.view["IsEnabled"],
+            "OrgNo": self.view["OrgNo"],
+            "LogoURL": self.view["LogoURL"],
+        })
+    }
+}
+
+/// What a right check asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Read,
+    Write,
+}
+
+/// The paging and sorting of `GET /v1/creditors/creditors`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ListQuery {
+    pub offset: usize,
+    pub limit: Option<usize>,
+    pub sorting_field: Option<String>,
+    pub ascending: bool,
+}
+
+/// One Billecta environment.
+pub(crate) struct Store {
+    environment: Environment,
+    token_lifetime: Duration,
+    accounts: Vec<Account>,
+    users: Vec<User>,
+    creditors: Vec<Creditor>,
+    request_counts: BTreeMap<String, u64>,
+}
+
+impl Store {
+    pub(crate) fn new(environment: Environment, token_lifetime: Duration) -> Self {
+        Self {
+            environment,
+            token_lifetime,
+            accounts: Vec::new(),
+            users: Vec::new(),
+            creditors: Vec::new(),
+            request_counts: BTreeMap::new(),
+        }
+    }
+
+    /// Forgets everything: accounts, users, tokens, creditors and request counts.
+    pub(crate) fn reset(&mut self) {
+        *self = Self::new(self.environment, self.token_lifetime);
+    }
+
+    pub(crate) fn count(&mut self, route: &str) {
+        *self.request_counts.entry(route.to_owned()).or_default() += 1;
+    }
+
+    pub(crate) fn request_count(&self, route: &str) -> u64 {
+        self.request_counts.get(route).copied().unwrap_or_default()
+    }
+
+    fn account(&self, id: Uuid) -> Option<&Account> {
+        self.accounts.iter().find(|account| account.id == id)
+    }
+
+    fn user(&self, id: Uuid) -> Option<&User> {
+        self.users.iter().find(|user| user.id == id)
+    }
+
+    fn user_mut(&mut self, id: Uuid) -> Option<&mut User> {
+        self.users.iter_mut().find(|user| user.id == id)
+    }
+
+    fn creditor(&self, id: Uuid) -> Option<&Creditor> {
+        self.creditors.iter().find(|creditor| creditor.id == id)
+    }
+
+    fn username_taken(&self, username: &str, except: Option<Uuid>) -> bool {
+        self.users
+            .iter()
+            .any(|user| Some(user.id) != except && user.username.eq_ignore_ascii_case(username))
+    }
+
+    /// In the test environment an account has exactly one user.
+    fn has_room_for_user(&self, account_id: Uuid) -> bool {
+        self.environment != Environment::Test
+            || !self.users.iter().any(|user| user.account_id == account_id)
+    }
+
+    // ---- authentication -------------------------------------------------------------------
+
+    /// `POST /v1/authentication/apiauthenticate`: the user's live token, or a new one if it has
+    /// none. It does not rotate: every service instance that authenticates gets the same token.
+    pub(crate) fn api_authenticate(
+        &mut self,
+        username: &str,
+        password: &str,
+        now: OffsetDateTime,
+    ) -> Result<Value, ApiError> {
+        let lifetime = self.token_lifetime;
+        let Some(user) = self
+            .users
+            .iter()
+            .find(|candidate| candidate.username.eq_ignore_ascii_case(username))
+        else {
+            return Err(ApiError::denied());
+        };
+        let password_matches = user
+            .password
+            .as_ref()
+            .is_some_and(|hash| hash.matches(password));
+        if !password_matches || !user.is_enabled {
+            return Err(ApiError::denied());
+        }
+        let activated = self
+            .account(user.account_id)
+            .is_some_and(|account| account.activated);
+        if !activated {
+            return Err(ApiError::Unauthorized(NOT_ACTIVATED.to_owned()));
+        }
+        let id = user.id;
+        let holder = self.user_mut(id).ok_or_else(ApiError::denied)?;
+        holder.last_login = Some(now);
+        if let Some(live) = holder.token.as_ref().filter(|token| token.is_live(now)) {
+            return Ok(live.view());
+        }
+        let token = Token::issue(now, lifetime);
+        let view = token.view();
+        holder.token = Some(token);
+        Ok(view)
+    }
+
+    /// Who a SecureToken belongs to. Unknown, expired or revoked tokens, deleted or disabled users:
+    /// all 401, at once.
+    pub(crate) fn authenticate(
+        &mut self,
+        token_value: &str,
+        now: OffsetDateTime,
+    ) -> Result<Uuid, ApiError> {
+        let Some(user) = self.users.iter_mut().find(|candidate| {
+            candidate
+                .token
+                .as_ref()
+                .is_some_and(|token| token.value == token_value && token.is_live(now))
+        }) else {
+            return Err(ApiError::denied());
+        };
+        if !user.is_enabled {
+            return Err(ApiError::denied());
+        }
+        user.last_login = Some(now);
+        Ok(user.id)
+    }
+
+    fn caller(&self, id: Uuid) -> Result<&User, ApiError> {
+        self.user(id).ok_or_else(ApiError::denied)
+    }
+
+    /// `GET /v1/authentication/securetoken`.
+    pub(crate) fn current_token(&self, caller: Uuid) -> Result<Value, ApiError> {
+        let user = self.caller(caller)?;
+        user.token
+            .as_ref()
+            .map(Token::view)
+            .ok_or_else(ApiError::denied)
+    }
+
+    /// `POST /v1/authentication/securetoken[/{UserPublicId}]`: a new token, which invalidates the
+    /// old one. For another user the caller must administer the same account.
+    pub(crate) fn issue_token(
+        &mut self,
+        caller: Uuid,
+        target: Option<Uuid>,
+        now: OffsetDateTime,
+    ) -> Result<Value, ApiError> {
+        let lifetime = self.token_lifetime;
+        let user = self.caller(caller)?;
+        let target_id = target.unwrap_or(user.id);
+        if target_id != user.id {
+            let Some(target_user) = self.user(target_id) else {
+                return Err(ApiError::NotFound);
+            };
+            if target_user.account_id != user.account_id {
+                return Err(ApiError::NotFound);
+            }
+            if !user.is_administrator {
+                return Err(ApiError::forbidden());
+            }
+            if !target_user.is_enabled {
+                return Err(ApiError::invalid("The user is disabled."));
+            }
+        }
+        let token = Token::issue(now, lifetime);
+        let view = token.view();
+        let holder = self.user_mut(target_id).ok_or(ApiError::NotFound)?;
+        holder.token = Some(token);
+        Ok(view)
+    }
+
+    /// `DELETE /v1/authentication/apiauthenticate`: the caller's token stops working.
+    pub(crate) fn revoke_token(&mut self, caller: Uuid) -> Result<(), ApiError> {
+        let user = self.user_mut(caller).ok_or_else(ApiError::denied)?;
+        user.token = None;
+        Ok(())
+    }
+
+    // ---- creditors ------------------------------------------------------------------------
+
+    fn may(&self, user: &User, creditor: &Creditor, need: Need) -> bool {
+        if user.is_administrator && user.account_id == creditor.account_id {
+            return true;
+        }
+        user.rights
+            .iter()
+            .find(|right| right.creditor_public_id == creditor.id)
+            .is_some_and(|right| match need {
+                Need::Read => right.can_read_creditor || right.can_write_creditor,
+                Need::Write => right.can_write_creditor,
+            })
+    }
+
+    fn readable(&self, caller: Uuid) -> Result<Vec<&Creditor>, ApiError> {
+        let user = self.caller(caller)?;
+        Ok(self
+            .creditors
+            .iter()
+            .filter(|creditor| self.may(user, creditor, Need::Read))
+            .collect())
+    }
+
+    /// `GET /v1/creditors/creditors`.
+    pub(crate) fn list_creditors(
+        &self,
+        caller: Uuid,
+        query: &ListQuery,
+    ) -> Result<Value, ApiError> {
+        let mut creditors = self.readable(caller)?;
+        if let Some(field) = &query.sorting_field {
+            let Some(name) = sortable_field(field) else {
+                return Err(ApiError::invalid(format!(
+                    "sortingfield {field:?} is not a field of CreditorView that can be sorted on."
+                )));
+            };
+            creditors.sort_by(|a, b| compare_json(&a.view[name.as_str()], &b.view[name.as_str()]));
+            if !query.ascending {
+                creditors.reverse();
+            }
+        } else if !query.ascending {
+            creditors.reverse();
+        }
+        let page: Vec<Value> = creditors
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit.unwrap_or(usize::MAX))
+            .map(|creditor| creditor.view.clone())
+            .collect();
+        Ok(Value::Array(page))
+    }
+
+    /// `GET /v1/creditors/creditorsubs`.
+    pub(crate) fn creditor_subs(&self, caller: Uuid) -> Result<Value, ApiError> {
+        Ok(Value::Array(
+            self.readable(caller)?
+                .into_iter()
+                .map(Creditor::sub_view)
+                .collect(),
+        ))
+    }
+
+    /// `GET /v1/creditors/creditor/{id}`.
+    pub(crate) fn get_creditor(&self, caller: Uuid, id: Uuid) -> Result<Value, ApiError> {
+        let user = self.caller(caller)?;
+        let creditor = self.creditor(id).ok_or(ApiError::NotFound)?;
+        if !self.may(user, creditor, Need::Read) {
+            return Err(ApiError::forbidden());
+        }
+        Ok(creditor.view.clone())
+    }
+
+    /// `POST /v1/creditors/creditor`. The body's `CreditorPublicId` is ignored: Billecta makes the
+    /// id. Duplicate `OrgNo`s are allowed. The creator gets every right on the new creditor;
+    /// `GiveAllUsersFullRightsOnCreditor: true` gives them to every user of the account.
+    pub(crate) fn create_creditor(&mut self, caller: Uuid, body: &Value) -> Result<Uuid, ApiError> {
+        let user = self.caller(caller)?;
+        if !(user.is_administrator || user.can_manage_creditors) {
+            return Err(ApiError::forbidden());
+        }
+        let account_id = user.account_id;
+        let mut view = schema::complete(View::Creditor, body);
+        check_creditor_fields(&view)?;
+        let id = Uuid::new_v4();
+        view["CreditorPublicId"] = Value::from(id.to_string());
+        keep_billecta_owned_fields(&mut view, None);
+        let everyone = view["GiveAllUsersFullRightsOnCreditor"] == Value::Bool(true);
+        self.creditors.push(Creditor {
+            id,
+            account_id,
+            view,
+        });
+        for member in &mut self.users {
+            if member.id == caller || (everyone && member.account_id == account_id) {
+                member.grant_full(id);
+            }
+        }
+        Ok(id)
+    }
+
+    /// `PUT /v1/creditors/creditor`: replaces the whole creditor. Omitted or null fields are
+    /// cleared; `Verified` and `BankgiroApproved` keep their stored values.
+    pub(crate) fn update_creditor(&mut self, caller: Uuid, body: &Value) -> Result<(), ApiError> {
+        let user = self.caller(caller)?;
+        let mut view = schema::complete(View::Creditor, body);
+        let id = view["CreditorPublicId"]
+            .as_str()
+            .and_then(|text| Uuid::parse_str(text).ok())
+            .filter(|parsed| !parsed.is_nil())
+            .ok_or_else(|| ApiError::invalid("CreditorPublicId is required."))?;
+        let creditor = self.creditor(id).ok_or(ApiError::NotFound)?;
+        if !self.may(user, creditor, Need::Write) {
+            return Err(ApiError::forbidden());
+        }
+        check_creditor_fields(&view)?;
+        view["CreditorPublicId"] = Value::from(id.to_string());
+        keep_billecta_owned_fields(&mut view, Some(&creditor.view));
+        let account_id = creditor.account_id;
+        let everyone = view["GiveAllUsersFullRightsOnCreditor"] == Value::Bool(true);
+        if let Some(stored) = self.creditors.iter_mut().find(|entry| entry.id == id) {
+            stored.view = view;
+        }
+        if everyone {
+            for member in self
+                .users
+                .iter_mut()
+                .filter(|member| member.account_id == account_id)
+            {
+                member.grant_full(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// `DELETE /v1/creditors/creditor/{id}`. Nothing (invoices, debtors) ever exists on a
+    /// simulated creditor, so deleting is always allowed to those who may write it.
+    pub(crate) fn delete_creditor(&mut self, caller: Uuid, id: Uuid) -> Result<(), ApiError> {
+        let user = self.caller(caller)?;
+        let creditor = self.creditor(id).ok_or(ApiError::NotFound)?;
+        if !self.may(user, creditor, Need::Write) {
+            return Err(ApiError::forbidden());
+        }
+        self.creditors.retain(|entry| entry.id != id);
+        for member in &mut self.users {
+            member.rights.retain(|right| right.creditor_public_id != id);
+        }
+        Ok(())
+    }
+
+    // ---- users ----------------------------------------------------------------------------
+
+    /// `GET /v1/users/users`: an administrator sees the account's users, anyone else only itself.
+    pub(crate) fn list_users(&self, caller: Uuid) -> Result<Vec<UserView>, ApiError> {
+        let user = self.caller(caller)?;
+        Ok(self
+            .users
+            .iter()
+            .filter(|member| {
+                member.id == user.id
+                    || (user.is_administrator && member.account_id == user.account_id)
+            })
+            .map(User::view)
+            .collect())
+    }
+
+    /// `GET /v1/users/user/{id}`: any user of the same account; others do not exist.
+    pub(crate) fn get_user(&self, caller: Uuid, id: Uuid) -> Result<UserView, ApiError> {
+        let user = self.caller(caller)?;
+        self.user(id)
+            .filter(|member| member.account_id == user.account_id)
+            .map(User::view)
+            .ok_or(ApiError::NotFound)
+    }
+
+    fn check_user_input(
+        &self,
+        account_id: Uuid,
+        view: &UserView,
+        except: Option<Uuid>,
+    ) -> Result<String, ApiError> {
+        let username = view
+            .username
+            .as_deref()
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| ApiError::invalid("Username is required."))?;
+        if self.username_taken(username, except) {
+            return Err(ApiError::invalid(format!(
+                "Username {username:?} is already in use."
+            )));
+        }
+        for (index, right) in view.rights.iter().flatten().enumerate() {
+            let known = self
+                .creditor(right.creditor_public_id)
+                .is_some_and(|creditor| creditor.account_id == account_id);
+            if !known {
+                return Err(ApiError::invalid(format!(
+                    "Rights[{index}].CreditorPublicId {} is not a creditor of this account.",
+                    right.creditor_public_id
+                )));
+            }
+        }
+        Ok(username.to_owned())
+    }
+
+    /// `POST /v1/users/user`: administrators only; `UserPublicId` is ignored and made here.
+    pub(crate) fn create_user(
+        &mut self,
+        caller: Uuid,
+        view: UserView,
+        now: OffsetDateTime,
+    ) -> Result<Uuid, ApiError> {
+        let user = self.caller(caller)?;
+        if !user.is_administrator {
+            return Err(ApiError::forbidden());
+        }
+        let account_id = user.account_id;
+        let username = self.check_user_input(account_id, &view, None)?;
+        if !self.has_room_for_user(account_id) {
+            return Err(ApiError::invalid(ONE_USER_IN_TEST));
+        }
+        let mut member = User::new(account_id, username.clone(), now);
+        member.apply(view, username);
+        let id = member.id;
+        self.users.push(member);
+        Ok(id)
+    }
+
+    /// `PUT /v1/users/user`: administrators only; `UserPublicId` names the user, every settable
+    /// field is replaced, a non-null `Password` changes the password.
+    pub(crate) fn update_user(&mut self, caller: Uuid, view: UserView) -> Result<(), ApiError> {
+        let user = self.caller(caller)?;
+        if !user.is_administrator {
+            return Err(ApiError::forbidden());
+        }
+        let account_id = user.account_id;
+        let id = view.user_public_id;
+        if id.is_nil() {
+            return Err(ApiError::invalid("UserPublicId is required."));
+        }
+        let exists = self
+            .user(id)
+            .is_some_and(|member| member.account_id == account_id);
+        if !exists {
+            return Err(ApiError::NotFound);
+        }
+        let username = self.check_user_input(account_id, &view, Some(id))?;
+        let member = self.user_mut(id).ok_or(ApiError::NotFound)?;
+        member.apply(view, username);
+        Ok(())
+    }
+
+    /// `DELETE /v1/users/user/{id}`: administrators only; the user's token dies with it.
+    pub(crate) fn delete_user(&mut self, caller: Uuid, id: Uuid) -> Result<(), ApiError> {
+        let user = self.caller(caller)?;
+        let same_account = self
+            .user(id)
+            .is_some_and(|member| member.account_id == user.account_id);
+        if !same_account {
+            return Err(ApiError::NotFound);
+        }
+        if !user.is_administrator {
+            return Err(ApiError::forbidden());
+        }
+        self.users.retain(|member| member.id != id);
+        Ok(())
+    }
+
+    /// `PUT /v1/users/changepassword`: the caller's own password. Its token stays valid.
+    pub(crate) fn change_password(
+        &mut self,
+        caller: Uuid,
+        password: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let new_password = password
+            .filter(|text| !text.is_empty())
+            .ok_or_else(|| ApiError::invalid("Password is required."))?;
+        let user = self.user_mut(caller).ok_or_else(ApiError::denied)?;
+        user.password = Some(PasswordHash::new(new_password));
+        Ok(())
+    }
+
+    // ---- admin: the portal and Billecta staff ---------------------------------------------
+
+    pub(crate) fn admin_create_account(
+        &mut self,
+        account: NewAccount,
+        now: OffsetDateTime,
+    ) -> Result<CreatedAccount, AdminError> {
+        let email = account.email.trim().to_owned();
+        for (field, value) in [
+            ("name", account.name.trim()),
+            ("company_name", account.company_name.trim()),
+            ("email", email.as_str()),
+            ("password", account.password.as_str()),
+        ] {
+            if value.is_empty() {
+                return Err(AdminError::Invalid(format!("{field} is required")));
+            }
+        }
+        if self.username_taken(&email, None) {
+            return Err(AdminError::Conflict(format!(
+                "a user named {email:?} already exists"
+            )));
+        }
+        let account_id = Uuid::new_v4();
+        self.accounts.push(Account {
+            id: account_id,
+            name: account.name.trim().to_owned(),
+            company_name: account.company_name.trim().to_owned(),
+            email: email.clone(),
+            activated: false,
+            created: now,
+        });
+        let mut user = User::new(account_id, email.clone(), now);
+        user.email = Some(email.clone());
+        user.full_name = Some(account.name.trim().to_owned());
+        user.password = Some(PasswordHash::new(&account.password));
+        user.is_administrator = true;
+        user.can_manage_creditors = true;
+        let user_public_id = user.id;
+        self.users.push(user);
+        Ok(CreatedAccount {
+            account_id,
+            user_public_id,
+            username: email,
+        })
+    }
+
+    /// The person follows the activation link, accepts the terms and sets the password.
+    pub(crate) fn admin_activate_account(
+        &mut self,
+        account_id: Uuid,
+        password: &str,
+    ) -> Result<(), AdminError> {
+        if password.is_empty() {
+            return Err(AdminError::Invalid("password is required".to_owned()));
+        }
+        let account = self
+            .accounts
+            .iter_mut()
+            .find(|entry| entry.id == account_id)
+            .ok_or_else(|| AdminError::NotFound(format!("no account {account_id}")))?;
+        if account.activated {
+            return Err(AdminError::Conflict(format!(
+                "account {account_id} is already activated"
+            )));
+        }
+        account.activated = true;
+        let email = account.email.clone();
+        for user in self
+            .users
+            .iter_mut()
+            .filter(|user| user.account_id == account_id && user.username == email)
+        {
+            user.has_accepted_agreements = true;
+            user.password = Some(PasswordHash::new(password));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn admin_create_user(
+        &mut self,
+        account_id: Uuid,
+        new: NewUser,
+        now: OffsetDateTime,
+    ) -> Result<CreatedUser, AdminError> {
+        if self.account(account_id).is_none() {
+            return Err(AdminError::NotFound(format!("no account {account_id}")));
+        }
+        let username = new.username.trim().to_owned();
+        if username.is_empty() {
+            return Err(AdminError::Invalid("username is required".to_owned()));
+        }
+        if self.username_taken(&username, None) {
+            return Err(AdminError::Conflict(format!(
+                "a user named {username:?} already exists"
+            )));
+        }
+        if !self.has_room_for_user(account_id) {
+            return Err(AdminError::Conflict(ONE_USER_IN_TEST.to_owned()));
+        }
+        let mut user = User::new(account_id, username.clone(), now);
+        user.email = new.email;
+        user.full_name = new.full_name;
+        user.password = new
+            .password
+            .filter(|password| !password.is_empty())
+            .map(|password| PasswordHash::new(&password));
+        user.is_api_user = new.is_api_user;
+        user.is_administrator = new.is_administrator;
+        user.can_manage_creditors = new.can_manage_creditors;
+        user.has_accepted_agreements = true;
+        let user_public_id = user.id;
+        self.users.push(user);
+        Ok(CreatedUser {
+            user_public_id,
+            username,
+        })
+    }
+
+    pub(crate) fn admin_delete_user(&mut self, id: Uuid) -> Result<(), AdminError> {
+        if self.user(id).is_none() {
+            return Err(AdminError::NotFound(format!("no user {id}")));
+        }
+        self.users.retain(|user| user.id != id);
+        Ok(())
+    }
+
+    /// Disabling also drops the user's token: enabling again needs a new one.
+    pub(crate) fn admin_set_user_enabled(
+        &mut self,
+        id: Uuid,
+        enabled: bool,
+    ) -> Result<(), AdminError> {
+        let user = self
+            .user_mut(id)
+            .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
+        user.is_enabled = enabled;
+        if !enabled {
+            user.token = None;
+        }
+        Ok(())
+    }
+
+    /// Billecta's customer service approves a bankgiro for outgoing payments.
+    pub(crate) fn admin_approve_outgoing_bankgiro(
+        &mut self,
+        creditor_id: Uuid,
+        bankgiro: &str,
+    ) -> Result<(), AdminError> {
+        let wanted = digits(bankgiro);
+        let creditor = self
+            .creditors
+            .iter_mut()
+            .find(|entry| entry.id == creditor_id)
+            .ok_or_else(|| AdminError::NotFound(format!("no creditor {creditor_id}")))?;
+        let mut found = false;
+        if let Some(entries) =
+            creditor.view["CreditorBankInfo"]["CreditorOutgoingBankgiroes"].as_array_mut()
+        {
+            for entry in entries
+                .iter_mut()
+                .filter(|entry| digits(entry["BankgiroNo"].as_str().unwrap_or_default()) == wanted)
+            {
+                entry["BankgiroApproved"] = Value::Bool(true);
+                found = true;
+            }
+        }
+        if !found {
+            return Err(AdminError::NotFound(format!(
+                "creditor {creditor_id} has no outgoing bankgiro {bankgiro}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Billecta verifies a payment method (the account behind a bankgiro, plusgiro, bank account
+    /// or IBAN) of a creditor.
+    pub(crate) fn admin_verify_payment_method(
+        &mut self,
+        creditor_id: Uuid,
+        number: &str,
+    ) -> Result<(), AdminError> {
+        let wanted = normalize_account(number);
+        let creditor = self
+            .creditors
+            .iter_mut()
+            .find(|entry| entry.id == creditor_id)
+            .ok_or_else(|| AdminError::NotFound(format!("no creditor {creditor_id}")))?;
+        let mut found = false;
+        if let Some(entries) = creditor.view["CreditorBankInfo"]["PaymentMethods"].as_array_mut() {
+            for entry in entries
+                .iter_mut()
+                .filter(|entry| payment_method_key(entry).1 == wanted)
+            {
+                entry["Verified"] = Value::Bool(true);
+                found = true;
+            }
+        }
+        if !found {
+            return Err(AdminError::NotFound(format!(
+                "creditor {creditor_id} has no payment method {number}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn snapshot(&self, faults: FaultsState) -> SimulatorState {
+        let mut creditors_per_org_no = BTreeMap::new();
+        for creditor in &self.creditors {
+            if let Some(org_no) = creditor.view["OrgNo"].as_str() {
+                *creditors_per_org_no.entry(org_no.to_owned()).or_default() += 1;
+            }
+        }
+        SimulatorState {
+            environment: self.environment,
+            accounts: self
+                .accounts
+                .iter()
+                .map(|account| AccountState {
+                    account_id: account.id,
+                    name: account.name.clone(),
+                    company_name: account.company_name.clone(),
+                    email: account.email.clone(),
+                    activated: account.activated,
+                    created: wire_time(account.created),
+                    user_public_ids: self
+                        .users
+                        .iter()
+                        .filter(|user| user.account_id == account.id)
+                        .map(|user| user.id)
+                        .collect(),
+                })
+                .collect(),
+            users: self.users.iter().map(User::state).collect(),
+            creditors: self
+                .creditors
+                .iter()
+                .map(|creditor| CreditorState {
+                    creditor_public_id: creditor.id,
+                    account_id: creditor.account_id,
+                    view: creditor.view.clone(),
+                })
+                .collect(),
+            creditors_per_org_no,
+            request_counts: self.request_counts.clone(),
+            faults,
+        }
+    }
+}
+
+/// Date-times as the simulator writes them: RFC 3339 in UTC with seven fractional digits, the way
+/// .NET writes a `DateTimeOffset`.
+pub(crate) fn wire_time(at: OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:7][offset_hour sign:mandatory]:[offset_minute]"
+    );
+    at.format(format).unwrap_or_default()
+}
+
+/// `Name` and `OrgNo` are required; `NextInvoiceNumber`, when given, is digits only.
+fn check_creditor_fields(view: &Value) -> Result<(), ApiError> {
+    for field in ["Name", "OrgNo"] {
+        let present = view[field]
+            .as_str()
+            .is_some_and(|text| !text.trim().is_empty());
+        if !present {
+            return Err(ApiError::invalid(format!("{field} is required.")));
+        }
+    }
+    if let Some(number) = view["NextInvoiceNumber"].as_str()
+        && (number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(ApiError::invalid(format!(
+            "NextInvoiceNumber {number:?} must consist of digits only."
+        )));
+    }
+    Ok(())
+}
+
+/// `Verified` (payment methods) and `BankgiroApproved` (outgoing bankgiros) are Billecta's to set:
+/// whatever the body says, each entry keeps the stored value of the entry with the same number,
+/// and a new number starts unverified.
+fn keep_billecta_owned_fields(view: &mut Value, stored: Option<&Value>) {
+    let stored_bank_info = stored.map(|old| &old["CreditorBankInfo"]);
+    if let Some(methods) = view["CreditorBankInfo"]["PaymentMethods"].as_array_mut() {
+        for method in methods {
+            let key = payment_method_key(method);
+            let verified = stored_bank_info
+                .and_then(|info| info["PaymentMethods"].as_array())
+                .and_then(|old| old.iter().find(|entry| payment_method_key(entry) == key))
+                .is_some_and(|entry| entry["Verified"] == Value::Bool(true));
+            method["Verified"] = Value::Bool(verified);
+        }
+    }
+    if let Some(bankgiros) = view["CreditorBankInfo"]["CreditorOutgoingBankgiroes"].as_array_mut() {
+        for bankgiro in bankgiros {
+            let key = digits(bankgiro["BankgiroNo"].as_str().unwrap_or_default());
+            let approved = stored_bank_info
+                .and_then(|info| info["CreditorOutgoingBankgiroes"].as_array())
+                .and_then(|old| {
+                    old.iter().find(|entry| {
+                        digits(entry["BankgiroNo"].as_str().unwrap_or_default()) == key
+                    })
+                })
+                .is_some_and(|entry| entry["BankgiroApproved"] == Value::Bool(true));
+            bankgiro["BankgiroApproved"] = Value::Bool(approved);
+        }
+    }
+}
+
+/// A payment method's identity: its kind and its account number, normalised.
+fn payment_method_key(method: &Value) -> (String, String) {
+    let text = |field: &str| method[field].as_str().unwrap_or_default().to_owned();
+    let kind = text("PaymentMethod");
+    let number = match kind.as_str() {
+        "BankGiro" => text("BankgiroNo"),
+        "PlusGiro" => text("PlusgiroNo"),
+        "BankAccount" => format!("{}{}", text("ClearingNo"), text("AccountNo")),
+        "IBAN" => text("IBAN"),
+        _ => [
+            "BankgiroNo",
+            "PlusgiroNo",
+            "ClearingNo",
+            "AccountNo",
+            "IBAN",
+        ]
+        .iter()
+        .map(|field| text(field))
+        .collect(),
+    };
+    (kind, normalize_account(&number))
+}
+
+fn digits(text: &str) -> String {
+    text.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Letters and digits only, upper case: `123-4567` and `1234567` are the same bankgiro,
+/// `SE45 5000 ...` and `se455000...` the same IBAN.
+fn normalize_account(text: &str) -> String {
+    text.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// The top-level scalar field of `CreditorView` named `field`, compared without regard to case.
+fn sortable_field(field: &str) -> Option<String> {
+    let properties = schema::schema(View::Creditor)
+        .get("properties")?
+        .as_object()?;
+    properties
+        .iter()
+        .find(|(name, property)| {
+            name.eq_ignore_ascii_case(field)
+                && property.get("oneOf").is_none()
+                && property.get("$ref").is_none()
+        })
+        .map(|(name, _)| name.clone())
+}
+
+fn compare_json(a: &Value, b: &Value) -> Ordering {
+    fn rank(value: &Value) -> u8 {
+        match value {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Number(_) => 2,
+            Value::String(_) => 3,
+            Value::Array(_) => 4,
+            Value::Object(_) => 5,
+        }
+    }
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Value::String(x), Value::String(y)) => x.to_lowercase().cmp(&y.to_lowercase()),
+        _ => rank(a).cmp(&rank(b)),
+    }
+}
+
+/// Reads a completed `UserView` body.
+pub(crate) fn user_view_from(body: &Value) -> Result<UserView, ApiError> {
+    let completed = schema::complete(View::User, body);
+    serde_json::from_value(completed).map_err(ApiError::invalid)
+}
+
+/// Serialises a user list or user for a response.
+pub(crate) fn to_value<T: Serialize>(value: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(value).map_err(|error| ApiError::Internal(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn activated_store(environment: Environment) -> (Store, Uuid) {
+        let mut store = Store::new(environment, Duration::from_secs(3600));
+        let created = store
+            .admin_create_account(
+                NewAccount {
+                    name: "Payway Billecta".into(),
+                    company_name: "Acme AB".into(),
+                    email: "billing@example.com".into(),
+                    password: "first".into(),
+                },
+                now(),
+            )
+            .unwrap();
+        store
+            .admin_activate_account(created.account_id, "secret")
+            .unwrap();
+        let token = store
+            .api_authenticate("billing@example.com", "secret", now())
+            .unwrap();
+        let caller = store
+            .authenticate(token["Value"].as_str().unwrap(), now())
+            .unwrap();
+        (store, caller)
+    }
+
+    #[test]
+    fn tokens_look_like_billectas() {
+        let token = Token::issue(now(), Duration::from_secs(60));
+        assert_eq!(token.value.len(), 88);
+        assert!(token.value.ends_with("=="));
+        assert_eq!(token.state().fingerprint.len(), 8);
+    }
+
+    #[test]
+    fn wire_times_are_billecta_date_times() {
+        let text = wire_time(now());
+        assert!(schema::is_billecta_date_time(&text), "{text}");
+        assert!(text.ends_with("+00:00"), "{text}");
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_and_replaced() {
+        let (mut store, caller) = activated_store(Environment::Test);
+        let later = now() + Duration::from_secs(7200);
+        let old = store.current_token(caller).unwrap();
+        assert_eq!(
+            store.authenticate(old["Value"].as_str().unwrap(), later),
+            Err(ApiError::denied())
+        );
+        let new = store
+            .api_authenticate("BILLING@example.com", "secret", later)
+            .unwrap();
+        assert_ne!(old["Value"], new["Value"]);
+    }
+
+    #[test]
+    fn verified_and_approved_follow_the_number_not_the_body() {
+        let stored = json!({"CreditorBankInfo": {
+            "PaymentMethods": [{"PaymentMethod": "BankGiro", "BankgiroNo": "123-4567", "Verified": true}],
+            "CreditorOutgoingBankgiroes": [{"BankgiroNo": "765-4321", "BankgiroApproved": true}]
+        }});
+        let mut incoming = json!({"CreditorBankInfo": {
+            "PaymentMethods": [
+                {"PaymentMethod": "BankGiro", "BankgiroNo": "1234567", "Verified": false},
+                {"PaymentMethod": "BankGiro", "BankgiroNo": "999-9999", "Verified": true}
+            ],
+            "CreditorOutgoingBankgiroes": [
+                {"BankgiroNo": "7654321", "BankgiroApproved": false},
+                {"BankgiroNo": "111-1111", "BankgiroApproved": true}
+            ]
+        }});
+        keep_billecta_owned_fields(&mut incoming, Some(&stored));
+        let info = &incoming["CreditorBankInfo"];
+        assert_eq!(info["PaymentMethods"][0]["Verified"], true);
+        assert_eq!(info["PaymentMethods"][1]["Verified"], false);
+        assert_eq!(
+            info["CreditorOutgoingBankgiroes"][0]["BankgiroApproved"],
+            true
+        );
+        assert_eq!(
+            info["CreditorOutgoingBankgiroes"][1]["BankgiroApproved"],
+            false
+        );
+    }
+
+    #[test]
+    fn creditors_sort_and_page() {
+        let (mut store, caller) = activated_store(Environment::Production);
+        for name in ["b", "C", "a"] {
+            store
+                .create_creditor(caller, &json!({"Name": name, "OrgNo": "556000-0000"}))
+                .unwrap();
+        }
+        let names = |query: ListQuery| -> Vec<String> {
+            store
+                .list_creditors(caller, &query)
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|creditor| creditor["Name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let ascending = ListQuery {
+            ascending: true,
+            ..ListQuery::default()
+        };
+        assert_eq!(names(ascending.clone()), ["b", "C", "a"]);
+        let by_name = ListQuery {
+            sorting_field: Some("name".into()),
+            ..ascending.clone()
+        };
+        assert_eq!(names(by_name.clone()), ["a", "b", "C"]);
+        let descending = ListQuery {
+            ascending: false,
+            ..by_name.clone()
+        };
+        assert_eq!(names(descending), ["C", "b", "a"]);
+        let page = ListQuery {
+            offset: 1,
+            limit: Some(1),
+            ..by_name
+        };
+        assert_eq!(names(page), ["b"]);
+        let unknown = ListQuery {
+            sorting_field: Some("CreditorBankInfo".into()),
+            ..ascending
+        };
+        assert!(matches!(
+            store.list_creditors(caller, &unknown),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}
