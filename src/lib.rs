@@ -10,11 +10,13 @@
 //! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
 //! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
 //! - [`secret`] — a value that cannot be printed by accident.
+//! - [`crypto`] — encryption of stored secrets: AES-256-GCM, key ids, rotation.
 //! - [`telemetry`] — logging.
 
 pub mod app;
 pub mod billecta;
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -142,6 +142,8 @@ fn request_for(endpoint: &Endpoint) -> (Request, Option<View>) {
         (requests::get_token(), None)
     } else if route == endpoints::ISSUE_TOKEN.route {
         (requests::issue_token(Some(USER_ID)), None)
+    } else if route == endpoints::ISSUE_OWN_TOKEN.route {
+        (requests::issue_token(None), None)
     } else if route == endpoints::REVOKE_TOKEN.route {
         (requests::revoke_token(), None)
     } else if route == endpoints::LIST_CREDITORS.route {
@@ -230,8 +232,13 @@ struct Captured {
 
 /// A server that records the first request and answers 200 with the JSON `body`.
 async fn capture(body: &str) -> (String, tokio::task::JoinHandle<Captured>) {
+    capture_status("200 OK", body).await
+}
+
+/// A server that records the first request and answers `status` with the JSON `body`.
+async fn capture_status(status: &str, body: &str) -> (String, tokio::task::JoinHandle<Captured>) {
     let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -342,4 +349,51 @@ async fn calls_carry_the_token_base64_encoded_and_json_bodies() {
     schema::validate(View::Creditor, &body).unwrap();
     assert_eq!(body["Name"], "Tidningen i Norr AB");
     assert!(body.get("CreditorPublicId").is_none());
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_cannot_be_read_may_have_happened() {
+    let (base_url, server) = capture("{}").await;
+    let token = Secret::new("dG9rZW4tdmFsdWU=");
+    let error = client(&base_url)
+        .create_creditor(&token, &full_creditor(), Deadline::none())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.kind(),
+        billecta_onboarding::billecta::ErrorKind::Unexpected
+    );
+    assert!(
+        error.outcome_unknown,
+        "Billecta answered 2xx: the creditor exists"
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_users_password_echoed_by_billecta_never_reaches_the_error() {
+    let (base_url, server) = capture_status(
+        "400 Bad Request",
+        r#"{"Message":"Password 'Vinter-2026-hemligt' is too weak","ExternalErrorCode":null,"RequestContent":"{\"Password\":\"Vinter-2026-hemligt\"}"}"#,
+    )
+    .await;
+    let token = Secret::new("dG9rZW4tdmFsdWU=");
+    let user = User {
+        password: Some(Secret::new("Vinter-2026-hemligt")),
+        ..full_user()
+    };
+    let error = client(&base_url)
+        .create_user(&token, &user, Deadline::none())
+        .await
+        .unwrap_err();
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("Vinter-2026-hemligt"), "{shown}");
+    assert!(shown.contains("is too weak"), "{shown}");
+    let captured = server.await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&captured.body).unwrap();
+    assert_eq!(
+        body["Password"], "Vinter-2026-hemligt",
+        "the password itself was sent"
+    );
+    schema::validate(View::User, &body).unwrap();
 }

@@ -73,6 +73,26 @@ impl Reply {
             .to_owned()
     }
 
+    /// 401 with the one message Web API answers for every refused credential.
+    fn denied(&self) {
+        assert_eq!(self.message(StatusCode::UNAUTHORIZED), DENIED);
+    }
+
+    /// An admin API error (`{"error": ...}`); returns the message.
+    fn admin_error(&self, status: StatusCode) -> String {
+        assert_eq!(self.status, status, "{}", self.text);
+        let body = self.json();
+        body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error: {body}"))
+            .to_owned()
+    }
+
+    /// 204, what the admin API answers when it has done what it was asked.
+    fn no_content(&self) {
+        assert_eq!(self.status, StatusCode::NO_CONTENT, "{}", self.text);
+    }
+
     /// 200 with an empty body and `Content-Length: 0`.
     fn empty_ok(&self) {
         assert_eq!(self.status, StatusCode::OK, "{}", self.text);
@@ -137,17 +157,38 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply, reqwest::Error> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(authorization) = &self.authorization {
-            request = request.header(reqwest::header::AUTHORIZATION, authorization);
-        }
-        request = match body {
+        let request = self.request(method, path);
+        let with_body = match body {
             Some(body) => request.json(body),
             None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
         };
+        Self::read(with_body).await
+    }
+
+    /// POST `body` as it is, with `content_type`: for bodies that `send` would not write.
+    async fn post_raw(&self, path: &str, content_type: &str, body: String) -> Reply {
+        let request = self
+            .request(Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        Self::read(request)
+            .await
+            .unwrap_or_else(|error| panic!("{path}: {error:?}"))
+    }
+
+    /// `method path`, asking for JSON, with the credential if there is one.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header(reqwest::header::ACCEPT, "application/json");
+        match &self.authorization {
+            Some(authorization) => request.header(reqwest::header::AUTHORIZATION, authorization),
+            None => request,
+        }
+    }
+
+    async fn read(request: reqwest::RequestBuilder) -> Result<Reply, reqwest::Error> {
         let response = request.send().await?;
         let status = response.status();
         let headers = response.headers().clone();
@@ -175,11 +216,17 @@ impl Api {
         self.send(Method::DELETE, path, None).await
     }
 
-    /// `POST /v1/authentication/apiauthenticate` with these credentials; the token's value.
+    /// `POST /v1/authentication/apiauthenticate` with these credentials.
+    async fn api_authenticate(&self, username: &str, password: &str) -> Reply {
+        self.basic(username, password)
+            .post("/v1/authentication/apiauthenticate", None)
+            .await
+    }
+
+    /// [`api_authenticate`](Self::api_authenticate), which must succeed; the token's value.
     async fn authenticate(&self, username: &str, password: &str) -> String {
         let token = self
-            .basic(username, password)
-            .post("/v1/authentication/apiauthenticate", None)
+            .api_authenticate(username, password)
             .await
             .view(View::SecureToken);
         token["Value"].as_str().expect("a token value").to_owned()
@@ -212,6 +259,17 @@ async fn account(simulator: &RunningSimulator, email: &str) -> (Api, Uuid, Uuid)
         created.account_id,
         created.user_public_id,
     )
+}
+
+/// A test-environment simulator with an activated account, under the fault rules `rules` (set
+/// after the account authenticated, so they fault only what the test sends); the API as the owner.
+async fn faulty(rules: Vec<FaultRule>) -> (RunningSimulator, Api) {
+    let simulator = start(Environment::Test).await;
+    let (api, _, _) = account(&simulator, "owner@tidningen.se").await;
+    simulator
+        .set_faults(None, rules)
+        .expect("setting the fault rules");
+    (simulator, api)
 }
 
 /// A creditor with every part the onboarding sets: address, contacts, invoice address, two
@@ -273,6 +331,16 @@ fn full_creditor() -> Value {
     })
 }
 
+/// `field` of every entry of the list `list` in `bank_info`.
+fn each(bank_info: &Value, list: &str, field: &str) -> Vec<Value> {
+    bank_info[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list}: {bank_info}"))
+        .iter()
+        .map(|entry| entry[field].clone())
+        .collect()
+}
+
 fn minimal_creditor(name: &str, org_no: &str) -> Value {
     json!({"Name": name, "OrgNo": org_no, "IsEnabled": true, "UseCentRounding": false, "UsesClientFundForInvoicing": false})
 }
@@ -280,57 +348,43 @@ fn minimal_creditor(name: &str, org_no: &str) -> Value {
 #[tokio::test]
 async fn account_lifecycle_and_secure_tokens() {
     let simulator = start(Environment::Test).await;
+    // The admin API needs no credential: an anonymous client serves both.
     let api = Api::new(&simulator);
-    let admin = http_client(Duration::from_secs(5));
     let email = "billing@tidningen.se";
 
     // The person creates the account in the portal (admin API over HTTP).
-    let created: Value = admin
-        .post(format!("{}/admin/accounts", simulator.base_url()))
-        .json(&json!({"name": "Payway Billecta", "company_name": "Tidningen i Norr AB", "email": email, "password": "initial"}))
-        .send()
+    let created = api
+        .post(
+            "/admin/accounts",
+            Some(&json!({"name": "Payway Billecta", "company_name": "Tidningen i Norr AB", "email": email, "password": "initial"})),
+        )
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json();
     assert_eq!(created["username"], email);
     let account_id = created["account_id"].as_str().unwrap().to_owned();
 
     // Not activated yet: the right password is still refused, saying why.
-    let refused = api
-        .basic(email, "initial")
-        .post("/v1/authentication/apiauthenticate", None)
-        .await;
+    let refused = api.api_authenticate(email, "initial").await;
     assert!(
         refused
             .message(StatusCode::UNAUTHORIZED)
             .contains("not been activated")
     );
 
-    let activated = admin
-        .post(format!(
-            "{}/admin/accounts/{account_id}/activate",
-            simulator.base_url()
-        ))
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(activated.status(), StatusCode::NO_CONTENT);
+    api.post(
+        &format!("/admin/accounts/{account_id}/activate"),
+        Some(&json!({"password": PASSWORD})),
+    )
+    .await
+    .no_content();
 
     // The old password no longer works; a wrong one neither.
     for password in ["initial", "wrong"] {
-        let reply = api
-            .basic(email, password)
-            .post("/v1/authentication/apiauthenticate", None)
-            .await;
-        assert_eq!(reply.message(StatusCode::UNAUTHORIZED), DENIED);
+        api.api_authenticate(email, password).await.denied();
     }
 
     let first = api
-        .basic(email, PASSWORD)
-        .post("/v1/authentication/apiauthenticate", None)
+        .api_authenticate(email, PASSWORD)
         .await
         .view(View::SecureToken);
     let value = first["Value"].as_str().unwrap().to_owned();
@@ -357,19 +411,11 @@ async fn account_lifecycle_and_secure_tokens() {
         authorization: Some(format!("SecureToken {value}")),
         ..api.clone()
     };
-    assert_eq!(
-        raw.get("/v1/creditors/creditors")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
-    assert_eq!(
-        api.basic(email, PASSWORD)
-            .get("/v1/creditors/creditors")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
+    raw.get("/v1/creditors/creditors").await.denied();
+    api.basic(email, PASSWORD)
+        .get("/v1/creditors/creditors")
+        .await
+        .denied();
 
     // POST securetoken rotates: the old token dies at once.
     let rotated_view = api
@@ -379,13 +425,10 @@ async fn account_lifecycle_and_secure_tokens() {
         .view(View::SecureToken);
     let rotated = rotated_view["Value"].as_str().unwrap().to_owned();
     assert_ne!(rotated, value);
-    assert_eq!(
-        api.token(&value)
-            .get("/v1/creditors/creditors")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
+    api.token(&value)
+        .get("/v1/creditors/creditors")
+        .await
+        .denied();
     assert_eq!(
         api.token(&rotated)
             .get("/v1/creditors/creditors")
@@ -400,13 +443,10 @@ async fn account_lifecycle_and_secure_tokens() {
         .delete("/v1/authentication/apiauthenticate")
         .await
         .empty_ok();
-    assert_eq!(
-        api.token(&rotated)
-            .get("/v1/authentication/securetoken")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
+    api.token(&rotated)
+        .get("/v1/authentication/securetoken")
+        .await
+        .denied();
     let fresh = api.authenticate(email, PASSWORD).await;
     assert_ne!(fresh, rotated);
 
@@ -488,15 +528,10 @@ async fn creditor_round_trip_with_bank_info_and_invoice_number() {
     assert_eq!(updated["NextInvoiceNumber"], "20001");
     assert_eq!(updated["CreditorPublicId"], id.to_string());
     let bank = &updated["CreditorBankInfo"];
-    assert_eq!(bank["PaymentMethods"][0]["Verified"], true);
-    assert_eq!(bank["PaymentMethods"][1]["Verified"], false);
+    assert_eq!(each(bank, "PaymentMethods", "Verified"), [true, false]);
     assert_eq!(
-        bank["CreditorOutgoingBankgiroes"][0]["BankgiroApproved"],
-        true
-    );
-    assert_eq!(
-        bank["CreditorOutgoingBankgiroes"][1]["BankgiroApproved"],
-        false
+        each(bank, "CreditorOutgoingBankgiroes", "BankgiroApproved"),
+        [true, false]
     );
     assert_eq!(
         bank["CreditorOutgoingBankgiroes"][1]["Description"],
@@ -601,39 +636,26 @@ async fn bad_bodies_are_refused_with_the_field_named_and_change_nothing() {
     }
 
     let malformed = api
-        .http
-        .post(format!("{}/v1/creditors/creditor", api.base))
-        .header(
-            reqwest::header::AUTHORIZATION,
-            api.authorization.clone().unwrap(),
+        .post_raw(
+            "/v1/creditors/creditor",
+            "application/json",
+            "{\"Name\": ".to_owned(),
         )
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body("{\"Name\": ")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
-    let message: Value = malformed.json().await.unwrap();
+        .await;
     assert!(
-        message["Message"]
-            .as_str()
-            .unwrap()
+        malformed
+            .message(StatusCode::BAD_REQUEST)
             .starts_with("The request is invalid. The body is not valid JSON")
     );
 
     let as_text = api
-        .http
-        .post(format!("{}/v1/creditors/creditor", api.base))
-        .header(
-            reqwest::header::AUTHORIZATION,
-            api.authorization.clone().unwrap(),
+        .post_raw(
+            "/v1/creditors/creditor",
+            "text/plain",
+            minimal_creditor("Plain", "1").to_string(),
         )
-        .header(reqwest::header::CONTENT_TYPE, "text/plain")
-        .body(minimal_creditor("Plain", "1").to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(as_text.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        .await;
+    assert_eq!(as_text.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let bodiless = api.post("/v1/creditors/creditor", None).await;
     assert!(
@@ -647,7 +669,7 @@ async fn bad_bodies_are_refused_with_the_field_named_and_change_nothing() {
         .anonymous()
         .post("/v1/creditors/creditor", Some(&wrong_type))
         .await;
-    assert_eq!(anonymous.message(StatusCode::UNAUTHORIZED), DENIED);
+    anonymous.denied();
 
     assert_eq!(simulator.state().creditors, before);
     assert_eq!(simulator.request_count("PUT /v1/creditors/creditor"), 6);
@@ -770,28 +792,15 @@ async fn rights_and_users_in_production() {
         .delete(&format!("/v1/users/user/{api_user}"))
         .await
         .empty_ok();
-    assert_eq!(
-        api_user_api
-            .get("/v1/creditors/creditors")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
+    api_user_api.get("/v1/creditors/creditors").await.denied();
     simulator
         .set_user_enabled(clerk.user_public_id, false)
         .unwrap();
-    assert_eq!(
-        clerk_api
-            .get("/v1/users/users")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
-    let disabled_login = owner
-        .basic("clerk@tidningen.se", PASSWORD)
-        .post("/v1/authentication/apiauthenticate", None)
-        .await;
-    assert_eq!(disabled_login.message(StatusCode::UNAUTHORIZED), DENIED);
+    clerk_api.get("/v1/users/users").await.denied();
+    owner
+        .api_authenticate("clerk@tidningen.se", PASSWORD)
+        .await
+        .denied();
 
     // The owner changes its own password; its token stays valid.
     owner
@@ -836,12 +845,7 @@ async fn the_test_environment_allows_one_user_per_account() {
     let token = simulator.state().users[0].token.clone();
     assert!(token.is_some());
     simulator.delete_user(user_id).unwrap();
-    assert_eq!(
-        api.get("/v1/creditors/creditors")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
+    api.get("/v1/creditors/creditors").await.denied();
     simulator.shutdown().await;
 }
 
@@ -877,48 +881,38 @@ async fn every_public_route_requires_authentication_and_is_counted() {
 
 #[tokio::test]
 async fn latency_delays_and_composes_with_a_normal_answer() {
-    let simulator = start(Environment::Test).await;
-    let (api, _, _) = account(&simulator, "owner@tidningen.se").await;
-    simulator
-        .set_faults(
-            None,
-            vec![FaultRule::new(Fault::Latency { ms: 150 }).on("GET /v1/creditors/creditors")],
-        )
-        .unwrap();
-    let started = Instant::now();
+    let (simulator, api) = faulty(vec![
+        FaultRule::new(Fault::Latency { ms: 150 }).on("GET /v1/creditors/creditors"),
+    ])
+    .await;
+    let slow_started = Instant::now();
     api.get("/v1/creditors/creditors")
         .await
         .view(View::Creditors);
-    assert!(started.elapsed() >= Duration::from_millis(150));
-    let started = Instant::now();
+    assert!(slow_started.elapsed() >= Duration::from_millis(150));
+    let fast_started = Instant::now();
     api.get("/v1/users/users").await.view(View::Users);
-    assert!(started.elapsed() < Duration::from_millis(150));
+    assert!(fast_started.elapsed() < Duration::from_millis(150));
     simulator.shutdown().await;
 }
 
 #[tokio::test]
 async fn status_faults_answer_json_or_html_and_times_limits_them() {
-    let simulator = start(Environment::Test).await;
-    let (api, _, _) = account(&simulator, "owner@tidningen.se").await;
-    simulator
-        .set_faults(
-            None,
-            vec![
-                FaultRule::new(Fault::Status {
-                    status: 503,
-                    body: FaultBody::Html,
-                })
-                .on("GET /v1/creditors/creditors")
-                .times(2),
-                FaultRule::new(Fault::Status {
-                    status: 500,
-                    body: FaultBody::Json,
-                })
-                .on("GET /v1/users/users")
-                .times(1),
-            ],
-        )
-        .unwrap();
+    let (simulator, api) = faulty(vec![
+        FaultRule::new(Fault::Status {
+            status: 503,
+            body: FaultBody::Html,
+        })
+        .on("GET /v1/creditors/creditors")
+        .times(2),
+        FaultRule::new(Fault::Status {
+            status: 500,
+            body: FaultBody::Json,
+        })
+        .on("GET /v1/users/users")
+        .times(1),
+    ])
+    .await;
     for _ in 0..2 {
         let reply = api.get("/v1/creditors/creditors").await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -960,10 +954,7 @@ async fn rate_limiting_answers_429_with_retry_after() {
             ],
         )
         .unwrap();
-    let limited = api
-        .basic("owner@tidningen.se", PASSWORD)
-        .post("/v1/authentication/apiauthenticate", None)
-        .await;
+    let limited = api.api_authenticate("owner@tidningen.se", PASSWORD).await;
     assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(limited.headers["retry-after"], "2");
     assert_eq!(limited.text, "");
@@ -977,14 +968,10 @@ async fn rate_limiting_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_hang_lasts_until_the_client_gives_up_or_the_simulator_stops() {
-    let simulator = start(Environment::Test).await;
-    let (api, _, _) = account(&simulator, "owner@tidningen.se").await;
-    simulator
-        .set_faults(
-            None,
-            vec![FaultRule::new(Fault::Hang).on("GET /v1/creditors/creditors")],
-        )
-        .unwrap();
+    let (simulator, api) = faulty(vec![
+        FaultRule::new(Fault::Hang).on("GET /v1/creditors/creditors"),
+    ])
+    .await;
     let impatient = Api {
         http: http_client(Duration::from_millis(300)),
         ..api.clone()
@@ -1000,12 +987,11 @@ async fn a_hang_lasts_until_the_client_gives_up_or_the_simulator_stops() {
     api.get("/v1/users/users").await.view(View::Users);
 
     // A patient client is released by shutdown, with a connection error rather than an answer.
-    let waiting = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.try_send(Method::GET, "/v1/creditors/creditors", None)
-                .await
-        }
+    let patient = api.clone();
+    let waiting = tokio::spawn(async move {
+        patient
+            .try_send(Method::GET, "/v1/creditors/creditors", None)
+            .await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopping = Instant::now();
@@ -1035,18 +1021,12 @@ fn is_connection_reset(error: &reqwest::Error) -> bool {
 
 #[tokio::test]
 async fn a_reset_aborts_the_connection_without_a_status() {
-    let simulator = start(Environment::Test).await;
-    let (api, _, _) = account(&simulator, "owner@tidningen.se").await;
-    simulator
-        .set_faults(
-            None,
-            vec![
-                FaultRule::new(Fault::Reset)
-                    .on("POST /v1/creditors/creditor")
-                    .times(1),
-            ],
-        )
-        .unwrap();
+    let (simulator, api) = faulty(vec![
+        FaultRule::new(Fault::Reset)
+            .on("POST /v1/creditors/creditor")
+            .times(1),
+    ])
+    .await;
     let body = minimal_creditor("Tidningen i Norr AB", "556888-5645");
     let error = api
         .try_send(Method::POST, "/v1/creditors/creditor", Some(&body))
@@ -1094,117 +1074,85 @@ async fn the_same_seed_gives_the_same_sequence_of_outcomes() {
 #[tokio::test]
 async fn faults_and_state_through_the_admin_api() {
     let simulator = start(Environment::Production).await;
-    let admin = http_client(Duration::from_secs(5));
-    let base = simulator.base_url();
     let (api, _, _) = account(&simulator, "owner@tidningen.se").await;
+    let admin = api.anonymous();
 
     let set = admin
-        .put(format!("{base}/admin/faults"))
-        .json(&json!({"seed": 3, "rules": [
-            {"fault": {"kind": "status", "status": 503}, "times": 1},
-            {"route": "GET /v1/creditors/creditors", "fault": {"kind": "latency", "ms": 1}}
-        ]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status(), StatusCode::OK);
-    let shown: Value = set.json().await.unwrap();
+        .put(
+            "/admin/faults",
+            &json!({"seed": 3, "rules": [
+                {"fault": {"kind": "status", "status": 503}, "times": 1},
+                {"route": "GET /v1/creditors/creditors", "fault": {"kind": "latency", "ms": 1}}
+            ]}),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK);
+    let shown = set.json();
     assert_eq!(shown["seed"], 3);
     assert_eq!(shown["rules"].as_array().unwrap().len(), 2);
 
     // A rule without a route hits every public endpoint, never the admin API.
     let faulted = api.get("/v1/users/users").await;
     assert_eq!(faulted.status, StatusCode::SERVICE_UNAVAILABLE);
-    let state: SimulatorState = admin
-        .get(format!("{base}/admin/state"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state: SimulatorState =
+        serde_json::from_value(admin.get("/admin/state").await.json()).unwrap();
     assert_eq!(state.request_counts["GET /v1/users/users"], 1);
     assert_eq!(state.faults.rules[0].applied, 1);
     assert_eq!(state.environment, Environment::Production);
 
     let invalid = admin
-        .put(format!("{base}/admin/faults"))
-        .json(&json!({"rules": [{"route": "GET /v1/nothing", "fault": {"kind": "hang"}}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(invalid.status(), StatusCode::BAD_REQUEST);
-    let error: Value = invalid.json().await.unwrap();
+        .put(
+            "/admin/faults",
+            &json!({"rules": [{"route": "GET /v1/nothing", "fault": {"kind": "hang"}}]}),
+        )
+        .await;
     assert!(
-        error["error"]
-            .as_str()
-            .unwrap()
+        invalid
+            .admin_error(StatusCode::BAD_REQUEST)
             .contains("not a public endpoint")
     );
 
-    let cleared = admin
-        .delete(format!("{base}/admin/faults"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+    admin.delete("/admin/faults").await.no_content();
     api.get("/v1/users/users").await.view(View::Users);
 
     // Admin users: the test-environment rule does not apply in production.
     let account_id = state.accounts[0].account_id;
     let created = admin
-        .post(format!("{base}/admin/accounts/{account_id}/users"))
-        .json(&json!({"username": "api@tidningen.se", "password": PASSWORD, "is_api_user": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let created_user: Value = created.json().await.unwrap();
-    let user_id = created_user["user_public_id"].as_str().unwrap().to_owned();
+        .post(
+            &format!("/admin/accounts/{account_id}/users"),
+            Some(
+                &json!({"username": "api@tidningen.se", "password": PASSWORD, "is_api_user": true}),
+            ),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let user_id = created.json()["user_public_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let api_token = api.authenticate("api@tidningen.se", PASSWORD).await;
     for action in ["disable", "enable"] {
-        let reply = admin
-            .post(format!("{base}/admin/users/{user_id}/{action}"))
-            .send()
+        admin
+            .post(&format!("/admin/users/{user_id}/{action}"), None)
             .await
-            .unwrap();
-        assert_eq!(reply.status(), StatusCode::NO_CONTENT);
+            .no_content();
     }
     // Disabling dropped the token: enabled again, the user needs a new one.
-    assert_eq!(
-        api.token(&api_token)
-            .get("/v1/users/users")
-            .await
-            .message(StatusCode::UNAUTHORIZED),
-        DENIED
-    );
+    api.token(&api_token).get("/v1/users/users").await.denied();
     assert_ne!(
         api.authenticate("api@tidningen.se", PASSWORD).await,
         api_token
     );
-    let deleted = admin
-        .delete(format!("{base}/admin/users/{user_id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    let missing = admin
-        .delete(format!("{base}/admin/users/{user_id}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let user_path = format!("/admin/users/{user_id}");
+    admin.delete(&user_path).await.no_content();
+    let missing = admin.delete(&user_path).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
 
     // Reset forgets everything but the fault rules.
     simulator
         .set_faults(None, vec![FaultRule::new(Fault::Latency { ms: 1 })])
         .unwrap();
-    let reset = admin
-        .post(format!("{base}/admin/reset"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    admin.post("/admin/reset", None).await.no_content();
     let after = simulator.state();
     assert!(after.accounts.is_empty() && after.users.is_empty() && after.request_counts.is_empty());
     assert_eq!(after.faults.rules.len(), 1);

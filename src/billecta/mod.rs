@@ -121,12 +121,21 @@ pub mod endpoints {
         true
     );
     endpoint!(GET_TOKEN, GET, "/v1/authentication/securetoken", true);
-    // Issuing invalidates the previous token; a repeat does the same again and returns the newest.
+    // Issuing a token for another user (as its administrator) invalidates that user's previous one; a
+    // repeat does the same again with the caller's own token, which stays valid, and returns the newest.
     endpoint!(
         ISSUE_TOKEN,
         POST,
         "/v1/authentication/securetoken/{id}",
         true
+    );
+    // Issuing one's own new token kills the token the request was sent with: a repeat after a lost
+    // answer would be refused, and the new token would be lost with it. Authenticate again instead.
+    endpoint!(
+        ISSUE_OWN_TOKEN,
+        POST,
+        "/v1/authentication/securetoken",
+        false
     );
     endpoint!(
         REVOKE_TOKEN,
@@ -148,6 +157,7 @@ pub mod endpoints {
         &AUTHENTICATE,
         &GET_TOKEN,
         &ISSUE_TOKEN,
+        &ISSUE_OWN_TOKEN,
         &REVOKE_TOKEN,
         &LIST_CREDITORS,
         &GET_CREDITOR,
@@ -161,13 +171,27 @@ pub mod endpoints {
 
 /// A request as it will go on the wire: the endpoint, the concrete path and query, and the JSON body.
 /// Built by pure functions in [`requests`], so tests can check every body against Billecta's schemas.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Request {
     pub endpoint: &'static Endpoint,
     /// The path with its ids filled in: `/v1/creditors/creditor/0b8f…`.
     pub path: String,
     pub query: Vec<(&'static str, String)>,
     pub body: Option<serde_json::Value>,
+    /// Secrets the body carries (a new user's password), removed from any text Billecta sends back.
+    pub secrets: Vec<Secret>,
+}
+
+impl std::fmt::Debug for Request {
+    /// Never the body: it may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("endpoint", &self.endpoint.route)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("has_body", &self.body.is_some())
+            .finish()
+    }
 }
 
 /// The requests the client sends, one builder per endpoint.
@@ -181,6 +205,7 @@ pub mod requests {
             path,
             query: Vec::new(),
             body: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -191,6 +216,7 @@ pub mod requests {
             path: path.to_owned(),
             query: Vec::new(),
             body: Some(body),
+            secrets: Vec::new(),
         }
     }
 
@@ -223,11 +249,16 @@ pub mod requests {
 
     /// A new token for the given user, or for the caller when `None`.
     pub fn issue_token(user_public_id: Option<&str>) -> Request {
-        let path = match user_public_id {
-            Some(id) => format!("/v1/authentication/securetoken/{}", segment(id)),
-            None => "/v1/authentication/securetoken".into(),
-        };
-        bodiless(&endpoints::ISSUE_TOKEN, path)
+        match user_public_id {
+            Some(id) => bodiless(
+                &endpoints::ISSUE_TOKEN,
+                format!("/v1/authentication/securetoken/{}", segment(id)),
+            ),
+            None => bodiless(
+                &endpoints::ISSUE_OWN_TOKEN,
+                "/v1/authentication/securetoken".into(),
+            ),
+        }
     }
 
     pub fn revoke_token() -> Request {
@@ -239,12 +270,8 @@ pub mod requests {
 
     pub fn list_creditors(offset: u32, limit: u32) -> Request {
         let mut request = bodiless(&endpoints::LIST_CREDITORS, "/v1/creditors/creditors".into());
-        request.query = vec![
-            ("offset", offset.to_string()),
-            ("limit", limit.to_string()),
-            ("sortingfield", "Name".into()),
-            ("asc", "true".into()),
-        ];
+        // `offset` counts creditors, not pages; no sorting field is sent, as none is documented.
+        request.query = vec![("offset", offset.to_string()), ("limit", limit.to_string())];
         request
     }
 
@@ -286,7 +313,9 @@ pub mod requests {
             user_public_id: None,
             ..user.clone()
         };
-        with_body(&endpoints::CREATE_USER, to_json(&new))
+        let mut request = with_body(&endpoints::CREATE_USER, to_json(&new));
+        request.secrets.extend(user.password.iter().cloned());
+        request
     }
 
     fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
@@ -320,6 +349,12 @@ impl Billecta {
 
 /// The page size used when the client reads every creditor.
 const LIST_PAGE_SIZE: u32 = 100;
+/// At most this many pages are read when looking for a creditor (100 000 creditors).
+const MAX_LIST_PAGES: u32 = 1_000;
+/// An attempt is not started with less time than this left before the caller's deadline.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(50);
+/// How much of Billecta's `Message` is kept: it travels in the gRPC status and its metadata.
+const MESSAGE_CHARS: usize = 500;
 /// How much of a non-JSON error body is kept for the error message.
 const BODY_EXCERPT_CHARS: usize = 200;
 
@@ -341,6 +376,8 @@ struct Inner {
 
 /// The answer of one attempt that reached Billecta.
 struct Answer {
+    /// Attempts it took, this one included.
+    attempts: u32,
     status: u16,
     retry_after: Option<Duration>,
     body: Vec<u8>,
@@ -353,6 +390,8 @@ impl BillectaClient {
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("billecta-onboarding/", env!("CARGO_PKG_VERSION")))
+            // A redirect is not part of Billecta's API; following one would turn a POST into a GET.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let base_url = settings.base_url.trim_end_matches('/').to_owned();
         anyhow::ensure!(
@@ -462,24 +501,49 @@ impl BillectaClient {
         deadline: Deadline,
     ) -> Result<Vec<Creditor>, BillectaError> {
         let wanted = org_no_digits(org_no);
-        let mut found = Vec::new();
+        let mut found: Vec<Creditor> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut offset = 0;
-        loop {
+        for _ in 0..MAX_LIST_PAGES {
             let page = self
                 .list_creditors(token, offset, LIST_PAGE_SIZE, deadline)
                 .await?;
             let count = page.len() as u32;
-            found.extend(page.into_iter().filter(|creditor| {
-                creditor
+            let mut new_on_page = 0;
+            for creditor in page {
+                let id = creditor.creditor_public_id.clone().unwrap_or_default();
+                if !seen.insert(id) {
+                    continue;
+                }
+                new_on_page += 1;
+                if creditor
                     .org_no
                     .as_deref()
                     .is_some_and(|candidate| org_no_digits(candidate) == wanted)
-            }));
-            if count < LIST_PAGE_SIZE {
+                {
+                    found.push(creditor);
+                }
+            }
+            // A short page is the last. A page longer than asked for means Billecta ignored the
+            // paging and sent everything; a page with nothing new means it ignored the offset.
+            if count != LIST_PAGE_SIZE || new_on_page == 0 {
                 return Ok(found);
             }
             offset += count;
         }
+        Err(BillectaError {
+            environment: self.inner.environment,
+            endpoint: endpoints::LIST_CREDITORS.route,
+            failure: Failure::Decode,
+            message: format!(
+                "more than {} creditors; the lookup gave up",
+                MAX_LIST_PAGES * LIST_PAGE_SIZE
+            ),
+            external_error_code: None,
+            retry_after: None,
+            attempts: 1,
+            outcome_unknown: false,
+        })
     }
 
     pub async fn get_creditor(
@@ -566,15 +630,13 @@ impl BillectaClient {
         let endpoint = request.endpoint;
         let answer = self.execute(request, credentials, deadline).await?;
         // The body holds a secret: a decoding error must not quote it.
-        let view = parse_secure_token(&answer.body).ok_or_else(|| {
-            self.decode_error(endpoint, "the response holds no SecureToken value".into())
-        })?;
+        let no_token = |message: &str| self.decode_error(endpoint, &answer, message.to_owned());
+        let view = parse_secure_token(&answer.body)
+            .ok_or_else(|| no_token("the response holds no SecureToken value"))?;
         let value = view
             .value
             .filter(|value| !value.is_empty())
-            .ok_or_else(|| {
-                self.decode_error(endpoint, "the SecureToken in the response is empty".into())
-            })?;
+            .ok_or_else(|| no_token("the SecureToken in the response is empty"))?;
         Ok(SecureToken {
             value: Secret::new(value),
             expires: view.expires.as_deref().and_then(timestamp::parse),
@@ -587,11 +649,26 @@ impl BillectaClient {
         credentials: Credentials<'_>,
         deadline: Deadline,
     ) -> Result<T, BillectaError> {
+        Ok(self.decoded_call(request, credentials, deadline).await?.0)
+    }
+
+    /// The answer decoded as `T`, with the answer itself for further checks.
+    async fn decoded_call<T: DeserializeOwned>(
+        &self,
+        request: Request,
+        credentials: Credentials<'_>,
+        deadline: Deadline,
+    ) -> Result<(T, Answer), BillectaError> {
         let endpoint = request.endpoint;
+        let scrubber = Scrubber::new(credentials, &request.secrets);
         let answer = self.execute(request, credentials, deadline).await?;
-        serde_json::from_slice(&answer.body).map_err(|error| {
-            self.decode_error(endpoint, format!("the response body does not fit: {error}"))
-        })
+        match serde_json::from_slice(&answer.body) {
+            Ok(decoded) => Ok((decoded, answer)),
+            Err(error) => {
+                let message = scrubber.scrub(&format!("the response body does not fit: {error}"));
+                Err(self.decode_error(endpoint, &answer, message))
+            }
+        }
     }
 
     async fn created_call(
@@ -601,14 +678,24 @@ impl BillectaClient {
         deadline: Deadline,
     ) -> Result<String, BillectaError> {
         let endpoint = request.endpoint;
-        let created: CreatedView = self.json_call(request, credentials, deadline).await?;
+        let (created, answer): (CreatedView, Answer) =
+            self.decoded_call(request, credentials, deadline).await?;
         created
             .public_id
             .filter(|id| !id.trim().is_empty())
-            .ok_or_else(|| self.decode_error(endpoint, "the response has no PublicId".into()))
+            .ok_or_else(|| {
+                self.decode_error(endpoint, &answer, "the response has no PublicId".into())
+            })
     }
 
-    fn decode_error(&self, endpoint: &'static Endpoint, message: String) -> BillectaError {
+    /// A 2xx answer that cannot be read. The call did take effect: after a create the caller must
+    /// look before it creates again.
+    fn decode_error(
+        &self,
+        endpoint: &'static Endpoint,
+        answer: &Answer,
+        message: String,
+    ) -> BillectaError {
         BillectaError {
             environment: self.inner.environment,
             endpoint: endpoint.route,
@@ -616,8 +703,8 @@ impl BillectaClient {
             message,
             external_error_code: None,
             retry_after: None,
-            attempts: 1,
-            outcome_unknown: false,
+            attempts: answer.attempts,
+            outcome_unknown: !endpoint.repeatable,
         }
     }
 
@@ -629,7 +716,7 @@ impl BillectaClient {
         deadline: Deadline,
     ) -> Result<Answer, BillectaError> {
         let endpoint = request.endpoint;
-        let scrubber = Scrubber::new(credentials);
+        let scrubber = Scrubber::new(credentials, &request.secrets);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -637,7 +724,10 @@ impl BillectaClient {
                 .attempt(&request, credentials, deadline, &scrubber)
                 .await
             {
-                Ok(answer) => return Ok(answer),
+                Ok(mut answer) => {
+                    answer.attempts = attempt;
+                    return Ok(answer);
+                }
                 Err(error) => error,
             };
             error.attempts = attempt;
@@ -666,7 +756,7 @@ impl BillectaClient {
                 Some(retry_after) => retry_after,
                 None => self.inner.retry.backoff(attempt),
             };
-            if !deadline.allows(wait) {
+            if !deadline.allows(wait + MIN_ATTEMPT_TIME) {
                 error.retry_after = Some(wait);
                 return Err(error);
             }
@@ -706,8 +796,14 @@ impl BillectaClient {
             attempts: 1,
         };
         let timeout = deadline.cap(self.inner.timeout);
-        if timeout.is_zero() {
-            return Err(error(Failure::DeadlineExceeded, String::new()));
+        // When the caller's deadline, not the client's timeout, ends the attempt, that says nothing
+        // about Billecta's health, and the caller is told its deadline ran out.
+        let cut_by_deadline = timeout < self.inner.timeout;
+        if timeout < MIN_ATTEMPT_TIME.min(self.inner.timeout) {
+            return Err(error(
+                Failure::DeadlineExceeded,
+                "no time left for a call to Billecta".into(),
+            ));
         }
         let permit = self.inner.breaker.admit().map_err(|wait| {
             let mut open = error(
@@ -722,6 +818,14 @@ impl BillectaClient {
         let sent = tokio::time::timeout(timeout, self.send(request, credentials)).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         let answer = match sent {
+            Err(_) if cut_by_deadline => {
+                permit.record(AttemptOutcome::Neutral);
+                let message = format!(
+                    "no answer before the caller's deadline ({} ms)",
+                    timeout.as_millis()
+                );
+                return Err(error(Failure::DeadlineExceeded, message));
+            }
             Err(_) => {
                 permit.record(AttemptOutcome::Failed);
                 let message = format!("no answer within {} ms", timeout.as_millis());
@@ -730,7 +834,7 @@ impl BillectaClient {
             Ok(Err(failure)) => {
                 permit.record(AttemptOutcome::Failed);
                 let (failure, message) = describe_transport_error(&failure);
-                return Err(error(failure, message));
+                return Err(error(failure, scrubber.scrub(&message)));
             }
             Ok(Ok(answer)) => answer,
         };
@@ -750,6 +854,7 @@ impl BillectaClient {
             return Ok(answer);
         }
         let (message, external_error_code) = describe_error_body(answer.status, &answer.body);
+        let message = truncate(&message, MESSAGE_CHARS);
         let mut failed = error(Failure::Status(answer.status), scrubber.scrub(&message));
         failed.external_error_code = external_error_code.map(|code| scrubber.scrub(&code));
         failed.retry_after = answer.retry_after;
@@ -775,8 +880,9 @@ impl BillectaClient {
             Some(body) => builder
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.to_string()),
-            // Billecta's servers may answer 411 to a bodiless POST without a length.
-            None => builder.header(CONTENT_LENGTH, "0"),
+            // Billecta's servers may answer 411 to a bodiless POST or DELETE without a length.
+            None if request.endpoint.method != Method::GET => builder.header(CONTENT_LENGTH, "0"),
+            None => builder,
         };
         let response = builder.send().await?;
         let status = response.status().as_u16();
@@ -787,6 +893,7 @@ impl BillectaClient {
             .and_then(parse_retry_after);
         let body = response.bytes().await?.to_vec();
         Ok(Answer {
+            attempts: 1,
             status,
             retry_after,
             body,
@@ -815,8 +922,8 @@ struct Scrubber {
 }
 
 impl Scrubber {
-    fn new(credentials: Credentials<'_>) -> Self {
-        let raw = match credentials {
+    fn new(credentials: Credentials<'_>, request_secrets: &[Secret]) -> Self {
+        let mut raw = match credentials {
             Credentials::Basic { username, password } => vec![
                 password.expose().to_owned(),
                 BASE64.encode(format!("{username}:{}", password.expose())),
@@ -825,6 +932,11 @@ impl Scrubber {
                 vec![token.expose().to_owned(), BASE64.encode(token.expose())]
             }
         };
+        raw.extend(
+            request_secrets
+                .iter()
+                .map(|secret| secret.expose().to_owned()),
+        );
         let mut secrets: Vec<String> = raw
             .into_iter()
             .filter(|secret| !secret.is_empty())
@@ -847,29 +959,25 @@ impl Scrubber {
 /// of whatever came (an IIS error page, plain text), or the status's reason phrase. `RequestContent`
 /// is never used: it may echo the request.
 fn describe_error_body(status: u16, body: &[u8]) -> (String, Option<String>) {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct ErrorBody {
-        message: Option<String>,
-        external_error_code: Option<String>,
-    }
-    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body)
-        && (parsed.message.is_some() || parsed.external_error_code.is_some())
-    {
-        return (
-            parsed.message.unwrap_or_default(),
-            parsed.external_error_code.filter(|code| !code.is_empty()),
-        );
+    let reason = reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("no message")
+        .to_owned();
+    // Of a JSON body only these two fields are read: the rest may echo the request.
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(body) {
+        let text = |name: &str| match fields.get(name) {
+            Some(serde_json::Value::String(text)) if !text.is_empty() => Some(text.clone()),
+            Some(serde_json::Value::Number(number)) => Some(number.to_string()),
+            _ => None,
+        };
+        return (text("Message").unwrap_or(reason), text("ExternalErrorCode"));
     }
     let excerpt = readable_excerpt(&String::from_utf8_lossy(body));
     if !excerpt.is_empty() {
         return (excerpt, None);
     }
-    let reason = reqwest::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|code| code.canonical_reason())
-        .unwrap_or("no message");
-    (reason.to_owned(), None)
+    (reason, None)
 }
 
 /// The text of an HTML or plain body: tags and scripts dropped, whitespace collapsed, cut short.
@@ -897,9 +1005,14 @@ fn readable_excerpt(body: &str) -> String {
         index += character.len_utf8();
     }
     let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match collapsed.char_indices().nth(BODY_EXCERPT_CHARS) {
-        Some((cut, _)) => format!("{}…", &collapsed[..cut]),
-        None => collapsed,
+    truncate(&collapsed, BODY_EXCERPT_CHARS)
+}
+
+/// At most `chars` characters of `text`, with an ellipsis when cut.
+fn truncate(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -1001,6 +1114,13 @@ mod tests {
         );
         assert_eq!(code, None);
         assert_eq!(describe_error_body(404, b""), ("Not Found".into(), None));
+        // JSON without a Message: the reason phrase, never the rest (it may echo the request).
+        let echo =
+            br#"{"Message":null,"ExternalErrorCode":7,"RequestContent":"{\"Password\":\"x\"}"}"#;
+        assert_eq!(
+            describe_error_body(400, echo),
+            ("Bad Request".into(), Some("7".into()))
+        );
         let long = "x".repeat(1000);
         assert!(
             describe_error_body(500, long.as_bytes()).0.chars().count() <= BODY_EXCERPT_CHARS + 1
@@ -1010,10 +1130,13 @@ mod tests {
     #[test]
     fn credentials_echoed_by_billecta_are_removed() {
         let password = Secret::new("s3cret-pass");
-        let scrubber = Scrubber::new(Credentials::Basic {
-            username: "api@tidningen.se",
-            password: &password,
-        });
+        let scrubber = Scrubber::new(
+            Credentials::Basic {
+                username: "api@tidningen.se",
+                password: &password,
+            },
+            &[],
+        );
         let header = BASE64.encode("api@tidningen.se:s3cret-pass");
         let scrubbed = scrubber.scrub(&format!("bad login s3cret-pass with header Basic {header}"));
         assert_eq!(
@@ -1022,13 +1145,20 @@ mod tests {
         );
 
         let token = Secret::new("dG9rZW4tdmFsdWU=");
-        let scrubber = Scrubber::new(Credentials::SecureToken(&token));
+        let new_password = Secret::new("new-user-pass");
+        let scrubber = Scrubber::new(
+            Credentials::SecureToken(&token),
+            std::slice::from_ref(&new_password),
+        );
         let echoed = format!(
-            "token {} / {}",
+            "token {} / {} for new-user-pass",
             token.expose(),
             BASE64.encode(token.expose())
         );
-        assert_eq!(scrubber.scrub(&echoed), "token [redacted] / [redacted]");
+        assert_eq!(
+            scrubber.scrub(&echoed),
+            "token [redacted] / [redacted] for [redacted]"
+        );
     }
 
     #[test]

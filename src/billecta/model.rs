@@ -9,6 +9,7 @@
 //! Fields are `Option` and left out of a request when `None`; the schemas have no required fields and
 //! non-nullable fields must then be absent rather than `null`.
 
+use crate::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -351,10 +352,13 @@ pub struct User {
     pub full_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<Language>,
-    /// Write-only: Billecta never returns it. Set only on create, by code that holds a
-    /// [`crate::secret::Secret`]; never logged (this type's `Debug` is not used in logs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    /// Write-only: Billecta never returns it. A [`Secret`], so that `Debug` never shows it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_secret"
+    )]
+    pub password: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -399,6 +403,28 @@ impl User {
                     .is_some_and(|id| id.eq_ignore_ascii_case(creditor_public_id))
                     && right.can_read_creditor == Some(true)
             })
+    }
+}
+
+/// A password on the wire: plain text in the JSON, a [`Secret`] everywhere else.
+mod optional_secret {
+    use crate::secret::Secret;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Secret>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(secret) => serializer.serialize_some(secret.expose()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Secret>, D::Error> {
+        Ok(Option::<String>::deserialize(deserializer)?.map(Secret::new))
     }
 }
 
@@ -468,6 +494,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(wire, json!({"Name": "Tidningen AB"}));
+    }
+
+    #[test]
+    fn a_new_users_password_goes_on_the_wire_but_never_into_debug_output() {
+        let user = User {
+            username: Some("api@tidningen.se".into()),
+            password: Some(Secret::new("hunter2-pass")),
+            ..User::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&user).unwrap()["Password"],
+            "hunter2-pass"
+        );
+        assert!(!format!("{user:?}").contains("hunter2"));
+        let read: User = serde_json::from_value(json!({"Password": null})).unwrap();
+        assert_eq!(read.password, None);
     }
 
     #[test]

@@ -80,7 +80,8 @@ impl RetryPolicy {
 
 /// A number in `[0, 1)` from the operating system's randomness (through a v4 UUID).
 fn random_fraction() -> f64 {
-    let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64; // 53 random bits
+    // The low 56 bits of a v4 UUID are all random (its version and variant bits sit higher up).
+    let bits = (uuid::Uuid::new_v4().as_u128() as u64) & ((1u64 << 53) - 1);
     bits as f64 / (1u64 << 53) as f64
 }
 
@@ -141,11 +142,28 @@ enum State {
     HalfOpen { probing: bool },
 }
 
+/// The state and its generation, which counts the breaker's changes (closed, open, each probe). A
+/// permit carries the generation it was admitted in, so that the outcome of an attempt admitted
+/// before a change (a slow call from before the breaker opened, a probe abandoned long ago) cannot
+/// move the breaker.
+#[derive(Debug)]
+struct Tracked {
+    state: State,
+    generation: u64,
+}
+
+impl Tracked {
+    fn change(&mut self, state: State) {
+        self.state = state;
+        self.generation += 1;
+    }
+}
+
 /// A circuit breaker for one Billecta environment, shared by every call to it.
 #[derive(Debug)]
 pub struct CircuitBreaker {
     policy: BreakerPolicy,
-    state: Mutex<State>,
+    tracked: Mutex<Tracked>,
 }
 
 /// Permission for one attempt. Dropping it without [`Permit::record`] (a cancelled call) gives a
@@ -153,6 +171,7 @@ pub struct CircuitBreaker {
 #[derive(Debug)]
 pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
+    generation: u64,
     probe: bool,
     recorded: bool,
 }
@@ -161,14 +180,17 @@ impl CircuitBreaker {
     pub fn new(policy: BreakerPolicy) -> Self {
         CircuitBreaker {
             policy,
-            state: Mutex::new(State::Closed {
-                consecutive_failures: 0,
+            tracked: Mutex::new(Tracked {
+                state: State::Closed {
+                    consecutive_failures: 0,
+                },
+                generation: 0,
             }),
         }
     }
 
     pub fn state(&self) -> BreakerState {
-        match *self.lock() {
+        match self.lock().state {
             State::Closed { .. } => BreakerState::Closed,
             State::Open { until } if Instant::now() >= until => BreakerState::HalfOpen,
             State::Open { .. } => BreakerState::Open,
@@ -178,13 +200,13 @@ impl CircuitBreaker {
 
     /// Lets an attempt through, or says how long until one may try.
     pub fn admit(&self) -> Result<Permit<'_>, Duration> {
-        let mut state = self.lock();
+        let mut tracked = self.lock();
         let now = Instant::now();
-        let probe = match *state {
+        let probe = match tracked.state {
             State::Closed { .. } => false,
             State::Open { until } if now < until => return Err(until - now),
             State::Open { .. } | State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
+                tracked.change(State::HalfOpen { probing: true });
                 true
             }
             // Another call is probing; it will decide soon.
@@ -192,15 +214,22 @@ impl CircuitBreaker {
         };
         Ok(Permit {
             breaker: self,
+            generation: tracked.generation,
             probe,
             recorded: false,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracked> {
+        self.tracked
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open(&self, tracked: &mut Tracked) {
+        tracked.change(State::Open {
+            until: Instant::now() + self.policy.open_for,
+        });
     }
 }
 
@@ -211,11 +240,23 @@ impl Permit<'_> {
     pub fn record(mut self, outcome: AttemptOutcome) {
         self.recorded = true;
         let breaker = self.breaker;
-        let mut state = breaker.lock();
-        let next = match (outcome, &*state) {
-            (AttemptOutcome::Answered, _) => State::Closed {
-                consecutive_failures: 0,
-            },
+        let mut tracked = breaker.lock();
+        if tracked.generation != self.generation {
+            // Admitted before the breaker last changed: its outcome is old news.
+            return;
+        }
+        match (outcome, tracked.state) {
+            (AttemptOutcome::Answered, State::Closed { .. }) => {
+                tracked.state = State::Closed {
+                    consecutive_failures: 0,
+                };
+            }
+            (AttemptOutcome::Answered, _) => {
+                tracing::info!("billecta circuit breaker closed: the probe succeeded");
+                tracked.change(State::Closed {
+                    consecutive_failures: 0,
+                });
+            }
             (
                 AttemptOutcome::Failed,
                 State::Closed {
@@ -229,37 +270,33 @@ impl Permit<'_> {
                         open_for_ms = breaker.policy.open_for.as_millis() as u64,
                         "billecta circuit breaker opened"
                     );
-                    State::Open {
-                        until: Instant::now() + breaker.policy.open_for,
-                    }
+                    breaker.open(&mut tracked);
                 } else {
-                    State::Closed {
+                    tracked.state = State::Closed {
                         consecutive_failures: failures,
-                    }
+                    };
                 }
             }
-            (AttemptOutcome::Failed, _) if self.probe => {
+            (AttemptOutcome::Failed, State::HalfOpen { .. }) => {
                 tracing::warn!("billecta circuit breaker probe failed; open again");
-                State::Open {
-                    until: Instant::now() + breaker.policy.open_for,
-                }
+                breaker.open(&mut tracked);
             }
-            (AttemptOutcome::Neutral, State::HalfOpen { .. }) if self.probe => {
-                State::HalfOpen { probing: false }
+            (AttemptOutcome::Neutral, State::HalfOpen { .. }) => {
+                tracked.change(State::HalfOpen { probing: false });
             }
-            // A failure or neutral answer from an attempt admitted before the breaker changed.
-            (_, current) => *current,
-        };
-        *state = next;
+            (AttemptOutcome::Failed | AttemptOutcome::Neutral, _) => {}
+        }
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.recorded {
-            let mut state = self.breaker.lock();
-            if let State::HalfOpen { probing: true } = *state {
-                *state = State::HalfOpen { probing: false };
+            let mut tracked = self.breaker.lock();
+            if tracked.generation == self.generation
+                && let State::HalfOpen { probing: true } = tracked.state
+            {
+                tracked.change(State::HalfOpen { probing: false });
             }
         }
     }
@@ -312,7 +349,7 @@ mod tests {
 
     #[test]
     fn opens_after_consecutive_failures_and_a_good_probe_closes_it() {
-        let breaker = breaker(3, Duration::from_millis(30));
+        let breaker = breaker(3, Duration::from_millis(300));
         for _ in 0..2 {
             breaker.admit().unwrap().record(AttemptOutcome::Failed);
         }
@@ -323,9 +360,9 @@ mod tests {
         }
         assert_eq!(breaker.state(), BreakerState::Open);
         let wait = breaker.admit().unwrap_err();
-        assert!(wait <= Duration::from_millis(30));
+        assert!(wait <= Duration::from_millis(300));
 
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(350));
         let probe = breaker.admit().expect("one probe after the open period");
         assert!(breaker.admit().is_err(), "only one probe at a time");
         probe.record(AttemptOutcome::Answered);
@@ -347,6 +384,26 @@ mod tests {
             breaker.admit().is_ok(),
             "a dropped probe gives its slot back"
         );
+    }
+
+    #[test]
+    fn outcomes_from_before_a_change_do_not_move_the_breaker() {
+        let breaker = breaker(1, Duration::from_millis(200));
+        let slow = breaker.admit().unwrap();
+        breaker.admit().unwrap().record(AttemptOutcome::Failed);
+        assert_eq!(breaker.state(), BreakerState::Open);
+        // A call admitted while closed answers late: the breaker stays open.
+        slow.record(AttemptOutcome::Answered);
+        assert_eq!(breaker.state(), BreakerState::Open);
+
+        std::thread::sleep(Duration::from_millis(250));
+        let abandoned = breaker.admit().unwrap();
+        // The abandoned probe's slot is freed, and a newer probe takes it...
+        drop(abandoned);
+        let probe = breaker.admit().unwrap();
+        assert!(breaker.admit().is_err(), "still one probe at a time");
+        probe.record(AttemptOutcome::Answered);
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
     #[test]

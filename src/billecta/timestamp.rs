@@ -19,9 +19,13 @@ pub fn parse(text: &str) -> Option<OffsetDateTime> {
     // "+0200" → "+02:00"
     let bytes = normalised.as_bytes();
     if bytes.len() > 19 {
-        let tail = &normalised[normalised.len() - 5..];
-        let tail_bytes = tail.as_bytes();
-        if (tail_bytes[0] == b'+' || tail_bytes[0] == b'-')
+        // Billecta's text may hold anything: slice only on a character boundary.
+        let tail_bytes = normalised
+            .get(normalised.len() - 5..)
+            .map(str::as_bytes)
+            .unwrap_or_default();
+        if tail_bytes.len() == 5
+            && (tail_bytes[0] == b'+' || tail_bytes[0] == b'-')
             && tail_bytes[1..].iter().all(u8::is_ascii_digit)
         {
             let (head, offset) = normalised.split_at(normalised.len() - 5);
@@ -101,6 +105,11 @@ mod tests {
             Some(datetime!(2024-05-01 10:00 UTC))
         );
         assert_eq!(parse("not a time"), None);
+        assert_eq!(
+            parse("2019-01-07T15:41:26ööö"),
+            None,
+            "no panic on odd text"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod onboarding;
 pub mod stages;
+pub mod swedish;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};

@@ -6,7 +6,7 @@
 
 use super::Shared;
 use super::faults::FaultRule;
-use super::state::{AdminError, NewAccount, NewUser};
+use super::state::{AdminError, NewAccount, NewUser, StaffFlag};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -49,11 +49,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/users/{id}/enable", post(enable_user))
         .route(
             "/admin/creditors/{id}/outgoing-bankgiros/{bankgiro}/approve",
-            post(approve_outgoing_bankgiro),
+            post(|state, path| set_staff_flag(state, path, StaffFlag::BankgiroApproved)),
         )
         .route(
             "/admin/creditors/{id}/payment-methods/{number}/verify",
-            post(verify_payment_method),
+            post(|state, path| set_staff_flag(state, path, StaffFlag::Verified)),
         )
         .route("/admin/state", get(state))
         .route(
@@ -107,16 +107,20 @@ fn done(result: Result<(), AdminError>) -> Response {
     }
 }
 
+/// 201 with what was made.
+fn created<T: Serialize>(result: Result<T, AdminError>) -> Response {
+    match result {
+        Ok(made) => (StatusCode::CREATED, Json(made)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
 async fn create_account(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
-    let result = body::<NewAccount>(&bytes).and_then(|account| {
+    created(body::<NewAccount>(&bytes).and_then(|account| {
         shared
             .store()
             .admin_create_account(account, OffsetDateTime::now_utc())
-    });
-    match result {
-        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
-        Err(error) => error.into_response(),
-    }
+    }))
 }
 
 async fn activate_account(
@@ -137,16 +141,12 @@ async fn create_user(
     Path(account): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let result = id(&account).and_then(|account_id| {
+    created(id(&account).and_then(|account_id| {
         let user: NewUser = body(&bytes)?;
         shared
             .store()
             .admin_create_user(account_id, user, OffsetDateTime::now_utc())
-    });
-    match result {
-        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
-        Err(error) => error.into_response(),
-    }
+    }))
 }
 
 async fn delete_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -> Response {
@@ -161,25 +161,18 @@ async fn enable_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>
     done(id(&user).and_then(|user_id| shared.store().admin_set_user_enabled(user_id, true)))
 }
 
-async fn approve_outgoing_bankgiro(
-    State(shared): State<Arc<Shared>>,
-    Path((creditor, bankgiro)): Path<(String, String)>,
-) -> Response {
-    done(id(&creditor).and_then(|creditor_id| {
-        shared
-            .store()
-            .admin_approve_outgoing_bankgiro(creditor_id, &bankgiro)
-    }))
-}
-
-async fn verify_payment_method(
+/// `POST /admin/creditors/{id}/outgoing-bankgiros/{bankgiro}/approve` and
+/// `POST /admin/creditors/{id}/payment-methods/{number}/verify`: the two differ only in the flag
+/// Billecta's staff set on the entries with that number.
+async fn set_staff_flag(
     State(shared): State<Arc<Shared>>,
     Path((creditor, number)): Path<(String, String)>,
+    flag: StaffFlag,
 ) -> Response {
     done(id(&creditor).and_then(|creditor_id| {
         shared
             .store()
-            .admin_verify_payment_method(creditor_id, &number)
+            .admin_set_staff_flag(creditor_id, flag, &number)
     }))
 }
 

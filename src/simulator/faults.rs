@@ -411,96 +411,75 @@ mod tests {
 
     #[test]
     fn the_compact_form_parses() {
-        assert_eq!(
-            parse("status=503@POST /v1/creditors/creditor,p=0.3,times=2"),
-            Ok(FaultRule {
-                route: Some("POST /v1/creditors/creditor".into()),
-                fault: Fault::Status {
-                    status: 503,
-                    body: FaultBody::Json
+        for (text, expected) in [
+            (
+                "status=503@POST /v1/creditors/creditor,p=0.3,times=2",
+                FaultRule {
+                    route: Some("POST /v1/creditors/creditor".into()),
+                    fault: Fault::Status {
+                        status: 503,
+                        body: FaultBody::Json,
+                    },
+                    probability: 0.3,
+                    times: Some(2),
                 },
-                probability: 0.3,
-                times: Some(2),
-            })
-        );
-        assert_eq!(
-            parse("latency=200"),
-            Ok(FaultRule::new(Fault::Latency { ms: 200 }))
-        );
-        assert_eq!(
-            parse("rate-limit=2"),
-            Ok(FaultRule::new(Fault::RateLimited {
-                retry_after_seconds: 2
-            }))
-        );
-        assert_eq!(parse("hang"), Ok(FaultRule::new(Fault::Hang)));
-        assert_eq!(
-            parse("reset@GET /v1/creditors/creditor/{id}"),
-            Ok(FaultRule::new(Fault::Reset).on("GET /v1/creditors/creditor/{id}"))
-        );
-        assert_eq!(
-            parse("status=502:html,times=1"),
-            Ok(FaultRule::new(Fault::Status {
-                status: 502,
-                body: FaultBody::Html
-            })
-            .times(1))
-        );
+            ),
+            ("latency=200", FaultRule::new(Fault::Latency { ms: 200 })),
+            (
+                "rate-limit=2",
+                FaultRule::new(Fault::RateLimited {
+                    retry_after_seconds: 2,
+                }),
+            ),
+            ("hang", FaultRule::new(Fault::Hang)),
+            (
+                "reset@GET /v1/creditors/creditor/{id}",
+                FaultRule::new(Fault::Reset).on("GET /v1/creditors/creditor/{id}"),
+            ),
+            (
+                "status=502:html,times=1",
+                FaultRule::new(Fault::Status {
+                    status: 502,
+                    body: FaultBody::Html,
+                })
+                .times(1),
+            ),
+        ] {
+            assert_eq!(parse(text), Ok(expected), "{text}");
+        }
     }
 
     #[test]
     fn bad_compact_forms_say_what_is_wrong() {
-        assert_eq!(parse(""), Err(FaultRuleError::Empty));
-        assert_eq!(parse("boom"), Err(FaultRuleError::Kind("boom".into())));
-        assert_eq!(
-            parse("status"),
-            Err(FaultRuleError::MissingValue {
-                kind: "status",
-                example: "503"
-            })
-        );
-        assert_eq!(
-            parse("status=404"),
-            Err(FaultRuleError::Status("404".into()))
-        );
-        assert_eq!(
-            parse("status=503:xml"),
-            Err(FaultRuleError::Body("xml".into()))
-        );
-        assert_eq!(
-            parse("latency=fast"),
-            Err(FaultRuleError::Number {
-                what: "latency",
-                value: "fast".into()
-            })
-        );
-        assert_eq!(
-            parse("hang=1"),
-            Err(FaultRuleError::UnexpectedValue("hang".into()))
-        );
-        assert_eq!(
-            parse("reset,p=2"),
-            Err(FaultRuleError::Probability("2".into()))
-        );
-        assert_eq!(
-            parse("reset,p=x"),
-            Err(FaultRuleError::Probability("x".into()))
-        );
-        assert_eq!(
-            parse("reset,often=1"),
-            Err(FaultRuleError::Option("often=1".into()))
-        );
-        assert_eq!(
-            parse("hang@POST /v1/creditor"),
-            Err(FaultRuleError::Route("POST /v1/creditor".into()))
-        );
-        assert_eq!(
-            parse("reset,times=-1"),
-            Err(FaultRuleError::Number {
-                what: "times",
-                value: "-1".into()
-            })
-        );
+        let number = |what, value: &str| FaultRuleError::Number {
+            what,
+            value: value.into(),
+        };
+        for (text, expected) in [
+            ("", FaultRuleError::Empty),
+            ("boom", FaultRuleError::Kind("boom".into())),
+            (
+                "status",
+                FaultRuleError::MissingValue {
+                    kind: "status",
+                    example: "503",
+                },
+            ),
+            ("status=404", FaultRuleError::Status("404".into())),
+            ("status=503:xml", FaultRuleError::Body("xml".into())),
+            ("latency=fast", number("latency", "fast")),
+            ("hang=1", FaultRuleError::UnexpectedValue("hang".into())),
+            ("reset,p=2", FaultRuleError::Probability("2".into())),
+            ("reset,p=x", FaultRuleError::Probability("x".into())),
+            ("reset,often=1", FaultRuleError::Option("often=1".into())),
+            (
+                "hang@POST /v1/creditor",
+                FaultRuleError::Route("POST /v1/creditor".into()),
+            ),
+            ("reset,times=-1", number("times", "-1")),
+        ] {
+            assert_eq!(parse(text), Err(expected), "{text}");
+        }
         let message = parse("status=404").unwrap_err().to_string();
         assert!(message.contains("500 to 599"), "{message}");
     }

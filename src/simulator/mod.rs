@@ -33,7 +33,7 @@ pub use state::{
 use crate::domain::Environment;
 use anyhow::Context;
 use faults::FaultPlan;
-use state::Store;
+use state::{StaffFlag, Store};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -245,9 +245,11 @@ impl RunningSimulator {
         creditor_public_id: Uuid,
         bankgiro: &str,
     ) -> Result<(), AdminError> {
-        self.shared
-            .store()
-            .admin_approve_outgoing_bankgiro(creditor_public_id, bankgiro)
+        self.shared.store().admin_set_staff_flag(
+            creditor_public_id,
+            StaffFlag::BankgiroApproved,
+            bankgiro,
+        )
     }
 
     /// Billecta verifies a payment method (`Verified`) by its number.
@@ -258,7 +260,7 @@ impl RunningSimulator {
     ) -> Result<(), AdminError> {
         self.shared
             .store()
-            .admin_verify_payment_method(creditor_public_id, number)
+            .admin_set_staff_flag(creditor_public_id, StaffFlag::Verified, number)
     }
 
     /// Replaces the fault rules; the generator restarts from `seed`, or the start seed.

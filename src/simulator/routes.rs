@@ -11,7 +11,7 @@ use super::Shared;
 use super::faults::{Fault, FaultBody};
 use super::schema::{self, View};
 use super::server::ConnectionHandle;
-use super::state::{self, ApiError, ListQuery};
+use super::state::{self, ApiError, ListQuery, Store};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -258,6 +258,11 @@ fn respond(view: View, result: Result<Value, ApiError>) -> Response {
     json_bytes(StatusCode::OK, &body)
 }
 
+/// `CreatedView`: the id Billecta made.
+fn created(id: Uuid) -> Value {
+    json!({"PublicId": id.to_string()})
+}
+
 /// 200 with an empty body.
 fn respond_empty(result: Result<(), ApiError>) -> Response {
     match result {
@@ -274,22 +279,20 @@ fn now() -> OffsetDateTime {
 
 /// `Authorization: <scheme> <credentials>`, the scheme compared without regard to case.
 fn credentials<'a>(headers: &'a HeaderMap, scheme: &str) -> Result<&'a str, ApiError> {
-    let denied = || ApiError::Unauthorized(state::DENIED.to_owned());
     let header = headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .ok_or_else(denied)?;
-    let (given, rest) = header.trim().split_once(' ').ok_or_else(denied)?;
+        .ok_or_else(ApiError::denied)?;
+    let (given, rest) = header.trim().split_once(' ').ok_or_else(ApiError::denied)?;
     if !given.eq_ignore_ascii_case(scheme) {
-        return Err(denied());
+        return Err(ApiError::denied());
     }
     Ok(rest.trim())
 }
 
 fn decode(credentials: &str) -> Result<String, ApiError> {
-    let denied = || ApiError::Unauthorized(state::DENIED.to_owned());
-    let bytes = BASE64.decode(credentials).map_err(|_| denied())?;
-    String::from_utf8(bytes).map_err(|_| denied())
+    let bytes = BASE64.decode(credentials).map_err(|_| ApiError::denied())?;
+    String::from_utf8(bytes).map_err(|_| ApiError::denied())
 }
 
 /// `Authorization: SecureToken base64(Value)`.
@@ -297,12 +300,26 @@ fn secure_token(headers: &HeaderMap) -> Result<String, ApiError> {
     decode(credentials(headers, "SecureToken")?)
 }
 
+/// Authenticates the caller by its SecureToken, then runs `action` for it on the store, under one
+/// lock so the token cannot die in between. Every public handler but `apiauthenticate` goes through
+/// here. Authentication comes first, before the path, the query or the body is parsed, as Web API's
+/// authorization filter runs before model binding: an anonymous request with a bad body is a 401,
+/// not a 400.
+fn as_caller<T>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    action: impl FnOnce(&mut Store, Uuid) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let token = secure_token(headers)?;
+    let mut store = shared.store();
+    let caller = store.authenticate(&token, now())?;
+    action(&mut store, caller)
+}
+
 /// `Authorization: Basic base64(username:password)`.
 fn basic(headers: &HeaderMap) -> Result<(String, String), ApiError> {
     let pair = decode(credentials(headers, "Basic")?)?;
-    let (username, password) = pair
-        .split_once(':')
-        .ok_or_else(|| ApiError::Unauthorized(state::DENIED.to_owned()))?;
+    let (username, password) = pair.split_once(':').ok_or_else(ApiError::denied)?;
     Ok((username.to_owned(), password.to_owned()))
 }
 
@@ -335,6 +352,11 @@ fn json_body(view: View, headers: &HeaderMap, body: &Bytes) -> Result<Value, Api
         return Err(ApiError::invalid(violations));
     }
     Ok(value)
+}
+
+/// A `UserView` body, completed with .NET defaults.
+fn user_body(headers: &HeaderMap, body: &Bytes) -> Result<state::UserView, ApiError> {
+    state::user_view_from(&json_body(View::User, headers, body)?)
 }
 
 fn guid(text: &str) -> Result<Uuid, ApiError> {
@@ -393,27 +415,20 @@ async fn api_authenticate(State(shared): State<Arc<Shared>>, headers: HeaderMap)
 }
 
 async fn revoke_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    respond_empty(as_caller(&shared, &headers, |store, caller| {
         store.revoke_token(caller)
-    });
-    respond_empty(result)
+    }))
 }
 
 async fn current_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    let result = as_caller(&shared, &headers, |store, caller| {
         store.current_token(caller)
     });
     respond(View::SecureToken, result)
 }
 
 async fn new_own_token(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    let result = as_caller(&shared, &headers, |store, caller| {
         store.issue_token(caller, None, now())
     });
     respond(View::SecureToken, result)
@@ -424,11 +439,8 @@ async fn new_token_for(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
-        let target = guid(&id)?;
-        store.issue_token(caller, Some(target), now())
+    let result = as_caller(&shared, &headers, |store, caller| {
+        store.issue_token(caller, Some(guid(&id)?), now())
     });
     respond(View::SecureToken, result)
 }
@@ -440,19 +452,14 @@ async fn list_creditors(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
-        let parsed = list_query(query)?;
-        store.list_creditors(caller, &parsed)
+    let result = as_caller(&shared, &headers, |store, caller| {
+        store.list_creditors(caller, &list_query(query)?)
     });
     respond(View::Creditors, result)
 }
 
 async fn creditor_subs(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    let result = as_caller(&shared, &headers, |store, caller| {
         store.creditor_subs(caller)
     });
     respond(View::CreditorSubs, result)
@@ -463,9 +470,7 @@ async fn get_creditor(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    let result = as_caller(&shared, &headers, |store, caller| {
         store.get_creditor(caller, guid(&id)?)
     });
     respond(View::Creditor, result)
@@ -476,14 +481,11 @@ async fn create_creditor(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    let result = as_caller(&shared, &headers, |store, caller| {
         let view = json_body(View::Creditor, &headers, &body)?;
-        let id = store.create_creditor(caller, &view)?;
-        Ok(json!({"PublicId": id.to_string()}))
+        store.create_creditor(caller, &view)
     });
-    respond(View::Created, result)
+    respond(View::Created, result.map(created))
 }
 
 async fn update_creditor(
@@ -491,13 +493,9 @@ async fn update_creditor(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
-        let view = json_body(View::Creditor, &headers, &body)?;
-        store.update_creditor(caller, &view)
-    });
-    respond_empty(result)
+    respond_empty(as_caller(&shared, &headers, |store, caller| {
+        store.update_creditor(caller, &json_body(View::Creditor, &headers, &body)?)
+    }))
 }
 
 async fn delete_creditor(
@@ -505,20 +503,15 @@ async fn delete_creditor(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    respond_empty(as_caller(&shared, &headers, |store, caller| {
         store.delete_creditor(caller, guid(&id)?)
-    });
-    respond_empty(result)
+    }))
 }
 
 // ---- users -------------------------------------------------------------------------------------
 
 async fn list_users(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    let result = as_caller(&shared, &headers, |store, caller| {
         state::to_value(&store.list_users(caller)?)
     });
     respond(View::Users, result)
@@ -529,9 +522,7 @@ async fn get_user(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    let result = as_caller(&shared, &headers, |store, caller| {
         state::to_value(&store.get_user(caller, guid(&id)?)?)
     });
     respond(View::User, result)
@@ -542,14 +533,10 @@ async fn create_user(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
-        let view = state::user_view_from(&json_body(View::User, &headers, &body)?)?;
-        let id = store.create_user(caller, view, now())?;
-        Ok(json!({"PublicId": id.to_string()}))
+    let result = as_caller(&shared, &headers, |store, caller| {
+        store.create_user(caller, user_body(&headers, &body)?, now())
     });
-    respond(View::Created, result)
+    respond(View::Created, result.map(created))
 }
 
 async fn update_user(
@@ -557,13 +544,9 @@ async fn update_user(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
-        let view = state::user_view_from(&json_body(View::User, &headers, &body)?)?;
-        store.update_user(caller, view)
-    });
-    respond_empty(result)
+    respond_empty(as_caller(&shared, &headers, |store, caller| {
+        store.update_user(caller, user_body(&headers, &body)?)
+    }))
 }
 
 async fn delete_user(
@@ -571,12 +554,9 @@ async fn delete_user(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    respond_empty(as_caller(&shared, &headers, |store, caller| {
         store.delete_user(caller, guid(&id)?)
-    });
-    respond_empty(result)
+    }))
 }
 
 async fn change_password(
@@ -584,13 +564,10 @@ async fn change_password(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = secure_token(&headers).and_then(|token| {
-        let mut store = shared.store();
-        let caller = store.authenticate(&token, now())?;
+    respond_empty(as_caller(&shared, &headers, |store, caller| {
         let view = json_body(View::Password, &headers, &body)?;
         store.change_password(caller, view["Password"].as_str())
-    });
-    respond_empty(result)
+    }))
 }
 
 #[cfg(test)]

@@ -557,6 +557,13 @@ mod tests {
         validate(view, body).expect_err("the body is invalid")
     }
 
+    /// The violations of the valid [`creditor`] once `spoil` has changed it.
+    fn spoiled_creditor(spoil: impl FnOnce(&mut Value)) -> SchemaViolations {
+        let mut body = creditor();
+        spoil(&mut body);
+        violations(View::Creditor, &body)
+    }
+
     #[test]
     fn every_view_compiles() {
         for &view in View::ALL {
@@ -578,27 +585,24 @@ mod tests {
 
     #[test]
     fn an_unknown_field_is_named() {
-        let mut body = creditor();
-        body["CreditorBankInfo"]["SwishNumber"] = json!("1231234567");
-        let wrong = violations(View::Creditor, &body);
+        let wrong =
+            spoiled_creditor(|body| body["CreditorBankInfo"]["SwishNumber"] = json!("1231234567"));
         assert!(wrong.names("$.CreditorBankInfo.SwishNumber"), "{wrong}");
         assert!(wrong.to_string().contains("unknown field"), "{wrong}");
     }
 
     #[test]
     fn a_wrong_type_is_named() {
-        let mut body = creditor();
-        body["IsEnabled"] = json!("yes");
-        let wrong = violations(View::Creditor, &body);
+        let wrong = spoiled_creditor(|body| body["IsEnabled"] = json!("yes"));
         assert_eq!(wrong.paths(), vec!["$.IsEnabled"]);
         assert!(wrong.to_string().contains("boolean"), "{wrong}");
     }
 
     #[test]
     fn an_integer_enum_is_refused() {
-        let mut body = creditor();
-        body["CreditorBankInfo"]["PaymentMethods"][0]["Priority"] = json!(0);
-        let wrong = violations(View::Creditor, &body);
+        let wrong = spoiled_creditor(|body| {
+            body["CreditorBankInfo"]["PaymentMethods"][0]["Priority"] = json!(0)
+        });
         assert!(
             wrong.names("$.CreditorBankInfo.PaymentMethods[0].Priority"),
             "{wrong}"
@@ -607,9 +611,9 @@ mod tests {
 
     #[test]
     fn an_unknown_enum_name_is_refused() {
-        let mut body = creditor();
-        body["CreditorBankInfo"]["PaymentMethods"][0]["Priority"] = json!("First");
-        let wrong = violations(View::Creditor, &body);
+        let wrong = spoiled_creditor(|body| {
+            body["CreditorBankInfo"]["PaymentMethods"][0]["Priority"] = json!("First")
+        });
         assert_eq!(
             wrong.paths(),
             vec!["$.CreditorBankInfo.PaymentMethods[0].Priority"]
@@ -620,9 +624,8 @@ mod tests {
 
     #[test]
     fn a_bad_guid_is_refused() {
-        let mut body = creditor();
-        body["CreditorPublicId"] = json!("6f1c2a4e-1d2b-4c3d-9e8f");
-        let wrong = violations(View::Creditor, &body);
+        let wrong =
+            spoiled_creditor(|body| body["CreditorPublicId"] = json!("6f1c2a4e-1d2b-4c3d-9e8f"));
         assert_eq!(wrong.paths(), vec!["$.CreditorPublicId"]);
         assert!(wrong.to_string().contains("guid"), "{wrong}");
     }
@@ -639,10 +642,10 @@ mod tests {
 
     #[test]
     fn every_violation_is_listed() {
-        let mut body = creditor();
-        body["IsEnabled"] = json!(1);
-        body["Name"] = json!(5);
-        let wrong = violations(View::Creditor, &body);
+        let wrong = spoiled_creditor(|body| {
+            body["IsEnabled"] = json!(1);
+            body["Name"] = json!(5);
+        });
         assert!(
             wrong.names("$.IsEnabled") && wrong.names("$.Name"),
             "{wrong}"

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// The message ASP.NET Web API answers for every refused credential.
-pub(crate) const DENIED: &str = "Authorization has been denied for this request.";
+const DENIED: &str = "Authorization has been denied for this request.";
 
 const NOT_ACTIVATED: &str = "The account has not been activated. Follow the activation link in the e-mail from Billecta and accept the terms and conditions.";
 
@@ -58,7 +58,8 @@ impl ApiError {
         ApiError::BadRequest(format!("The request is invalid. {detail}"))
     }
 
-    fn denied() -> Self {
+    /// 401 for every refused credential: ASP.NET Web API never says which part was wrong.
+    pub(crate) fn denied() -> Self {
         ApiError::Unauthorized(DENIED.to_owned())
     }
 
@@ -1125,64 +1126,24 @@ impl Store {
         Ok(())
     }
 
-    /// Billecta's customer service approves a bankgiro for outgoing payments.
-    pub(crate) fn admin_approve_outgoing_bankgiro(
+    /// Billecta's staff set `flag` on the creditor's entries with `number`: customer service
+    /// approves a bankgiro for outgoing payments, or Billecta verifies a payment method (the
+    /// account behind a bankgiro, plusgiro, bank account or IBAN).
+    pub(crate) fn admin_set_staff_flag(
         &mut self,
         creditor_id: Uuid,
-        bankgiro: &str,
-    ) -> Result<(), AdminError> {
-        let wanted = digits(bankgiro);
-        let creditor = self
-            .creditors
-            .iter_mut()
-            .find(|entry| entry.id == creditor_id)
-            .ok_or_else(|| AdminError::NotFound(format!("no creditor {creditor_id}")))?;
-        let mut found = false;
-        if let Some(entries) =
-            creditor.view["CreditorBankInfo"]["CreditorOutgoingBankgiroes"].as_array_mut()
-        {
-            for entry in entries
-                .iter_mut()
-                .filter(|entry| digits(entry["BankgiroNo"].as_str().unwrap_or_default()) == wanted)
-            {
-                entry["BankgiroApproved"] = Value::Bool(true);
-                found = true;
-            }
-        }
-        if !found {
-            return Err(AdminError::NotFound(format!(
-                "creditor {creditor_id} has no outgoing bankgiro {bankgiro}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Billecta verifies a payment method (the account behind a bankgiro, plusgiro, bank account
-    /// or IBAN) of a creditor.
-    pub(crate) fn admin_verify_payment_method(
-        &mut self,
-        creditor_id: Uuid,
+        flag: StaffFlag,
         number: &str,
     ) -> Result<(), AdminError> {
-        let wanted = normalize_account(number);
         let creditor = self
             .creditors
             .iter_mut()
             .find(|entry| entry.id == creditor_id)
             .ok_or_else(|| AdminError::NotFound(format!("no creditor {creditor_id}")))?;
-        let mut found = false;
-        if let Some(entries) = creditor.view["CreditorBankInfo"]["PaymentMethods"].as_array_mut() {
-            for entry in entries
-                .iter_mut()
-                .filter(|entry| payment_method_key(entry).1 == wanted)
-            {
-                entry["Verified"] = Value::Bool(true);
-                found = true;
-            }
-        }
-        if !found {
+        if !flag.set(&mut creditor.view, number) {
             return Err(AdminError::NotFound(format!(
-                "creditor {creditor_id} has no payment method {number}"
+                "creditor {creditor_id} has no {} {number}",
+                flag.entry()
             )));
         }
         Ok(())
@@ -1261,35 +1222,107 @@ fn check_creditor_fields(view: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A yes/no field of `CreditorBankInfo` entries that only Billecta's staff set. A client's body
+/// never changes it (see [`keep_billecta_owned_fields`]); the admin API does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StaffFlag {
+    /// `BankgiroApproved` of an outgoing bankgiro: customer service approved it for payments.
+    BankgiroApproved,
+    /// `Verified` of a payment method: Billecta checked the account behind it.
+    Verified,
+}
+
+impl StaffFlag {
+    /// The list under `CreditorBankInfo` whose entries carry the flag.
+    fn list(self) -> &'static str {
+        match self {
+            StaffFlag::BankgiroApproved => "CreditorOutgoingBankgiroes",
+            StaffFlag::Verified => "PaymentMethods",
+        }
+    }
+
+    /// The flag's name in each entry.
+    fn field(self) -> &'static str {
+        match self {
+            StaffFlag::BankgiroApproved => "BankgiroApproved",
+            StaffFlag::Verified => "Verified",
+        }
+    }
+
+    /// What an entry is, for messages.
+    fn entry(self) -> &'static str {
+        match self {
+            StaffFlag::BankgiroApproved => "outgoing bankgiro",
+            StaffFlag::Verified => "payment method",
+        }
+    }
+
+    /// What identifies an entry, as its kind and its normalised number: a PUT replaces the list, so
+    /// entries are matched by this, not by position. A payment method needs its kind (a bankgiro
+    /// and a plusgiro may share digits); outgoing bankgiros are all of one kind.
+    fn identity(self, entry: &Value) -> (String, String) {
+        match self {
+            StaffFlag::BankgiroApproved => (String::new(), bankgiro_number(entry)),
+            StaffFlag::Verified => payment_method_key(entry),
+        }
+    }
+
+    /// `number` as staff write it, normalised the way [`identity`](Self::identity) normalises an
+    /// entry's number: `123-4567` names the bankgiro `1234567`.
+    fn normalize(self, number: &str) -> String {
+        match self {
+            StaffFlag::BankgiroApproved => digits(number),
+            StaffFlag::Verified => normalize_account(number),
+        }
+    }
+
+    /// The flag of each entry of `view`: the stored value of the entry with the same identity in
+    /// `stored_bank_info`; `false` for a new entry.
+    fn keep(self, view: &mut Value, stored_bank_info: Option<&Value>) {
+        let Some(entries) = view["CreditorBankInfo"][self.list()].as_array_mut() else {
+            return;
+        };
+        for entry in entries {
+            let identity = self.identity(entry);
+            let kept = stored_bank_info
+                .and_then(|info| info[self.list()].as_array())
+                .and_then(|old| old.iter().find(|stored| self.identity(stored) == identity))
+                .is_some_and(|stored| stored[self.field()] == Value::Bool(true));
+            entry[self.field()] = Value::Bool(kept);
+        }
+    }
+
+    /// Sets the flag on every entry of the creditor `view` whose number is `number`; whether there
+    /// was one.
+    fn set(self, view: &mut Value, number: &str) -> bool {
+        let wanted = self.normalize(number);
+        let Some(entries) = view["CreditorBankInfo"][self.list()].as_array_mut() else {
+            return false;
+        };
+        let mut found = false;
+        for entry in entries
+            .iter_mut()
+            .filter(|entry| self.identity(entry).1 == wanted)
+        {
+            entry[self.field()] = Value::Bool(true);
+            found = true;
+        }
+        found
+    }
+}
+
 /// `Verified` (payment methods) and `BankgiroApproved` (outgoing bankgiros) are Billecta's to set:
 /// whatever the body says, each entry keeps the stored value of the entry with the same number,
 /// and a new number starts unverified.
 fn keep_billecta_owned_fields(view: &mut Value, stored: Option<&Value>) {
     let stored_bank_info = stored.map(|old| &old["CreditorBankInfo"]);
-    if let Some(methods) = view["CreditorBankInfo"]["PaymentMethods"].as_array_mut() {
-        for method in methods {
-            let key = payment_method_key(method);
-            let verified = stored_bank_info
-                .and_then(|info| info["PaymentMethods"].as_array())
-                .and_then(|old| old.iter().find(|entry| payment_method_key(entry) == key))
-                .is_some_and(|entry| entry["Verified"] == Value::Bool(true));
-            method["Verified"] = Value::Bool(verified);
-        }
-    }
-    if let Some(bankgiros) = view["CreditorBankInfo"]["CreditorOutgoingBankgiroes"].as_array_mut() {
-        for bankgiro in bankgiros {
-            let key = digits(bankgiro["BankgiroNo"].as_str().unwrap_or_default());
-            let approved = stored_bank_info
-                .and_then(|info| info["CreditorOutgoingBankgiroes"].as_array())
-                .and_then(|old| {
-                    old.iter().find(|entry| {
-                        digits(entry["BankgiroNo"].as_str().unwrap_or_default()) == key
-                    })
-                })
-                .is_some_and(|entry| entry["BankgiroApproved"] == Value::Bool(true));
-            bankgiro["BankgiroApproved"] = Value::Bool(approved);
-        }
-    }
+    StaffFlag::Verified.keep(view, stored_bank_info);
+    StaffFlag::BankgiroApproved.keep(view, stored_bank_info);
+}
+
+/// An outgoing bankgiro's number, digits only.
+fn bankgiro_number(entry: &Value) -> String {
+    digits(entry["BankgiroNo"].as_str().unwrap_or_default())
 }
 
 /// A payment method's identity: its kind and its account number, normalised.
@@ -1456,17 +1489,16 @@ mod tests {
             ]
         }});
         keep_billecta_owned_fields(&mut incoming, Some(&stored));
-        let info = &incoming["CreditorBankInfo"];
-        assert_eq!(info["PaymentMethods"][0]["Verified"], true);
-        assert_eq!(info["PaymentMethods"][1]["Verified"], false);
-        assert_eq!(
-            info["CreditorOutgoingBankgiroes"][0]["BankgiroApproved"],
-            true
-        );
-        assert_eq!(
-            info["CreditorOutgoingBankgiroes"][1]["BankgiroApproved"],
-            false
-        );
+        let flags = |flag: StaffFlag| -> Vec<Value> {
+            incoming["CreditorBankInfo"][flag.list()]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|entry| entry[flag.field()].clone())
+                .collect()
+        };
+        assert_eq!(flags(StaffFlag::Verified), [true, false]);
+        assert_eq!(flags(StaffFlag::BankgiroApproved), [true, false]);
     }
 
     #[test]
