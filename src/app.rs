@@ -8,6 +8,7 @@
 
 use crate::billecta::{Billecta, BillectaClient};
 use crate::config::Config;
+use crate::crypto::Keyring;
 use crate::domain::Environment;
 use crate::grpc::OnboardingApi;
 use crate::grpc::call::CallLayer;
@@ -18,6 +19,7 @@ use crate::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::storage::{Store, StoreOptions};
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -35,14 +37,15 @@ pub struct Application {
     local_addr: SocketAddr,
     store: Store,
     billecta: Billecta,
+    keyring: Keyring,
     sandbox: Option<Sandbox>,
     shutdown: CancellationToken,
 }
 
 /// The two in-process Billecta simulators of `--sandbox`, one per environment.
 pub struct Sandbox {
-    test: RunningSimulator,
-    production: RunningSimulator,
+    test: Arc<RunningSimulator>,
+    production: Arc<RunningSimulator>,
 }
 
 impl Sandbox {
@@ -66,20 +69,27 @@ impl Sandbox {
                 "sandbox: Billecta simulator listening (admin API under /admin)"
             );
         }
-        Ok(Sandbox { test, production })
+        Ok(Sandbox {
+            test: Arc::new(test),
+            production: Arc::new(production),
+        })
     }
 
-    /// The simulator standing in for an environment.
-    pub fn simulator(&self, environment: Environment) -> &RunningSimulator {
+    /// The simulator standing in for an environment (shared, so that tests can play the human steps).
+    pub fn simulator(&self, environment: Environment) -> &Arc<RunningSimulator> {
         match environment {
             Environment::Test => &self.test,
             Environment::Production => &self.production,
         }
     }
 
+    /// Stops both simulators; one still shared elsewhere stops when its last holder lets go.
     async fn stop(self) {
-        self.test.shutdown().await;
-        self.production.shutdown().await;
+        for simulator in [self.test, self.production] {
+            if let Ok(simulator) = Arc::try_unwrap(simulator) {
+                simulator.shutdown().await;
+            }
+        }
     }
 }
 
@@ -88,6 +98,7 @@ impl Application {
     /// database.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        let keyring = config.keyring()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -117,6 +128,7 @@ impl Application {
             local_addr,
             store,
             billecta,
+            keyring,
             sandbox,
             shutdown: CancellationToken::new(),
         })
@@ -150,6 +162,7 @@ impl Application {
             local_addr,
             store,
             billecta,
+            keyring,
             sandbox,
             shutdown,
         } = self;
@@ -161,7 +174,12 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let operations = Operations::new(store.clone(), billecta);
+        let operations = Operations::new(
+            store.clone(),
+            billecta,
+            Arc::new(keyring),
+            Duration::from_millis(config.stage_lease_ms),
+        );
         let api = OnboardingApi::new(
             operations,
             shutdown.clone(),

@@ -2,6 +2,7 @@
 //! (`billecta-onboarding --help` lists them). Validated once at start-up.
 
 use crate::billecta::{self, BreakerPolicy, ClientSettings, RetryPolicy};
+use crate::crypto::Keyring;
 use crate::domain::Environment;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -123,6 +124,28 @@ pub struct Config {
     )]
     pub billecta_breaker_open_ms: u64,
 
+    /// Keys that encrypt stored secrets (AES-256-GCM): a comma-separated list of `id:base64`, each key
+    /// 32 random bytes (`openssl rand -base64 32`). The first, or --encryption-active-key, encrypts;
+    /// every listed key decrypts, so keys rotate without downtime. Required outside --sandbox; the
+    /// sandbox generates a throwaway key when none is given.
+    #[arg(
+        long,
+        env = "ONBOARDING_ENCRYPTION_KEYS",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub encryption_keys: String,
+
+    /// The id of the key that encrypts new secrets; the first listed key when empty.
+    #[arg(long, env = "ONBOARDING_ENCRYPTION_ACTIVE_KEY", default_value = "")]
+    pub encryption_active_key: String,
+
+    /// How long one call may work on a stage with Billecta before another call may take the stage
+    /// over (its holder is presumed crashed). Longer than a Billecta call with all its retries.
+    #[arg(long, env = "ONBOARDING_STAGE_LEASE_MS", default_value_t = 120_000)]
+    pub stage_lease_ms: u64,
+
     /// Log format.
     #[arg(long, env = "ONBOARDING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -224,6 +247,14 @@ impl Config {
             "--health-check-interval-ms must be at least 10"
         );
         anyhow::ensure!(
+            self.sandbox || !self.encryption_keys.trim().is_empty(),
+            "--encryption-keys (ONBOARDING_ENCRYPTION_KEYS) is required: stored secrets are encrypted with it; only --sandbox may run without one"
+        );
+        anyhow::ensure!(
+            self.stage_lease_ms >= 10_000,
+            "--stage-lease-ms must be at least 10000"
+        );
+        anyhow::ensure!(
             self.billecta_max_attempts >= 1,
             "--billecta-max-attempts must be at least 1"
         );
@@ -267,6 +298,20 @@ impl Config {
             Environment::Test => &self.billecta_test_url,
             Environment::Production => &self.billecta_production_url,
         }
+    }
+
+    /// The keyring for stored secrets: the configured keys, or in sandbox mode without keys a
+    /// throwaway key (secrets stored with it cannot be read after a restart).
+    pub fn keyring(&self) -> anyhow::Result<Keyring> {
+        if self.encryption_keys.trim().is_empty() && self.sandbox {
+            tracing::warn!(
+                "sandbox: no --encryption-keys given; secrets are encrypted with a throwaway key"
+            );
+            return Ok(Keyring::generate());
+        }
+        let active = Some(self.encryption_active_key.trim()).filter(|id| !id.is_empty());
+        Keyring::parse(&self.encryption_keys, active)
+            .map_err(|error| anyhow::anyhow!("--encryption-keys: {error}"))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

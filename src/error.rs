@@ -43,6 +43,13 @@ pub enum Error {
         message: String,
     },
 
+    /// Another call is working on the same stage with Billecta right now.
+    #[error("{resource} is being worked on by another call")]
+    Busy {
+        resource: String,
+        retry_after: Duration,
+    },
+
     /// The caller's etag is not the resource's current one (AIP-154).
     #[error("the etag does not match {resource}'s current etag")]
     EtagMismatch { resource: String },

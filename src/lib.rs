@@ -5,6 +5,7 @@
 //! - [`app`] — builds the server from a configuration and runs it until shutdown.
 //! - [`grpc`] — the transport: tonic services, request ids, the mapping of errors to statuses.
 //! - [`operations`] — each RPC's work, from parsed input to stored result and audit event.
+//! - [`desired`] — how the setup asked for maps onto Billecta's creditor.
 //! - [`domain`] — stages, validation and the onboarding record; no gRPC, no SQL.
 //! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
 //! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
@@ -17,6 +18,7 @@ pub mod app;
 pub mod billecta;
 pub mod config;
 pub mod crypto;
+pub mod desired;
 pub mod domain;
 pub mod error;
 pub mod grpc;

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_billecta-onboarding");
+/// A key for stored secrets (32 bytes, base64), as operators configure one.
+const TEST_KEYS: &str = "test-2026:q83vEjRWeJoRI0VniavN7xEjRWeJq83vEjRWeJq83vE=";
 
 /// A running service process with its log lines collected.
 struct Service {
@@ -34,6 +36,7 @@ impl Service {
             ])
             .arg("--database")
             .arg(dir.path().join("onboarding.sqlite3"))
+            .env("ONBOARDING_ENCRYPTION_KEYS", TEST_KEYS)
             .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -182,7 +182,7 @@ async fn bad_input_is_rejected_field_by_field_and_changes_nothing() {
                     full_name: "".into(),
                     company_name: "GP".into(),
                     email: "not-an-address".into(),
-                    register_time: None,
+                    ..Default::default()
                 }),
                 ..Default::default()
             })

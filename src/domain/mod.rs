@@ -115,6 +115,22 @@ stored_enum! {
     }
 }
 
+stored_enum! {
+    /// A kind of secret the service keeps, encrypted, per environment or creditor.
+    CredentialField {
+        /// The Billecta account's password, to sign in again when its token stops working.
+        AccountPassword => "account_password",
+        /// The account's SecureToken, which the service provisions creditors with.
+        AccountToken => "account_secure_token",
+        /// The API user's password, when the token was obtained with it.
+        ApiPassword => "api_password",
+        /// The API user's SecureToken, handed to Payway's payment configuration.
+        ApiToken => "api_secure_token",
+        /// The `Authorization` value Billecta's webhooks send to Payway.
+        WebhookAuthorization => "webhook_authorization",
+    }
+}
+
 impl Stage {
     /// Stages that may be skipped on purpose; READY does not wait for them.
     pub fn is_optional(self) -> bool {

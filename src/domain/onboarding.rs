@@ -4,7 +4,7 @@
 
 use super::stages::{self, ENVIRONMENT_STAGES};
 use super::validate::{OnboardingKey, TenantId};
-use super::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
+use super::{BlockedOn, CredentialField, Environment, Micros, OnboardingState, Stage, StageState};
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +27,55 @@ pub struct OnboardingRecord {
     /// The environment-level stages, in [`ENVIRONMENT_STAGES`] order.
     pub stages: Vec<StageRecord>,
     pub creditors: Vec<CreditorRecord>,
+    /// What is known of the stored secrets (never the secrets themselves).
+    #[serde(default)]
+    pub credentials: Vec<CredentialRecord>,
     pub create_time: Micros,
     pub update_time: Micros,
+}
+
+/// A stored secret, described without revealing it. The ciphertext lives only in storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// The creditor's internal id, or empty for the environment.
+    pub scope: String,
+    pub field: CredentialField,
+    pub fingerprint: String,
+    /// The Billecta username the secret belongs to.
+    pub principal: Option<String>,
+    pub set_by: String,
+    pub set_time: Micros,
+    /// When Billecta last accepted it.
+    pub verify_time: Option<Micros>,
+}
+
+/// A worker's claim on a stage while it talks to Billecta outside any transaction: nobody else works
+/// on the stage until the claim is released or expires (its holder crashed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub expire_time: Micros,
+}
+
+/// A creditor's address and bankgiros, as asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompanySettings {
+    pub address: String,
+    pub zip_code: String,
+    pub city: String,
+    pub country_code: String,
+    /// The primary payment method, `NNN-NNNN` or `NNNN-NNNN`.
+    pub bankgiro_invoicing: String,
+    /// The outgoing bankgiro.
+    pub bankgiro_payments: String,
+    /// Whether Billecta's support has approved `bankgiro_payments`, as last seen.
+    pub bankgiro_payments_approved: bool,
+}
+
+/// A creditor's invoice settings, as asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceSettings {
+    pub next_invoice_number: u64,
 }
 
 /// One stage's stored status: exactly what a read shows.
@@ -41,6 +88,9 @@ pub struct StageRecord {
     pub reason: String,
     pub message: String,
     pub update_time: Option<Micros>,
+    /// Held while a call works on the stage with Billecta; never shown to callers.
+    #[serde(default)]
+    pub lease: Option<Lease>,
 }
 
 /// A creditor of the environment and its stages.
@@ -54,6 +104,10 @@ pub struct CreditorRecord {
     pub title: String,
     pub creditor_public_id: Option<String>,
     pub stages: Vec<StageRecord>,
+    #[serde(default)]
+    pub company_settings: Option<CompanySettings>,
+    #[serde(default)]
+    pub invoice_settings: Option<InvoiceSettings>,
 }
 
 /// Something due next, derived from the stages (never stored).
@@ -82,6 +136,11 @@ pub struct Account {
     pub company_name: String,
     pub email: String,
     pub register_time: Micros,
+    /// The username that signed in when the activation was confirmed.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub activate_time: Option<Micros>,
 }
 
 /// A stage moving from one state to another, as the audit trail records it.
@@ -127,6 +186,7 @@ impl StageRecord {
             reason: reason.to_owned(),
             message: message.to_owned(),
             update_time: None,
+            lease: None,
         }
     }
 
@@ -164,6 +224,7 @@ impl OnboardingRecord {
             account: None,
             stages: stages::initial_environment_stages(key.environment),
             creditors: Vec::new(),
+            credentials: Vec::new(),
             create_time: now,
             update_time: now,
         };
@@ -292,6 +353,8 @@ mod tests {
             company_name: "GP AB".into(),
             email: "billecta@gp.se".into(),
             register_time: 3,
+            username: None,
+            activate_time: None,
         }
     }
 

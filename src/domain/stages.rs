@@ -5,8 +5,9 @@
 //! read shows exactly what the last change decided. The functions here are the only place that
 //! chooses those values.
 
-use super::onboarding::{DueItem, OnboardingRecord, StageRecord};
+use super::onboarding::{CreditorRecord, DueItem, OnboardingRecord, StageRecord};
 use super::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
+use crate::billecta::{BillectaError, ErrorKind};
 use crate::error::{Error, UnmetStage};
 
 /// The stages of an environment, in order.
@@ -34,6 +35,14 @@ pub const ACCOUNT_CHANGE_PASSWORD: &str = "account.change_password";
 pub const ACCOUNT_CONFIRM: &str = "account.confirm_activation";
 /// Due item: create the first creditor with `CreateCreditor`.
 pub const CREDITOR_CREATE: &str = "creditor.create";
+/// Due item: give the address and both bankgiros with `UpdateCompanySettings`.
+pub const COMPANY_SETTINGS_UPDATE: &str = "company_settings.update";
+/// Due item: Billecta's support must approve the bankgiro for payments.
+pub const COMPANY_SETTINGS_BANKGIRO_APPROVAL: &str = "company_settings.bankgiro_payments";
+/// Due item: set the next invoice number with `UpdateInvoiceSettings`, or skip the stage.
+pub const INVOICE_SETTINGS_UPDATE: &str = "invoice_settings.update";
+/// Due item: register the API user's credentials with `RegisterApiCredentials`.
+pub const API_ACCESS_REGISTER: &str = "api_access.register";
 
 /// Who must act on a due item, and what they must do, for a person to read.
 pub fn describe_due(item: &str, environment: Environment) -> (BlockedOn, String) {
@@ -76,6 +85,25 @@ pub fn describe_due(item: &str, environment: Environment) -> (BlockedOn, String)
         CREDITOR_CREATE => (
             BlockedOn::PaywayOperations,
             "Create the first creditor with CreateCreditor (organisation number and company name).".to_owned(),
+        ),
+        COMPANY_SETTINGS_UPDATE => (
+            BlockedOn::PaywayOperations,
+            "Give the creditor's address, bankgiro for invoicing and bankgiro for payments with UpdateCompanySettings.".to_owned(),
+        ),
+        COMPANY_SETTINGS_BANKGIRO_APPROVAL => (
+            BlockedOn::BillectaSupport,
+            "Billecta's support reviews and approves the bankgiro for payments; ask them if it takes more than a few working days, then call UpdateCompanySettings again to check.".to_owned(),
+        ),
+        INVOICE_SETTINGS_UPDATE => (
+            BlockedOn::PaywayOperations,
+            "Set the next invoice number with UpdateInvoiceSettings, or skip the stage with SkipStage.".to_owned(),
+        ),
+        API_ACCESS_REGISTER => (
+            BlockedOn::PaywayOperations,
+            match environment {
+                Environment::Test => "Register the API credentials with RegisterApiCredentials (in the test environment the account's own user).".to_owned(),
+                Environment::Production => "Create a separate API user in the portal and register its credentials with RegisterApiCredentials.".to_owned(),
+            },
         ),
         other => (BlockedOn::PaywayOperations, format!("Do {other}.")),
     }
@@ -176,12 +204,36 @@ pub fn require_done(
     action: &str,
 ) -> Result<(), Error> {
     let name = record.key().name();
-    let unmet: Vec<UnmetStage> = required
+    let stages = required.iter().map(|stage| record.stage(*stage));
+    unmet_error(&name, &name, stages, action)
+}
+
+/// The same for stages of a creditor (after the environment's own, which every creditor stage needs).
+pub fn require_creditor_done(
+    record: &OnboardingRecord,
+    creditor: &CreditorRecord,
+    required: &[Stage],
+    action: &str,
+) -> Result<(), Error> {
+    require_done(record, &ENVIRONMENT_STAGES, action)?;
+    let stages = creditor
+        .stages
         .iter()
-        .map(|stage| record.stage(*stage))
+        .filter(|stage| required.contains(&stage.stage));
+    unmet_error(&record.key().name(), &creditor.name, stages, action)
+}
+
+fn unmet_error<'a>(
+    resource: &str,
+    owner: &str,
+    stages: impl Iterator<Item = &'a StageRecord>,
+    action: &str,
+) -> Result<(), Error> {
+    let name = resource.to_owned();
+    let unmet: Vec<UnmetStage> = stages
         .filter(|stage| !stage.state.is_done())
         .map(|stage| UnmetStage {
-            subject: format!("{name}/stages/{}", stage.stage),
+            subject: format!("{owner}/stages/{}", stage.stage),
             stage: stage.stage,
             state: stage.state,
         })
@@ -280,4 +332,200 @@ fn due_item(item: &str, stage: Stage, creditor: Option<&str>, environment: Envir
         from,
         description,
     }
+}
+
+/// The account signs in: ACCOUNT is completed and the first creditor is due.
+pub fn account_confirmed(record: &mut OnboardingRecord, now: Micros) {
+    let environment = record.environment;
+    record.stage_mut(Stage::Account).set(
+        StageState::Completed,
+        BlockedOn::Nobody,
+        Vec::new(),
+        "ACCOUNT_ACTIVATED",
+        &format!("The account signs in to Billecta's {environment} environment."),
+        now,
+    );
+}
+
+/// The stages of a creditor that is being created in Billecta.
+pub fn new_creditor_stages() -> Vec<StageRecord> {
+    CREDITOR_STAGES
+        .iter()
+        .map(|stage| match stage {
+            Stage::Creditor => StageRecord {
+                state: StageState::InProgress,
+                ..StageRecord::waiting(
+                    Stage::Creditor,
+                    BlockedOn::Nobody,
+                    Vec::new(),
+                    "CREATING_IN_BILLECTA",
+                    "The service is creating the creditor in Billecta, or adopting the one Billecta holds for this organisation number.",
+                )
+            },
+            later => StageRecord::waiting(
+                *later,
+                BlockedOn::Nobody,
+                Vec::new(),
+                "WAITING_FOR_EARLIER_STAGE",
+                "Starts once the creditor exists in Billecta.",
+            ),
+        })
+        .collect()
+}
+
+/// Billecta holds the creditor: the settings are due next.
+pub fn creditor_created(creditor: &mut CreditorRecord, adopted: bool, now: Micros) {
+    let (reason, message) = if adopted {
+        (
+            "CREDITOR_ADOPTED",
+            "Billecta already held a creditor with this organisation number; it was adopted, not created again.",
+        )
+    } else {
+        ("CREDITOR_CREATED", "The creditor was created in Billecta.")
+    };
+    creditor_stage(creditor, Stage::Creditor).set(
+        StageState::Completed,
+        BlockedOn::Nobody,
+        Vec::new(),
+        reason,
+        message,
+        now,
+    );
+    let waiting = [
+        (
+            Stage::CompanySettings,
+            COMPANY_SETTINGS_UPDATE,
+            "AWAITING_COMPANY_SETTINGS",
+            "Give the address and both bankgiros.",
+        ),
+        (
+            Stage::InvoiceSettings,
+            INVOICE_SETTINGS_UPDATE,
+            "AWAITING_INVOICE_SETTINGS",
+            "Optional: set the next invoice number, or skip.",
+        ),
+        (
+            Stage::ApiAccess,
+            API_ACCESS_REGISTER,
+            "AWAITING_API_CREDENTIALS",
+            "Register the API user's credentials.",
+        ),
+    ];
+    for (stage, due, reason, message) in waiting {
+        let record = creditor_stage(creditor, stage);
+        if record.state == StageState::NotStarted {
+            record.set(
+                StageState::NotStarted,
+                BlockedOn::PaywayOperations,
+                vec![due.to_owned()],
+                reason,
+                message,
+                now,
+            );
+        }
+    }
+}
+
+/// The company settings are in Billecta; the bankgiro for payments may still wait for approval.
+pub fn company_settings_applied(creditor: &mut CreditorRecord, approved: bool, now: Micros) {
+    let bankgiro = creditor
+        .company_settings
+        .as_ref()
+        .map(|settings| settings.bankgiro_payments.clone())
+        .unwrap_or_default();
+    let stage = creditor_stage(creditor, Stage::CompanySettings);
+    if approved {
+        stage.set(
+            StageState::Completed,
+            BlockedOn::Nobody,
+            Vec::new(),
+            "COMPANY_SETTINGS_APPLIED",
+            "Billecta shows the address and both bankgiros; the bankgiro for payments is approved.",
+            now,
+        );
+    } else {
+        stage.set(
+            StageState::ActionRequired,
+            BlockedOn::BillectaSupport,
+            vec![COMPANY_SETTINGS_BANKGIRO_APPROVAL.to_owned()],
+            "AWAITING_BANKGIRO_APPROVAL",
+            &format!("Billecta shows the settings; its support has yet to approve bankgiro {bankgiro} for payments."),
+            now,
+        );
+    }
+}
+
+/// The next invoice number is set in Billecta.
+pub fn invoice_settings_applied(creditor: &mut CreditorRecord, number: u64, now: Micros) {
+    creditor_stage(creditor, Stage::InvoiceSettings).set(
+        StageState::Completed,
+        BlockedOn::Nobody,
+        Vec::new(),
+        "INVOICE_SETTINGS_APPLIED",
+        &format!("Billecta's next invoice number is {number}."),
+        now,
+    );
+}
+
+/// An optional stage was skipped on purpose.
+pub fn stage_skipped(creditor: &mut CreditorRecord, stage: Stage, reason: &str, now: Micros) {
+    debug_assert!(stage.is_optional());
+    creditor_stage(creditor, stage).set(
+        StageState::Skipped,
+        BlockedOn::Nobody,
+        Vec::new(),
+        "SKIPPED",
+        &format!("Skipped: {reason}"),
+        now,
+    );
+}
+
+/// A Billecta call for the stage failed: transient failures leave it retrying (waiting is not
+/// failing), refusals say what must change and who must act.
+pub fn billecta_failed(stage: &mut StageRecord, error: &BillectaError, now: Micros) {
+    let (state, blocked_on, reason, message) = match error.kind() {
+        ErrorKind::Transient => (
+            StageState::InProgress,
+            BlockedOn::SystemRetrying,
+            "BILLECTA_UNAVAILABLE",
+            format!("Billecta did not answer ({error}); the step is retried."),
+        ),
+        ErrorKind::BadCredentials => (
+            StageState::ActionRequired,
+            BlockedOn::Tenant,
+            "BILLECTA_CREDENTIALS_REJECTED",
+            format!(
+                "Billecta refused the stored credentials ({error}). Confirm the account again with ConfirmAccountActivation."
+            ),
+        ),
+        ErrorKind::InvalidInput => (
+            StageState::Failed,
+            BlockedOn::PaywayOperations,
+            "BILLECTA_REJECTED",
+            format!("Billecta refused the data: {error}"),
+        ),
+        ErrorKind::NotFound => (
+            StageState::Broken,
+            BlockedOn::PaywayOperations,
+            "BILLECTA_NOT_FOUND",
+            format!("Billecta no longer has it: {error}"),
+        ),
+        ErrorKind::Unexpected => (
+            StageState::Failed,
+            BlockedOn::PaywayOperations,
+            "BILLECTA_UNEXPECTED_RESPONSE",
+            format!("Billecta answered unexpectedly: {error}"),
+        ),
+    };
+    stage.set(state, blocked_on, Vec::new(), reason, &message, now);
+    stage.lease = None;
+}
+
+/// A creditor's stage.
+pub fn creditor_stage(creditor: &mut CreditorRecord, stage: Stage) -> &mut StageRecord {
+    creditor
+        .stages
+        .iter_mut()
+        .find(|record| record.stage == stage)
+        .expect("every creditor stage exists from the creditor's creation")
 }

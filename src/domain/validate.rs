@@ -163,6 +163,44 @@ impl fmt::Display for OnboardingKey {
     }
 }
 
+/// Identifies one creditor: `tenants/{tenant}/environments/{environment}/creditors/{creditor}`, where
+/// `{creditor}` is its organisation number, `NNNNNN-NNNN`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CreditorKey {
+    pub onboarding: OnboardingKey,
+    /// The creditor's resource id.
+    pub creditor: String,
+}
+
+impl CreditorKey {
+    pub fn parse_name(field: &str, name: &str) -> Result<Self, FieldViolation> {
+        const FORM: &str = "must have the form tenants/{tenant}/environments/{test|production}/creditors/{organisation number}";
+        let Some((onboarding, creditor)) = name.rsplit_once("/creditors/") else {
+            return Err(FieldViolation::new(
+                field,
+                if name.is_empty() {
+                    format!("is required; {FORM}")
+                } else {
+                    FORM.to_owned()
+                },
+            ));
+        };
+        let onboarding = OnboardingKey::parse_name(field, onboarding)
+            .map_err(|_| FieldViolation::new(field, FORM))?;
+        let creditor = super::swedish::OrganisationNumber::parse(field, creditor)
+            .map_err(|_| FieldViolation::new(field, FORM))?;
+        Ok(Self {
+            onboarding,
+            creditor: creditor.as_str().to_owned(),
+        })
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> String {
+        format!("{}/creditors/{}", self.onboarding.name(), self.creditor)
+    }
+}
+
 /// A caller's idempotency key: 1-128 characters of letters, digits and `-_.:`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId(String);
@@ -283,6 +321,29 @@ pub fn past_time(field: &str, time: Option<Micros>, now: Micros) -> Result<Micro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creditor_names_are_parsed_and_checked() {
+        let key = CreditorKey::parse_name(
+            "name",
+            "tenants/gp/environments/production/creditors/556036-0793",
+        )
+        .unwrap();
+        assert_eq!(key.onboarding.environment, Environment::Production);
+        assert_eq!(key.creditor, "556036-0793");
+        assert_eq!(
+            key.name(),
+            "tenants/gp/environments/production/creditors/556036-0793"
+        );
+        for bad in [
+            "",
+            "tenants/gp/environments/test",
+            "tenants/gp/environments/test/creditors/556036-0794",
+            "tenants/GP/environments/test/creditors/556036-0793",
+        ] {
+            assert!(CreditorKey::parse_name("name", bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn tenant_ids_follow_dns_label_rules() {

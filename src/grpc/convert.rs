@@ -1,10 +1,13 @@
 //! Domain records to API messages, and API enums to domain values.
 
 use crate::domain::onboarding::{
-    CreditorRecord, DueItem, EventRecord, OnboardingRecord, StageRecord, StageTransition,
+    CredentialRecord, CreditorRecord, DueItem, EventRecord, OnboardingRecord, StageRecord,
+    StageTransition,
 };
 use crate::domain::validate::{FieldViolation, OnboardingKey};
-use crate::domain::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
+use crate::domain::{
+    BlockedOn, CredentialField, Environment, Micros, OnboardingState, Stage, StageState,
+};
 use crate::proto;
 
 pub fn timestamp(micros: Micros) -> prost_types::Timestamp {
@@ -83,6 +86,14 @@ pub fn blocked_on_from(value: proto::BlockedOn) -> Option<BlockedOn> {
         .find(|blocked| blocked_on(*blocked) == value)
 }
 
+/// The domain stage of an API stage; `None` for unspecified.
+pub fn stage_from(stage: proto::Stage) -> Option<Stage> {
+    Stage::ALL
+        .iter()
+        .copied()
+        .find(|candidate| self::stage(*candidate) == stage)
+}
+
 pub fn stage(stage: Stage) -> proto::Stage {
     match stage {
         Stage::Agreement => proto::Stage::Agreement,
@@ -148,6 +159,36 @@ fn creditor(record: &CreditorRecord) -> proto::Creditor {
         title: record.title.clone(),
         creditor_public_id: record.creditor_public_id.clone().unwrap_or_default(),
         stages: record.stages.iter().map(stage_status).collect(),
+        company_settings: record
+            .company_settings
+            .as_ref()
+            .map(|settings| proto::CompanySettings {
+                address: settings.address.clone(),
+                zip_code: settings.zip_code.clone(),
+                city: settings.city.clone(),
+                country_code: settings.country_code.clone(),
+                bankgiro_invoicing: settings.bankgiro_invoicing.clone(),
+                bankgiro_payments: settings.bankgiro_payments.clone(),
+                bankgiro_payments_approved: settings.bankgiro_payments_approved,
+            }),
+        invoice_settings: record
+            .invoice_settings
+            .as_ref()
+            .map(|settings| proto::InvoiceSettings {
+                next_invoice_number: i64::try_from(settings.next_invoice_number)
+                    .unwrap_or(i64::MAX),
+            }),
+    }
+}
+
+/// What reads show of a stored secret: never the secret.
+fn credential(record: &CredentialRecord) -> proto::Credential {
+    proto::Credential {
+        fingerprint: record.fingerprint.clone(),
+        principal: record.principal.clone().unwrap_or_default(),
+        set_by: record.set_by.clone(),
+        set_time: Some(timestamp(record.set_time)),
+        verify_time: record.verify_time.map(timestamp),
     }
 }
 
@@ -183,6 +224,13 @@ pub fn onboarding(record: &OnboardingRecord) -> proto::Onboarding {
             company_name: a.company_name.clone(),
             email: a.email.clone(),
             register_time: Some(timestamp(a.register_time)),
+            username: a.username.clone().unwrap_or_default(),
+            credential: record
+                .credentials
+                .iter()
+                .find(|c| c.scope.is_empty() && c.field == CredentialField::AccountPassword)
+                .map(credential),
+            activate_time: a.activate_time.map(timestamp),
         }),
         etag: record.etag(),
         create_time: Some(timestamp(record.create_time)),

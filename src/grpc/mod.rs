@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod convert;
+mod provisioning;
 pub mod status;
 mod tokens;
 
@@ -345,6 +346,41 @@ impl OnboardingService for OnboardingApi {
         Ok(Response::new(proto::RegisterAccountResponse {
             onboarding: Some(convert::onboarding(&record)),
         }))
+    }
+
+    async fn confirm_account_activation(
+        &self,
+        request: Request<proto::ConfirmAccountActivationRequest>,
+    ) -> Result<Response<proto::ConfirmAccountActivationResponse>, Status> {
+        provisioning::confirm_account_activation(&self.operations, request).await
+    }
+
+    async fn create_creditor(
+        &self,
+        request: Request<proto::CreateCreditorRequest>,
+    ) -> Result<Response<proto::CreateCreditorResponse>, Status> {
+        provisioning::create_creditor(&self.operations, request).await
+    }
+
+    async fn update_company_settings(
+        &self,
+        request: Request<proto::UpdateCompanySettingsRequest>,
+    ) -> Result<Response<proto::UpdateCompanySettingsResponse>, Status> {
+        provisioning::update_company_settings(&self.operations, request).await
+    }
+
+    async fn update_invoice_settings(
+        &self,
+        request: Request<proto::UpdateInvoiceSettingsRequest>,
+    ) -> Result<Response<proto::UpdateInvoiceSettingsResponse>, Status> {
+        provisioning::update_invoice_settings(&self.operations, request).await
+    }
+
+    async fn skip_stage(
+        &self,
+        request: Request<proto::SkipStageRequest>,
+    ) -> Result<Response<proto::SkipStageResponse>, Status> {
+        provisioning::skip_stage(&self.operations, request).await
     }
 
     async fn list_onboarding_events(

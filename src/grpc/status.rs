@@ -86,6 +86,21 @@ pub fn to_status(error: Error) -> Status {
             details.set_error_info(*reason, ERROR_DOMAIN, metadata(&[("resource", subject)]));
             (Code::FailedPrecondition, message.clone())
         }
+        Error::Busy {
+            resource,
+            retry_after,
+        } => {
+            details.set_retry_info(Some(*retry_after));
+            details.set_error_info(
+                "STAGE_BUSY",
+                ERROR_DOMAIN,
+                metadata(&[("resource", resource)]),
+            );
+            (
+                Code::Aborted,
+                format!("{error}; retry after the RetryInfo delay"),
+            )
+        }
         Error::EtagMismatch { resource } => {
             details.set_error_info(
                 "ETAG_MISMATCH",

@@ -96,16 +96,29 @@ async fn public_layer(State(shared): State<Arc<Shared>>, request: Request, next:
     let route = format!("{method} {template}");
     shared.store().count(&route);
     let decision = shared.faults().decide(&route);
-    if !decision.latency.is_zero() {
-        tracing::info!(route = %route, latency_ms = millis(decision.latency), "fault injected: latency");
-        tokio::select! {
-            () = tokio::time::sleep(decision.latency) => {}
-            () = shared.shutdown.cancelled() => {}
+    // Like the web server Billecta runs on, a request that started is finished even when the client
+    // hangs up (a create whose client timed out still creates), so the work runs in a task of its
+    // own that the connection's end does not cancel.
+    let worker = Arc::clone(&shared);
+    let work = tokio::spawn(async move {
+        if !decision.latency.is_zero() {
+            tracing::info!(route = %route, latency_ms = millis(decision.latency), "fault injected: latency");
+            tokio::select! {
+                () = tokio::time::sleep(decision.latency) => {}
+                () = worker.shutdown.cancelled() => {}
+            }
         }
-    }
-    let response = match decision.answer {
-        Some(fault) => inject(&shared, &route, fault, request, next).await,
-        None => next.run(request).await,
+        match decision.answer {
+            Some(fault) => inject(&worker, &route, fault, request, next).await,
+            None => next.run(request).await,
+        }
+    });
+    let response = match work.await {
+        Ok(response) => response,
+        Err(failure) => {
+            tracing::error!(error = %failure, "simulator request task failed");
+            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     };
     tracing::info!(
         method = %method,

@@ -9,9 +9,12 @@
 
 mod rows;
 
-use crate::domain::onboarding::{CreditorRecord, EventRecord, OnboardingRecord, StageRecord};
+use crate::crypto::Sealed;
+use crate::domain::onboarding::{
+    CredentialRecord, CreditorRecord, EventRecord, OnboardingRecord, StageRecord,
+};
 use crate::domain::validate::TenantId;
-use crate::domain::{BlockedOn, Environment, OnboardingState};
+use crate::domain::{BlockedOn, CredentialField, Environment, OnboardingState};
 use crate::error::{Error, Result};
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -186,6 +189,25 @@ impl Store {
     }
 
     /// Up to `limit` events of an onboarding with a sequence number above `after`, oldest first.
+    /// A stored secret's ciphertext, if one is stored.
+    pub async fn sealed_credential(
+        &self,
+        tenant: &TenantId,
+        onboarding_id: &str,
+        scope: &str,
+        field: CredentialField,
+    ) -> Result<Option<Sealed>> {
+        let row = sqlx::query(rows::SELECT_SEALED)
+            .bind(onboarding_id)
+            .bind(tenant.as_str())
+            .bind(scope)
+            .bind(field.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_error)?;
+        row.as_ref().map(rows::sealed).transpose()
+    }
+
     pub async fn list_events(
         &self,
         tenant: &TenantId,
@@ -224,6 +246,16 @@ async fn load_children(
         .fetch_all(&mut *connection)
         .await
         .map_err(db_error)?;
+    let credential_rows = sqlx::query(rows::SELECT_CREDENTIALS)
+        .bind(&record.id)
+        .bind(tenant)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)?;
+    record.credentials = credential_rows
+        .iter()
+        .map(rows::credential)
+        .collect::<Result<Vec<_>>>()?;
     let key = record.key();
     record.creditors = creditor_rows
         .iter()
@@ -242,6 +274,15 @@ async fn load_children(
         creditor.stages.sort_by_key(|s| s.stage);
     }
     Ok(record)
+}
+
+/// Whether a creditor's own row (not its stages) differs.
+fn creditor_row_changed(before: &CreditorRecord, after: &CreditorRecord) -> bool {
+    before.company_name != after.company_name
+        || before.title != after.title
+        || before.creditor_public_id != after.creditor_public_id
+        || before.company_settings != after.company_settings
+        || before.invoice_settings != after.invoice_settings
 }
 
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
@@ -393,12 +434,95 @@ impl WriteTx {
         for creditor in &after.creditors {
             let previous: Option<&CreditorRecord> =
                 before.creditors.iter().find(|c| c.id == creditor.id);
+            match previous {
+                None => self.insert_creditor(after, creditor).await?,
+                Some(previous) if creditor_row_changed(previous, creditor) => {
+                    self.update_creditor(after, creditor).await?;
+                }
+                Some(_) => {}
+            }
             for stage in &creditor.stages {
                 if previous.is_none_or(|c| !c.stages.contains(stage)) {
                     self.upsert_stage(after, &creditor.id, stage).await?;
                 }
             }
         }
+        Ok(())
+    }
+
+    async fn insert_creditor(
+        &mut self,
+        record: &OnboardingRecord,
+        creditor: &CreditorRecord,
+    ) -> Result<()> {
+        let resource_id = creditor.name.rsplit('/').next().unwrap_or_default();
+        let inserted = sqlx::query(rows::INSERT_CREDITOR)
+            .bind(&creditor.id)
+            .bind(&record.id)
+            .bind(&record.tenant)
+            .bind(resource_id)
+            .bind(&creditor.organisation_number)
+            .bind(&creditor.company_name)
+            .bind(&creditor.title)
+            .bind(&creditor.creditor_public_id)
+            .bind(rows::json_opt(&creditor.company_settings)?)
+            .bind(rows::json_opt(&creditor.invoice_settings)?)
+            .bind(record.update_time)
+            .execute(&mut *self.tx)
+            .await;
+        match inserted {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                Err(Error::AlreadyExists {
+                    resource: creditor.name.clone(),
+                })
+            }
+            other => other.map(drop).map_err(db_error),
+        }
+    }
+
+    async fn update_creditor(
+        &mut self,
+        record: &OnboardingRecord,
+        creditor: &CreditorRecord,
+    ) -> Result<()> {
+        sqlx::query(rows::UPDATE_CREDITOR)
+            .bind(&creditor.company_name)
+            .bind(&creditor.title)
+            .bind(&creditor.creditor_public_id)
+            .bind(rows::json_opt(&creditor.company_settings)?)
+            .bind(rows::json_opt(&creditor.invoice_settings)?)
+            .bind(record.update_time)
+            .bind(&creditor.id)
+            .bind(&record.tenant)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Stores a secret's ciphertext with what reads show of it, replacing the previous one.
+    pub async fn put_credential(
+        &mut self,
+        record: &OnboardingRecord,
+        credential: &CredentialRecord,
+        sealed: &Sealed,
+    ) -> Result<()> {
+        sqlx::query(rows::UPSERT_CREDENTIAL)
+            .bind(&record.id)
+            .bind(&credential.scope)
+            .bind(credential.field.as_str())
+            .bind(&record.tenant)
+            .bind(&sealed.key_id)
+            .bind(&sealed.nonce)
+            .bind(&sealed.ciphertext)
+            .bind(&credential.fingerprint)
+            .bind(&credential.principal)
+            .bind(&credential.set_by)
+            .bind(credential.set_time)
+            .bind(credential.verify_time)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 
@@ -419,6 +543,8 @@ impl WriteTx {
             .bind(&stage.reason)
             .bind(&stage.message)
             .bind(stage.update_time)
+            .bind(stage.lease.as_ref().map(|lease| lease.owner.clone()))
+            .bind(stage.lease.as_ref().map(|lease| lease.expire_time))
             .execute(&mut *self.tx)
             .await
             .map_err(db_error)?;

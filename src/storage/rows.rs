@@ -2,9 +2,12 @@
 //! PostgreSQL), and the mapping between rows and domain records.
 
 use super::db_error;
-use crate::domain::onboarding::{CreditorRecord, EventRecord, OnboardingRecord, StageRecord};
+use crate::crypto::Sealed;
+use crate::domain::onboarding::{
+    CredentialRecord, CreditorRecord, EventRecord, Lease, OnboardingRecord, StageRecord,
+};
 use crate::domain::validate::OnboardingKey;
-use crate::domain::{BlockedOn, Environment, OnboardingState, Stage, StageState};
+use crate::domain::{BlockedOn, CredentialField, Environment, OnboardingState, Stage, StageState};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,15 +36,30 @@ pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, enviro
 pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7 \
      WHERE id = $8 AND tenant = $9 AND version = $10";
 
-pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time FROM stages \
+pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time FROM stages \
      WHERE onboarding_id = $1 AND tenant = $2";
-pub const UPSERT_STAGE: &str = "INSERT INTO stages (onboarding_id, creditor_id, stage, tenant, state, blocked_on, due, reason, message, update_time) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+pub const UPSERT_STAGE: &str = "INSERT INTO stages (onboarding_id, creditor_id, stage, tenant, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
      ON CONFLICT (onboarding_id, creditor_id, stage) DO UPDATE SET state = excluded.state, blocked_on = excluded.blocked_on, \
-     due = excluded.due, reason = excluded.reason, message = excluded.message, update_time = excluded.update_time";
+     due = excluded.due, reason = excluded.reason, message = excluded.message, update_time = excluded.update_time, \
+     lease_owner = excluded.lease_owner, lease_expire_time = excluded.lease_expire_time";
 
-pub const SELECT_CREDITORS: &str = "SELECT id, creditor, organisation_number, company_name, title, creditor_public_id FROM creditors \
+pub const SELECT_CREDITORS: &str = "SELECT id, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings FROM creditors \
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor";
+pub const INSERT_CREDITOR: &str = "INSERT INTO creditors (id, onboarding_id, tenant, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings, create_time, update_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)";
+pub const UPDATE_CREDITOR: &str = "UPDATE creditors SET company_name = $1, title = $2, creditor_public_id = $3, company_settings = $4, invoice_settings = $5, update_time = $6 \
+     WHERE id = $7 AND tenant = $8";
+
+pub const SELECT_CREDENTIALS: &str = "SELECT creditor_id, field, fingerprint, principal, set_by, set_time, verify_time FROM credentials \
+     WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor_id, field";
+pub const SELECT_SEALED: &str = "SELECT key_id, nonce, ciphertext FROM credentials \
+     WHERE onboarding_id = $1 AND tenant = $2 AND creditor_id = $3 AND field = $4";
+pub const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (onboarding_id, creditor_id, field, tenant, key_id, nonce, ciphertext, fingerprint, principal, set_by, set_time, verify_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     ON CONFLICT (onboarding_id, creditor_id, field) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
+     ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, principal = excluded.principal, \
+     set_by = excluded.set_by, set_time = excluded.set_time, verify_time = excluded.verify_time";
 
 pub const INSERT_EVENT: &str = "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
@@ -101,6 +119,7 @@ pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
             .transpose()?,
         stages: Vec::new(),
         creditors: Vec::new(),
+        credentials: Vec::new(),
         create_time: get(row, "create_time")?,
         update_time: get(row, "update_time")?,
     })
@@ -117,6 +136,13 @@ pub fn stage(row: &AnyRow) -> Result<(String, StageRecord)> {
         reason: get(row, "reason")?,
         message: get(row, "message")?,
         update_time: get(row, "update_time")?,
+        lease: match get::<Option<String>>(row, "lease_owner")? {
+            Some(owner) => Some(Lease {
+                owner,
+                expire_time: get::<Option<i64>>(row, "lease_expire_time")?.unwrap_or_default(),
+            }),
+            None => None,
+        },
     };
     Ok((get(row, "creditor_id")?, record))
 }
@@ -131,6 +157,32 @@ pub fn creditor(key: &OnboardingKey, row: &AnyRow) -> Result<CreditorRecord> {
         title: get(row, "title")?,
         creditor_public_id: get(row, "creditor_public_id")?,
         stages: Vec::new(),
+        company_settings: get::<Option<String>>(row, "company_settings")?
+            .map(|text| parse_json("company_settings", &text))
+            .transpose()?,
+        invoice_settings: get::<Option<String>>(row, "invoice_settings")?
+            .map(|text| parse_json("invoice_settings", &text))
+            .transpose()?,
+    })
+}
+
+pub fn credential(row: &AnyRow) -> Result<CredentialRecord> {
+    Ok(CredentialRecord {
+        scope: get(row, "creditor_id")?,
+        field: stored(row, "field", CredentialField::parse)?,
+        fingerprint: get(row, "fingerprint")?,
+        principal: get(row, "principal")?,
+        set_by: get(row, "set_by")?,
+        set_time: get(row, "set_time")?,
+        verify_time: get(row, "verify_time")?,
+    })
+}
+
+pub fn sealed(row: &AnyRow) -> Result<Sealed> {
+    Ok(Sealed {
+        key_id: get(row, "key_id")?,
+        nonce: get(row, "nonce")?,
+        ciphertext: get(row, "ciphertext")?,
     })
 }
 

@@ -9,10 +9,13 @@
 
 use billecta_onboarding::app::Application;
 use billecta_onboarding::config::Config;
+use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
+use billecta_onboarding::simulator::RunningSimulator;
 use sqlx::Connection;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -55,6 +58,8 @@ where
 
 pub struct TestServer {
     pub address: SocketAddr,
+    /// The sandbox's Billecta simulators, test and production.
+    pub simulators: [Arc<RunningSimulator>; 2],
     pub client: OnboardingServiceClient<Channel>,
     pub channel: Channel,
     pub database: String,
@@ -73,11 +78,20 @@ impl TestServer {
     pub async fn start_with(backend: &Backend, adjust: impl FnOnce(&mut Config)) -> Self {
         let (database, dir) = fresh_database(backend).await;
         let mut config = Config::for_database(database.clone());
+        config.sandbox = true;
+        // Short Billecta backoffs, so fault tests stay quick.
+        config.billecta_backoff_base_ms = 10;
+        config.billecta_backoff_max_ms = 50;
         config.watch_poll_interval_ms = 200;
         config.health_check_interval_ms = 100;
         adjust(&mut config);
         let application = Application::build(config).await.expect("server builds");
         let address = application.local_addr();
+        let sandbox = application.sandbox().expect("tests run in sandbox mode");
+        let simulators = [
+            sandbox.simulator(Environment::Test).clone(),
+            sandbox.simulator(Environment::Production).clone(),
+        ];
         let shutdown = application.shutdown_token();
         let task = tokio::spawn(application.run());
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
@@ -87,12 +101,23 @@ impl TestServer {
             .expect("connects to the server");
         Self {
             address,
+            simulators,
             client: OnboardingServiceClient::new(channel.clone()),
             channel,
             database,
             shutdown,
             task,
             _dir: dir,
+        }
+    }
+}
+
+impl TestServer {
+    /// The simulator standing in for Billecta's `environment`.
+    pub fn simulator(&self, environment: Environment) -> &RunningSimulator {
+        match environment {
+            Environment::Test => &self.simulators[0],
+            Environment::Production => &self.simulators[1],
         }
     }
 }
@@ -184,7 +209,7 @@ pub fn account_request(name: &str) -> proto::RegisterAccountRequest {
             full_name: "Payway Billecta".to_owned(),
             company_name: "Göteborgs-Posten AB".to_owned(),
             email: "billecta@gp.se".to_owned(),
-            register_time: None,
+            ..Default::default()
         }),
         ..Default::default()
     }

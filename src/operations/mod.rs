@@ -1,13 +1,26 @@
 //! Each RPC's work, from parsed input to stored result: load the onboarding in a transaction,
 //! replay an earlier result for a retried request_id, check the etag, apply the domain operation,
 //! write the record, its changed stages and one audit event, and tell watchers.
+//!
+//! The stages that drive Billecta ([`provisioning`]) never hold a transaction while they wait for
+//! Billecta: they claim the stage with a lease in one transaction, talk to Billecta, and record the
+//! outcome in a second one.
+
+mod provisioning;
+
+pub use provisioning::NewCreditor;
 
 use crate::billecta::Billecta;
-use crate::domain::onboarding::{Account, Agreement, EventRecord, OnboardingRecord};
+use crate::crypto::{Keyring, Sealed};
+use crate::domain::onboarding::{
+    Account, Agreement, CredentialRecord, EventRecord, OnboardingRecord,
+};
 use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
 use crate::domain::{Micros, now_micros};
 use crate::error::{Error, Result};
 use crate::storage::{Store, StoredResult};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Who is calling, for the audit trail.
@@ -44,15 +57,64 @@ pub struct Change {
 pub struct Operations {
     store: Store,
     billecta: Billecta,
+    keyring: Arc<Keyring>,
+    /// How long a call may work on a stage with Billecta before another may take the stage over.
+    lease: Duration,
     changes: broadcast::Sender<Change>,
 }
 
+/// What a change did besides changing the record: its summary for the audit trail, and secrets to
+/// store with it.
+#[derive(Default)]
+struct Written {
+    summary: String,
+    secrets: Vec<(CredentialRecord, Sealed)>,
+}
+
+impl From<String> for Written {
+    fn from(summary: String) -> Self {
+        Written {
+            summary,
+            secrets: Vec::new(),
+        }
+    }
+}
+
+/// How one write transaction applies the shared conventions.
+#[derive(Debug, Clone, Copy)]
+struct Conventions {
+    /// The call's first write: replays an earlier result for its request_id, checks the etag and
+    /// honours validate_only.
+    first_write: bool,
+    /// Stores the result under the request_id.
+    save_result: bool,
+    /// The audit event's outcome: a gRPC status code name.
+    outcome: &'static str,
+}
+
+impl Conventions {
+    /// A call that is done in one write.
+    const WHOLE: Conventions = Conventions {
+        first_write: true,
+        save_result: true,
+        outcome: "OK",
+    };
+}
+
+/// The record a write left, or the first result of a retried request_id.
+enum Committed {
+    Replayed(OnboardingRecord),
+    Stored(OnboardingRecord),
+}
+
 impl Operations {
-    pub fn new(store: Store, billecta: Billecta) -> Self {
+    pub fn new(store: Store, billecta: Billecta, keyring: Arc<Keyring>, lease: Duration) -> Self {
         let (changes, _) = broadcast::channel(1024);
         Self {
             store,
             billecta,
+            keyring,
+            lease,
             changes,
         }
     }
@@ -170,6 +232,8 @@ impl Operations {
                 company_name,
                 email,
                 register_time: now,
+                username: None,
+                activate_time: None,
             };
             record.register_account(account, now)
         })
@@ -185,6 +249,26 @@ impl Operations {
         mutation: &Mutation,
         change: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<String>,
     ) -> Result<OnboardingRecord> {
+        let written = self
+            .transact(call, key, mutation, Conventions::WHOLE, |record, now| {
+                change(record, now).map(Written::from)
+            })
+            .await?;
+        Ok(match written {
+            Committed::Replayed(record) | Committed::Stored(record) => record,
+        })
+    }
+
+    /// One write transaction on an existing onboarding: lock it, apply `change`, write the record,
+    /// the secrets the change produced and one audit event, commit, and tell watchers.
+    async fn transact(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        conventions: Conventions,
+        change: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<Written>,
+    ) -> Result<Committed> {
         let now = now_micros();
         let mut tx = self.store.begin().await?;
         let Some(before) = tx.lock_onboarding(&key.tenant, key.environment).await? else {
@@ -192,33 +276,51 @@ impl Operations {
                 resource: key.name(),
             });
         };
-        if let Some(replayed) = replay(&mut tx, &key.tenant, mutation).await? {
-            return Ok(replayed);
-        }
-        if mutation
-            .etag
-            .as_ref()
-            .is_some_and(|etag| *etag != before.etag())
-        {
-            return Err(Error::EtagMismatch {
-                resource: key.name(),
-            });
+        if conventions.first_write {
+            if let Some(replayed) = replay(&mut tx, &key.tenant, mutation).await? {
+                return Ok(Committed::Replayed(replayed));
+            }
+            if mutation
+                .etag
+                .as_ref()
+                .is_some_and(|etag| *etag != before.etag())
+            {
+                return Err(Error::EtagMismatch {
+                    resource: key.name(),
+                });
+            }
         }
         let mut record = before.clone();
-        let summary = change(&mut record, now)?;
+        let written = change(&mut record, now)?;
+        for (credential, _) in &written.secrets {
+            record
+                .credentials
+                .retain(|c| !(c.scope == credential.scope && c.field == credential.field));
+            record.credentials.push(credential.clone());
+        }
         record.refresh();
-        record.version += 1;
+        if record != before {
+            record.version += 1;
+        }
         record.last_event += 1;
         record.update_time = now;
-        let event = event(call, mutation, &record, &before, now, summary);
-        if mutation.validate_only {
-            return Ok(record);
+        let mut event = event(call, mutation, &record, &before, now, written.summary);
+        event.outcome = conventions.outcome.to_owned();
+        if conventions.first_write && mutation.validate_only {
+            return Ok(Committed::Stored(record));
         }
         tx.update_onboarding(&before, &record).await?;
+        for (credential, sealed) in &written.secrets {
+            tx.put_credential(&record, credential, sealed).await?;
+        }
         tx.append_event(&record, &event).await?;
-        finish(tx, &key.tenant, mutation, &record, now).await?;
+        if conventions.save_result {
+            finish(tx, &key.tenant, mutation, &record, now).await?;
+        } else {
+            tx.commit().await?;
+        }
         self.announce(&record);
-        Ok(record)
+        Ok(Committed::Stored(record))
     }
 
     fn announce(&self, record: &OnboardingRecord) {

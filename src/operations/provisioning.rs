@@ -1,0 +1,889 @@
+//! The stages the service drives in Billecta: confirming the account, creating (or adopting) a
+//! creditor, its company and invoice settings.
+//!
+//! Each runs in three steps, so that no database transaction waits on Billecta:
+//! 1. **Claim** (one transaction): replay a retried request_id, check the etag and the stage order,
+//!    record what was asked for, and put the stage IN_PROGRESS under a lease. validate_only stops
+//!    here, before Billecta is contacted.
+//! 2. **Billecta**, outside any transaction, within the caller's deadline and the lease.
+//! 3. **Record** (a second transaction): if the lease still holds, store the outcome — the stage's
+//!    new state, any secrets, one audit event with the outcome — and, on success, the result under
+//!    the request_id.
+//!
+//! A lease that expires (its holder crashed) lets the next call take the stage over. Creating a
+//! creditor always looks for one with the organisation number first, so an interrupted create is
+//! adopted, never repeated.
+
+use super::{CallContext, Committed, Conventions, Mutation, Operations, Written};
+use crate::billecta::model::Creditor;
+use crate::billecta::{BillectaError, Deadline, ErrorKind};
+use crate::crypto::SecretContext;
+use crate::desired;
+use crate::domain::onboarding::{
+    CompanySettings, CredentialRecord, CreditorRecord, InvoiceSettings, Lease, OnboardingRecord,
+    StageRecord,
+};
+use crate::domain::stages::{self, creditor_stage};
+use crate::domain::swedish::{InvoiceNumber, OrganisationNumber};
+use crate::domain::validate::{CreditorKey, OnboardingKey};
+use crate::domain::{CredentialField, Micros, Stage, StageState, now_micros};
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use std::time::Duration;
+
+/// The stage a call works on: an environment stage (`creditor` empty) or a creditor's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StageRef {
+    /// The creditor's internal id; empty for the environment.
+    creditor: String,
+    stage: Stage,
+}
+
+/// What the claim step leaves for the Billecta step.
+struct Claimed {
+    record: OnboardingRecord,
+    lease: Lease,
+    /// The stage as it was before the claim, to restore when the call is refused.
+    before: StageRecord,
+    target: StageRef,
+}
+
+/// Either the claim, or the answer when the call must not go on (validate_only, or a retry whose
+/// first result is stored).
+enum Claim {
+    Claimed(Claimed),
+    Answered(OnboardingRecord),
+}
+
+/// A secret to store for the environment (`scope` empty) or a creditor.
+struct NewSecret<'a> {
+    scope: &'a str,
+    field: CredentialField,
+    secret: &'a Secret,
+    /// The Billecta username it belongs to.
+    principal: &'a str,
+    /// Whether Billecta just accepted it.
+    verified: bool,
+}
+
+/// What CreateCreditor asks for.
+pub struct NewCreditor {
+    pub organisation_number: OrganisationNumber,
+    pub company_name: String,
+    /// The Payway title, or empty.
+    pub title: String,
+}
+
+/// Time kept back from the lease, so the outcome is recorded before another call may take over.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// What a refused call did to its stage: nothing, apart from the audit event.
+fn restore(record: &mut OnboardingRecord, target: &StageRef, before: &StageRecord) {
+    *stage_mut(record, target) = before.clone();
+}
+
+fn stage_mut<'a>(record: &'a mut OnboardingRecord, target: &StageRef) -> &'a mut StageRecord {
+    if target.creditor.is_empty() {
+        return record.stage_mut(target.stage);
+    }
+    let creditor = record
+        .creditors
+        .iter_mut()
+        .find(|creditor| creditor.id == target.creditor)
+        .expect("a claimed creditor is never removed");
+    creditor_stage(creditor, target.stage)
+}
+
+fn creditor_mut<'a>(record: &'a mut OnboardingRecord, id: &str) -> &'a mut CreditorRecord {
+    record
+        .creditors
+        .iter_mut()
+        .find(|creditor| creditor.id == id)
+        .expect("a claimed creditor is never removed")
+}
+
+/// The creditor a creditor-level call names, or NOT_FOUND.
+fn find_creditor<'a>(
+    record: &'a OnboardingRecord,
+    key: &CreditorKey,
+) -> Result<&'a CreditorRecord> {
+    let name = key.name();
+    record
+        .creditors
+        .iter()
+        .find(|creditor| creditor.name == name)
+        .ok_or(Error::NotFound { resource: name })
+}
+
+/// Refuses a stage another call is working on, unless its lease ran out.
+fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Result<()> {
+    match &stage.lease {
+        Some(lease) if lease.expire_time > now => Err(Error::Busy {
+            resource: format!("{subject}/stages/{}", stage.stage),
+            retry_after: Duration::from_micros(
+                u64::try_from(lease.expire_time - now).unwrap_or_default(),
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The audit outcome of a failed Billecta step, as the caller will see it.
+fn outcome_of(error: &BillectaError) -> &'static str {
+    match error.kind() {
+        _ if error.failure == crate::billecta::Failure::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        ErrorKind::Transient => "UNAVAILABLE",
+        ErrorKind::Unexpected => "INTERNAL",
+        ErrorKind::InvalidInput | ErrorKind::BadCredentials | ErrorKind::NotFound => {
+            "FAILED_PRECONDITION"
+        }
+    }
+}
+
+impl Operations {
+    /// Step 1: claims `target` for this call after `prepare` checked the order and recorded what was
+    /// asked for.
+    async fn claim(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        prepare: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<(String, StageRef)>,
+    ) -> Result<Claim> {
+        let owner = uuid::Uuid::new_v4().to_string();
+        let lease_micros = i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX);
+        let mut claimed = None;
+        let conventions = Conventions {
+            first_write: true,
+            save_result: false,
+            outcome: "OK",
+        };
+        let written = self
+            .transact(call, key, mutation, conventions, |record, now| {
+                let (summary, target) = prepare(record, now)?;
+                let lease = Lease {
+                    owner: owner.clone(),
+                    expire_time: now.saturating_add(lease_micros),
+                };
+                let stage = stage_mut(record, &target);
+                let before = stage.clone();
+                stage.state = StageState::InProgress;
+                stage.blocked_on = crate::domain::BlockedOn::Nobody;
+                stage.update_time = Some(now);
+                stage.lease = Some(lease.clone());
+                claimed = Some((lease, before, target));
+                Ok(Written::from(summary))
+            })
+            .await?;
+        match written {
+            Committed::Replayed(record) => Ok(Claim::Answered(record)),
+            Committed::Stored(record) if mutation.validate_only => Ok(Claim::Answered(record)),
+            Committed::Stored(record) => {
+                let (lease, before, target) = claimed.expect("a stored claim ran its preparation");
+                Ok(Claim::Claimed(Claimed {
+                    record,
+                    lease,
+                    before,
+                    target,
+                }))
+            }
+        }
+    }
+
+    /// Step 3: records the outcome if this call still holds its lease. `apply` gets the record with
+    /// the stage still claimed, and must settle the stage.
+    async fn record(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        claimed: &Claimed,
+        outcome: &'static str,
+        apply: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<Written>,
+    ) -> Result<OnboardingRecord> {
+        let conventions = Conventions {
+            first_write: false,
+            save_result: outcome == "OK",
+            outcome,
+        };
+        let written = self
+            .transact(call, key, mutation, conventions, |record, now| {
+                let stage = stage_mut(record, &claimed.target);
+                if stage.lease.as_ref() != Some(&claimed.lease) {
+                    return Err(Error::Busy {
+                        resource: format!("{}/stages/{}", key.name(), claimed.target.stage),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                stage.lease = None;
+                apply(record, now)
+            })
+            .await?;
+        match written {
+            Committed::Replayed(record) | Committed::Stored(record) => Ok(record),
+        }
+    }
+
+    /// Gives a claimed stage back unchanged when the call cannot go on before reaching Billecta.
+    async fn abandon<T>(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        claimed: &Claimed,
+        error: Error,
+    ) -> Result<T> {
+        let outcome = match error {
+            Error::Internal(_) => "INTERNAL",
+            _ => "FAILED_PRECONDITION",
+        };
+        self.record(call, key, mutation, claimed, outcome, |record, _| {
+            restore(record, &claimed.target, &claimed.before);
+            Ok(Written::from(format!(
+                "{} stopped before reaching Billecta: {error}",
+                mutation.method
+            )))
+        })
+        .await?;
+        Err(error)
+    }
+
+    /// The deadline of the Billecta step: the caller's, but never past the lease.
+    fn billecta_deadline(&self, caller: Deadline, claimed: &Claimed) -> Deadline {
+        let lease_left = Duration::from_micros(
+            u64::try_from(claimed.lease.expire_time - now_micros()).unwrap_or_default(),
+        )
+        .saturating_sub(LEASE_MARGIN);
+        let lease_deadline = Deadline::after(lease_left);
+        match (caller.remaining(), lease_deadline.remaining()) {
+            (Some(caller_left), Some(lease_left)) if caller_left < lease_left => caller,
+            _ => lease_deadline,
+        }
+    }
+
+    fn secret_context<'a>(
+        record: &'a OnboardingRecord,
+        scope: &'a str,
+        field: CredentialField,
+    ) -> SecretContext<'a> {
+        SecretContext {
+            tenant: &record.tenant,
+            environment: record.environment.as_str(),
+            scope,
+            field: field.as_str(),
+        }
+    }
+
+    /// Encrypts a secret for storage, with what reads show of it.
+    fn seal(
+        &self,
+        record: &OnboardingRecord,
+        call: &CallContext,
+        new: NewSecret<'_>,
+        now: Micros,
+    ) -> Result<(CredentialRecord, crate::crypto::Sealed)> {
+        let NewSecret {
+            scope,
+            field,
+            secret,
+            principal,
+            verified,
+        } = new;
+        let sealed = self
+            .keyring
+            .seal(secret, &Self::secret_context(record, scope, field))
+            .map_err(|error| {
+                Error::Internal(anyhow::Error::new(error).context("encrypting a secret"))
+            })?;
+        let credential = CredentialRecord {
+            scope: scope.to_owned(),
+            field,
+            fingerprint: secret.fingerprint(),
+            principal: Some(principal.to_owned()),
+            set_by: call.actor.clone(),
+            set_time: now,
+            verify_time: verified.then_some(now),
+        };
+        Ok((credential, sealed))
+    }
+
+    /// A stored secret, decrypted.
+    async fn secret(
+        &self,
+        record: &OnboardingRecord,
+        scope: &str,
+        field: CredentialField,
+    ) -> Result<Secret> {
+        let key = record.key();
+        let sealed = self
+            .store
+            .sealed_credential(&key.tenant, &record.id, scope, field)
+            .await?
+            .ok_or_else(|| Error::Precondition {
+                reason: "CREDENTIAL_MISSING",
+                subject: key.name(),
+                message: format!(
+                    "no {field} is stored; confirm the account with ConfirmAccountActivation"
+                ),
+            })?;
+        self.keyring
+            .open(&sealed, &Self::secret_context(record, scope, field))
+            .map_err(|error| {
+                Error::Internal(anyhow::Error::new(error).context("decrypting a stored secret"))
+            })
+    }
+
+    /// ConfirmAccountActivation: signs in with the account's credentials; success completes ACCOUNT
+    /// and stores the password and the token, encrypted.
+    pub async fn confirm_account_activation(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        username: String,
+        password: Secret,
+        deadline: Deadline,
+    ) -> Result<OnboardingRecord> {
+        let claim = self
+            .claim(call, key, mutation, |record, now| {
+                stages::require_done(record, &[Stage::Agreement], "ConfirmAccountActivation")?;
+                if record.account.is_none() {
+                    return Err(Error::Precondition {
+                        reason: "ACCOUNT_NOT_REGISTERED",
+                        subject: format!("{}/stages/{}", key.name(), Stage::Account),
+                        message: "register the account with RegisterAccount first".to_owned(),
+                    });
+                }
+                check_free(record.stage(Stage::Account), &key.name(), now)?;
+                let target = StageRef {
+                    creditor: String::new(),
+                    stage: Stage::Account,
+                };
+                Ok((format!("signing in to Billecta as {username}"), target))
+            })
+            .await?;
+        let claimed = match claim {
+            Claim::Answered(record) => return Ok(record),
+            Claim::Claimed(claimed) => claimed,
+        };
+        let client = self.billecta.client(key.environment);
+        let signed_in = client
+            .authenticate(
+                &username,
+                &password,
+                self.billecta_deadline(deadline, &claimed),
+            )
+            .await;
+        match signed_in {
+            Ok(token) => {
+                self.record(call, key, mutation, &claimed, "OK", |record, now| {
+                    let verified = |field, secret| NewSecret {
+                        scope: "",
+                        field,
+                        secret,
+                        principal: &username,
+                        verified: true,
+                    };
+                    let password = verified(CredentialField::AccountPassword, &password);
+                    let token = verified(CredentialField::AccountToken, &token.value);
+                    let secrets = vec![
+                        self.seal(record, call, password, now)?,
+                        self.seal(record, call, token, now)?,
+                    ];
+                    if let Some(account) = record.account.as_mut() {
+                        account.username = Some(username.clone());
+                        account.activate_time = Some(now);
+                    }
+                    stages::account_confirmed(record, now);
+                    Ok(Written {
+                        summary: format!(
+                            "account activation confirmed: {username} signs in to Billecta"
+                        ),
+                        secrets,
+                    })
+                })
+                .await
+            }
+            Err(error) if error.kind() == ErrorKind::BadCredentials => {
+                let refused = self.credentials_refused(key, &username, &error);
+                self.record(
+                    call,
+                    key,
+                    mutation,
+                    &claimed,
+                    "FAILED_PRECONDITION",
+                    |record, _| {
+                        restore(record, &claimed.target, &claimed.before);
+                        Ok(Written::from(format!(
+                            "Billecta refused the credentials of {username}: {error}"
+                        )))
+                    },
+                )
+                .await?;
+                Err(refused)
+            }
+            Err(error) => {
+                self.record(
+                    call,
+                    key,
+                    mutation,
+                    &claimed,
+                    outcome_of(&error),
+                    |record, now| {
+                        // Kept, unverified, so that the sign-in can be tried again without the caller.
+                        let unverified = NewSecret {
+                            scope: "",
+                            field: CredentialField::AccountPassword,
+                            secret: &password,
+                            principal: &username,
+                            verified: false,
+                        };
+                        let secret = self.seal(record, call, unverified, now)?;
+                        stages::billecta_failed(record.stage_mut(Stage::Account), &error, now);
+                        Ok(Written {
+                            summary: format!("signing in as {username} failed: {error}"),
+                            secrets: vec![secret],
+                        })
+                    },
+                )
+                .await?;
+                Err(Error::Billecta(error))
+            }
+        }
+    }
+
+    /// Billecta refused an account's credentials: say what usually causes it.
+    fn credentials_refused(
+        &self,
+        key: &OnboardingKey,
+        username: &str,
+        error: &BillectaError,
+    ) -> Error {
+        let environment = key.environment;
+        let other = match environment {
+            crate::domain::Environment::Test => "production",
+            crate::domain::Environment::Production => "test",
+        };
+        Error::Precondition {
+            reason: "BILLECTA_CREDENTIALS_REJECTED",
+            subject: format!("{}/stages/{}", key.name(), Stage::Account),
+            message: format!(
+                "Billecta's {environment} environment refused the username {username:?} with this password. \
+                 Likely causes: the password is wrong or was not changed yet; the account is not activated \
+                 (activation e-mail, terms accepted); or these are {other} credentials, which never work in \
+                 {environment}. Billecta said: {}",
+                error.message
+            ),
+        }
+    }
+
+    /// CreateCreditor: creates the creditor in Billecta, or adopts the one Billecta holds for the
+    /// organisation number. Returns the onboarding and the creditor's resource name.
+    pub async fn create_creditor(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        new: NewCreditor,
+        deadline: Deadline,
+    ) -> Result<(OnboardingRecord, String)> {
+        let NewCreditor {
+            organisation_number,
+            company_name,
+            title,
+        } = new;
+        let name = CreditorKey {
+            onboarding: key.clone(),
+            creditor: organisation_number.as_str().to_owned(),
+        }
+        .name();
+        let claim = self
+            .claim(call, key, mutation, |record, now| {
+                stages::require_done(record, &stages::ENVIRONMENT_STAGES, "CreateCreditor")?;
+                let existing = record.creditors.iter_mut().find(|c| c.name == name);
+                let creditor = match existing {
+                    Some(creditor) => {
+                        let stage = creditor_stage(creditor, Stage::Creditor);
+                        if stage.state == StageState::Completed {
+                            return Err(Error::AlreadyExists {
+                                resource: name.clone(),
+                            });
+                        }
+                        check_free(stage, &name, now)?;
+                        // An interrupted or refused create: take it up again with this input.
+                        creditor.company_name = company_name.clone();
+                        creditor.title = title.clone();
+                        creditor
+                    }
+                    None => {
+                        record.creditors.push(CreditorRecord {
+                            id: uuid::Uuid::new_v4().to_string(),
+                            name: name.clone(),
+                            organisation_number: organisation_number.as_str().to_owned(),
+                            company_name: company_name.clone(),
+                            title: title.clone(),
+                            creditor_public_id: None,
+                            stages: stages::new_creditor_stages(),
+                            company_settings: None,
+                            invoice_settings: None,
+                        });
+                        record.creditors.last_mut().expect("just pushed")
+                    }
+                };
+                let target = StageRef {
+                    creditor: creditor.id.clone(),
+                    stage: Stage::Creditor,
+                };
+                Ok((
+                    format!("creating creditor {organisation_number} ({company_name}) in Billecta"),
+                    target,
+                ))
+            })
+            .await?;
+        let claimed = match claim {
+            Claim::Answered(record) => return Ok((record, name)),
+            Claim::Claimed(claimed) => claimed,
+        };
+        let token = match self
+            .secret(&claimed.record, "", CredentialField::AccountToken)
+            .await
+        {
+            Ok(token) => token,
+            Err(error) => return self.abandon(call, key, mutation, &claimed, error).await,
+        };
+        let client = self.billecta.client(key.environment);
+        let billecta_deadline = self.billecta_deadline(deadline, &claimed);
+        let outcome: std::result::Result<(String, bool), BillectaError> = async {
+            let found = client
+                .find_creditors_by_org_no(&token, organisation_number.as_str(), billecta_deadline)
+                .await?;
+            if let Some(existing) = found.iter().find_map(|c| c.creditor_public_id.clone()) {
+                if found.len() > 1 {
+                    tracing::warn!(organisation_number = %organisation_number, count = found.len(), "billecta holds several creditors for one organisation number; adopting the first");
+                }
+                return Ok((existing, true));
+            }
+            let new = desired::new_creditor(&organisation_number, &company_name);
+            let id = client.create_creditor(&token, &new, billecta_deadline).await?;
+            Ok((id, false))
+        }
+        .await;
+        let creditor_id = claimed.target.creditor.clone();
+        match outcome {
+            Ok((public_id, adopted)) => {
+                let record = self
+                    .record(call, key, mutation, &claimed, "OK", |record, now| {
+                        let creditor = creditor_mut(record, &creditor_id);
+                        creditor.creditor_public_id = Some(public_id.clone());
+                        stages::creditor_created(creditor, adopted, now);
+                        let verb = if adopted { "adopted" } else { "created" };
+                        Ok(Written::from(format!(
+                            "creditor {organisation_number} {verb} in Billecta as {public_id}"
+                        )))
+                    })
+                    .await?;
+                Ok((record, name))
+            }
+            Err(error) => {
+                self.record(
+                    call,
+                    key,
+                    mutation,
+                    &claimed,
+                    outcome_of(&error),
+                    |record, now| {
+                        stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                        Ok(Written::from(format!(
+                            "creating creditor {organisation_number} failed: {error}"
+                        )))
+                    },
+                )
+                .await?;
+                Err(Error::Billecta(error))
+            }
+        }
+    }
+
+    /// UpdateCompanySettings: writes the address and both bankgiros into Billecta's creditor by a
+    /// read-modify-write of the whole creditor, then reads it back.
+    pub async fn update_company_settings(
+        &self,
+        call: &CallContext,
+        key: &CreditorKey,
+        mutation: &Mutation,
+        settings: CompanySettings,
+        deadline: Deadline,
+    ) -> Result<OnboardingRecord> {
+        let onboarding = &key.onboarding;
+        let claim = self
+            .claim(call, onboarding, mutation, |record, now| {
+                let creditor = find_creditor(record, key)?;
+                stages::require_creditor_done(record, creditor, &[Stage::Creditor], "UpdateCompanySettings")?;
+                let stage = creditor.stages.iter().find(|s| s.stage == Stage::CompanySettings).expect("every creditor stage exists");
+                check_free(stage, &creditor.name, now)?;
+                let target = StageRef { creditor: creditor.id.clone(), stage: Stage::CompanySettings };
+                let creditor = creditor_mut(record, &target.creditor);
+                creditor.company_settings = Some(settings.clone());
+                Ok((
+                    format!(
+                        "setting company settings of {}: {}, {} {}, bankgiro {} for invoicing, {} for payments",
+                        key.creditor, settings.address, settings.zip_code, settings.city,
+                        settings.bankgiro_invoicing, settings.bankgiro_payments
+                    ),
+                    target,
+                ))
+            })
+            .await?;
+        let claimed = match claim {
+            Claim::Answered(record) => return Ok(record),
+            Claim::Claimed(claimed) => claimed,
+        };
+        let prepared = match creditor_public_id(&claimed) {
+            Ok(public_id) => self
+                .secret(&claimed.record, "", CredentialField::AccountToken)
+                .await
+                .map(|token| (public_id, token)),
+            Err(error) => Err(error),
+        };
+        let (public_id, token) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                return self
+                    .abandon(call, onboarding, mutation, &claimed, error)
+                    .await;
+            }
+        };
+        let client = self.billecta.client(onboarding.environment);
+        let billecta_deadline = self.billecta_deadline(deadline, &claimed);
+        let outcome: std::result::Result<bool, BillectaError> = async {
+            let mut creditor: Creditor = client
+                .get_creditor(&token, &public_id, billecta_deadline)
+                .await?;
+            desired::apply_company_settings(&mut creditor, &settings);
+            client
+                .update_creditor(&token, &creditor, billecta_deadline)
+                .await?;
+            let shown = client
+                .get_creditor(&token, &public_id, billecta_deadline)
+                .await?;
+            Ok(desired::payments_bankgiro_approved(
+                &shown,
+                &settings.bankgiro_payments,
+            ))
+        }
+        .await;
+        let creditor_id = claimed.target.creditor.clone();
+        match outcome {
+            Ok(approved) => {
+                self.record(call, onboarding, mutation, &claimed, "OK", |record, now| {
+                    let creditor = creditor_mut(record, &creditor_id);
+                    if let Some(stored) = creditor.company_settings.as_mut() {
+                        stored.bankgiro_payments_approved = approved;
+                    }
+                    stages::company_settings_applied(creditor, approved, now);
+                    let approval = if approved { "approved" } else { "awaiting Billecta's approval" };
+                    Ok(Written::from(format!(
+                        "company settings of {} applied in Billecta; bankgiro for payments {approval}",
+                        key.creditor
+                    )))
+                })
+                .await
+            }
+            Err(error) => {
+                self.record(call, onboarding, mutation, &claimed, outcome_of(&error), |record, now| {
+                    stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                    Ok(Written::from(format!("setting company settings of {} failed: {error}", key.creditor)))
+                })
+                .await?;
+                Err(Error::Billecta(error))
+            }
+        }
+    }
+
+    /// UpdateInvoiceSettings: sets the next invoice number, refusing one below Billecta's current.
+    pub async fn update_invoice_settings(
+        &self,
+        call: &CallContext,
+        key: &CreditorKey,
+        mutation: &Mutation,
+        number: InvoiceNumber,
+        deadline: Deadline,
+    ) -> Result<OnboardingRecord> {
+        let onboarding = &key.onboarding;
+        let mut previous_settings = None;
+        let claim = self
+            .claim(call, onboarding, mutation, |record, now| {
+                let creditor = find_creditor(record, key)?;
+                stages::require_creditor_done(
+                    record,
+                    creditor,
+                    &[Stage::Creditor],
+                    "UpdateInvoiceSettings",
+                )?;
+                let stage = creditor
+                    .stages
+                    .iter()
+                    .find(|s| s.stage == Stage::InvoiceSettings)
+                    .expect("every creditor stage exists");
+                check_free(stage, &creditor.name, now)?;
+                let target = StageRef {
+                    creditor: creditor.id.clone(),
+                    stage: Stage::InvoiceSettings,
+                };
+                let creditor = creditor_mut(record, &target.creditor);
+                previous_settings = Some(creditor.invoice_settings.clone());
+                creditor.invoice_settings = Some(InvoiceSettings {
+                    next_invoice_number: number.value(),
+                });
+                Ok((
+                    format!(
+                        "setting the next invoice number of {} to {number}",
+                        key.creditor
+                    ),
+                    target,
+                ))
+            })
+            .await?;
+        let claimed = match claim {
+            Claim::Answered(record) => return Ok(record),
+            Claim::Claimed(claimed) => claimed,
+        };
+        let previous_settings = previous_settings.flatten();
+        let prepared = match creditor_public_id(&claimed) {
+            Ok(public_id) => self
+                .secret(&claimed.record, "", CredentialField::AccountToken)
+                .await
+                .map(|token| (public_id, token)),
+            Err(error) => Err(error),
+        };
+        let (public_id, token) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                return self
+                    .abandon(call, onboarding, mutation, &claimed, error)
+                    .await;
+            }
+        };
+        let client = self.billecta.client(onboarding.environment);
+        let billecta_deadline = self.billecta_deadline(deadline, &claimed);
+        let outcome: std::result::Result<std::result::Result<(), InvoiceNumber>, BillectaError> =
+            async {
+                let mut creditor = client
+                    .get_creditor(&token, &public_id, billecta_deadline)
+                    .await?;
+                let current = creditor
+                    .next_invoice_number
+                    .as_deref()
+                    .and_then(InvoiceNumber::from_billecta);
+                if let Some(current) = current.filter(|current| *current > number) {
+                    return Ok(Err(current));
+                }
+                creditor.next_invoice_number = Some(number.to_string());
+                client
+                    .update_creditor(&token, &creditor, billecta_deadline)
+                    .await?;
+                Ok(Ok(()))
+            }
+            .await;
+        let creditor_id = claimed.target.creditor.clone();
+        match outcome {
+            Ok(Ok(())) => {
+                self.record(call, onboarding, mutation, &claimed, "OK", |record, now| {
+                    stages::invoice_settings_applied(
+                        creditor_mut(record, &creditor_id),
+                        number.value(),
+                        now,
+                    );
+                    Ok(Written::from(format!(
+                        "next invoice number of {} set to {number} in Billecta",
+                        key.creditor
+                    )))
+                })
+                .await
+            }
+            Ok(Err(current)) => {
+                self.record(call, onboarding, mutation, &claimed, "FAILED_PRECONDITION", |record, _| {
+                    restore(record, &claimed.target, &claimed.before);
+                    creditor_mut(record, &creditor_id).invoice_settings = previous_settings.clone();
+                    Ok(Written::from(format!(
+                        "refused next invoice number {number} for {}: Billecta's is already {current}",
+                        key.creditor
+                    )))
+                })
+                .await?;
+                Err(Error::Precondition {
+                    reason: "INVOICE_NUMBER_BEHIND",
+                    subject: key.name(),
+                    message: format!(
+                        "Billecta's next invoice number for this creditor is already {current}; {number} would repeat invoice numbers"
+                    ),
+                })
+            }
+            Err(error) => {
+                self.record(
+                    call,
+                    onboarding,
+                    mutation,
+                    &claimed,
+                    outcome_of(&error),
+                    |record, now| {
+                        stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                        Ok(Written::from(format!(
+                            "setting the next invoice number of {} failed: {error}",
+                            key.creditor
+                        )))
+                    },
+                )
+                .await?;
+                Err(Error::Billecta(error))
+            }
+        }
+    }
+
+    /// SkipStage: an optional stage of a creditor is skipped on purpose.
+    pub async fn skip_stage(
+        &self,
+        call: &CallContext,
+        key: &CreditorKey,
+        mutation: &Mutation,
+        stage: Stage,
+        reason: String,
+    ) -> Result<OnboardingRecord> {
+        debug_assert!(stage.is_optional());
+        self.mutate(call, &key.onboarding, mutation, |record, now| {
+            let creditor = find_creditor(record, key)?;
+            let current = creditor
+                .stages
+                .iter()
+                .find(|s| s.stage == stage)
+                .expect("every creditor stage exists");
+            check_free(current, &creditor.name, now)?;
+            if current.state == StageState::Completed {
+                return Err(Error::Precondition {
+                    reason: "STAGE_ALREADY_COMPLETED",
+                    subject: format!("{}/stages/{stage}", creditor.name),
+                    message: format!("{stage} is completed and can no longer be skipped"),
+                });
+            }
+            let id = creditor.id.clone();
+            stages::stage_skipped(creditor_mut(record, &id), stage, &reason, now);
+            Ok(format!("{stage} of {} skipped: {reason}", key.creditor))
+        })
+        .await
+    }
+}
+
+/// The Billecta id of the claimed creditor (its CREDITOR stage is completed, so it has one).
+fn creditor_public_id(claimed: &Claimed) -> Result<String> {
+    claimed
+        .record
+        .creditors
+        .iter()
+        .find(|creditor| creditor.id == claimed.target.creditor)
+        .and_then(|creditor| creditor.creditor_public_id.clone())
+        .ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "a completed creditor has no CreditorPublicId"
+            ))
+        })
+}

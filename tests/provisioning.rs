@@ -1,0 +1,546 @@
+//! The stages the service drives in Billecta, over real gRPC against the sandbox's simulator, on
+//! SQLite and PostgreSQL: the account confirmed, a creditor created (never twice), company and
+//! invoice settings, skipping; stage order, bad input, validate_only, Billecta failing midway, and no
+//! secret anywhere but encrypted.
+
+mod common;
+
+use billecta_onboarding::domain::Environment;
+use billecta_onboarding::simulator::{Fault, FaultBody, FaultRule, NewAccount};
+use common::{
+    TestServer, account_request, agreement_request, bad_fields, create, events, for_each_backend,
+    proto, reason,
+};
+use sqlx::Row;
+use std::time::Duration;
+use tonic::Code;
+use uuid::Uuid;
+
+const EMAIL: &str = "billecta@gp.se";
+const PASSWORD: &str = "Höst-2026-lösenord!";
+const ORG_NO: &str = "556036-0793";
+
+fn stage(stages: &[proto::StageStatus], which: proto::Stage) -> &proto::StageStatus {
+    stages
+        .iter()
+        .find(|status| status.stage == which as i32)
+        .expect("every stage is listed")
+}
+
+fn state(status: &proto::StageStatus) -> proto::StageState {
+    proto::StageState::try_from(status.state).unwrap()
+}
+
+/// An onboarding whose agreement is recorded and whose account is registered in Billecta's portal
+/// (created, not yet activated). Returns its name and the simulator's account id.
+async fn registered(server: &TestServer, environment: Environment) -> (String, Uuid) {
+    let api_environment = match environment {
+        Environment::Test => proto::Environment::Test,
+        Environment::Production => proto::Environment::Production,
+    };
+    let name = create(server, "gp", api_environment).await.name;
+    let mut client = server.client.clone();
+    client
+        .record_agreement(agreement_request(&name))
+        .await
+        .unwrap();
+    client
+        .register_account(account_request(&name))
+        .await
+        .unwrap();
+    let account = server
+        .simulator(environment)
+        .create_account(NewAccount {
+            name: "Payway Billecta".into(),
+            company_name: "Göteborgs-Posten AB".into(),
+            email: EMAIL.into(),
+            password: "initial-from-the-email".into(),
+        })
+        .unwrap();
+    (name, account.account_id)
+}
+
+fn confirm(name: &str) -> proto::ConfirmAccountActivationRequest {
+    proto::ConfirmAccountActivationRequest {
+        name: name.to_owned(),
+        username: EMAIL.to_owned(),
+        password: PASSWORD.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// An onboarding whose ACCOUNT is completed.
+async fn activated(server: &TestServer, environment: Environment) -> String {
+    let (name, account_id) = registered(server, environment).await;
+    server
+        .simulator(environment)
+        .activate_account(account_id, PASSWORD)
+        .unwrap();
+    server
+        .client
+        .clone()
+        .confirm_account_activation(confirm(&name))
+        .await
+        .expect("the activated account signs in");
+    name
+}
+
+fn create_creditor(parent: &str) -> proto::CreateCreditorRequest {
+    proto::CreateCreditorRequest {
+        parent: parent.to_owned(),
+        organisation_number: ORG_NO.to_owned(),
+        company_name: "Göteborgs-Posten AB".to_owned(),
+        title: "GP".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn company_settings(name: &str) -> proto::UpdateCompanySettingsRequest {
+    proto::UpdateCompanySettingsRequest {
+        name: name.to_owned(),
+        company_settings: Some(proto::CompanySettings {
+            address: "Polhemsplatsen 5".to_owned(),
+            zip_code: "41111".to_owned(),
+            city: "Göteborg".to_owned(),
+            bankgiro_invoicing: "50501055".to_owned(),
+            bankgiro_payments: "5402-9681".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every text column of every row the service stored, and every stored byte string.
+async fn stored_everything(database: &str) -> Vec<u8> {
+    sqlx::any::install_default_drivers();
+    let url = if database.starts_with("postgres") {
+        database.to_owned()
+    } else {
+        format!("sqlite://{database}")
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let mut everything = Vec::new();
+    for (table, columns) in [
+        ("credentials", vec!["ciphertext", "nonce"]),
+        ("events", vec!["summary", "actor", "transitions"]),
+        ("idempotency_keys", vec!["response", "request_hash"]),
+        ("stages", vec!["message", "reason"]),
+        ("onboardings", vec!["account"]),
+        ("creditors", vec!["company_settings"]),
+    ] {
+        let query = format!("SELECT {} FROM {table}", columns.join(", "));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(query))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        for row in rows {
+            for column in &columns {
+                if let Ok(bytes) = row.try_get::<Vec<u8>, _>(*column) {
+                    everything.extend(bytes);
+                } else if let Ok(Some(text)) = row.try_get::<Option<String>, _>(*column) {
+                    everything.extend(text.into_bytes());
+                }
+            }
+        }
+    }
+    pool.close().await;
+    everything
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let (name, account_id) = registered(&server, Environment::Test).await;
+
+        // Not activated yet: refused, with the likely causes named, and nothing changes.
+        let before = common::get(&server, &name).await.unwrap();
+        let refused = client
+            .confirm_account_activation(confirm(&name))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(reason(&refused), "BILLECTA_CREDENTIALS_REJECTED");
+        assert!(
+            refused.message().contains("not activated"),
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().contains("production credentials"),
+            "{}",
+            refused.message()
+        );
+        assert!(!refused.message().contains(PASSWORD));
+        let after = common::get(&server, &name).await.unwrap();
+        assert_eq!(
+            after.stages, before.stages,
+            "a refused sign-in leaves ACCOUNT as it was"
+        );
+        assert_eq!(after.state, before.state);
+        assert!(
+            after.account.unwrap().credential.is_none(),
+            "nothing is stored"
+        );
+
+        // The person activates the account; the sign-in completes ACCOUNT.
+        simulator.activate_account(account_id, PASSWORD).unwrap();
+        let confirmed = client
+            .confirm_account_activation(confirm(&name))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(
+            state(stage(&confirmed.stages, proto::Stage::Account)),
+            proto::StageState::Completed
+        );
+        let account = confirmed.account.clone().unwrap();
+        assert_eq!(account.username, EMAIL);
+        let credential = account.credential.unwrap();
+        assert!(credential.fingerprint.starts_with("sha256:"));
+        assert_eq!(credential.principal, EMAIL);
+        assert!(credential.verify_time.is_some());
+        assert_eq!(confirmed.next_due[0].item, "creditor.create");
+
+        // The creditor is created in Billecta.
+        let created = client
+            .create_creditor(create_creditor(&name))
+            .await
+            .unwrap()
+            .into_inner();
+        let creditor = created.creditor.unwrap();
+        assert_eq!(creditor.name, format!("{name}/creditors/{ORG_NO}"));
+        assert_eq!(
+            state(stage(&creditor.stages, proto::Stage::Creditor)),
+            proto::StageState::Completed
+        );
+        assert!(!creditor.creditor_public_id.is_empty());
+        assert_eq!(simulator.state().creditors.len(), 1);
+        let again = client
+            .create_creditor(create_creditor(&name))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), Code::AlreadyExists);
+        assert_eq!(simulator.state().creditors.len(), 1, "never two creditors");
+
+        // Company settings: applied, the bankgiro for payments waits on Billecta's support.
+        let waiting = client
+            .update_company_settings(company_settings(&creditor.name))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let settings_stage =
+            stage(&waiting.creditors[0].stages, proto::Stage::CompanySettings).clone();
+        assert_eq!(state(&settings_stage), proto::StageState::ActionRequired);
+        assert_eq!(
+            settings_stage.blocked_on,
+            proto::BlockedOn::BillectaSupport as i32
+        );
+        assert_eq!(settings_stage.due, ["company_settings.bankgiro_payments"]);
+        let stored = waiting.creditors[0].company_settings.clone().unwrap();
+        assert_eq!(stored.zip_code, "411 11");
+        assert_eq!(stored.bankgiro_invoicing, "5050-1055");
+        assert_eq!(stored.country_code, "SE");
+        assert!(!stored.bankgiro_payments_approved);
+        let in_billecta = &simulator.state().creditors[0].view;
+        assert_eq!(in_billecta["City"], "Göteborg");
+        assert_eq!(
+            in_billecta["CreditorBankInfo"]["PaymentMethods"][0]["Priority"],
+            "Primary"
+        );
+
+        // Billecta's support approves; asking again completes the stage.
+        simulator
+            .approve_outgoing_bankgiro(creditor.creditor_public_id.parse().unwrap(), "5402-9681")
+            .unwrap();
+        let approved = client
+            .update_company_settings(company_settings(&creditor.name))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(
+            state(stage(
+                &approved.creditors[0].stages,
+                proto::Stage::CompanySettings
+            )),
+            proto::StageState::Completed
+        );
+
+        // Invoice settings; a number below Billecta's is refused and changes nothing.
+        let invoice = |number: i64| proto::UpdateInvoiceSettingsRequest {
+            name: creditor.name.clone(),
+            invoice_settings: Some(proto::InvoiceSettings {
+                next_invoice_number: number,
+            }),
+            ..Default::default()
+        };
+        let numbered = client
+            .update_invoice_settings(invoice(1023))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(
+            state(stage(
+                &numbered.creditors[0].stages,
+                proto::Stage::InvoiceSettings
+            )),
+            proto::StageState::Completed
+        );
+        assert_eq!(
+            simulator.state().creditors[0].view["NextInvoiceNumber"],
+            "1023"
+        );
+        let behind = client
+            .update_invoice_settings(invoice(10))
+            .await
+            .unwrap_err();
+        assert_eq!(behind.code(), Code::FailedPrecondition);
+        assert_eq!(reason(&behind), "INVOICE_NUMBER_BEHIND");
+        let unchanged = common::get(&server, &name).await.unwrap();
+        assert_eq!(
+            unchanged.creditors[0]
+                .invoice_settings
+                .unwrap()
+                .next_invoice_number,
+            1023
+        );
+        assert_eq!(
+            simulator.state().creditors[0].view["NextInvoiceNumber"],
+            "1023"
+        );
+
+        // Webhooks are optional: skipped on purpose.
+        let skipped = client
+            .skip_stage(proto::SkipStageRequest {
+                name: creditor.name.clone(),
+                stage: proto::Stage::Webhooks as i32,
+                reason: "the tenant reconciles payments by file".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let webhooks = stage(&skipped.creditors[0].stages, proto::Stage::Webhooks);
+        assert_eq!(state(webhooks), proto::StageState::Skipped);
+        assert_eq!(skipped.next_due[0].item, "api_access.register");
+
+        // The audit trail has every Billecta outcome, the refusals included.
+        let trail = events(&server, &name).await;
+        let outcomes: Vec<(&str, &str)> = trail
+            .iter()
+            .map(|event| (event.method.as_str(), event.outcome.as_str()))
+            .collect();
+        assert!(
+            outcomes.contains(&("ConfirmAccountActivation", "FAILED_PRECONDITION")),
+            "{outcomes:?}"
+        );
+        assert!(
+            outcomes.contains(&("UpdateInvoiceSettings", "FAILED_PRECONDITION")),
+            "{outcomes:?}"
+        );
+        assert!(outcomes.contains(&("CreateCreditor", "OK")), "{outcomes:?}");
+
+        // Secrets: nowhere in what a caller reads, and only encrypted in the database.
+        let read = format!("{skipped:?} {trail:?}");
+        assert!(!read.contains(PASSWORD));
+        let stored = stored_everything(&server.database).await;
+        assert!(
+            !contains(&stored, PASSWORD),
+            "the password is stored in plain text"
+        );
+        assert!(!stored.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stage_order_and_bad_input_are_refused_before_billecta_is_asked() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let (name, _) = registered(&server, Environment::Test).await;
+
+        // Too early: the account is not confirmed.
+        let early = client
+            .create_creditor(create_creditor(&name))
+            .await
+            .unwrap_err();
+        assert_eq!(early.code(), Code::FailedPrecondition);
+        assert_eq!(reason(&early), "STAGES_NOT_COMPLETED");
+        assert!(early.message().contains("ACCOUNT"), "{}", early.message());
+
+        // Every bad field at once, nothing stored, nothing sent.
+        let before = common::get(&server, &name).await.unwrap();
+        let bad = client
+            .create_creditor(proto::CreateCreditorRequest {
+                parent: name.clone(),
+                organisation_number: "556036-0794".into(),
+                company_name: " ".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert_eq!(bad_fields(&bad), ["organisation_number", "company_name"]);
+        let bad = client
+            .update_company_settings(proto::UpdateCompanySettingsRequest {
+                name: format!("{name}/creditors/{ORG_NO}"),
+                company_settings: Some(proto::CompanySettings {
+                    address: "Polhemsplatsen 5".into(),
+                    zip_code: "4111".into(),
+                    city: "Göteborg".into(),
+                    country_code: "Sweden".into(),
+                    bankgiro_invoicing: "123-4567".into(),
+                    bankgiro_payments: "5402-9681".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            bad_fields(&bad),
+            [
+                "company_settings.zip_code",
+                "company_settings.country_code",
+                "company_settings.bankgiro_invoicing"
+            ]
+        );
+        let skip_required = client
+            .skip_stage(proto::SkipStageRequest {
+                name: format!("{name}/creditors/{ORG_NO}"),
+                stage: proto::Stage::Creditor as i32,
+                reason: "no".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&skip_required), ["stage"]);
+        let unknown = client
+            .update_company_settings(company_settings(&format!("{name}/creditors/{ORG_NO}")))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound);
+
+        // validate_only checks, but contacts nobody and stores nothing.
+        let checked = client
+            .confirm_account_activation(proto::ConfirmAccountActivationRequest {
+                validate_only: true,
+                ..confirm(&name)
+            })
+            .await
+            .unwrap();
+        assert!(checked.into_inner().onboarding.is_some());
+        let after = common::get(&server, &name).await.unwrap();
+        assert_eq!(after.etag, before.etag);
+        assert_eq!(
+            simulator.request_count("POST /v1/authentication/apiauthenticate"),
+            0
+        );
+        assert!(simulator.state().creditors.is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+
+        // Billecta is down: the stage waits on the system, it does not fail.
+        simulator
+            .set_faults(
+                None,
+                vec![
+                    FaultRule::new(Fault::Status {
+                        status: 503,
+                        body: FaultBody::Html,
+                    })
+                    .on("POST /v1/creditors/creditor")
+                    .times(1),
+                ],
+            )
+            .unwrap();
+        let down = client
+            .create_creditor(create_creditor(&name))
+            .await
+            .unwrap_err();
+        assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(reason(&down), "BILLECTA_UNAVAILABLE");
+        let waiting = common::get(&server, &name).await.unwrap();
+        let creditor_stage = stage(&waiting.creditors[0].stages, proto::Stage::Creditor);
+        assert_eq!(state(creditor_stage), proto::StageState::InProgress);
+        assert_eq!(
+            creditor_stage.blocked_on,
+            proto::BlockedOn::SystemRetrying as i32
+        );
+        assert_eq!(waiting.state, proto::OnboardingState::InProgress as i32);
+
+        // Billecta creates the creditor but the answer comes too late for the client.
+        simulator
+            .set_faults(
+                None,
+                vec![
+                    FaultRule::new(Fault::Latency { ms: 1_500 })
+                        .on("POST /v1/creditors/creditor")
+                        .times(1),
+                ],
+            )
+            .unwrap();
+        let mut impatient = tonic::Request::new(create_creditor(&name));
+        impatient.set_timeout(Duration::from_millis(700));
+        let lost = client.create_creditor(impatient).await.unwrap_err();
+        assert!(
+            matches!(
+                lost.code(),
+                Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled
+            ),
+            "{lost:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert_eq!(
+            simulator.state().creditors.len(),
+            1,
+            "Billecta did create it"
+        );
+
+        // The retry finds it by organisation number and adopts it.
+        let adopted = client
+            .create_creditor(create_creditor(&name))
+            .await
+            .unwrap()
+            .into_inner()
+            .creditor
+            .unwrap();
+        let creditor_stage = stage(&adopted.stages, proto::Stage::Creditor);
+        assert_eq!(state(creditor_stage), proto::StageState::Completed);
+        assert_eq!(creditor_stage.reason, "CREDITOR_ADOPTED");
+        assert_eq!(simulator.state().creditors.len(), 1, "never two creditors");
+        assert_eq!(
+            adopted.creditor_public_id,
+            simulator.state().creditors[0]
+                .creditor_public_id
+                .to_string()
+        );
+    })
+    .await;
+}
