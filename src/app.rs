@@ -11,10 +11,12 @@ use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::Environment;
 use crate::grpc::OnboardingApi;
+use crate::grpc::PaymentConfigurationApi;
 use crate::grpc::call::CallLayer;
 use crate::operations::Operations;
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingServiceServer;
+use crate::proto::payment_configuration_service_server::PaymentConfigurationServiceServer;
 use crate::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::storage::{Store, StoreOptions};
 use anyhow::Context;
@@ -29,7 +31,11 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// The service names health reports on: "" for the server as a whole, and each API service.
-const HEALTH_SERVICES: [&str; 2] = ["", "payway.billecta.onboarding.v1.OnboardingService"];
+const HEALTH_SERVICES: [&str; 3] = [
+    "",
+    "payway.billecta.onboarding.v1.OnboardingService",
+    "payway.billecta.onboarding.v1.PaymentConfigurationService",
+];
 
 pub struct Application {
     config: Config,
@@ -180,6 +186,11 @@ impl Application {
             Arc::new(keyring),
             Duration::from_millis(config.stage_lease_ms),
         );
+        let payment_configuration_service = PaymentConfigurationServiceServer::new(
+            PaymentConfigurationApi::new(operations.clone()),
+        )
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
         let api = OnboardingApi::new(
             operations,
             shutdown.clone(),
@@ -207,6 +218,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(onboarding_service)
+            .add_service(payment_configuration_service)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 shutdown.clone().cancelled_owned(),

@@ -284,6 +284,7 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
             name: creditor.name.clone(),
             invoice_settings: Some(proto::InvoiceSettings {
                 next_invoice_number: number,
+                ..Default::default()
             }),
             ..Default::default()
         };
@@ -315,6 +316,7 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
         assert_eq!(
             unchanged.creditors[0]
                 .invoice_settings
+                .as_ref()
                 .unwrap()
                 .next_invoice_number,
             1023

@@ -73,9 +73,56 @@ pub struct CompanySettings {
 }
 
 /// A creditor's invoice settings, as asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct InvoiceSettings {
-    pub next_invoice_number: u64,
+    /// `None`: Billecta's number is left as it is.
+    #[serde(default)]
+    pub next_invoice_number: Option<u64>,
+    #[serde(default)]
+    pub payment_terms: Option<PaymentTerms>,
+}
+
+/// The terms Payway's payment code invoices with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentTerms {
+    pub invoice_lead_time_days: u32,
+    pub due_days: u32,
+    pub grace_period_days: u32,
+    /// 0: never written off.
+    pub write_off_days: u32,
+    /// ISO 4217.
+    pub currency: String,
+}
+
+impl Default for PaymentTerms {
+    /// Billecta's recommendation for yearly and quarterly subscriptions: sent 45 days ahead, due in 30.
+    fn default() -> Self {
+        PaymentTerms {
+            invoice_lead_time_days: 45,
+            due_days: 30,
+            grace_period_days: 0,
+            write_off_days: 0,
+            currency: "SEK".to_owned(),
+        }
+    }
+}
+
+/// The API credentials registered for a creditor (the secrets live encrypted in storage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiAccess {
+    /// The API user's Billecta username, when known.
+    pub username: Option<String>,
+    /// Flags such as `API_USER_IS_ACCOUNT_USER`.
+    pub warnings: Vec<String>,
+}
+
+/// The Billecta-to-Payway webhook addon, as attested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhooks {
+    pub target_url: String,
+    pub events: Vec<String>,
+    pub attested_by: String,
+    pub record_time: Micros,
 }
 
 /// One stage's stored status: exactly what a read shows.
@@ -108,6 +155,10 @@ pub struct CreditorRecord {
     pub company_settings: Option<CompanySettings>,
     #[serde(default)]
     pub invoice_settings: Option<InvoiceSettings>,
+    #[serde(default)]
+    pub api_access: Option<ApiAccess>,
+    #[serde(default)]
+    pub webhooks: Option<Webhooks>,
 }
 
 /// Something due next, derived from the stages (never stored).

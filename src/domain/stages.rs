@@ -43,6 +43,10 @@ pub const COMPANY_SETTINGS_BANKGIRO_APPROVAL: &str = "company_settings.bankgiro_
 pub const INVOICE_SETTINGS_UPDATE: &str = "invoice_settings.update";
 /// Due item: register the API user's credentials with `RegisterApiCredentials`.
 pub const API_ACCESS_REGISTER: &str = "api_access.register";
+/// Due item: Payway's payment code reads the configuration with `GetPaymentConfiguration`.
+pub const PAYMENT_CONFIGURATION_READ: &str = "payment_configuration.read";
+/// Due item: set up the webhook addon in the portal and attest it with `RecordWebhookSetup`.
+pub const WEBHOOKS_RECORD: &str = "webhooks.record";
 
 /// Who must act on a due item, and what they must do, for a person to read.
 pub fn describe_due(item: &str, environment: Environment) -> (BlockedOn, String) {
@@ -104,6 +108,14 @@ pub fn describe_due(item: &str, environment: Environment) -> (BlockedOn, String)
                 Environment::Test => "Register the API credentials with RegisterApiCredentials (in the test environment the account's own user).".to_owned(),
                 Environment::Production => "Create a separate API user in the portal and register its credentials with RegisterApiCredentials.".to_owned(),
             },
+        ),
+        PAYMENT_CONFIGURATION_READ => (
+            BlockedOn::PaywayOperations,
+            "Payway's payment code reads the payment configuration with GetPaymentConfiguration.".to_owned(),
+        ),
+        WEBHOOKS_RECORD => (
+            BlockedOn::Tenant,
+            format!("Set up the webhook addon to Payway at {portal} (Settings, Addons, Webhooks), then attest it with RecordWebhookSetup, or skip the stage."),
         ),
         other => (BlockedOn::PaywayOperations, format!("Do {other}.")),
     }
@@ -373,6 +385,26 @@ pub fn new_creditor_stages() -> Vec<StageRecord> {
         .collect()
 }
 
+/// The stages of a creditor copied from test by a promotion: it is yet to be created in production.
+pub fn promoted_creditor_stages(now: Micros) -> Vec<StageRecord> {
+    new_creditor_stages()
+        .into_iter()
+        .map(|mut stage| {
+            if stage.stage == Stage::Creditor {
+                stage.set(
+                    StageState::NotStarted,
+                    BlockedOn::PaywayOperations,
+                    vec![CREDITOR_CREATE.to_owned()],
+                    "PROMOTED",
+                    "Copied from the test environment; create it in production with CreateCreditor.",
+                    now,
+                );
+            }
+            stage
+        })
+        .collect()
+}
+
 /// Billecta holds the creditor: the settings are due next.
 pub fn creditor_created(creditor: &mut CreditorRecord, adopted: bool, now: Micros) {
     let (reason, message) = if adopted {
@@ -409,6 +441,12 @@ pub fn creditor_created(creditor: &mut CreditorRecord, adopted: bool, now: Micro
             API_ACCESS_REGISTER,
             "AWAITING_API_CREDENTIALS",
             "Register the API user's credentials.",
+        ),
+        (
+            Stage::Webhooks,
+            WEBHOOKS_RECORD,
+            "AWAITING_WEBHOOKS",
+            "Optional: set up the webhook addon, or skip.",
         ),
     ];
     for (stage, due, reason, message) in waiting {
@@ -456,13 +494,21 @@ pub fn company_settings_applied(creditor: &mut CreditorRecord, approved: bool, n
 }
 
 /// The next invoice number is set in Billecta.
-pub fn invoice_settings_applied(creditor: &mut CreditorRecord, number: u64, now: Micros) {
+pub fn invoice_settings_applied(creditor: &mut CreditorRecord, number: Option<u64>, now: Micros) {
+    let message = match number {
+        Some(number) => {
+            format!("Billecta's next invoice number is {number}; the payment terms are set.")
+        }
+        None => {
+            "The payment terms are set; Billecta's invoice numbering is left as it is.".to_owned()
+        }
+    };
     creditor_stage(creditor, Stage::InvoiceSettings).set(
         StageState::Completed,
         BlockedOn::Nobody,
         Vec::new(),
         "INVOICE_SETTINGS_APPLIED",
-        &format!("Billecta's next invoice number is {number}."),
+        &message,
         now,
     );
 }
@@ -528,4 +574,87 @@ pub fn creditor_stage(creditor: &mut CreditorRecord, stage: Stage) -> &mut Stage
         .iter_mut()
         .find(|record| record.stage == stage)
         .expect("every creditor stage exists from the creditor's creation")
+}
+
+/// The API credentials read the creditor: API_ACCESS is completed (with any warnings in its message),
+/// and Payway's payment code must read the new credentials.
+pub fn api_access_verified(creditor: &mut CreditorRecord, warnings: &[String], now: Micros) {
+    let (reason, message) = if warnings.is_empty() {
+        (
+            "API_ACCESS_VERIFIED",
+            "The API credentials sign in and read the creditor.".to_owned(),
+        )
+    } else {
+        (
+            "API_ACCESS_VERIFIED_WITH_WARNINGS",
+            format!(
+                "The API credentials sign in and read the creditor, but: {}.",
+                warnings.join(", ")
+            ),
+        )
+    };
+    creditor_stage(creditor, Stage::ApiAccess).set(
+        StageState::Completed,
+        BlockedOn::Nobody,
+        Vec::new(),
+        reason,
+        &message,
+        now,
+    );
+    creditor_stage(creditor, Stage::PaymentConfiguration).set(
+        StageState::NotStarted,
+        BlockedOn::PaywayOperations,
+        vec![PAYMENT_CONFIGURATION_READ.to_owned()],
+        "AWAITING_PAYMENT_CONFIGURATION_READ",
+        "Payway's payment code has not read the current credentials yet.",
+        now,
+    );
+}
+
+/// Payway's payment code read the configuration with the current credentials.
+pub fn payment_configuration_read(creditor: &mut CreditorRecord, reader: &str, now: Micros) {
+    creditor_stage(creditor, Stage::PaymentConfiguration).set(
+        StageState::Completed,
+        BlockedOn::Nobody,
+        Vec::new(),
+        "PAYMENT_CONFIGURATION_READ",
+        &format!("Read by {reader} after the last credential change."),
+        now,
+    );
+}
+
+/// The webhook addon is attested.
+pub fn webhooks_recorded(creditor: &mut CreditorRecord, now: Micros) {
+    creditor_stage(creditor, Stage::Webhooks).set(
+        StageState::Completed,
+        BlockedOn::Nobody,
+        Vec::new(),
+        "WEBHOOKS_RECORDED",
+        "The webhook addon to Payway is attested.",
+        now,
+    );
+}
+
+/// A live check found a completed stage no longer works.
+pub fn broken(stage: &mut StageRecord, reason: &str, message: &str, now: Micros) {
+    stage.set(
+        StageState::Broken,
+        BlockedOn::PaywayOperations,
+        Vec::new(),
+        reason,
+        message,
+        now,
+    );
+}
+
+/// A live check found a broken stage working again.
+pub fn repaired(stage: &mut StageRecord, now: Micros) {
+    stage.set(
+        StageState::Completed,
+        BlockedOn::Nobody,
+        Vec::new(),
+        "REVALIDATED",
+        "A live check found it working again.",
+        now,
+    );
 }

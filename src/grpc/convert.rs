@@ -1,13 +1,14 @@
 //! Domain records to API messages, and API enums to domain values.
 
 use crate::domain::onboarding::{
-    CredentialRecord, CreditorRecord, DueItem, EventRecord, OnboardingRecord, StageRecord,
-    StageTransition,
+    CredentialRecord, CreditorRecord, DueItem, EventRecord, OnboardingRecord, PaymentTerms,
+    StageRecord, StageTransition,
 };
 use crate::domain::validate::{FieldViolation, OnboardingKey};
 use crate::domain::{
     BlockedOn, CredentialField, Environment, Micros, OnboardingState, Stage, StageState,
 };
+use crate::operations::{Check, CheckResult};
 use crate::proto;
 
 pub fn timestamp(micros: Micros) -> prost_types::Timestamp {
@@ -151,7 +152,31 @@ fn stage_status(record: &StageRecord) -> proto::StageStatus {
     }
 }
 
-fn creditor(record: &CreditorRecord) -> proto::Creditor {
+/// What reads show of a creditor's stored secret, if there is one.
+fn stored_credential(
+    onboarding: &OnboardingRecord,
+    creditor: &CreditorRecord,
+    field: CredentialField,
+) -> Option<proto::Credential> {
+    onboarding
+        .credentials
+        .iter()
+        .find(|c| c.scope == creditor.id && c.field == field)
+        .map(credential)
+}
+
+pub fn payment_terms(terms: &PaymentTerms) -> proto::PaymentTerms {
+    let days = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+    proto::PaymentTerms {
+        invoice_lead_time_days: days(terms.invoice_lead_time_days),
+        due_days: days(terms.due_days),
+        grace_period_days: days(terms.grace_period_days),
+        write_off_days: days(terms.write_off_days),
+        currency: terms.currency.clone(),
+    }
+}
+
+fn creditor(onboarding: &OnboardingRecord, record: &CreditorRecord) -> proto::Creditor {
     proto::Creditor {
         name: record.name.clone(),
         organisation_number: record.organisation_number.clone(),
@@ -175,9 +200,27 @@ fn creditor(record: &CreditorRecord) -> proto::Creditor {
             .invoice_settings
             .as_ref()
             .map(|settings| proto::InvoiceSettings {
-                next_invoice_number: i64::try_from(settings.next_invoice_number)
-                    .unwrap_or(i64::MAX),
+                next_invoice_number: settings
+                    .next_invoice_number
+                    .map_or(0, |number| i64::try_from(number).unwrap_or(i64::MAX)),
+                payment_terms: settings.payment_terms.as_ref().map(payment_terms),
             }),
+        api_access: record.api_access.as_ref().map(|access| proto::ApiAccess {
+            username: access.username.clone().unwrap_or_default(),
+            credential: stored_credential(onboarding, record, CredentialField::ApiToken),
+            warnings: access.warnings.clone(),
+        }),
+        webhooks: record.webhooks.as_ref().map(|webhooks| proto::Webhooks {
+            target_url: webhooks.target_url.clone(),
+            events: webhooks.events.clone(),
+            authorization: stored_credential(
+                onboarding,
+                record,
+                CredentialField::WebhookAuthorization,
+            ),
+            attested_by: webhooks.attested_by.clone(),
+            record_time: Some(timestamp(webhooks.record_time)),
+        }),
     }
 }
 
@@ -211,7 +254,11 @@ pub fn onboarding(record: &OnboardingRecord) -> proto::Onboarding {
         state: onboarding_state(record.state).into(),
         blocked_on: blocked_on(record.blocked_on).into(),
         stages: record.stages.iter().map(stage_status).collect(),
-        creditors: record.creditors.iter().map(creditor).collect(),
+        creditors: record
+            .creditors
+            .iter()
+            .map(|c| creditor(record, c))
+            .collect(),
         next_due: record.next_due().into_iter().map(due_item).collect(),
         agreement: record.agreement.as_ref().map(|a| proto::Agreement {
             attested_by: a.attested_by.clone(),
@@ -263,6 +310,26 @@ pub fn event(key: &OnboardingKey, record: &EventRecord) -> proto::OnboardingEven
         outcome: record.outcome.clone(),
         summary: record.summary.clone(),
         transitions: record.transitions.iter().map(transition).collect(),
+    }
+}
+
+/// A validation check as the API shows it.
+pub fn check(check: &Check) -> proto::ValidationCheck {
+    proto::ValidationCheck {
+        check: check.check.clone(),
+        subject: check.subject.clone(),
+        result: match check.result {
+            CheckResult::Pass => proto::CheckResult::Pass,
+            CheckResult::Warn => proto::CheckResult::Warn,
+            CheckResult::Fail => proto::CheckResult::Fail,
+            CheckResult::Unknown => proto::CheckResult::Unknown,
+        }
+        .into(),
+        critical: check.critical,
+        reason: check.reason.clone(),
+        message: check.message.clone(),
+        expected: check.expected.clone(),
+        observed: check.observed.clone(),
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod call;
 pub mod convert;
 mod provisioning;
+
+pub use provisioning::PaymentConfigurationApi;
 pub mod status;
 mod tokens;
 
@@ -381,6 +383,34 @@ impl OnboardingService for OnboardingApi {
         request: Request<proto::SkipStageRequest>,
     ) -> Result<Response<proto::SkipStageResponse>, Status> {
         provisioning::skip_stage(&self.operations, request).await
+    }
+
+    async fn register_api_credentials(
+        &self,
+        request: Request<proto::RegisterApiCredentialsRequest>,
+    ) -> Result<Response<proto::RegisterApiCredentialsResponse>, Status> {
+        provisioning::register_api_credentials(&self.operations, request).await
+    }
+
+    async fn record_webhook_setup(
+        &self,
+        request: Request<proto::RecordWebhookSetupRequest>,
+    ) -> Result<Response<proto::RecordWebhookSetupResponse>, Status> {
+        provisioning::record_webhook_setup(&self.operations, request).await
+    }
+
+    async fn validate_onboarding(
+        &self,
+        request: Request<proto::ValidateOnboardingRequest>,
+    ) -> Result<Response<proto::ValidateOnboardingResponse>, Status> {
+        provisioning::validate_onboarding(&self.operations, request).await
+    }
+
+    async fn promote_to_production(
+        &self,
+        request: Request<proto::PromoteToProductionRequest>,
+    ) -> Result<Response<proto::PromoteToProductionResponse>, Status> {
+        provisioning::promote_to_production(&self.operations, request).await
     }
 
     async fn list_onboarding_events(

@@ -6,9 +6,13 @@
 //! Billecta: they claim the stage with a lease in one transaction, talk to Billecta, and record the
 //! outcome in a second one.
 
+mod access;
 mod provisioning;
+mod validation;
 
+pub use access::{ApiCredentials, PaymentConfiguration};
 pub use provisioning::NewCreditor;
+pub use validation::{Check, CheckResult};
 
 use crate::billecta::Billecta;
 use crate::crypto::{Keyring, Sealed};
@@ -105,6 +109,15 @@ impl Conventions {
 enum Committed {
     Replayed(OnboardingRecord),
     Stored(OnboardingRecord),
+}
+
+impl Committed {
+    /// The record, whether stored now or replayed.
+    fn into_record(self) -> OnboardingRecord {
+        match self {
+            Committed::Replayed(record) | Committed::Stored(record) => record,
+        }
+    }
 }
 
 impl Operations {

@@ -25,7 +25,7 @@ use crate::domain::onboarding::{
 };
 use crate::domain::stages::{self, creditor_stage};
 use crate::domain::swedish::{InvoiceNumber, OrganisationNumber};
-use crate::domain::validate::{CreditorKey, OnboardingKey};
+use crate::domain::validate::{CreditorKey, FieldViolation, OnboardingKey};
 use crate::domain::{CredentialField, Micros, Stage, StageState, now_micros};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -33,37 +33,37 @@ use std::time::Duration;
 
 /// The stage a call works on: an environment stage (`creditor` empty) or a creditor's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct StageRef {
+pub(super) struct StageRef {
     /// The creditor's internal id; empty for the environment.
-    creditor: String,
-    stage: Stage,
+    pub creditor: String,
+    pub stage: Stage,
 }
 
 /// What the claim step leaves for the Billecta step.
-struct Claimed {
-    record: OnboardingRecord,
-    lease: Lease,
+pub(super) struct Claimed {
+    pub record: OnboardingRecord,
+    pub lease: Lease,
     /// The stage as it was before the claim, to restore when the call is refused.
-    before: StageRecord,
-    target: StageRef,
+    pub before: StageRecord,
+    pub target: StageRef,
 }
 
 /// Either the claim, or the answer when the call must not go on (validate_only, or a retry whose
 /// first result is stored).
-enum Claim {
+pub(super) enum Claim {
     Claimed(Claimed),
     Answered(OnboardingRecord),
 }
 
 /// A secret to store for the environment (`scope` empty) or a creditor.
-struct NewSecret<'a> {
-    scope: &'a str,
-    field: CredentialField,
-    secret: &'a Secret,
+pub(super) struct NewSecret<'a> {
+    pub scope: &'a str,
+    pub field: CredentialField,
+    pub secret: &'a Secret,
     /// The Billecta username it belongs to.
-    principal: &'a str,
+    pub principal: &'a str,
     /// Whether Billecta just accepted it.
-    verified: bool,
+    pub verified: bool,
 }
 
 /// What CreateCreditor asks for.
@@ -78,11 +78,14 @@ pub struct NewCreditor {
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What a refused call did to its stage: nothing, apart from the audit event.
-fn restore(record: &mut OnboardingRecord, target: &StageRef, before: &StageRecord) {
+pub(super) fn restore(record: &mut OnboardingRecord, target: &StageRef, before: &StageRecord) {
     *stage_mut(record, target) = before.clone();
 }
 
-fn stage_mut<'a>(record: &'a mut OnboardingRecord, target: &StageRef) -> &'a mut StageRecord {
+pub(super) fn stage_mut<'a>(
+    record: &'a mut OnboardingRecord,
+    target: &StageRef,
+) -> &'a mut StageRecord {
     if target.creditor.is_empty() {
         return record.stage_mut(target.stage);
     }
@@ -94,7 +97,10 @@ fn stage_mut<'a>(record: &'a mut OnboardingRecord, target: &StageRef) -> &'a mut
     creditor_stage(creditor, target.stage)
 }
 
-fn creditor_mut<'a>(record: &'a mut OnboardingRecord, id: &str) -> &'a mut CreditorRecord {
+pub(super) fn creditor_mut<'a>(
+    record: &'a mut OnboardingRecord,
+    id: &str,
+) -> &'a mut CreditorRecord {
     record
         .creditors
         .iter_mut()
@@ -103,7 +109,7 @@ fn creditor_mut<'a>(record: &'a mut OnboardingRecord, id: &str) -> &'a mut Credi
 }
 
 /// The creditor a creditor-level call names, or NOT_FOUND.
-fn find_creditor<'a>(
+pub(super) fn find_creditor<'a>(
     record: &'a OnboardingRecord,
     key: &CreditorKey,
 ) -> Result<&'a CreditorRecord> {
@@ -116,7 +122,7 @@ fn find_creditor<'a>(
 }
 
 /// Refuses a stage another call is working on, unless its lease ran out.
-fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Result<()> {
+pub(super) fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Result<()> {
     match &stage.lease {
         Some(lease) if lease.expire_time > now => Err(Error::Busy {
             resource: format!("{subject}/stages/{}", stage.stage),
@@ -129,7 +135,7 @@ fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Result<()> {
 }
 
 /// The audit outcome of a failed Billecta step, as the caller will see it.
-fn outcome_of(error: &BillectaError) -> &'static str {
+pub(super) fn outcome_of(error: &BillectaError) -> &'static str {
     match error.kind() {
         _ if error.failure == crate::billecta::Failure::DeadlineExceeded => "DEADLINE_EXCEEDED",
         ErrorKind::Transient => "UNAVAILABLE",
@@ -143,7 +149,7 @@ fn outcome_of(error: &BillectaError) -> &'static str {
 impl Operations {
     /// Step 1: claims `target` for this call after `prepare` checked the order and recorded what was
     /// asked for.
-    async fn claim(
+    pub(super) async fn claim(
         &self,
         call: &CallContext,
         key: &OnboardingKey,
@@ -192,7 +198,7 @@ impl Operations {
 
     /// Step 3: records the outcome if this call still holds its lease. `apply` gets the record with
     /// the stage still claimed, and must settle the stage.
-    async fn record(
+    pub(super) async fn record(
         &self,
         call: &CallContext,
         key: &OnboardingKey,
@@ -225,7 +231,7 @@ impl Operations {
     }
 
     /// Gives a claimed stage back unchanged when the call cannot go on before reaching Billecta.
-    async fn abandon<T>(
+    pub(super) async fn abandon<T>(
         &self,
         call: &CallContext,
         key: &OnboardingKey,
@@ -248,8 +254,17 @@ impl Operations {
         Err(error)
     }
 
+    /// The claimed creditor's Billecta id and the account's token, to work on the creditor with.
+    pub(super) async fn account_access(&self, claimed: &Claimed) -> Result<(String, Secret)> {
+        let public_id = creditor_public_id(claimed)?;
+        let token = self
+            .secret(&claimed.record, "", CredentialField::AccountToken)
+            .await?;
+        Ok((public_id, token))
+    }
+
     /// The deadline of the Billecta step: the caller's, but never past the lease.
-    fn billecta_deadline(&self, caller: Deadline, claimed: &Claimed) -> Deadline {
+    pub(super) fn billecta_deadline(&self, caller: Deadline, claimed: &Claimed) -> Deadline {
         let lease_left = Duration::from_micros(
             u64::try_from(claimed.lease.expire_time - now_micros()).unwrap_or_default(),
         )
@@ -275,7 +290,7 @@ impl Operations {
     }
 
     /// Encrypts a secret for storage, with what reads show of it.
-    fn seal(
+    pub(super) fn seal(
         &self,
         record: &OnboardingRecord,
         call: &CallContext,
@@ -308,7 +323,7 @@ impl Operations {
     }
 
     /// A stored secret, decrypted.
-    async fn secret(
+    pub(super) async fn secret(
         &self,
         record: &OnboardingRecord,
         scope: &str,
@@ -526,6 +541,8 @@ impl Operations {
                             stages: stages::new_creditor_stages(),
                             company_settings: None,
                             invoice_settings: None,
+                            api_access: None,
+                            webhooks: None,
                         });
                         record.creditors.last_mut().expect("just pushed")
                     }
@@ -611,41 +628,64 @@ impl Operations {
         call: &CallContext,
         key: &CreditorKey,
         mutation: &Mutation,
-        settings: CompanySettings,
+        requested: Option<CompanySettings>,
         deadline: Deadline,
     ) -> Result<OnboardingRecord> {
         let onboarding = &key.onboarding;
+        let mut settings = None;
         let claim = self
             .claim(call, onboarding, mutation, |record, now| {
                 let creditor = find_creditor(record, key)?;
-                stages::require_creditor_done(record, creditor, &[Stage::Creditor], "UpdateCompanySettings")?;
-                let stage = creditor.stages.iter().find(|s| s.stage == Stage::CompanySettings).expect("every creditor stage exists");
+                stages::require_creditor_done(
+                    record,
+                    creditor,
+                    &[Stage::Creditor],
+                    "UpdateCompanySettings",
+                )?;
+                let stage = creditor
+                    .stages
+                    .iter()
+                    .find(|s| s.stage == Stage::CompanySettings)
+                    .expect("every creditor stage exists");
                 check_free(stage, &creditor.name, now)?;
-                let target = StageRef { creditor: creditor.id.clone(), stage: Stage::CompanySettings };
-                let creditor = creditor_mut(record, &target.creditor);
-                creditor.company_settings = Some(settings.clone());
-                Ok((
-                    format!(
-                        "setting company settings of {}: {}, {} {}, bankgiro {} for invoicing, {} for payments",
-                        key.creditor, settings.address, settings.zip_code, settings.city,
-                        settings.bankgiro_invoicing, settings.bankgiro_payments
-                    ),
-                    target,
-                ))
+                // Without settings in the request, the ones asked for before (or promoted) apply.
+                let desired = match requested.or_else(|| creditor.company_settings.clone()) {
+                    Some(desired) => CompanySettings {
+                        bankgiro_payments_approved: false,
+                        ..desired
+                    },
+                    None => {
+                        return Err(FieldViolation::new(
+                            "company_settings",
+                            "is required: none were given or promoted before",
+                        )
+                        .into());
+                    }
+                };
+                let target = StageRef {
+                    creditor: creditor.id.clone(),
+                    stage: Stage::CompanySettings,
+                };
+                let summary = format!(
+                    "setting company settings of {}: {}, {} {}, bankgiro {} for invoicing, {} for payments",
+                    key.creditor,
+                    desired.address,
+                    desired.zip_code,
+                    desired.city,
+                    desired.bankgiro_invoicing,
+                    desired.bankgiro_payments
+                );
+                creditor_mut(record, &target.creditor).company_settings = Some(desired.clone());
+                settings = Some(desired);
+                Ok((summary, target))
             })
             .await?;
         let claimed = match claim {
             Claim::Answered(record) => return Ok(record),
             Claim::Claimed(claimed) => claimed,
         };
-        let prepared = match creditor_public_id(&claimed) {
-            Ok(public_id) => self
-                .secret(&claimed.record, "", CredentialField::AccountToken)
-                .await
-                .map(|token| (public_id, token)),
-            Err(error) => Err(error),
-        };
-        let (public_id, token) = match prepared {
+        let settings = settings.expect("a claim resolved the settings");
+        let (public_id, token) = match self.account_access(&claimed).await {
             Ok(prepared) => prepared,
             Err(error) => {
                 return self
@@ -706,11 +746,12 @@ impl Operations {
         call: &CallContext,
         key: &CreditorKey,
         mutation: &Mutation,
-        number: InvoiceNumber,
+        requested: Option<InvoiceSettings>,
         deadline: Deadline,
     ) -> Result<OnboardingRecord> {
         let onboarding = &key.onboarding;
         let mut previous_settings = None;
+        let mut desired = InvoiceSettings::default();
         let claim = self
             .claim(call, onboarding, mutation, |record, now| {
                 let creditor = find_creditor(record, key)?;
@@ -726,20 +767,33 @@ impl Operations {
                     .find(|s| s.stage == Stage::InvoiceSettings)
                     .expect("every creditor stage exists");
                 check_free(stage, &creditor.name, now)?;
+                // Given values win; what is not given stays as asked before (or as promoted).
+                let stored = creditor.invoice_settings.clone().unwrap_or_default();
+                desired = match &requested {
+                    Some(given) => InvoiceSettings {
+                        next_invoice_number: given
+                            .next_invoice_number
+                            .or(stored.next_invoice_number),
+                        payment_terms: given.payment_terms.clone().or(stored.payment_terms),
+                    },
+                    None => stored,
+                };
+                if desired == InvoiceSettings::default() {
+                    return Err(FieldViolation::new(
+                        "invoice_settings",
+                        "is required: give a next invoice number, payment terms or both",
+                    )
+                    .into());
+                }
                 let target = StageRef {
                     creditor: creditor.id.clone(),
                     stage: Stage::InvoiceSettings,
                 };
                 let creditor = creditor_mut(record, &target.creditor);
                 previous_settings = Some(creditor.invoice_settings.clone());
-                creditor.invoice_settings = Some(InvoiceSettings {
-                    next_invoice_number: number.value(),
-                });
+                creditor.invoice_settings = Some(desired.clone());
                 Ok((
-                    format!(
-                        "setting the next invoice number of {} to {number}",
-                        key.creditor
-                    ),
+                    format!("setting the invoice settings of {}", key.creditor),
                     target,
                 ))
             })
@@ -749,14 +803,10 @@ impl Operations {
             Claim::Claimed(claimed) => claimed,
         };
         let previous_settings = previous_settings.flatten();
-        let prepared = match creditor_public_id(&claimed) {
-            Ok(public_id) => self
-                .secret(&claimed.record, "", CredentialField::AccountToken)
-                .await
-                .map(|token| (public_id, token)),
-            Err(error) => Err(error),
-        };
-        let (public_id, token) = match prepared {
+        let number = desired
+            .next_invoice_number
+            .and_then(|n| InvoiceNumber::from_billecta(&n.to_string()));
+        let (public_id, token) = match self.account_access(&claimed).await {
             Ok(prepared) => prepared,
             Err(error) => {
                 return self
@@ -771,6 +821,9 @@ impl Operations {
                 let mut creditor = client
                     .get_creditor(&token, &public_id, billecta_deadline)
                     .await?;
+                let Some(number) = number else {
+                    return Ok(Ok(()));
+                };
                 let current = creditor
                     .next_invoice_number
                     .as_deref()
@@ -786,16 +839,17 @@ impl Operations {
             }
             .await;
         let creditor_id = claimed.target.creditor.clone();
+        let asked = number.map_or_else(|| "unchanged".to_owned(), |n| n.to_string());
         match outcome {
             Ok(Ok(())) => {
                 self.record(call, onboarding, mutation, &claimed, "OK", |record, now| {
                     stages::invoice_settings_applied(
                         creditor_mut(record, &creditor_id),
-                        number.value(),
+                        number.map(InvoiceNumber::value),
                         now,
                     );
                     Ok(Written::from(format!(
-                        "next invoice number of {} set to {number} in Billecta",
+                        "invoice settings of {} applied; next invoice number {asked}",
                         key.creditor
                     )))
                 })
@@ -806,7 +860,7 @@ impl Operations {
                     restore(record, &claimed.target, &claimed.before);
                     creditor_mut(record, &creditor_id).invoice_settings = previous_settings.clone();
                     Ok(Written::from(format!(
-                        "refused next invoice number {number} for {}: Billecta's is already {current}",
+                        "refused next invoice number {asked} for {}: Billecta's is already {current}",
                         key.creditor
                     )))
                 })
@@ -815,7 +869,7 @@ impl Operations {
                     reason: "INVOICE_NUMBER_BEHIND",
                     subject: key.name(),
                     message: format!(
-                        "Billecta's next invoice number for this creditor is already {current}; {number} would repeat invoice numbers"
+                        "Billecta's next invoice number for this creditor is already {current}; {asked} would repeat invoice numbers"
                     ),
                 })
             }
@@ -829,7 +883,7 @@ impl Operations {
                     |record, now| {
                         stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
                         Ok(Written::from(format!(
-                            "setting the next invoice number of {} failed: {error}",
+                            "setting the invoice settings of {} failed: {error}",
                             key.creditor
                         )))
                     },
@@ -874,7 +928,7 @@ impl Operations {
 }
 
 /// The Billecta id of the claimed creditor (its CREDITOR stage is completed, so it has one).
-fn creditor_public_id(claimed: &Claimed) -> Result<String> {
+pub(super) fn creditor_public_id(claimed: &Claimed) -> Result<String> {
     claimed
         .record
         .creditors

@@ -283,6 +283,8 @@ fn creditor_row_changed(before: &CreditorRecord, after: &CreditorRecord) -> bool
         || before.creditor_public_id != after.creditor_public_id
         || before.company_settings != after.company_settings
         || before.invoice_settings != after.invoice_settings
+        || before.api_access != after.api_access
+        || before.webhooks != after.webhooks
 }
 
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
@@ -396,6 +398,12 @@ impl WriteTx {
         for stage in &record.stages {
             self.upsert_stage(record, "", stage).await?;
         }
+        for creditor in &record.creditors {
+            self.insert_creditor(record, creditor).await?;
+            for stage in &creditor.stages {
+                self.upsert_stage(record, &creditor.id, stage).await?;
+            }
+        }
         Ok(())
     }
 
@@ -467,6 +475,8 @@ impl WriteTx {
             .bind(&creditor.creditor_public_id)
             .bind(rows::json_opt(&creditor.company_settings)?)
             .bind(rows::json_opt(&creditor.invoice_settings)?)
+            .bind(rows::json_opt(&creditor.api_access)?)
+            .bind(rows::json_opt(&creditor.webhooks)?)
             .bind(record.update_time)
             .execute(&mut *self.tx)
             .await;
@@ -491,6 +501,8 @@ impl WriteTx {
             .bind(&creditor.creditor_public_id)
             .bind(rows::json_opt(&creditor.company_settings)?)
             .bind(rows::json_opt(&creditor.invoice_settings)?)
+            .bind(rows::json_opt(&creditor.api_access)?)
+            .bind(rows::json_opt(&creditor.webhooks)?)
             .bind(record.update_time)
             .bind(&creditor.id)
             .bind(&record.tenant)

@@ -44,12 +44,12 @@ pub const UPSERT_STAGE: &str = "INSERT INTO stages (onboarding_id, creditor_id, 
      due = excluded.due, reason = excluded.reason, message = excluded.message, update_time = excluded.update_time, \
      lease_owner = excluded.lease_owner, lease_expire_time = excluded.lease_expire_time";
 
-pub const SELECT_CREDITORS: &str = "SELECT id, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings FROM creditors \
+pub const SELECT_CREDITORS: &str = "SELECT id, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings, api_access, webhooks FROM creditors \
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor";
-pub const INSERT_CREDITOR: &str = "INSERT INTO creditors (id, onboarding_id, tenant, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings, create_time, update_time) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)";
-pub const UPDATE_CREDITOR: &str = "UPDATE creditors SET company_name = $1, title = $2, creditor_public_id = $3, company_settings = $4, invoice_settings = $5, update_time = $6 \
-     WHERE id = $7 AND tenant = $8";
+pub const INSERT_CREDITOR: &str = "INSERT INTO creditors (id, onboarding_id, tenant, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings, api_access, webhooks, create_time, update_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)";
+pub const UPDATE_CREDITOR: &str = "UPDATE creditors SET company_name = $1, title = $2, creditor_public_id = $3, company_settings = $4, invoice_settings = $5, api_access = $6, webhooks = $7, update_time = $8 \
+     WHERE id = $9 AND tenant = $10";
 
 pub const SELECT_CREDENTIALS: &str = "SELECT creditor_id, field, fingerprint, principal, set_by, set_time, verify_time FROM credentials \
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor_id, field";
@@ -162,6 +162,12 @@ pub fn creditor(key: &OnboardingKey, row: &AnyRow) -> Result<CreditorRecord> {
             .transpose()?,
         invoice_settings: get::<Option<String>>(row, "invoice_settings")?
             .map(|text| parse_json("invoice_settings", &text))
+            .transpose()?,
+        api_access: get::<Option<String>>(row, "api_access")?
+            .map(|text| parse_json("api_access", &text))
+            .transpose()?,
+        webhooks: get::<Option<String>>(row, "webhooks")?
+            .map(|text| parse_json("webhooks", &text))
             .transpose()?,
     })
 }

@@ -1,0 +1,410 @@
+//! The credentials Payway's payment code uses: registering and verifying the API user's, handing the
+//! payment configuration over, and attesting the webhook addon.
+
+use super::provisioning::{
+    Claim, NewSecret, StageRef, check_free, creditor_mut, find_creditor, outcome_of, restore,
+    stage_mut,
+};
+use super::{CallContext, Conventions, Mutation, Operations, Written};
+use crate::billecta::{BillectaError, Deadline, ErrorKind};
+use crate::domain::onboarding::{ApiAccess, OnboardingRecord, PaymentTerms, Webhooks};
+use crate::domain::stages;
+use crate::domain::validate::CreditorKey;
+use crate::domain::{CredentialField, Environment, Stage, StageState};
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// How the API user's credentials are given.
+pub enum ApiCredentials {
+    /// The service signs in with them and keeps the SecureToken (and the password).
+    Password { username: String, password: Secret },
+    /// A SecureToken; the username, if given, names its user for the shared-user checks.
+    Token {
+        username: Option<String>,
+        token: Secret,
+    },
+}
+
+/// What GetPaymentConfiguration hands over.
+pub struct PaymentConfiguration {
+    pub creditor: String,
+    pub environment: Environment,
+    pub api_base_url: String,
+    pub creditor_public_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub secure_token: Secret,
+    pub payment_terms: PaymentTerms,
+    pub payment_methods: Vec<String>,
+}
+
+/// Production flags: an API user that is the account user, or the test environment's API user.
+pub fn shared_user_warnings(
+    record: &OnboardingRecord,
+    test: Option<&OnboardingRecord>,
+    username: Option<&str>,
+    token_fingerprint: &str,
+) -> Vec<String> {
+    if record.environment != Environment::Production {
+        return Vec::new();
+    }
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let mut warnings = Vec::new();
+    let account_user = record.account.as_ref().and_then(|a| a.username.as_deref());
+    if let (Some(api), Some(account)) = (username, account_user)
+        && same(api, account)
+    {
+        warnings.push("API_USER_IS_ACCOUNT_USER".to_owned());
+    }
+    let shared_with_test = test.is_some_and(|test| {
+        test.creditors.iter().any(|creditor| {
+            let test_user = creditor
+                .api_access
+                .as_ref()
+                .and_then(|a| a.username.as_deref());
+            let same_user = matches!((username, test_user), (Some(a), Some(b)) if same(a, b));
+            let same_token = test.credentials.iter().any(|c| {
+                c.scope == creditor.id
+                    && c.field == CredentialField::ApiToken
+                    && c.fingerprint == token_fingerprint
+            });
+            same_user || same_token
+        })
+    });
+    if shared_with_test {
+        warnings.push("API_USER_SHARED_WITH_TEST".to_owned());
+    }
+    warnings
+}
+
+impl Operations {
+    /// RegisterApiCredentials: obtains or takes the SecureToken, verifies it reads the creditor, and
+    /// stores it (and the password) encrypted.
+    pub async fn register_api_credentials(
+        &self,
+        call: &CallContext,
+        key: &CreditorKey,
+        mutation: &Mutation,
+        credentials: ApiCredentials,
+        deadline: Deadline,
+    ) -> Result<OnboardingRecord> {
+        let onboarding = &key.onboarding;
+        let claim = self
+            .claim(call, onboarding, mutation, |record, now| {
+                let creditor = find_creditor(record, key)?;
+                stages::require_creditor_done(
+                    record,
+                    creditor,
+                    &[Stage::Creditor],
+                    "RegisterApiCredentials",
+                )?;
+                let stage = creditor
+                    .stages
+                    .iter()
+                    .find(|s| s.stage == Stage::ApiAccess)
+                    .expect("every creditor stage exists");
+                check_free(stage, &creditor.name, now)?;
+                let target = StageRef {
+                    creditor: creditor.id.clone(),
+                    stage: Stage::ApiAccess,
+                };
+                Ok((
+                    format!("verifying the API credentials of {}", key.creditor),
+                    target,
+                ))
+            })
+            .await?;
+        let claimed = match claim {
+            Claim::Answered(record) => return Ok(record),
+            Claim::Claimed(claimed) => claimed,
+        };
+        let public_id = match super::provisioning::creditor_public_id(&claimed) {
+            Ok(id) => id,
+            Err(error) => {
+                return self
+                    .abandon(call, onboarding, mutation, &claimed, error)
+                    .await;
+            }
+        };
+        let test = match onboarding.environment {
+            Environment::Production => {
+                self.store
+                    .get_onboarding(&onboarding.tenant, Environment::Test)
+                    .await?
+            }
+            Environment::Test => None,
+        };
+        let client = self.billecta.client(onboarding.environment);
+        let billecta_deadline = self.billecta_deadline(deadline, &claimed);
+        let (username, password) = match &credentials {
+            ApiCredentials::Password { username, password } => {
+                (Some(username.clone()), Some(password.clone()))
+            }
+            ApiCredentials::Token { username, .. } => (username.clone(), None),
+        };
+        let verified: std::result::Result<Secret, BillectaError> = async {
+            let token = match credentials {
+                ApiCredentials::Password { username, password } => {
+                    client
+                        .authenticate(&username, &password, billecta_deadline)
+                        .await?
+                        .value
+                }
+                ApiCredentials::Token { token, .. } => token,
+            };
+            client
+                .get_creditor(&token, &public_id, billecta_deadline)
+                .await?;
+            Ok(token)
+        }
+        .await;
+        let creditor_id = claimed.target.creditor.clone();
+        let principal = username.clone().unwrap_or_default();
+        match verified {
+            Ok(token) => {
+                let warnings = shared_user_warnings(
+                    &claimed.record,
+                    test.as_ref(),
+                    username.as_deref(),
+                    &token.fingerprint(),
+                );
+                self.record(call, onboarding, mutation, &claimed, "OK", |record, now| {
+                    let secret = |field, secret| NewSecret {
+                        scope: &creditor_id,
+                        field,
+                        secret,
+                        principal: &principal,
+                        verified: true,
+                    };
+                    let mut secrets = vec![self.seal(
+                        record,
+                        call,
+                        secret(CredentialField::ApiToken, &token),
+                        now,
+                    )?];
+                    if let Some(password) = &password {
+                        secrets.push(self.seal(
+                            record,
+                            call,
+                            secret(CredentialField::ApiPassword, password),
+                            now,
+                        )?);
+                    }
+                    let creditor = creditor_mut(record, &creditor_id);
+                    creditor.api_access = Some(ApiAccess {
+                        username: username.clone(),
+                        warnings: warnings.clone(),
+                    });
+                    stages::api_access_verified(creditor, &warnings, now);
+                    let flagged = if warnings.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (flagged: {})", warnings.join(", "))
+                    };
+                    Ok(Written {
+                        summary: format!(
+                            "API credentials of {} verified: they read the creditor{flagged}",
+                            key.creditor
+                        ),
+                        secrets,
+                    })
+                })
+                .await
+            }
+            Err(error) if error.kind() == ErrorKind::BadCredentials => {
+                self.record(
+                    call,
+                    onboarding,
+                    mutation,
+                    &claimed,
+                    "FAILED_PRECONDITION",
+                    |record, _| {
+                        restore(record, &claimed.target, &claimed.before);
+                        Ok(Written::from(format!(
+                            "Billecta refused the API credentials of {}: {error}",
+                            key.creditor
+                        )))
+                    },
+                )
+                .await?;
+                Err(Error::Precondition {
+                    reason: "BILLECTA_CREDENTIALS_REJECTED",
+                    subject: format!("{}/stages/{}", key.name(), Stage::ApiAccess),
+                    message: format!(
+                        "Billecta's {} environment refused these API credentials, or they cannot read this creditor: the password or token is wrong, the user lacks rights on the creditor, or the credentials belong to the other environment. Billecta said: {}",
+                        onboarding.environment, error.message
+                    ),
+                })
+            }
+            Err(error) => {
+                self.record(
+                    call,
+                    onboarding,
+                    mutation,
+                    &claimed,
+                    outcome_of(&error),
+                    |record, now| {
+                        stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                        Ok(Written::from(format!(
+                            "verifying the API credentials of {} failed: {error}",
+                            key.creditor
+                        )))
+                    },
+                )
+                .await?;
+                Err(Error::Billecta(error))
+            }
+        }
+    }
+
+    /// GetPaymentConfiguration: the one read that returns a secret. The first read after the
+    /// credentials change completes PAYMENT_CONFIGURATION and is audited.
+    pub async fn get_payment_configuration(
+        &self,
+        call: &CallContext,
+        key: &CreditorKey,
+    ) -> Result<PaymentConfiguration> {
+        let record = self.get_onboarding(&key.onboarding).await?;
+        let creditor = find_creditor(&record, key)?;
+        stages::require_creditor_done(
+            &record,
+            creditor,
+            &[Stage::ApiAccess],
+            "GetPaymentConfiguration",
+        )?;
+        let scope = creditor.id.clone();
+        let secure_token = self
+            .secret(&record, &scope, CredentialField::ApiToken)
+            .await?;
+        let has_password = record
+            .credentials
+            .iter()
+            .any(|c| c.scope == scope && c.field == CredentialField::ApiPassword);
+        let password = if has_password {
+            Some(
+                self.secret(&record, &scope, CredentialField::ApiPassword)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let stage_state = creditor
+            .stages
+            .iter()
+            .find(|s| s.stage == Stage::PaymentConfiguration)
+            .map(|s| s.state);
+        if stage_state != Some(StageState::Completed) {
+            let mutation = Mutation {
+                method: "GetPaymentConfiguration",
+                request_id: None,
+                request_hash: String::new(),
+                etag: None,
+                validate_only: false,
+            };
+            let reader = call.actor.clone();
+            self.transact(
+                call,
+                &key.onboarding,
+                &mutation,
+                Conventions::WHOLE,
+                |record, now| {
+                    let id = find_creditor(record, key)?.id.clone();
+                    stages::payment_configuration_read(creditor_mut(record, &id), &reader, now);
+                    Ok(Written::from(format!(
+                        "payment configuration of {} read by {reader} (credentials included)",
+                        key.creditor
+                    )))
+                },
+            )
+            .await?;
+        } else {
+            tracing::info!(creditor = %key.name(), reader = %call.actor, "payment configuration read");
+        }
+        let payment_methods = creditor
+            .company_settings
+            .as_ref()
+            .map(|_| vec!["BankGiro".to_owned()])
+            .unwrap_or_default();
+        Ok(PaymentConfiguration {
+            creditor: creditor.name.clone(),
+            environment: record.environment,
+            api_base_url: self
+                .billecta
+                .client(record.environment)
+                .base_url()
+                .to_owned(),
+            creditor_public_id: creditor.creditor_public_id.clone().unwrap_or_default(),
+            username: creditor
+                .api_access
+                .as_ref()
+                .and_then(|a| a.username.clone()),
+            password,
+            secure_token,
+            payment_terms: creditor
+                .invoice_settings
+                .as_ref()
+                .and_then(|s| s.payment_terms.clone())
+                .unwrap_or_default(),
+            payment_methods,
+        })
+    }
+
+    /// RecordWebhookSetup: attests the webhook addon; its Authorization value is stored encrypted.
+    pub async fn record_webhook_setup(
+        &self,
+        call: &CallContext,
+        key: &CreditorKey,
+        mutation: &Mutation,
+        webhooks: Webhooks,
+        authorization: Secret,
+    ) -> Result<OnboardingRecord> {
+        let committed = self
+            .transact(
+                call,
+                &key.onboarding,
+                mutation,
+                Conventions::WHOLE,
+                |record, now| {
+                    let creditor = find_creditor(record, key)?;
+                    stages::require_creditor_done(
+                        record,
+                        creditor,
+                        &[Stage::Creditor],
+                        "RecordWebhookSetup",
+                    )?;
+                    let id = creditor.id.clone();
+                    let secret = self.seal(
+                        record,
+                        call,
+                        NewSecret {
+                            scope: &id,
+                            field: CredentialField::WebhookAuthorization,
+                            secret: &authorization,
+                            principal: &webhooks.target_url,
+                            verified: false,
+                        },
+                        now,
+                    )?;
+                    let creditor = creditor_mut(record, &id);
+                    let summary = format!(
+                        "webhook addon of {} attested by {}: {} for {}",
+                        key.creditor,
+                        webhooks.attested_by,
+                        webhooks.target_url,
+                        webhooks.events.join(", ")
+                    );
+                    creditor.webhooks = Some(Webhooks {
+                        record_time: now,
+                        ..webhooks.clone()
+                    });
+                    stages::webhooks_recorded(creditor, now);
+                    Ok(Written {
+                        summary,
+                        secrets: vec![secret],
+                    })
+                },
+            )
+            .await?;
+        Ok(committed.into_record())
+    }
+}

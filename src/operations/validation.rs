@@ -1,0 +1,609 @@
+//! Checking the live setup in Billecta against what was asked for, and promoting a ready test
+//! setup to production.
+
+use super::access::shared_user_warnings;
+use super::provisioning::creditor_mut;
+use super::{CallContext, Mutation, Operations};
+use crate::billecta::model::Creditor;
+use crate::billecta::{BillectaClient, BillectaError, Deadline, ErrorKind};
+use crate::domain::onboarding::{CreditorRecord, OnboardingRecord, StageRecord};
+use crate::domain::stages::{self, creditor_stage};
+use crate::domain::swedish::{Bankgiro, InvoiceNumber};
+use crate::domain::validate::{CreditorKey, OnboardingKey};
+use crate::domain::{CredentialField, Environment, OnboardingState, Stage, StageState, now_micros};
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    Pass,
+    /// Works, but should be changed.
+    Warn,
+    Fail,
+    /// Could not be checked now (Billecta did not answer); says nothing about the setup.
+    Unknown,
+}
+
+/// One check of a validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Such as `creditor.enabled`.
+    pub check: String,
+    /// The onboarding's or a creditor's resource name.
+    pub subject: String,
+    pub result: CheckResult,
+    /// A failing critical check marks `stage` BROKEN.
+    pub critical: bool,
+    pub reason: String,
+    pub message: String,
+    pub expected: String,
+    pub observed: String,
+    /// The stage the check speaks for: the creditor's internal id ('' for the environment) and stage.
+    pub stage: Option<(String, Stage)>,
+}
+
+impl Check {
+    fn new(check: &str, subject: &str, stage: Option<(String, Stage)>) -> Self {
+        Check {
+            check: check.to_owned(),
+            subject: subject.to_owned(),
+            result: CheckResult::Pass,
+            critical: false,
+            reason: "OK".to_owned(),
+            message: String::new(),
+            expected: String::new(),
+            observed: String::new(),
+            stage,
+        }
+    }
+
+    fn pass(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    fn fail(mut self, critical: bool, reason: &str, message: impl Into<String>) -> Self {
+        self.result = CheckResult::Fail;
+        self.critical = critical;
+        self.reason = reason.to_owned();
+        self.message = message.into();
+        self
+    }
+
+    fn warn(mut self, reason: &str, message: impl Into<String>) -> Self {
+        self.result = CheckResult::Warn;
+        self.reason = reason.to_owned();
+        self.message = message.into();
+        self
+    }
+
+    fn drift(self, critical: bool, expected: &str, observed: &str) -> Self {
+        let message = format!("asked for {expected:?}, Billecta shows {observed:?}");
+        let mut check = if critical {
+            self.fail(true, "DRIFT", message)
+        } else {
+            self.warn("DRIFT", message)
+        };
+        check.expected = expected.to_owned();
+        check.observed = observed.to_owned();
+        check
+    }
+
+    /// A Billecta failure: refused credentials fail the check, anything transient leaves it unknown.
+    fn billecta(self, error: &BillectaError, refused_reason: &str, refused: &str) -> Self {
+        match error.kind() {
+            ErrorKind::BadCredentials => {
+                self.fail(true, refused_reason, format!("{refused}: {error}"))
+            }
+            ErrorKind::NotFound => self.fail(
+                true,
+                "NOT_FOUND",
+                format!("Billecta no longer has it: {error}"),
+            ),
+            _ => {
+                let mut check = self;
+                check.result = CheckResult::Unknown;
+                check.reason = "BILLECTA_UNAVAILABLE".to_owned();
+                check.message = format!("could not be checked now: {error}");
+                check
+            }
+        }
+    }
+}
+
+fn is_checked(stage: Option<&StageRecord>) -> bool {
+    stage.is_some_and(|stage| {
+        matches!(
+            stage.state,
+            StageState::Completed | StageState::Broken | StageState::ActionRequired
+        )
+    })
+}
+
+fn creditor_stage_of(creditor: &CreditorRecord, stage: Stage) -> Option<&StageRecord> {
+    creditor.stages.iter().find(|record| record.stage == stage)
+}
+
+impl Operations {
+    /// ValidateOnboarding: runs every check, marks stages BROKEN (or COMPLETED again), and records
+    /// one audit event with the tally.
+    pub async fn validate_onboarding(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        deadline: Deadline,
+    ) -> Result<(OnboardingRecord, Vec<Check>)> {
+        let record = self.get_onboarding(key).await?;
+        let client = self.billecta.client(key.environment);
+        let name = key.name();
+        let mut checks = Vec::new();
+
+        let account_token = if record.stage(Stage::Account).state == StageState::NotStarted
+            || record
+                .account
+                .as_ref()
+                .and_then(|a| a.username.as_ref())
+                .is_none()
+        {
+            None
+        } else {
+            let check = Check::new(
+                "account.signs_in",
+                &name,
+                Some((String::new(), Stage::Account)),
+            );
+            match self
+                .secret(&record, "", CredentialField::AccountToken)
+                .await
+            {
+                Err(_) => {
+                    checks.push(check.fail(
+                        true,
+                        "CREDENTIAL_MISSING",
+                        "no account token is stored",
+                    ));
+                    None
+                }
+                Ok(token) => match client.current_token(&token, deadline).await {
+                    Ok(_) => {
+                        checks.push(check.pass("the account's token signs in"));
+                        Some(token)
+                    }
+                    Err(error) => {
+                        checks.push(check.billecta(
+                            &error,
+                            "TOKEN_REJECTED",
+                            "Billecta refused the account's token",
+                        ));
+                        None
+                    }
+                },
+            }
+        };
+
+        let test = match key.environment {
+            Environment::Production => {
+                self.store
+                    .get_onboarding(&key.tenant, Environment::Test)
+                    .await?
+            }
+            Environment::Test => None,
+        };
+        for creditor in &record.creditors {
+            let Some(public_id) = creditor.creditor_public_id.as_deref() else {
+                continue;
+            };
+            if let Some(token) = &account_token {
+                self.check_creditor(client, token, creditor, public_id, deadline, &mut checks)
+                    .await;
+            }
+            self.check_api_access(
+                client,
+                &record,
+                test.as_ref(),
+                creditor,
+                public_id,
+                deadline,
+                &mut checks,
+            )
+            .await;
+        }
+
+        let mutation = Mutation {
+            method: "ValidateOnboarding",
+            request_id: None,
+            request_hash: String::new(),
+            etag: None,
+            validate_only: false,
+        };
+        let tally = |result| checks.iter().filter(|c| c.result == result).count();
+        let summary = format!(
+            "validated in Billecta: {} passed, {} warnings, {} failed, {} unknown",
+            tally(CheckResult::Pass),
+            tally(CheckResult::Warn),
+            tally(CheckResult::Fail),
+            tally(CheckResult::Unknown)
+        );
+        let updated = self
+            .mutate(call, key, &mutation, |record, now| {
+                apply_checks(record, &checks, now);
+                Ok(summary)
+            })
+            .await?;
+        Ok((updated, checks))
+    }
+
+    /// The creditor exists, is enabled, and shows the settings asked for.
+    async fn check_creditor(
+        &self,
+        client: &BillectaClient,
+        token: &Secret,
+        creditor: &CreditorRecord,
+        public_id: &str,
+        deadline: Deadline,
+        checks: &mut Vec<Check>,
+    ) {
+        let subject = creditor.name.as_str();
+        let at = |stage| Some((creditor.id.clone(), stage));
+        let exists = Check::new("creditor.exists", subject, at(Stage::Creditor));
+        let shown: Creditor = match client.get_creditor(token, public_id, deadline).await {
+            Ok(shown) => {
+                checks.push(exists.pass(format!("Billecta holds creditor {public_id}")));
+                shown
+            }
+            Err(error) => {
+                checks.push(exists.billecta(
+                    &error,
+                    "CREDITOR_UNREADABLE",
+                    "the account cannot read the creditor",
+                ));
+                return;
+            }
+        };
+        let enabled = Check::new("creditor.enabled", subject, at(Stage::Creditor));
+        checks.push(if shown.is_enabled == Some(true) {
+            enabled.pass("the creditor is enabled")
+        } else {
+            enabled.fail(
+                true,
+                "CREDITOR_DISABLED",
+                "the creditor is disabled in Billecta",
+            )
+        });
+
+        if let Some(settings) = creditor
+            .company_settings
+            .as_ref()
+            .filter(|_| is_checked(creditor_stage_of(creditor, Stage::CompanySettings)))
+        {
+            let field = |name: &str| {
+                Check::new(
+                    &format!("company_settings.{name}"),
+                    subject,
+                    at(Stage::CompanySettings),
+                )
+            };
+            let compare = |name: &str, expected: &str, observed: Option<&str>, critical: bool| {
+                let observed = observed.unwrap_or_default();
+                let same = normalise(expected) == normalise(observed);
+                if same {
+                    field(name).pass(format!("{name} is {expected:?}"))
+                } else {
+                    field(name).drift(critical, expected, observed)
+                }
+            };
+            checks.push(compare(
+                "address",
+                &settings.address,
+                shown.address.as_deref(),
+                false,
+            ));
+            checks.push(compare(
+                "zip_code",
+                &settings.zip_code,
+                shown.zip_code.as_deref(),
+                false,
+            ));
+            checks.push(compare(
+                "city",
+                &settings.city,
+                shown.city.as_deref(),
+                false,
+            ));
+            checks.push(compare(
+                "country_code",
+                &settings.country_code,
+                shown.country_code.as_deref(),
+                false,
+            ));
+            let bank = shown.creditor_bank_info.as_ref();
+            let invoicing = Bankgiro::parse("bankgiro", &settings.bankgiro_invoicing).ok();
+            let primary = bank
+                .and_then(|bank| bank.payment_methods.as_ref())
+                .and_then(|methods| {
+                    methods.iter().find(|method| {
+                        method.priority
+                            == Some(crate::billecta::model::PaymentMethodPriority::Primary)
+                    })
+                })
+                .and_then(|method| method.bankgiro_no.clone())
+                .unwrap_or_default();
+            let check = field("bankgiro_invoicing");
+            checks.push(
+                if invoicing
+                    .as_ref()
+                    .is_some_and(|bankgiro| bankgiro.matches(&primary))
+                {
+                    check.pass(format!(
+                        "the primary payment method is bankgiro {}",
+                        settings.bankgiro_invoicing
+                    ))
+                } else {
+                    check.drift(true, &settings.bankgiro_invoicing, &primary)
+                },
+            );
+            let payments = Bankgiro::parse("bankgiro", &settings.bankgiro_payments).ok();
+            let outgoing = bank
+                .and_then(|bank| bank.creditor_outgoing_bankgiroes.as_ref())
+                .and_then(|entries| {
+                    entries.iter().find(|entry| {
+                        payments.as_ref().is_some_and(|bankgiro| {
+                            entry
+                                .bankgiro_no
+                                .as_deref()
+                                .is_some_and(|number| bankgiro.matches(number))
+                        })
+                    })
+                });
+            let check = field("bankgiro_payments");
+            checks.push(match outgoing {
+                None => check.drift(true, &settings.bankgiro_payments, "missing"),
+                Some(entry) if entry.bankgiro_approved != Some(true) => check.warn(
+                    "AWAITING_APPROVAL",
+                    format!(
+                        "bankgiro {} for payments awaits Billecta's approval",
+                        settings.bankgiro_payments
+                    ),
+                ),
+                Some(_) => check.pass(format!(
+                    "bankgiro {} for payments is approved",
+                    settings.bankgiro_payments
+                )),
+            });
+        }
+
+        if let Some(expected) = creditor
+            .invoice_settings
+            .as_ref()
+            .and_then(|settings| settings.next_invoice_number)
+            .filter(|_| is_checked(creditor_stage_of(creditor, Stage::InvoiceSettings)))
+        {
+            let check = Check::new(
+                "invoice_settings.next_invoice_number",
+                subject,
+                at(Stage::InvoiceSettings),
+            );
+            let observed = shown.next_invoice_number.clone().unwrap_or_default();
+            let current = InvoiceNumber::from_billecta(&observed).map(InvoiceNumber::value);
+            checks.push(match current {
+                Some(current) if current >= expected => check.pass(format!(
+                    "Billecta's next invoice number {current} is not behind {expected}"
+                )),
+                _ => check.drift(true, &expected.to_string(), &observed),
+            });
+        }
+    }
+
+    /// The API credentials read their creditor in this environment, and production does not share
+    /// a user with the account or with test.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_api_access(
+        &self,
+        client: &BillectaClient,
+        record: &OnboardingRecord,
+        test: Option<&OnboardingRecord>,
+        creditor: &CreditorRecord,
+        public_id: &str,
+        deadline: Deadline,
+        checks: &mut Vec<Check>,
+    ) {
+        if !is_checked(creditor_stage_of(creditor, Stage::ApiAccess)) {
+            return;
+        }
+        let subject = creditor.name.as_str();
+        let at = Some((creditor.id.clone(), Stage::ApiAccess));
+        let check = Check::new("api_access.reads_creditor", subject, at.clone());
+        let token = match self
+            .secret(record, &creditor.id, CredentialField::ApiToken)
+            .await
+        {
+            Ok(token) => token,
+            Err(_) => {
+                checks.push(check.fail(true, "CREDENTIAL_MISSING", "no API token is stored"));
+                return;
+            }
+        };
+        match client.get_creditor(&token, public_id, deadline).await {
+            Ok(_) => checks.push(check.pass(format!(
+                "the API token reads the creditor in Billecta's {} environment",
+                record.environment
+            ))),
+            Err(error) => checks.push(check.billecta(
+                &error,
+                "TOKEN_REJECTED",
+                "Billecta refused the API token: the API user was probably removed or disabled, or its token replaced",
+            )),
+        }
+        let username = creditor
+            .api_access
+            .as_ref()
+            .and_then(|a| a.username.as_deref());
+        for warning in shared_user_warnings(record, test, username, &token.fingerprint()) {
+            let message = match warning.as_str() {
+                "API_USER_IS_ACCOUNT_USER" => {
+                    "production uses the account's own user as API user; a separate API user is recommended"
+                }
+                _ => "production uses the same API user as the test environment",
+            };
+            checks.push(
+                Check::new("api_access.separate_user", subject, at.clone()).warn(&warning, message),
+            );
+        }
+    }
+
+    /// PromoteToProduction: copies a READY test setup into the production onboarding as desired state.
+    pub async fn promote_to_production(
+        &self,
+        call: &CallContext,
+        test_key: &OnboardingKey,
+        mutation: &Mutation,
+    ) -> Result<OnboardingRecord> {
+        let test = self.get_onboarding(test_key).await?;
+        if test.state != OnboardingState::Ready {
+            return Err(Error::Precondition {
+                reason: "ONBOARDING_NOT_READY",
+                subject: test_key.name(),
+                message: format!(
+                    "only a READY test onboarding can be promoted; {} is {}",
+                    test_key.name(),
+                    test.state
+                ),
+            });
+        }
+        let production = OnboardingKey::new(test_key.tenant.clone(), Environment::Production);
+        let summary = format!(
+            "promoted from {}: {} creditor(s) copied as the desired production setup",
+            test_key.name(),
+            test.creditors.len()
+        );
+        if self
+            .store
+            .get_onboarding(&production.tenant, Environment::Production)
+            .await?
+            .is_none()
+        {
+            if mutation.validate_only {
+                let mut record = OnboardingRecord::new(
+                    uuid::Uuid::new_v4().to_string(),
+                    &production,
+                    now_micros(),
+                );
+                copy_desired(&mut record, &test, now_micros());
+                record.refresh();
+                return Ok(record);
+            }
+            let create = Mutation {
+                method: "PromoteToProduction",
+                request_id: None,
+                request_hash: String::new(),
+                etag: None,
+                validate_only: false,
+            };
+            match self.create_onboarding(call, &production, &create).await {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.mutate(call, &production, mutation, |record, now| {
+            copy_desired(record, &test, now);
+            Ok(summary)
+        })
+        .await
+    }
+}
+
+/// Compares as Billecta may respell: case, spaces and dashes do not count.
+fn normalise(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Marks stages BROKEN where a critical check failed, and COMPLETED again where a broken stage now
+/// passes every check. Stages that moved since the checks ran are left alone.
+fn apply_checks(record: &mut OnboardingRecord, checks: &[Check], now: i64) {
+    let mut targets: Vec<(String, Stage)> = checks.iter().filter_map(|c| c.stage.clone()).collect();
+    targets.dedup();
+    for (creditor_id, stage) in targets {
+        let concerning: Vec<&Check> = checks
+            .iter()
+            .filter(|c| c.stage.as_ref() == Some(&(creditor_id.clone(), stage)))
+            .collect();
+        let failed = concerning
+            .iter()
+            .find(|c| c.result == CheckResult::Fail && c.critical);
+        let all_known = concerning.iter().all(|c| c.result != CheckResult::Unknown);
+        let record_stage = if creditor_id.is_empty() {
+            record.stage_mut(stage)
+        } else {
+            match record.creditors.iter_mut().find(|c| c.id == creditor_id) {
+                Some(creditor) => creditor_stage(creditor, stage),
+                None => continue,
+            }
+        };
+        match (failed, record_stage.state) {
+            // A stage being worked on is left to the call working on it.
+            (
+                Some(check),
+                StageState::Completed | StageState::Broken | StageState::ActionRequired,
+            ) if record_stage.lease.is_none() => {
+                stages::broken(
+                    record_stage,
+                    &check.reason,
+                    &format!("{}: {}", check.check, check.message),
+                    now,
+                );
+            }
+            (None, StageState::Broken) if all_known => stages::repaired(record_stage, now),
+            _ => {}
+        }
+    }
+}
+
+/// Copies the test creditors' non-secret desired setup into production, where production does not
+/// have its own yet. Credentials are never copied.
+fn copy_desired(record: &mut OnboardingRecord, test: &OnboardingRecord, now: i64) {
+    let production = record.key();
+    for source in &test.creditors {
+        let name = CreditorKey {
+            onboarding: production.clone(),
+            creditor: source.organisation_number.clone(),
+        }
+        .name();
+        if !record.creditors.iter().any(|c| c.name == name) {
+            record.creditors.push(CreditorRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: name.clone(),
+                organisation_number: source.organisation_number.clone(),
+                company_name: source.company_name.clone(),
+                title: source.title.clone(),
+                creditor_public_id: None,
+                stages: stages::promoted_creditor_stages(now),
+                company_settings: None,
+                invoice_settings: None,
+                api_access: None,
+                webhooks: None,
+            });
+        }
+        let id = record
+            .creditors
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let creditor = creditor_mut(record, &id);
+        if creditor.company_settings.is_none() {
+            creditor.company_settings = source.company_settings.clone().map(|settings| {
+                crate::domain::onboarding::CompanySettings {
+                    bankgiro_payments_approved: false,
+                    ..settings
+                }
+            });
+        }
+        if creditor.invoice_settings.is_none() {
+            creditor.invoice_settings = source.invoice_settings.clone();
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! The whole journey over gRPC, on SQLite and PostgreSQL, with the sandbox's simulators playing the
+//! people in Billecta's portal: a tenant from nothing to READY in test, promoted, READY in
+//! production; Payway's payment code reads a token the simulator accepts; then someone deletes the API
+//! user in Billecta and ValidateOnboarding reports the integration BROKEN, with the reason.
+
+mod common;
+
+use billecta_onboarding::billecta::model::{User, UserRight};
+use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
+use billecta_onboarding::domain::Environment;
+use billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
+use billecta_onboarding::secret::Secret;
+use billecta_onboarding::simulator::NewAccount;
+use common::{TestServer, account_request, agreement_request, events, for_each_backend, proto};
+use tonic::Code;
+
+const ORG_NO: &str = "556036-0793";
+const ACCOUNT_EMAIL: &str = "billecta@gp.se";
+const TEST_PASSWORD: &str = "Test-lösen-2026";
+const PRODUCTION_PASSWORD: &str = "Prod-lösen-2026";
+const API_USER: &str = "payway-api@gp.se";
+const API_PASSWORD: &str = "Api-lösen-2026";
+
+fn stage(stages: &[proto::StageStatus], which: proto::Stage) -> proto::StageState {
+    let status = stages
+        .iter()
+        .find(|status| status.stage == which as i32)
+        .expect("every stage is listed");
+    proto::StageState::try_from(status.state).unwrap()
+}
+
+fn state(onboarding: &proto::Onboarding) -> proto::OnboardingState {
+    proto::OnboardingState::try_from(onboarding.state).unwrap()
+}
+
+/// The environment's stages up to a confirmed account, with the portal steps played in the simulator.
+async fn confirm_account(
+    server: &TestServer,
+    name: &str,
+    environment: Environment,
+    password: &str,
+) {
+    let mut client = server.client.clone();
+    client
+        .record_agreement(agreement_request(name))
+        .await
+        .unwrap();
+    client
+        .register_account(account_request(name))
+        .await
+        .unwrap();
+    let simulator = server.simulator(environment);
+    let account = simulator
+        .create_account(NewAccount {
+            name: "Payway Billecta".into(),
+            company_name: "Göteborgs-Posten AB".into(),
+            email: ACCOUNT_EMAIL.into(),
+            password: "from-the-activation-email".into(),
+        })
+        .unwrap();
+    simulator
+        .activate_account(account.account_id, password)
+        .unwrap();
+    client
+        .confirm_account_activation(proto::ConfirmAccountActivationRequest {
+            name: name.to_owned(),
+            username: ACCOUNT_EMAIL.to_owned(),
+            password: password.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Company settings applied, then approved by Billecta's support and checked again.
+async fn settle_company_settings(
+    server: &TestServer,
+    environment: Environment,
+    creditor: &proto::Creditor,
+    settings: Option<proto::CompanySettings>,
+) {
+    let mut client = server.client.clone();
+    let request = proto::UpdateCompanySettingsRequest {
+        name: creditor.name.clone(),
+        company_settings: settings,
+        ..Default::default()
+    };
+    client
+        .update_company_settings(request.clone())
+        .await
+        .unwrap();
+    server
+        .simulator(environment)
+        .approve_outgoing_bankgiro(creditor.creditor_public_id.parse().unwrap(), "5402-9681")
+        .unwrap();
+    let applied = client
+        .update_company_settings(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .onboarding
+        .unwrap();
+    assert_eq!(
+        stage(&applied.creditors[0].stages, proto::Stage::CompanySettings),
+        proto::StageState::Completed
+    );
+}
+
+async fn payment_configuration(
+    server: &TestServer,
+    creditor: &str,
+) -> Result<proto::PaymentConfiguration, tonic::Status> {
+    let mut client = PaymentConfigurationServiceClient::new(server.channel.clone());
+    Ok(client
+        .get_payment_configuration(proto::GetPaymentConfigurationRequest {
+            name: creditor.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .payment_configuration
+        .unwrap())
+}
+
+/// Billecta accepts the token handed to Payway: it reads the creditor.
+async fn token_works(
+    configuration: &proto::PaymentConfiguration,
+    environment: Environment,
+) -> bool {
+    let client = BillectaClient::new(
+        environment,
+        ClientSettings::new(configuration.api_base_url.clone()),
+    )
+    .unwrap();
+    client
+        .get_creditor(
+            &Secret::new(configuration.secure_token.clone()),
+            &configuration.creditor_public_id,
+            Deadline::none(),
+        )
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+
+        // ---- test ----
+        let test = common::create(&server, "gp", proto::Environment::Test)
+            .await
+            .name;
+        confirm_account(&server, &test, Environment::Test, TEST_PASSWORD).await;
+        let creditor = client
+            .create_creditor(proto::CreateCreditorRequest {
+                parent: test.clone(),
+                organisation_number: ORG_NO.into(),
+                company_name: "Göteborgs-Posten AB".into(),
+                title: "GP".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .creditor
+            .unwrap();
+        let settings = proto::CompanySettings {
+            address: "Polhemsplatsen 5".into(),
+            zip_code: "411 11".into(),
+            city: "Göteborg".into(),
+            bankgiro_invoicing: "5050-1055".into(),
+            bankgiro_payments: "5402-9681".into(),
+            ..Default::default()
+        };
+        settle_company_settings(&server, Environment::Test, &creditor, Some(settings)).await;
+        client
+            .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
+                name: creditor.name.clone(),
+                invoice_settings: Some(proto::InvoiceSettings {
+                    next_invoice_number: 5001,
+                    payment_terms: Some(proto::PaymentTerms {
+                        invoice_lead_time_days: 14,
+                        due_days: 14,
+                        grace_period_days: 5,
+                        write_off_days: 90,
+                        currency: "sek".into(),
+                    }),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // In test the account's one user is the API user.
+        let registered = client
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.name.clone(),
+                username: ACCOUNT_EMAIL.into(),
+                password: TEST_PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let access = registered.creditors[0].api_access.clone().unwrap();
+        assert!(
+            access.warnings.is_empty(),
+            "the test account user is fine as API user"
+        );
+        assert!(
+            access
+                .credential
+                .unwrap()
+                .fingerprint
+                .starts_with("sha256:")
+        );
+        assert_eq!(registered.next_due[0].item, "payment_configuration.read");
+
+        let configuration = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        assert_eq!(
+            configuration.api_base_url,
+            server.simulator(Environment::Test).base_url()
+        );
+        assert_eq!(
+            configuration.creditor_public_id,
+            creditor.creditor_public_id
+        );
+        assert_eq!(configuration.username, ACCOUNT_EMAIL);
+        let terms = configuration.payment_terms.clone().unwrap();
+        assert_eq!((terms.due_days, terms.currency.as_str()), (14, "SEK"));
+        assert!(token_works(&configuration, Environment::Test).await);
+        client
+            .record_webhook_setup(proto::RecordWebhookSetupRequest {
+                name: creditor.name.clone(),
+                target_url: "https://stage.payway.example/billecta/webhooks".into(),
+                events: vec!["InvoicePaymentReceived".into(), "UnmatchedPayment".into()],
+                authorization: "Bearer webhook-secret-2026".into(),
+                attested_by: "ops@payway.se".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ready = common::get(&server, &test).await.unwrap();
+        assert_eq!(
+            state(&ready),
+            proto::OnboardingState::Ready,
+            "{:?}",
+            ready.next_due
+        );
+        let validated = client
+            .validate_onboarding(proto::ValidateOnboardingRequest { name: test.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let failed: Vec<_> = validated
+            .checks
+            .iter()
+            .filter(|check| check.result != proto::CheckResult::Pass as i32)
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(
+            state(validated.onboarding.as_ref().unwrap()),
+            proto::OnboardingState::Ready
+        );
+
+        // ---- promotion ----
+        let production = client
+            .promote_to_production(proto::PromoteToProductionRequest {
+                name: test.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(production.name, "tenants/gp/environments/production");
+        assert_eq!(production.next_due[0].item, "agreement.record");
+        let promoted = &production.creditors[0];
+        assert_eq!(
+            promoted
+                .company_settings
+                .as_ref()
+                .unwrap()
+                .bankgiro_invoicing,
+            "5050-1055"
+        );
+        assert!(
+            promoted.api_access.is_none(),
+            "credentials are never copied"
+        );
+        assert!(production.account.is_none());
+
+        // ---- production ----
+        let name = production.name.clone();
+        confirm_account(&server, &name, Environment::Production, PRODUCTION_PASSWORD).await;
+        let creditor = client
+            .create_creditor(proto::CreateCreditorRequest {
+                parent: name.clone(),
+                organisation_number: ORG_NO.into(),
+                company_name: "Göteborgs-Posten AB".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .creditor
+            .unwrap();
+        // The promoted settings apply without being given again.
+        settle_company_settings(&server, Environment::Production, &creditor, None).await;
+        client
+            .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
+                name: creditor.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let in_billecta = server.simulator(Environment::Production).state().creditors[0]
+            .view
+            .clone();
+        assert_eq!(in_billecta["NextInvoiceNumber"], "5001");
+        assert_eq!(in_billecta["City"], "Göteborg");
+
+        // A person creates a separate API user in the portal, with rights on the creditor.
+        let billecta = BillectaClient::new(
+            Environment::Production,
+            ClientSettings::new(server.simulator(Environment::Production).base_url()),
+        )
+        .unwrap();
+        let admin = billecta
+            .authenticate(
+                ACCOUNT_EMAIL,
+                &Secret::new(PRODUCTION_PASSWORD),
+                Deadline::none(),
+            )
+            .await
+            .unwrap()
+            .value;
+        let api_user_id = billecta
+            .create_user(
+                &admin,
+                &User {
+                    username: Some(API_USER.into()),
+                    email: Some(API_USER.into()),
+                    password: Some(Secret::new(API_PASSWORD)),
+                    is_enabled: Some(true),
+                    is_api_user: Some(true),
+                    rights: Some(vec![UserRight {
+                        creditor_public_id: Some(creditor.creditor_public_id.clone()),
+                        can_read_creditor: Some(true),
+                        ..UserRight::default()
+                    }]),
+                    ..User::default()
+                },
+                Deadline::none(),
+            )
+            .await
+            .unwrap();
+        let registered = client
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.name.clone(),
+                username: API_USER.into(),
+                password: API_PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert!(
+            registered.creditors[0]
+                .api_access
+                .as_ref()
+                .unwrap()
+                .warnings
+                .is_empty()
+        );
+        let configuration = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        assert!(token_works(&configuration, Environment::Production).await);
+        assert_eq!(configuration.password, API_PASSWORD);
+        client
+            .skip_stage(proto::SkipStageRequest {
+                name: creditor.name.clone(),
+                stage: proto::Stage::Webhooks as i32,
+                reason: "webhooks are set up next quarter".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let ready = common::get(&server, &name).await.unwrap();
+        assert_eq!(
+            state(&ready),
+            proto::OnboardingState::Ready,
+            "{:?}",
+            ready.next_due
+        );
+
+        // ---- someone deletes the API user in Billecta ----
+        server
+            .simulator(Environment::Production)
+            .delete_user(api_user_id.parse().unwrap())
+            .unwrap();
+        let report = client
+            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let broken = report
+            .checks
+            .iter()
+            .find(|check| check.check == "api_access.reads_creditor")
+            .unwrap();
+        assert_eq!(broken.result, proto::CheckResult::Fail as i32);
+        assert!(broken.critical);
+        assert_eq!(broken.reason, "TOKEN_REJECTED");
+        assert!(broken.message.contains("removed"), "{}", broken.message);
+        let onboarding = report.onboarding.unwrap();
+        assert_eq!(state(&onboarding), proto::OnboardingState::Broken);
+        assert_eq!(
+            stage(&onboarding.creditors[0].stages, proto::Stage::ApiAccess),
+            proto::StageState::Broken
+        );
+        let trail = events(&server, &name).await;
+        assert!(trail.iter().any(|event| {
+            event.method == "ValidateOnboarding"
+                && event
+                    .transitions
+                    .iter()
+                    .any(|t| t.to_state == proto::StageState::Broken as i32)
+        }));
+
+        // No secret anywhere a caller reads, except the payment configuration itself.
+        let read = format!(
+            "{:?} {:?} {:?}",
+            common::get(&server, &test).await.unwrap(),
+            onboarding,
+            events(&server, &test).await
+        );
+        for secret in [
+            TEST_PASSWORD,
+            PRODUCTION_PASSWORD,
+            API_PASSWORD,
+            "webhook-secret-2026",
+        ] {
+            assert!(!read.contains(secret), "{secret} shown");
+        }
+        assert!(!read.contains(&configuration.secure_token));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn production_flags_an_api_user_that_is_the_account_user_and_only_ready_test_promotes() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let test = common::create(&server, "hd", proto::Environment::Test)
+            .await
+            .name;
+        let refused = client
+            .promote_to_production(proto::PromoteToProductionRequest {
+                name: test.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(common::reason(&refused), "ONBOARDING_NOT_READY");
+        let not_test = client
+            .promote_to_production(proto::PromoteToProductionRequest {
+                name: "tenants/hd/environments/production".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(common::bad_fields(&not_test), ["name"]);
+
+        let production = common::create(&server, "hd", proto::Environment::Production)
+            .await
+            .name;
+        confirm_account(
+            &server,
+            &production,
+            Environment::Production,
+            PRODUCTION_PASSWORD,
+        )
+        .await;
+        let creditor = client
+            .create_creditor(proto::CreateCreditorRequest {
+                parent: production.clone(),
+                organisation_number: ORG_NO.into(),
+                company_name: "Hallands Nyheter AB".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .creditor
+            .unwrap();
+        let registered = client
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.name.clone(),
+                username: ACCOUNT_EMAIL.into(),
+                password: PRODUCTION_PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let creditor = &registered.creditors[0];
+        assert_eq!(
+            creditor.api_access.as_ref().unwrap().warnings,
+            ["API_USER_IS_ACCOUNT_USER"]
+        );
+        let api_stage = creditor
+            .stages
+            .iter()
+            .find(|s| s.stage == proto::Stage::ApiAccess as i32)
+            .unwrap();
+        assert_eq!(api_stage.reason, "API_ACCESS_VERIFIED_WITH_WARNINGS");
+        let report = client
+            .validate_onboarding(proto::ValidateOnboardingRequest {
+                name: production.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let flagged = report
+            .checks
+            .iter()
+            .find(|check| check.check == "api_access.separate_user")
+            .expect("the shared user is reported");
+        assert_eq!(flagged.result, proto::CheckResult::Warn as i32);
+        assert_eq!(flagged.reason, "API_USER_IS_ACCOUNT_USER");
+
+        // Wrong credentials for the API user: refused, and API_ACCESS stays as it was.
+        let wrong = client
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.name.clone(),
+                secure_token: "bm90LWEtdG9rZW4=".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), Code::FailedPrecondition);
+        assert_eq!(common::reason(&wrong), "BILLECTA_CREDENTIALS_REJECTED");
+        assert!(!wrong.message().contains("bm90LWEtdG9rZW4="));
+        let after = common::get(&server, &production).await.unwrap();
+        assert_eq!(
+            after.creditors[0].api_access.as_ref().unwrap().warnings,
+            ["API_USER_IS_ACCOUNT_USER"],
+            "the registered credentials stay"
+        );
+    })
+    .await;
+}
