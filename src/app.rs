@@ -55,17 +55,17 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    async fn start() -> anyhow::Result<Self> {
-        let start = |environment| {
+    async fn start(config: &Config) -> anyhow::Result<Self> {
+        let start = |environment, listen| {
             simulator::start(SimulatorConfig {
-                environment,
-                ..SimulatorConfig::default()
+                listen,
+                ..SimulatorConfig::new(environment)
             })
         };
-        let test = start(Environment::Test)
+        let test = start(Environment::Test, config.sandbox_test_listen)
             .await
             .context("starting the sandbox's test-environment simulator")?;
-        let production = start(Environment::Production)
+        let production = start(Environment::Production, config.sandbox_production_listen)
             .await
             .context("starting the sandbox's production simulator")?;
         for (environment, simulator) in [("test", &test), ("production", &production)] {
@@ -117,7 +117,7 @@ impl Application {
         .await?;
         store.migrate().await?;
         let sandbox = match config.sandbox {
-            true => Some(Sandbox::start().await?),
+            true => Some(Sandbox::start(&config).await?),
             false => None,
         };
         let client = |environment| {

@@ -66,6 +66,23 @@ pub struct Config {
     #[arg(long, env = "ONBOARDING_SANDBOX", default_value_t = false)]
     pub sandbox: bool,
 
+    /// In sandbox mode: where the test-environment simulator listens (its admin API plays the people
+    /// in Billecta's portal). Port 0 picks a free one.
+    #[arg(
+        long,
+        env = "ONBOARDING_SANDBOX_TEST_LISTEN",
+        default_value = "127.0.0.1:50061"
+    )]
+    pub sandbox_test_listen: SocketAddr,
+
+    /// In sandbox mode: where the production simulator listens.
+    #[arg(
+        long,
+        env = "ONBOARDING_SANDBOX_PRODUCTION_LISTEN",
+        default_value = "127.0.0.1:50062"
+    )]
+    pub sandbox_production_listen: SocketAddr,
+
     /// Base URL of Billecta's test environment API.
     #[arg(long, env = "ONBOARDING_BILLECTA_TEST_URL", default_value = billecta::TEST_BASE_URL)]
     pub billecta_test_url: String,
@@ -322,6 +339,8 @@ impl Config {
     pub fn for_database(database: impl Into<String>) -> Self {
         let mut config = Config::parse_from(["billecta-onboarding"]);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.sandbox_test_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.sandbox_production_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.database = database.into();
         config
     }

@@ -167,7 +167,13 @@ fn http_get(base_url: &str, path: &str) -> (String, String) {
 
 #[test]
 fn sandbox_runs_a_billecta_simulator_for_each_environment() {
-    let service = Service::start_with(&["--sandbox"]);
+    let service = Service::start_with(&[
+        "--sandbox",
+        "--sandbox-test-listen",
+        "127.0.0.1:0",
+        "--sandbox-production-listen",
+        "127.0.0.1:0",
+    ]);
     service.wait_for_serving();
     let simulators: Vec<(String, String)> = service
         .log_lines()

@@ -12,6 +12,7 @@ use billecta_onboarding::proto::payment_configuration_service_client::PaymentCon
 use billecta_onboarding::secret::Secret;
 use billecta_onboarding::simulator::NewAccount;
 use common::{TestServer, account_request, agreement_request, events, for_each_backend, proto};
+use std::sync::{Arc, Mutex, OnceLock};
 use tonic::Code;
 
 const ORG_NO: &str = "556036-0793";
@@ -20,6 +21,36 @@ const TEST_PASSWORD: &str = "Test-lösen-2026";
 const PRODUCTION_PASSWORD: &str = "Prod-lösen-2026";
 const API_USER: &str = "payway-api@gp.se";
 const API_PASSWORD: &str = "Api-lösen-2026";
+
+/// Every log line any test of this binary writes, at debug level for every crate: what an operator
+/// who turns logging up would see.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .json()
+            .with_writer(move || LogSink(sink.clone()))
+            .init();
+        logs
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 fn stage(stages: &[proto::StageStatus], which: proto::Stage) -> proto::StageState {
     let status = stages
@@ -143,316 +174,352 @@ async fn token_works(
 
 #[tokio::test]
 async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
-    for_each_backend(|server| async move {
-        let mut client = server.client.clone();
+    let logs = captured_logs();
+    for_each_backend(|server| {
+        let logs = logs.clone();
+        async move {
+            let mut client = server.client.clone();
 
-        // ---- test ----
-        let test = common::create(&server, "gp", proto::Environment::Test)
-            .await
-            .name;
-        confirm_account(&server, &test, Environment::Test, TEST_PASSWORD).await;
-        let creditor = client
-            .create_creditor(proto::CreateCreditorRequest {
-                parent: test.clone(),
-                organisation_number: ORG_NO.into(),
-                company_name: "Göteborgs-Posten AB".into(),
-                title: "GP".into(),
+            // ---- test ----
+            let test = common::create(&server, "gp", proto::Environment::Test)
+                .await
+                .name;
+            confirm_account(&server, &test, Environment::Test, TEST_PASSWORD).await;
+            let creditor = client
+                .create_creditor(proto::CreateCreditorRequest {
+                    parent: test.clone(),
+                    organisation_number: ORG_NO.into(),
+                    company_name: "Göteborgs-Posten AB".into(),
+                    title: "GP".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .creditor
+                .unwrap();
+            let settings = proto::CompanySettings {
+                address: "Polhemsplatsen 5".into(),
+                zip_code: "411 11".into(),
+                city: "Göteborg".into(),
+                bankgiro_invoicing: "5050-1055".into(),
+                bankgiro_payments: "5402-9681".into(),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .creditor
-            .unwrap();
-        let settings = proto::CompanySettings {
-            address: "Polhemsplatsen 5".into(),
-            zip_code: "411 11".into(),
-            city: "Göteborg".into(),
-            bankgiro_invoicing: "5050-1055".into(),
-            bankgiro_payments: "5402-9681".into(),
-            ..Default::default()
-        };
-        settle_company_settings(&server, Environment::Test, &creditor, Some(settings)).await;
-        client
-            .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
-                name: creditor.name.clone(),
-                invoice_settings: Some(proto::InvoiceSettings {
-                    next_invoice_number: 5001,
-                    payment_terms: Some(proto::PaymentTerms {
-                        invoice_lead_time_days: 14,
-                        due_days: 14,
-                        grace_period_days: 5,
-                        write_off_days: 90,
-                        currency: "sek".into(),
+            };
+            settle_company_settings(&server, Environment::Test, &creditor, Some(settings)).await;
+            client
+                .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
+                    name: creditor.name.clone(),
+                    invoice_settings: Some(proto::InvoiceSettings {
+                        next_invoice_number: 5001,
+                        payment_terms: Some(proto::PaymentTerms {
+                            invoice_lead_time_days: 14,
+                            due_days: 14,
+                            grace_period_days: 5,
+                            write_off_days: 90,
+                            currency: "sek".into(),
+                        }),
                     }),
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        // In test the account's one user is the API user.
-        let registered = client
-            .register_api_credentials(proto::RegisterApiCredentialsRequest {
-                name: creditor.name.clone(),
-                username: ACCOUNT_EMAIL.into(),
-                password: TEST_PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
-        let access = registered.creditors[0].api_access.clone().unwrap();
-        assert!(
-            access.warnings.is_empty(),
-            "the test account user is fine as API user"
-        );
-        assert!(
-            access
-                .credential
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            // In test the account's one user is the API user.
+            let registered = client
+                .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                    name: creditor.name.clone(),
+                    username: ACCOUNT_EMAIL.into(),
+                    password: TEST_PASSWORD.into(),
+                    ..Default::default()
+                })
+                .await
                 .unwrap()
-                .fingerprint
-                .starts_with("sha256:")
-        );
-        assert_eq!(registered.next_due[0].item, "payment_configuration.read");
+                .into_inner()
+                .onboarding
+                .unwrap();
+            let access = registered.creditors[0].api_access.clone().unwrap();
+            assert!(
+                access.warnings.is_empty(),
+                "the test account user is fine as API user"
+            );
+            assert!(
+                access
+                    .credential
+                    .unwrap()
+                    .fingerprint
+                    .starts_with("sha256:")
+            );
+            assert_eq!(registered.next_due[0].item, "payment_configuration.read");
 
-        let configuration = payment_configuration(&server, &creditor.name)
-            .await
-            .unwrap();
-        assert_eq!(
-            configuration.api_base_url,
-            server.simulator(Environment::Test).base_url()
-        );
-        assert_eq!(
-            configuration.creditor_public_id,
-            creditor.creditor_public_id
-        );
-        assert_eq!(configuration.username, ACCOUNT_EMAIL);
-        let terms = configuration.payment_terms.clone().unwrap();
-        assert_eq!((terms.due_days, terms.currency.as_str()), (14, "SEK"));
-        assert!(token_works(&configuration, Environment::Test).await);
-        client
-            .record_webhook_setup(proto::RecordWebhookSetupRequest {
-                name: creditor.name.clone(),
-                target_url: "https://stage.payway.example/billecta/webhooks".into(),
-                events: vec!["InvoicePaymentReceived".into(), "UnmatchedPayment".into()],
-                authorization: "Bearer webhook-secret-2026".into(),
-                attested_by: "ops@payway.se".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let ready = common::get(&server, &test).await.unwrap();
-        assert_eq!(
-            state(&ready),
-            proto::OnboardingState::Ready,
-            "{:?}",
-            ready.next_due
-        );
-        let validated = client
-            .validate_onboarding(proto::ValidateOnboardingRequest { name: test.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        let failed: Vec<_> = validated
-            .checks
-            .iter()
-            .filter(|check| check.result != proto::CheckResult::Pass as i32)
-            .collect();
-        assert!(failed.is_empty(), "{failed:?}");
-        assert_eq!(
-            state(validated.onboarding.as_ref().unwrap()),
-            proto::OnboardingState::Ready
-        );
-
-        // ---- promotion ----
-        let production = client
-            .promote_to_production(proto::PromoteToProductionRequest {
-                name: test.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
-        assert_eq!(production.name, "tenants/gp/environments/production");
-        assert_eq!(production.next_due[0].item, "agreement.record");
-        let promoted = &production.creditors[0];
-        assert_eq!(
-            promoted
-                .company_settings
-                .as_ref()
+            let configuration = payment_configuration(&server, &creditor.name)
+                .await
+                .unwrap();
+            assert_eq!(
+                configuration.api_base_url,
+                server.simulator(Environment::Test).base_url()
+            );
+            assert_eq!(
+                configuration.creditor_public_id,
+                creditor.creditor_public_id
+            );
+            assert_eq!(configuration.username, ACCOUNT_EMAIL);
+            let terms = configuration.payment_terms.clone().unwrap();
+            assert_eq!((terms.due_days, terms.currency.as_str()), (14, "SEK"));
+            assert!(token_works(&configuration, Environment::Test).await);
+            client
+                .record_webhook_setup(proto::RecordWebhookSetupRequest {
+                    name: creditor.name.clone(),
+                    target_url: "https://stage.payway.example/billecta/webhooks".into(),
+                    events: vec!["InvoicePaymentReceived".into(), "UnmatchedPayment".into()],
+                    authorization: "Bearer webhook-secret-2026".into(),
+                    attested_by: "ops@payway.se".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let ready = common::get(&server, &test).await.unwrap();
+            assert_eq!(
+                state(&ready),
+                proto::OnboardingState::Ready,
+                "{:?}",
+                ready.next_due
+            );
+            let validated = client
+                .validate_onboarding(proto::ValidateOnboardingRequest { name: test.clone() })
+                .await
                 .unwrap()
-                .bankgiro_invoicing,
-            "5050-1055"
-        );
-        assert!(
-            promoted.api_access.is_none(),
-            "credentials are never copied"
-        );
-        assert!(production.account.is_none());
+                .into_inner();
+            let failed: Vec<_> = validated
+                .checks
+                .iter()
+                .filter(|check| check.result != proto::CheckResult::Pass as i32)
+                .collect();
+            assert!(failed.is_empty(), "{failed:?}");
+            assert_eq!(
+                state(validated.onboarding.as_ref().unwrap()),
+                proto::OnboardingState::Ready
+            );
 
-        // ---- production ----
-        let name = production.name.clone();
-        confirm_account(&server, &name, Environment::Production, PRODUCTION_PASSWORD).await;
-        let creditor = client
-            .create_creditor(proto::CreateCreditorRequest {
-                parent: name.clone(),
-                organisation_number: ORG_NO.into(),
-                company_name: "Göteborgs-Posten AB".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .creditor
-            .unwrap();
-        // The promoted settings apply without being given again.
-        settle_company_settings(&server, Environment::Production, &creditor, None).await;
-        client
-            .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
-                name: creditor.name.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let in_billecta = server.simulator(Environment::Production).state().creditors[0]
-            .view
-            .clone();
-        assert_eq!(in_billecta["NextInvoiceNumber"], "5001");
-        assert_eq!(in_billecta["City"], "Göteborg");
+            // ---- promotion ----
+            let production = client
+                .promote_to_production(proto::PromoteToProductionRequest {
+                    name: test.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .onboarding
+                .unwrap();
+            assert_eq!(production.name, "tenants/gp/environments/production");
+            assert_eq!(production.next_due[0].item, "agreement.record");
+            let promoted = &production.creditors[0];
+            assert_eq!(
+                promoted
+                    .company_settings
+                    .as_ref()
+                    .unwrap()
+                    .bankgiro_invoicing,
+                "5050-1055"
+            );
+            assert!(
+                promoted.api_access.is_none(),
+                "credentials are never copied"
+            );
+            assert!(production.account.is_none());
 
-        // A person creates a separate API user in the portal, with rights on the creditor.
-        let billecta = BillectaClient::new(
-            Environment::Production,
-            ClientSettings::new(server.simulator(Environment::Production).base_url()),
-        )
-        .unwrap();
-        let admin = billecta
-            .authenticate(
-                ACCOUNT_EMAIL,
-                &Secret::new(PRODUCTION_PASSWORD),
-                Deadline::none(),
+            // ---- production ----
+            let name = production.name.clone();
+            confirm_account(&server, &name, Environment::Production, PRODUCTION_PASSWORD).await;
+            let creditor = client
+                .create_creditor(proto::CreateCreditorRequest {
+                    parent: name.clone(),
+                    organisation_number: ORG_NO.into(),
+                    company_name: "Göteborgs-Posten AB".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .creditor
+                .unwrap();
+            // The promoted settings apply without being given again.
+            settle_company_settings(&server, Environment::Production, &creditor, None).await;
+            client
+                .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
+                    name: creditor.name.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let in_billecta = server.simulator(Environment::Production).state().creditors[0]
+                .view
+                .clone();
+            assert_eq!(in_billecta["NextInvoiceNumber"], "5001");
+            assert_eq!(in_billecta["City"], "Göteborg");
+
+            // A person creates a separate API user in the portal, with rights on the creditor.
+            let billecta = BillectaClient::new(
+                Environment::Production,
+                ClientSettings::new(server.simulator(Environment::Production).base_url()),
             )
-            .await
-            .unwrap()
-            .value;
-        let api_user_id = billecta
-            .create_user(
-                &admin,
-                &User {
-                    username: Some(API_USER.into()),
-                    email: Some(API_USER.into()),
-                    password: Some(Secret::new(API_PASSWORD)),
-                    is_enabled: Some(true),
-                    is_api_user: Some(true),
-                    rights: Some(vec![UserRight {
-                        creditor_public_id: Some(creditor.creditor_public_id.clone()),
-                        can_read_creditor: Some(true),
-                        ..UserRight::default()
-                    }]),
-                    ..User::default()
-                },
-                Deadline::none(),
-            )
-            .await
             .unwrap();
-        let registered = client
-            .register_api_credentials(proto::RegisterApiCredentialsRequest {
-                name: creditor.name.clone(),
-                username: API_USER.into(),
-                password: API_PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
-        assert!(
-            registered.creditors[0]
-                .api_access
-                .as_ref()
+            let admin = billecta
+                .authenticate(
+                    ACCOUNT_EMAIL,
+                    &Secret::new(PRODUCTION_PASSWORD),
+                    Deadline::none(),
+                )
+                .await
                 .unwrap()
-                .warnings
-                .is_empty()
-        );
-        let configuration = payment_configuration(&server, &creditor.name)
-            .await
-            .unwrap();
-        assert!(token_works(&configuration, Environment::Production).await);
-        assert_eq!(configuration.password, API_PASSWORD);
-        client
-            .skip_stage(proto::SkipStageRequest {
-                name: creditor.name.clone(),
-                stage: proto::Stage::Webhooks as i32,
-                reason: "webhooks are set up next quarter".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let ready = common::get(&server, &name).await.unwrap();
-        assert_eq!(
-            state(&ready),
-            proto::OnboardingState::Ready,
-            "{:?}",
-            ready.next_due
-        );
+                .value;
+            let api_user_id = billecta
+                .create_user(
+                    &admin,
+                    &User {
+                        username: Some(API_USER.into()),
+                        email: Some(API_USER.into()),
+                        password: Some(Secret::new(API_PASSWORD)),
+                        is_enabled: Some(true),
+                        is_api_user: Some(true),
+                        rights: Some(vec![UserRight {
+                            creditor_public_id: Some(creditor.creditor_public_id.clone()),
+                            can_read_creditor: Some(true),
+                            ..UserRight::default()
+                        }]),
+                        ..User::default()
+                    },
+                    Deadline::none(),
+                )
+                .await
+                .unwrap();
+            let registered = client
+                .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                    name: creditor.name.clone(),
+                    username: API_USER.into(),
+                    password: API_PASSWORD.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .onboarding
+                .unwrap();
+            assert!(
+                registered.creditors[0]
+                    .api_access
+                    .as_ref()
+                    .unwrap()
+                    .warnings
+                    .is_empty()
+            );
+            let configuration = payment_configuration(&server, &creditor.name)
+                .await
+                .unwrap();
+            assert!(token_works(&configuration, Environment::Production).await);
+            assert_eq!(configuration.password, API_PASSWORD);
+            client
+                .skip_stage(proto::SkipStageRequest {
+                    name: creditor.name.clone(),
+                    stage: proto::Stage::Webhooks as i32,
+                    reason: "webhooks are set up next quarter".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let ready = common::get(&server, &name).await.unwrap();
+            assert_eq!(
+                state(&ready),
+                proto::OnboardingState::Ready,
+                "{:?}",
+                ready.next_due
+            );
 
-        // ---- someone deletes the API user in Billecta ----
-        server
-            .simulator(Environment::Production)
-            .delete_user(api_user_id.parse().unwrap())
-            .unwrap();
-        let report = client
-            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        let broken = report
-            .checks
-            .iter()
-            .find(|check| check.check == "api_access.reads_creditor")
-            .unwrap();
-        assert_eq!(broken.result, proto::CheckResult::Fail as i32);
-        assert!(broken.critical);
-        assert_eq!(broken.reason, "TOKEN_REJECTED");
-        assert!(broken.message.contains("removed"), "{}", broken.message);
-        let onboarding = report.onboarding.unwrap();
-        assert_eq!(state(&onboarding), proto::OnboardingState::Broken);
-        assert_eq!(
-            stage(&onboarding.creditors[0].stages, proto::Stage::ApiAccess),
-            proto::StageState::Broken
-        );
-        let trail = events(&server, &name).await;
-        assert!(trail.iter().any(|event| {
-            event.method == "ValidateOnboarding"
-                && event
-                    .transitions
-                    .iter()
-                    .any(|t| t.to_state == proto::StageState::Broken as i32)
-        }));
+            // ---- someone deletes the API user in Billecta ----
+            server
+                .simulator(Environment::Production)
+                .delete_user(api_user_id.parse().unwrap())
+                .unwrap();
+            let report = client
+                .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            let broken = report
+                .checks
+                .iter()
+                .find(|check| check.check == "api_access.reads_creditor")
+                .unwrap();
+            assert_eq!(broken.result, proto::CheckResult::Fail as i32);
+            assert!(broken.critical);
+            assert_eq!(broken.reason, "TOKEN_REJECTED");
+            assert!(broken.message.contains("removed"), "{}", broken.message);
+            let onboarding = report.onboarding.unwrap();
+            assert_eq!(state(&onboarding), proto::OnboardingState::Broken);
+            assert_eq!(
+                stage(&onboarding.creditors[0].stages, proto::Stage::ApiAccess),
+                proto::StageState::Broken
+            );
+            let trail = events(&server, &name).await;
+            assert!(trail.iter().any(|event| {
+                event.method == "ValidateOnboarding"
+                    && event
+                        .transitions
+                        .iter()
+                        .any(|t| t.to_state == proto::StageState::Broken as i32)
+            }));
 
-        // No secret anywhere a caller reads, except the payment configuration itself.
-        let read = format!(
-            "{:?} {:?} {:?}",
-            common::get(&server, &test).await.unwrap(),
-            onboarding,
-            events(&server, &test).await
-        );
-        for secret in [
-            TEST_PASSWORD,
-            PRODUCTION_PASSWORD,
-            API_PASSWORD,
-            "webhook-secret-2026",
-        ] {
-            assert!(!read.contains(secret), "{secret} shown");
+            // No secret anywhere a caller reads, except the payment configuration itself.
+            let read = format!(
+                "{:?} {:?} {:?}",
+                common::get(&server, &test).await.unwrap(),
+                onboarding,
+                events(&server, &test).await
+            );
+            for secret in [
+                TEST_PASSWORD,
+                PRODUCTION_PASSWORD,
+                API_PASSWORD,
+                "webhook-secret-2026",
+            ] {
+                assert!(!read.contains(secret), "{secret} shown");
+            }
+            assert!(!read.contains(&configuration.secure_token));
+
+            // Stored only encrypted: no secret in any row or file of the database.
+            let stored = common::stored_everything(&server.database).await;
+            for secret in [
+                TEST_PASSWORD,
+                PRODUCTION_PASSWORD,
+                API_PASSWORD,
+                "webhook-secret-2026",
+                configuration.secure_token.as_str(),
+            ] {
+                assert!(
+                    !common::contains(&stored, secret),
+                    "{secret} stored in plain text"
+                );
+            }
+            let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+            assert!(
+                !logged.contains(&configuration.secure_token),
+                "a token was logged"
+            );
         }
-        assert!(!read.contains(&configuration.secure_token));
     })
     .await;
+
+    // Nor in any log line, at debug level, of the service, its client or the simulators.
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logged.contains("billecta"), "the logs were captured");
+    for secret in [
+        TEST_PASSWORD,
+        PRODUCTION_PASSWORD,
+        API_PASSWORD,
+        "webhook-secret-2026",
+    ] {
+        assert!(!logged.contains(secret), "{secret} logged");
+    }
 }
 
 #[tokio::test]

@@ -11,7 +11,6 @@ use common::{
     TestServer, account_request, agreement_request, bad_fields, create, events, for_each_backend,
     proto, reason,
 };
-use sqlx::Row;
 use std::time::Duration;
 use tonic::Code;
 use uuid::Uuid;
@@ -108,49 +107,6 @@ fn company_settings(name: &str) -> proto::UpdateCompanySettingsRequest {
         }),
         ..Default::default()
     }
-}
-
-/// Every text column of every row the service stored, and every stored byte string.
-async fn stored_everything(database: &str) -> Vec<u8> {
-    sqlx::any::install_default_drivers();
-    let url = if database.starts_with("postgres") {
-        database.to_owned()
-    } else {
-        format!("sqlite://{database}")
-    };
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-    let mut everything = Vec::new();
-    for (table, columns) in [
-        ("credentials", vec!["ciphertext", "nonce"]),
-        ("events", vec!["summary", "actor", "transitions"]),
-        ("idempotency_keys", vec!["response", "request_hash"]),
-        ("stages", vec!["message", "reason"]),
-        ("onboardings", vec!["account"]),
-        ("creditors", vec!["company_settings"]),
-    ] {
-        let query = format!("SELECT {} FROM {table}", columns.join(", "));
-        let rows = sqlx::query(sqlx::AssertSqlSafe(query))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        for row in rows {
-            for column in &columns {
-                if let Ok(bytes) = row.try_get::<Vec<u8>, _>(*column) {
-                    everything.extend(bytes);
-                } else if let Ok(Some(text)) = row.try_get::<Option<String>, _>(*column) {
-                    everything.extend(text.into_bytes());
-                }
-            }
-        }
-    }
-    pool.close().await;
-    everything
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
 }
 
 #[tokio::test]
@@ -362,9 +318,9 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
         // Secrets: nowhere in what a caller reads, and only encrypted in the database.
         let read = format!("{skipped:?} {trail:?}");
         assert!(!read.contains(PASSWORD));
-        let stored = stored_everything(&server.database).await;
+        let stored = common::stored_everything(&server.database).await;
         assert!(
-            !contains(&stored, PASSWORD),
+            !common::contains(&stored, PASSWORD),
             "the password is stored in plain text"
         );
         assert!(!stored.is_empty());

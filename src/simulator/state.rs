@@ -200,6 +200,10 @@ pub struct NewUser {
     pub is_administrator: bool,
     #[serde(default)]
     pub can_manage_creditors: bool,
+    /// Creditors of the account the user gets every right on, as an administrator grants them in the
+    /// portal (an API user needs at least read rights on its creditor).
+    #[serde(default)]
+    pub creditors: Vec<Uuid>,
 }
 
 /// What creating a user made.
@@ -1094,6 +1098,18 @@ impl Store {
         user.is_administrator = new.is_administrator;
         user.can_manage_creditors = new.can_manage_creditors;
         user.has_accepted_agreements = true;
+        for creditor in &new.creditors {
+            if !self
+                .creditors
+                .iter()
+                .any(|entry| entry.id == *creditor && entry.account_id == account_id)
+            {
+                return Err(AdminError::NotFound(format!(
+                    "no creditor {creditor} in account {account_id}"
+                )));
+            }
+            user.rights.push(UserRightView::full(*creditor));
+        }
         let user_public_id = user.id;
         self.users.push(user);
         Ok(CreatedUser {

@@ -259,3 +259,56 @@ pub async fn events(server: &TestServer, name: &str) -> Vec<proto::OnboardingEve
         .into_inner()
         .events
 }
+
+/// Every text column of every row the service stored, and every stored byte string.
+pub async fn stored_everything(database: &str) -> Vec<u8> {
+    sqlx::any::install_default_drivers();
+    let url = if database.starts_with("postgres") {
+        database.to_owned()
+    } else {
+        format!("sqlite://{database}")
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let mut everything = Vec::new();
+    for (table, columns) in [
+        ("credentials", vec!["ciphertext", "nonce"]),
+        ("events", vec!["summary", "actor", "transitions"]),
+        ("idempotency_keys", vec!["response", "request_hash"]),
+        ("stages", vec!["message", "reason"]),
+        ("onboardings", vec!["account"]),
+        ("creditors", vec!["company_settings"]),
+    ] {
+        let query = format!("SELECT {} FROM {table}", columns.join(", "));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(query))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        for row in rows {
+            use sqlx::Row;
+            for column in &columns {
+                if let Ok(bytes) = row.try_get::<Vec<u8>, _>(*column) {
+                    everything.extend(bytes);
+                } else if let Ok(Some(text)) = row.try_get::<Option<String>, _>(*column) {
+                    everything.extend(text.into_bytes());
+                }
+            }
+        }
+    }
+    pool.close().await;
+    // SQLite: the files themselves too, write-ahead log included.
+    if let Some(dir) = std::path::Path::new(database)
+        .parent()
+        .filter(|_| !database.starts_with("postgres"))
+    {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            everything.extend(std::fs::read(entry.path()).unwrap_or_default());
+        }
+    }
+    everything
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
