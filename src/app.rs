@@ -13,7 +13,7 @@ use crate::domain::Environment;
 use crate::grpc::OnboardingApi;
 use crate::grpc::PaymentConfigurationApi;
 use crate::grpc::call::CallLayer;
-use crate::operations::Operations;
+use crate::operations::{Operations, StageTiming};
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingServiceServer;
 use crate::proto::payment_configuration_service_server::PaymentConfigurationServiceServer;
@@ -184,7 +184,10 @@ impl Application {
             store.clone(),
             billecta,
             Arc::new(keyring),
-            Duration::from_millis(config.stage_lease_ms),
+            StageTiming {
+                lease: Duration::from_millis(config.stage_lease_ms),
+                settle: Duration::from_millis(config.billecta_timeout_ms.saturating_mul(2)),
+            },
         );
         let payment_configuration_service = PaymentConfigurationServiceServer::new(
             PaymentConfigurationApi::new(operations.clone()),

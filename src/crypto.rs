@@ -377,6 +377,27 @@ impl Keyring {
     fn active_key(&self) -> &KeyEntry {
         &self.keys[self.active]
     }
+
+    /// A fingerprint for a secret a person chose (a password, a webhook authorization value): an
+    /// HMAC-SHA256 under a key derived from the active key, so that whoever reads fingerprints
+    /// cannot test guesses against them offline, as they could against a plain hash. Random secrets
+    /// (SecureTokens) can use [`crate::secret::Secret::fingerprint`], which compares across keys.
+    pub fn keyed_fingerprint(&self, secret: &crate::secret::Secret) -> String {
+        use hmac::{Hmac, Mac};
+        use sha2::{Digest, Sha256};
+        // A subkey, so that the encryption key itself never keys anything else.
+        let mut subkey: [u8; 32] = Sha256::new()
+            .chain_update(b"billecta-onboarding/fingerprint/v1")
+            .chain_update(self.active_key().bytes)
+            .finalize()
+            .into();
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&subkey).expect("HMAC takes a key of any length");
+        wipe(&mut subkey);
+        mac.update(secret.expose().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        format!("hmac:{}", hex::encode(&digest[..8]))
+    }
 }
 
 impl fmt::Debug for Keyring {
@@ -452,6 +473,25 @@ mod tests {
     }
 
     const PLAINTEXT: &str = "very-secret-token-value";
+
+    #[test]
+    fn keyed_fingerprints_tell_secrets_apart_but_need_the_key() {
+        let keyring = Keyring::generate();
+        let password = crate::secret::Secret::new("Sommar-2026");
+        let fingerprint = keyring.keyed_fingerprint(&password);
+        assert!(fingerprint.starts_with("hmac:"));
+        assert_eq!(fingerprint, keyring.keyed_fingerprint(&password));
+        assert_ne!(
+            fingerprint,
+            keyring.keyed_fingerprint(&crate::secret::Secret::new("Sommar-2027"))
+        );
+        // Another key, another fingerprint: without the key a guess cannot be checked.
+        assert_ne!(
+            fingerprint,
+            Keyring::generate().keyed_fingerprint(&password)
+        );
+        assert_ne!(fingerprint, password.fingerprint());
+    }
 
     #[test]
     fn round_trip() {

@@ -569,6 +569,15 @@ async fn production_flags_an_api_user_that_is_the_account_user_and_only_ready_te
             .into_inner()
             .creditor
             .unwrap();
+        let settings = proto::CompanySettings {
+            address: "Storgatan 2".into(),
+            zip_code: "302 42".into(),
+            city: "Halmstad".into(),
+            bankgiro_invoicing: "5050-1055".into(),
+            bankgiro_payments: "5402-9681".into(),
+            ..Default::default()
+        };
+        settle_company_settings(&server, Environment::Production, &creditor, Some(settings)).await;
         let registered = client
             .register_api_credentials(proto::RegisterApiCredentialsRequest {
                 name: creditor.name.clone(),

@@ -162,7 +162,10 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
         let account = confirmed.account.clone().unwrap();
         assert_eq!(account.username, EMAIL);
         let credential = account.credential.unwrap();
-        assert!(credential.fingerprint.starts_with("sha256:"));
+        assert!(
+            credential.fingerprint.starts_with("hmac:"),
+            "passwords get a keyed fingerprint"
+        );
         assert_eq!(credential.principal, EMAIL);
         assert!(credential.verify_time.is_some());
         assert_eq!(confirmed.next_due[0].item, "creditor.create");
@@ -417,12 +420,27 @@ async fn stage_order_and_bad_input_are_refused_before_billecta_is_asked() {
     .await;
 }
 
+/// Waits on a STAGE_BUSY answer's RetryInfo.
+fn retry_delay(status: &tonic::Status) -> Duration {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("STAGE_BUSY carries RetryInfo")
+}
+
 #[tokio::test]
 async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() {
-    for_each_backend(|server| async move {
+    for backend in common::backends() {
+        // Billecta answers within 400 ms or the attempt counts as lost; a lost create settles for
+        // 800 ms before anyone may create again.
+        let server =
+            TestServer::start_with(&backend, |config| config.billecta_timeout_ms = 400).await;
         let mut client = server.client.clone();
         let simulator = server.simulator(Environment::Test);
         let name = activated(&server, Environment::Test).await;
+        let create = || create_creditor(&name);
 
         // Billecta is down: the stage waits on the system, it does not fail.
         simulator
@@ -438,10 +456,7 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
                 ],
             )
             .unwrap();
-        let down = client
-            .create_creditor(create_creditor(&name))
-            .await
-            .unwrap_err();
+        let down = client.create_creditor(create()).await.unwrap_err();
         assert_eq!(down.code(), Code::Unavailable);
         assert_eq!(reason(&down), "BILLECTA_UNAVAILABLE");
         let waiting = common::get(&server, &name).await.unwrap();
@@ -453,28 +468,32 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
         );
         assert_eq!(waiting.state, proto::OnboardingState::InProgress as i32);
 
-        // Billecta creates the creditor but the answer comes too late for the client.
+        // A 5xx may still have created it: an immediate retry is told to wait, and creates nothing.
+        let early = client.create_creditor(create()).await.unwrap_err();
+        assert_eq!(early.code(), Code::Aborted);
+        assert_eq!(reason(&early), "STAGE_BUSY");
+        tokio::time::sleep(retry_delay(&early) + Duration::from_millis(50)).await;
+
+        // Billecta creates the creditor but answers after the client gave up.
         simulator
             .set_faults(
                 None,
                 vec![
-                    FaultRule::new(Fault::Latency { ms: 1_500 })
+                    FaultRule::new(Fault::Latency { ms: 700 })
                         .on("POST /v1/creditors/creditor")
                         .times(1),
                 ],
             )
             .unwrap();
-        let mut impatient = tonic::Request::new(create_creditor(&name));
-        impatient.set_timeout(Duration::from_millis(700));
-        let lost = client.create_creditor(impatient).await.unwrap_err();
-        assert!(
-            matches!(
-                lost.code(),
-                Code::DeadlineExceeded | Code::Unavailable | Code::Cancelled
-            ),
-            "{lost:?}"
+        let lost = client.create_creditor(create()).await.unwrap_err();
+        assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+        let early = client.create_creditor(create()).await.unwrap_err();
+        assert_eq!(
+            reason(&early),
+            "STAGE_BUSY",
+            "no second create while the first settles"
         );
-        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        tokio::time::sleep(retry_delay(&early) + Duration::from_millis(50)).await;
         assert_eq!(
             simulator.state().creditors.len(),
             1,
@@ -483,7 +502,7 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
 
         // The retry finds it by organisation number and adopts it.
         let adopted = client
-            .create_creditor(create_creditor(&name))
+            .create_creditor(create())
             .await
             .unwrap()
             .into_inner()
@@ -498,6 +517,266 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
             simulator.state().creditors[0]
                 .creditor_public_id
                 .to_string()
+        );
+        assert_eq!(
+            simulator.request_count("POST /v1/creditors/creditor"),
+            2,
+            "two creates sent in all, one of them lost"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_impatient_caller_does_not_cut_a_create_short() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        simulator
+            .set_faults(
+                None,
+                vec![
+                    FaultRule::new(Fault::Latency { ms: 600 })
+                        .on("POST /v1/creditors/creditor")
+                        .times(1),
+                ],
+            )
+            .unwrap();
+        let mut impatient = tonic::Request::new(create_creditor(&name));
+        impatient.set_timeout(Duration::from_millis(200));
+        let gone = client.create_creditor(impatient).await.unwrap_err();
+        assert!(
+            matches!(gone.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{gone:?}"
+        );
+        // The work goes on without the caller and is recorded.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let done = common::get(&server, &name).await.unwrap();
+        assert_eq!(
+            state(stage(&done.creditors[0].stages, proto::Stage::Creditor)),
+            proto::StageState::Completed
+        );
+        assert_eq!(simulator.state().creditors.len(), 1);
+        // And a retry with the same input finds it done.
+        let again = client
+            .create_creditor(create_creditor(&name))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), Code::AlreadyExists);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retries_with_a_request_id_and_an_etag_after_billecta_failed() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        let etag = common::get(&server, &name).await.unwrap().etag;
+        let request = proto::CreateCreditorRequest {
+            request_id: "gp-creditor-1".into(),
+            etag: etag.clone(),
+            ..create_creditor(&name)
+        };
+
+        // The lookup before the create fails (a read: safe to repeat, nothing was created).
+        simulator
+            .set_faults(
+                None,
+                vec![
+                    FaultRule::new(Fault::Status {
+                        status: 503,
+                        body: FaultBody::Json,
+                    })
+                    .on("GET /v1/creditors/creditors")
+                    .times(4),
+                ],
+            )
+            .unwrap();
+        let down = client.create_creditor(request.clone()).await.unwrap_err();
+        assert_eq!(down.code(), Code::Unavailable);
+        assert_eq!(
+            common::get(&server, &name).await.unwrap().etag,
+            etag,
+            "a failed attempt is not a new version: the caller's etag still holds"
+        );
+
+        // The same request, the same etag: it goes through, once.
+        let first = client
+            .create_creditor(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let replayed = client
+            .create_creditor(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first, replayed, "a retry returns the first result");
+        assert_eq!(simulator.request_count("POST /v1/creditors/creditor"), 1);
+        let reused = client
+            .create_creditor(proto::CreateCreditorRequest {
+                organisation_number: "212000-0142".into(),
+                ..request
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
+
+        // validate_only checks and answers, but neither stores nor writes to Billecta.
+        let creditor = first.creditor.unwrap();
+        let before = common::get(&server, &name).await.unwrap();
+        let checked = client
+            .update_company_settings(proto::UpdateCompanySettingsRequest {
+                validate_only: true,
+                ..company_settings(&creditor.name)
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(
+            checked.creditors[0]
+                .company_settings
+                .as_ref()
+                .unwrap()
+                .zip_code,
+            "411 11",
+            "the answer shows what would be asked for"
+        );
+        assert_eq!(common::get(&server, &name).await.unwrap(), before);
+        assert_eq!(simulator.request_count("PUT /v1/creditors/creditor"), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
+    use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
+    use billecta_onboarding::secret::Secret;
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        let creditor = client
+            .create_creditor(create_creditor(&name))
+            .await
+            .unwrap()
+            .into_inner()
+            .creditor
+            .unwrap();
+        client
+            .update_company_settings(company_settings(&creditor.name))
+            .await
+            .unwrap();
+        simulator
+            .approve_outgoing_bankgiro(creditor.creditor_public_id.parse().unwrap(), "5402-9681")
+            .unwrap();
+        client
+            .update_company_settings(company_settings(&creditor.name))
+            .await
+            .unwrap();
+
+        // Someone edits the creditor in Billecta's portal: another city, and disables it.
+        let billecta =
+            BillectaClient::new(Environment::Test, ClientSettings::new(simulator.base_url()))
+                .unwrap();
+        let token = billecta
+            .authenticate(EMAIL, &Secret::new(PASSWORD), Deadline::none())
+            .await
+            .unwrap()
+            .value;
+        let mut edited = billecta
+            .get_creditor(&token, &creditor.creditor_public_id, Deadline::none())
+            .await
+            .unwrap();
+        edited.city = Some("Mölndal".into());
+        edited.is_enabled = Some(false);
+        billecta
+            .update_creditor(&token, &edited, Deadline::none())
+            .await
+            .unwrap();
+
+        let report = client
+            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let check = |name: &str| {
+            report
+                .checks
+                .iter()
+                .find(|check| check.check == name)
+                .unwrap_or_else(|| panic!("no {name} check"))
+                .clone()
+        };
+        let city = check("company_settings.city");
+        assert_eq!(city.result, proto::CheckResult::Warn as i32);
+        assert_eq!(city.reason, "DRIFT");
+        assert_eq!(
+            (city.expected.as_str(), city.observed.as_str()),
+            ("Göteborg", "Mölndal")
+        );
+        assert_eq!(
+            check("company_settings.zip_code").result,
+            proto::CheckResult::Pass as i32
+        );
+        let enabled = check("creditor.enabled");
+        assert_eq!(enabled.result, proto::CheckResult::Fail as i32);
+        assert!(enabled.critical);
+        let onboarding = report.onboarding.unwrap();
+        assert_eq!(
+            state(stage(
+                &onboarding.creditors[0].stages,
+                proto::Stage::Creditor
+            )),
+            proto::StageState::Broken
+        );
+        assert_eq!(onboarding.state, proto::OnboardingState::Broken as i32);
+
+        // Put right in Billecta: the next validation finds the stage working again.
+        edited.is_enabled = Some(true);
+        billecta
+            .update_creditor(&token, &edited, Deadline::none())
+            .await
+            .unwrap();
+        let repaired = client
+            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let creditor_stage = stage(&repaired.creditors[0].stages, proto::Stage::Creditor);
+        assert_eq!(state(creditor_stage), proto::StageState::Completed);
+        assert_eq!(creditor_stage.reason, "REVALIDATED");
+
+        // Billecta unreachable: every check it needs is UNKNOWN, and nothing is marked broken.
+        simulator
+            .set_faults(
+                None,
+                vec![FaultRule::new(Fault::Status {
+                    status: 503,
+                    body: FaultBody::Html,
+                })],
+            )
+            .unwrap();
+        let blind = client
+            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            blind
+                .checks
+                .iter()
+                .all(|check| check.result == proto::CheckResult::Unknown as i32)
+        );
+        assert_ne!(
+            blind.onboarding.unwrap().state,
+            proto::OnboardingState::Broken as i32
         );
     })
     .await;

@@ -482,15 +482,23 @@ pub fn company_settings_applied(creditor: &mut CreditorRecord, approved: bool, n
             now,
         );
     } else {
-        stage.set(
-            StageState::ActionRequired,
-            BlockedOn::BillectaSupport,
-            vec![COMPANY_SETTINGS_BANKGIRO_APPROVAL.to_owned()],
-            "AWAITING_BANKGIRO_APPROVAL",
-            &format!("Billecta shows the settings; its support has yet to approve bankgiro {bankgiro} for payments."),
-            now,
+        awaiting_bankgiro_approval(stage, now);
+        stage.message = format!(
+            "Billecta shows the settings; its support has yet to approve bankgiro {bankgiro} for payments."
         );
     }
+}
+
+/// The company settings are in Billecta; the bankgiro for payments waits for Billecta's support.
+pub fn awaiting_bankgiro_approval(stage: &mut StageRecord, now: Micros) {
+    stage.set(
+        StageState::ActionRequired,
+        BlockedOn::BillectaSupport,
+        vec![COMPANY_SETTINGS_BANKGIRO_APPROVAL.to_owned()],
+        "AWAITING_BANKGIRO_APPROVAL",
+        "Billecta shows the settings; its support has yet to approve the bankgiro for payments.",
+        now,
+    );
 }
 
 /// The next invoice number is set in Billecta.

@@ -141,7 +141,7 @@ pub fn onboarding_state(state: OnboardingState) -> proto::OnboardingState {
 }
 
 fn stage_status(record: &StageRecord) -> proto::StageStatus {
-    proto::StageStatus {
+    let mut status = proto::StageStatus {
         stage: stage(record.stage).into(),
         state: stage_state(record.state).into(),
         blocked_on: blocked_on(record.blocked_on).into(),
@@ -149,7 +149,22 @@ fn stage_status(record: &StageRecord) -> proto::StageStatus {
         reason: record.reason.clone(),
         message: record.message.clone(),
         update_time: record.update_time.map(timestamp),
+    };
+    // A claim whose holder stopped (a crash, a restart) shows as such, not as work under way.
+    let interrupted = record.state == StageState::InProgress
+        && record.blocked_on == BlockedOn::Nobody
+        && record
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.expire_time <= crate::domain::now_micros());
+    if interrupted {
+        status.blocked_on = proto::BlockedOn::SystemRetrying.into();
+        status.reason = "INTERRUPTED".to_owned();
+        status.message =
+            "The call working on this stage stopped before it finished; repeat it to go on."
+                .to_owned();
     }
+    status
 }
 
 /// What reads show of a creditor's stored secret, if there is one.

@@ -3,7 +3,7 @@
 
 use super::provisioning::{
     Claim, NewSecret, StageRef, check_free, creditor_mut, find_creditor, outcome_of, restore,
-    stage_mut,
+    settle_failure,
 };
 use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::billecta::{BillectaError, Deadline, ErrorKind};
@@ -51,9 +51,13 @@ pub fn shared_user_warnings(
     let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let mut warnings = Vec::new();
     let account_user = record.account.as_ref().and_then(|a| a.username.as_deref());
-    if let (Some(api), Some(account)) = (username, account_user)
-        && same(api, account)
-    {
+    let account_token = record.credentials.iter().any(|c| {
+        c.scope.is_empty()
+            && c.field == CredentialField::AccountToken
+            && c.fingerprint == token_fingerprint
+    });
+    let same_name = matches!((username, account_user), (Some(a), Some(b)) if same(a, b));
+    if same_name || account_token {
         warnings.push("API_USER_IS_ACCOUNT_USER".to_owned());
     }
     let shared_with_test = test.is_some_and(|test| {
@@ -89,13 +93,21 @@ impl Operations {
         deadline: Deadline,
     ) -> Result<OnboardingRecord> {
         let onboarding = &key.onboarding;
+        let test = match onboarding.environment {
+            Environment::Production => {
+                self.store
+                    .get_onboarding(&onboarding.tenant, Environment::Test)
+                    .await?
+            }
+            Environment::Test => None,
+        };
         let claim = self
             .claim(call, onboarding, mutation, |record, now| {
                 let creditor = find_creditor(record, key)?;
                 stages::require_creditor_done(
                     record,
                     creditor,
-                    &[Stage::Creditor],
+                    &[Stage::Creditor, Stage::CompanySettings],
                     "RegisterApiCredentials",
                 )?;
                 let stage = creditor
@@ -115,7 +127,7 @@ impl Operations {
             })
             .await?;
         let claimed = match claim {
-            Claim::Answered(record) => return Ok(record),
+            Claim::Answered(record) => return Ok(*record),
             Claim::Claimed(claimed) => claimed,
         };
         let public_id = match super::provisioning::creditor_public_id(&claimed) {
@@ -125,14 +137,6 @@ impl Operations {
                     .abandon(call, onboarding, mutation, &claimed, error)
                     .await;
             }
-        };
-        let test = match onboarding.environment {
-            Environment::Production => {
-                self.store
-                    .get_onboarding(&onboarding.tenant, Environment::Test)
-                    .await?
-            }
-            Environment::Test => None,
         };
         let client = self.billecta.client(onboarding.environment);
         let billecta_deadline = self.billecta_deadline(deadline, &claimed);
@@ -219,7 +223,7 @@ impl Operations {
                     &claimed,
                     "FAILED_PRECONDITION",
                     |record, _| {
-                        restore(record, &claimed.target, &claimed.before);
+                        restore(record, &claimed);
                         Ok(Written::from(format!(
                             "Billecta refused the API credentials of {}: {error}",
                             key.creditor
@@ -244,7 +248,7 @@ impl Operations {
                     &claimed,
                     outcome_of(&error),
                     |record, now| {
-                        stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                        settle_failure(record, &claimed, &error, now);
                         Ok(Written::from(format!(
                             "verifying the API credentials of {} failed: {error}",
                             key.creditor
@@ -288,6 +292,11 @@ impl Operations {
         } else {
             None
         };
+        let token_set_time = record
+            .credentials
+            .iter()
+            .find(|c| c.scope == scope && c.field == CredentialField::ApiToken)
+            .map(|c| c.set_time);
         let stage_state = creditor
             .stages
             .iter()
@@ -309,6 +318,18 @@ impl Operations {
                 Conventions::WHOLE,
                 |record, now| {
                     let id = find_creditor(record, key)?.id.clone();
+                    let current = record
+                        .credentials
+                        .iter()
+                        .find(|c| c.scope == id && c.field == CredentialField::ApiToken)
+                        .map(|c| c.set_time);
+                    if current != token_set_time {
+                        // New credentials arrived meanwhile: this read does not count for them.
+                        return Ok(Written::from(format!(
+                            "payment configuration of {} read by {reader} with credentials replaced since",
+                            key.creditor
+                        )));
+                    }
                     stages::payment_configuration_read(creditor_mut(record, &id), &reader, now);
                     Ok(Written::from(format!(
                         "payment configuration of {} read by {reader} (credentials included)",
@@ -406,5 +427,101 @@ impl Operations {
             )
             .await?;
         Ok(committed.into_record())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::onboarding::{Account, CredentialRecord, CreditorRecord};
+    use crate::domain::validate::{OnboardingKey, TenantId};
+
+    fn onboarding(environment: Environment) -> OnboardingRecord {
+        let key = OnboardingKey::new(TenantId::parse("tenant", "gp").unwrap(), environment);
+        let mut record = OnboardingRecord::new("id".into(), &key, 0);
+        record.account = Some(Account {
+            full_name: "Payway Billecta".into(),
+            company_name: "GP AB".into(),
+            email: "billecta@gp.se".into(),
+            register_time: 0,
+            username: Some("billecta@gp.se".into()),
+            activate_time: Some(1),
+        });
+        record
+    }
+
+    fn token(scope: &str, field: CredentialField, fingerprint: &str) -> CredentialRecord {
+        CredentialRecord {
+            scope: scope.into(),
+            field,
+            fingerprint: fingerprint.into(),
+            principal: None,
+            set_by: "ops".into(),
+            set_time: 0,
+            verify_time: Some(0),
+        }
+    }
+
+    #[test]
+    fn production_flags_the_account_user_by_name_or_by_token() {
+        let mut production = onboarding(Environment::Production);
+        assert_eq!(
+            shared_user_warnings(&production, None, Some("BILLECTA@gp.se"), "sha256:1"),
+            ["API_USER_IS_ACCOUNT_USER"]
+        );
+        production
+            .credentials
+            .push(token("", CredentialField::AccountToken, "sha256:account"));
+        assert_eq!(
+            shared_user_warnings(&production, None, None, "sha256:account"),
+            ["API_USER_IS_ACCOUNT_USER"],
+            "a bare token of the account user is recognised"
+        );
+        assert!(shared_user_warnings(&production, None, Some("api@gp.se"), "sha256:2").is_empty());
+        let test = onboarding(Environment::Test);
+        assert!(
+            shared_user_warnings(&test, None, Some("billecta@gp.se"), "sha256:1").is_empty(),
+            "in test the account user is the API user"
+        );
+    }
+
+    #[test]
+    fn production_flags_the_test_environments_api_user() {
+        let production = onboarding(Environment::Production);
+        let mut test = onboarding(Environment::Test);
+        let mut creditor = CreditorRecord {
+            id: "c1".into(),
+            name: "tenants/gp/environments/test/creditors/556036-0793".into(),
+            organisation_number: "556036-0793".into(),
+            company_name: "GP AB".into(),
+            title: String::new(),
+            creditor_public_id: Some("x".into()),
+            stages: Vec::new(),
+            company_settings: None,
+            invoice_settings: None,
+            api_access: Some(ApiAccess {
+                username: Some("api@gp.se".into()),
+                warnings: Vec::new(),
+            }),
+            webhooks: None,
+        };
+        test.creditors.push(creditor.clone());
+        test.credentials
+            .push(token("c1", CredentialField::ApiToken, "sha256:test-api"));
+        assert_eq!(
+            shared_user_warnings(&production, Some(&test), Some("API@gp.se"), "sha256:3"),
+            ["API_USER_SHARED_WITH_TEST"]
+        );
+        assert_eq!(
+            shared_user_warnings(&production, Some(&test), None, "sha256:test-api"),
+            ["API_USER_SHARED_WITH_TEST"]
+        );
+        creditor.api_access = None;
+        test.creditors = vec![creditor];
+        test.credentials.clear();
+        assert!(
+            shared_user_warnings(&production, Some(&test), Some("api@gp.se"), "sha256:3")
+                .is_empty()
+        );
     }
 }

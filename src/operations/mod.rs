@@ -62,9 +62,18 @@ pub struct Operations {
     store: Store,
     billecta: Billecta,
     keyring: Arc<Keyring>,
-    /// How long a call may work on a stage with Billecta before another may take the stage over.
-    lease: Duration,
+    timing: StageTiming,
     changes: broadcast::Sender<Change>,
+}
+
+/// How long stages stay claimed.
+#[derive(Debug, Clone, Copy)]
+pub struct StageTiming {
+    /// How long a call may work on a stage with Billecta before another may take the stage over.
+    pub lease: Duration,
+    /// After a create whose outcome is unknown (its answer was lost), how long nobody creates again,
+    /// so that Billecta finishes the request and the next attempt finds the creditor instead.
+    pub settle: Duration,
 }
 
 /// What a change did besides changing the record: its summary for the audit trail, and secrets to
@@ -92,6 +101,10 @@ struct Conventions {
     first_write: bool,
     /// Stores the result under the request_id.
     save_result: bool,
+    /// Counts the change as a new version of the onboarding (a new etag). Claiming a stage and
+    /// recording a failed attempt do not: a caller retrying with the etag it read must not be refused
+    /// because of its own failed attempt.
+    bump_version: bool,
     /// The audit event's outcome: a gRPC status code name.
     outcome: &'static str,
 }
@@ -101,6 +114,7 @@ impl Conventions {
     const WHOLE: Conventions = Conventions {
         first_write: true,
         save_result: true,
+        bump_version: true,
         outcome: "OK",
     };
 }
@@ -121,13 +135,18 @@ impl Committed {
 }
 
 impl Operations {
-    pub fn new(store: Store, billecta: Billecta, keyring: Arc<Keyring>, lease: Duration) -> Self {
+    pub fn new(
+        store: Store,
+        billecta: Billecta,
+        keyring: Arc<Keyring>,
+        timing: StageTiming,
+    ) -> Self {
         let (changes, _) = broadcast::channel(1024);
         Self {
             store,
             billecta,
             keyring,
-            lease,
+            timing,
             changes,
         }
     }
@@ -312,7 +331,7 @@ impl Operations {
             record.credentials.push(credential.clone());
         }
         record.refresh();
-        if record != before {
+        if conventions.bump_version && record != before {
             record.version += 1;
         }
         record.last_event += 1;

@@ -43,16 +43,18 @@ pub(super) struct StageRef {
 pub(super) struct Claimed {
     pub record: OnboardingRecord,
     pub lease: Lease,
-    /// The stage as it was before the claim, to restore when the call is refused.
+    /// The stage as it was before the claim.
     pub before: StageRecord,
+    /// The whole onboarding before the call, to put back what a refused call changed.
+    pub original: OnboardingRecord,
     pub target: StageRef,
 }
 
 /// Either the claim, or the answer when the call must not go on (validate_only, or a retry whose
 /// first result is stored).
 pub(super) enum Claim {
-    Claimed(Claimed),
-    Answered(OnboardingRecord),
+    Claimed(Box<Claimed>),
+    Answered(Box<OnboardingRecord>),
 }
 
 /// A secret to store for the environment (`scope` empty) or a creditor.
@@ -74,12 +76,56 @@ pub struct NewCreditor {
     pub title: String,
 }
 
+/// The lease owner while a create whose answer was lost settles in Billecta.
+const SETTLING: &str = "settling-after-unknown-outcome";
+
 /// Time kept back from the lease, so the outcome is recorded before another call may take over.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
-/// What a refused call did to its stage: nothing, apart from the audit event.
-pub(super) fn restore(record: &mut OnboardingRecord, target: &StageRef, before: &StageRecord) {
-    *stage_mut(record, target) = before.clone();
+/// Undoes what a call changed on the way in (the stage, what was asked for, a creditor it added):
+/// a refused call changes nothing but the audit trail.
+pub(super) fn restore(record: &mut OnboardingRecord, claimed: &Claimed) {
+    let target = &claimed.target;
+    if target.creditor.is_empty() {
+        *record.stage_mut(target.stage) = claimed.before.clone();
+        record.account = claimed.original.account.clone();
+        return;
+    }
+    let original = claimed
+        .original
+        .creditors
+        .iter()
+        .find(|creditor| creditor.id == target.creditor);
+    match original {
+        Some(original) => {
+            if let Some(creditor) = record
+                .creditors
+                .iter_mut()
+                .find(|creditor| creditor.id == target.creditor)
+            {
+                *creditor = original.clone();
+            }
+        }
+        None => record
+            .creditors
+            .retain(|creditor| creditor.id != target.creditor),
+    }
+}
+
+/// Records a failed Billecta step: a stage that was completed before the call stays as it was (the
+/// setup in Billecta is what it was), any other shows the failure — waiting on the system when it is
+/// transient.
+pub(super) fn settle_failure(
+    record: &mut OnboardingRecord,
+    claimed: &Claimed,
+    error: &BillectaError,
+    now: Micros,
+) {
+    if claimed.before.state == StageState::Completed {
+        restore(record, claimed);
+    } else {
+        stages::billecta_failed(stage_mut(record, &claimed.target), error, now);
+    }
 }
 
 pub(super) fn stage_mut<'a>(
@@ -157,41 +203,55 @@ impl Operations {
         prepare: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<(String, StageRef)>,
     ) -> Result<Claim> {
         let owner = uuid::Uuid::new_v4().to_string();
-        let lease_micros = i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX);
+        let lease_micros = i64::try_from(self.timing.lease.as_micros()).unwrap_or(i64::MAX);
         let mut claimed = None;
         let conventions = Conventions {
             first_write: true,
             save_result: false,
+            bump_version: false,
             outcome: "OK",
         };
         let written = self
             .transact(call, key, mutation, conventions, |record, now| {
+                let original = record.clone();
                 let (summary, target) = prepare(record, now)?;
+                let prepared = record.clone();
                 let lease = Lease {
                     owner: owner.clone(),
                     expire_time: now.saturating_add(lease_micros),
                 };
                 let stage = stage_mut(record, &target);
                 let before = stage.clone();
-                stage.state = StageState::InProgress;
-                stage.blocked_on = crate::domain::BlockedOn::Nobody;
-                stage.update_time = Some(now);
+                // A completed stage stays completed while it is redone: what Billecta has works
+                // until the new call succeeds.
+                if stage.state != StageState::Completed {
+                    stage.state = StageState::InProgress;
+                    stage.blocked_on = crate::domain::BlockedOn::Nobody;
+                    stage.update_time = Some(now);
+                }
                 stage.lease = Some(lease.clone());
-                claimed = Some((lease, before, target));
+                claimed = Some((lease, before, original, prepared, target));
                 Ok(Written::from(summary))
             })
             .await?;
         match written {
-            Committed::Replayed(record) => Ok(Claim::Answered(record)),
-            Committed::Stored(record) if mutation.validate_only => Ok(Claim::Answered(record)),
+            Committed::Replayed(record) => Ok(Claim::Answered(Box::new(record))),
             Committed::Stored(record) => {
-                let (lease, before, target) = claimed.expect("a stored claim ran its preparation");
-                Ok(Claim::Claimed(Claimed {
+                let (lease, before, original, prepared, target) =
+                    claimed.expect("a stored claim ran its preparation");
+                if mutation.validate_only {
+                    // What was asked for, checked; the stage is not claimed and Billecta not asked.
+                    let mut answer = prepared;
+                    answer.refresh();
+                    return Ok(Claim::Answered(Box::new(answer)));
+                }
+                Ok(Claim::Claimed(Box::new(Claimed {
                     record,
                     lease,
                     before,
+                    original,
                     target,
-                }))
+                })))
             }
         }
     }
@@ -210,6 +270,7 @@ impl Operations {
         let conventions = Conventions {
             first_write: false,
             save_result: outcome == "OK",
+            bump_version: outcome == "OK",
             outcome,
         };
         let written = self
@@ -244,7 +305,7 @@ impl Operations {
             _ => "FAILED_PRECONDITION",
         };
         self.record(call, key, mutation, claimed, outcome, |record, _| {
-            restore(record, &claimed.target, &claimed.before);
+            restore(record, claimed);
             Ok(Written::from(format!(
                 "{} stopped before reaching Billecta: {error}",
                 mutation.method
@@ -263,13 +324,18 @@ impl Operations {
         Ok((public_id, token))
     }
 
-    /// The deadline of the Billecta step: the caller's, but never past the lease.
-    pub(super) fn billecta_deadline(&self, caller: Deadline, claimed: &Claimed) -> Deadline {
+    /// The end of the lease, less a margin to record the outcome in.
+    pub(super) fn lease_deadline(claimed: &Claimed) -> Deadline {
         let lease_left = Duration::from_micros(
             u64::try_from(claimed.lease.expire_time - now_micros()).unwrap_or_default(),
         )
         .saturating_sub(LEASE_MARGIN);
-        let lease_deadline = Deadline::after(lease_left);
+        Deadline::after(lease_left)
+    }
+
+    /// The deadline of the Billecta step: the caller's, but never past the lease.
+    pub(super) fn billecta_deadline(&self, caller: Deadline, claimed: &Claimed) -> Deadline {
+        let lease_deadline = Self::lease_deadline(claimed);
         match (caller.remaining(), lease_deadline.remaining()) {
             (Some(caller_left), Some(lease_left)) if caller_left < lease_left => caller,
             _ => lease_deadline,
@@ -313,7 +379,12 @@ impl Operations {
         let credential = CredentialRecord {
             scope: scope.to_owned(),
             field,
-            fingerprint: secret.fingerprint(),
+            fingerprint: match field {
+                CredentialField::AccountToken | CredentialField::ApiToken => secret.fingerprint(),
+                CredentialField::AccountPassword
+                | CredentialField::ApiPassword
+                | CredentialField::WebhookAuthorization => self.keyring.keyed_fingerprint(secret),
+            },
             principal: Some(principal.to_owned()),
             set_by: call.actor.clone(),
             set_time: now,
@@ -378,7 +449,7 @@ impl Operations {
             })
             .await?;
         let claimed = match claim {
-            Claim::Answered(record) => return Ok(record),
+            Claim::Answered(record) => return Ok(*record),
             Claim::Claimed(claimed) => claimed,
         };
         let client = self.billecta.client(key.environment);
@@ -428,7 +499,7 @@ impl Operations {
                     &claimed,
                     "FAILED_PRECONDITION",
                     |record, _| {
-                        restore(record, &claimed.target, &claimed.before);
+                        restore(record, &claimed);
                         Ok(Written::from(format!(
                             "Billecta refused the credentials of {username}: {error}"
                         )))
@@ -445,6 +516,12 @@ impl Operations {
                     &claimed,
                     outcome_of(&error),
                     |record, now| {
+                        let summary = format!("signing in as {username} failed: {error}");
+                        if claimed.before.state == StageState::Completed {
+                            // The account works with what is stored; nothing changes.
+                            restore(record, &claimed);
+                            return Ok(Written::from(summary));
+                        }
                         // Kept, unverified, so that the sign-in can be tried again without the caller.
                         let unverified = NewSecret {
                             scope: "",
@@ -456,7 +533,7 @@ impl Operations {
                         let secret = self.seal(record, call, unverified, now)?;
                         stages::billecta_failed(record.stage_mut(Stage::Account), &error, now);
                         Ok(Written {
-                            summary: format!("signing in as {username} failed: {error}"),
+                            summary,
                             secrets: vec![secret],
                         })
                     },
@@ -500,7 +577,6 @@ impl Operations {
         key: &OnboardingKey,
         mutation: &Mutation,
         new: NewCreditor,
-        deadline: Deadline,
     ) -> Result<(OnboardingRecord, String)> {
         let NewCreditor {
             organisation_number,
@@ -558,7 +634,7 @@ impl Operations {
             })
             .await?;
         let claimed = match claim {
-            Claim::Answered(record) => return Ok((record, name)),
+            Claim::Answered(record) => return Ok((*record, name)),
             Claim::Claimed(claimed) => claimed,
         };
         let token = match self
@@ -569,7 +645,9 @@ impl Operations {
             Err(error) => return self.abandon(call, key, mutation, &claimed, error).await,
         };
         let client = self.billecta.client(key.environment);
-        let billecta_deadline = self.billecta_deadline(deadline, &claimed);
+        // The create is not cut short by an impatient caller: an answer lost to a timeout is the one
+        // case that could lead to a second creditor. The work runs detached, within the lease.
+        let billecta_deadline = Self::lease_deadline(&claimed);
         let outcome: std::result::Result<(String, bool), BillectaError> = async {
             let found = client
                 .find_creditors_by_org_no(&token, organisation_number.as_str(), billecta_deadline)
@@ -609,7 +687,22 @@ impl Operations {
                     &claimed,
                     outcome_of(&error),
                     |record, now| {
-                        stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                        settle_failure(record, &claimed, &error, now);
+                        if error.outcome_unknown {
+                            // Billecta may still be creating it: nobody creates again until it
+                            // has had time to finish, and the next attempt looks it up first.
+                            let settle = i64::try_from(self.timing.settle.as_micros())
+                                .unwrap_or(i64::MAX);
+                            let stage = stage_mut(record, &claimed.target);
+                            stage.lease = Some(Lease {
+                                owner: SETTLING.to_owned(),
+                                expire_time: now.saturating_add(settle),
+                            });
+                            stage.message = format!(
+                                "Billecta may have created the creditor although its answer was lost ({error}); it is looked up before any new attempt, from {} s on.",
+                                self.timing.settle.as_secs()
+                            );
+                        }
                         Ok(Written::from(format!(
                             "creating creditor {organisation_number} failed: {error}"
                         )))
@@ -681,7 +774,7 @@ impl Operations {
             })
             .await?;
         let claimed = match claim {
-            Claim::Answered(record) => return Ok(record),
+            Claim::Answered(record) => return Ok(*record),
             Claim::Claimed(claimed) => claimed,
         };
         let settings = settings.expect("a claim resolved the settings");
@@ -731,7 +824,7 @@ impl Operations {
             }
             Err(error) => {
                 self.record(call, onboarding, mutation, &claimed, outcome_of(&error), |record, now| {
-                    stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                    settle_failure(record, &claimed, &error, now);
                     Ok(Written::from(format!("setting company settings of {} failed: {error}", key.creditor)))
                 })
                 .await?;
@@ -750,8 +843,7 @@ impl Operations {
         deadline: Deadline,
     ) -> Result<OnboardingRecord> {
         let onboarding = &key.onboarding;
-        let mut previous_settings = None;
-        let mut desired = InvoiceSettings::default();
+        let mut to_send = None;
         let claim = self
             .claim(call, onboarding, mutation, |record, now| {
                 let creditor = find_creditor(record, key)?;
@@ -769,7 +861,13 @@ impl Operations {
                 check_free(stage, &creditor.name, now)?;
                 // Given values win; what is not given stays as asked before (or as promoted).
                 let stored = creditor.invoice_settings.clone().unwrap_or_default();
-                desired = match &requested {
+                // Billecta's number is set only when this call gives one, or applies what was asked
+                // for before (or promoted): a call with payment terms alone leaves it alone.
+                to_send = match &requested {
+                    Some(given) => given.next_invoice_number,
+                    None => stored.next_invoice_number,
+                };
+                let desired = match &requested {
                     Some(given) => InvoiceSettings {
                         next_invoice_number: given
                             .next_invoice_number
@@ -790,8 +888,7 @@ impl Operations {
                     stage: Stage::InvoiceSettings,
                 };
                 let creditor = creditor_mut(record, &target.creditor);
-                previous_settings = Some(creditor.invoice_settings.clone());
-                creditor.invoice_settings = Some(desired.clone());
+                creditor.invoice_settings = Some(desired);
                 Ok((
                     format!("setting the invoice settings of {}", key.creditor),
                     target,
@@ -799,13 +896,10 @@ impl Operations {
             })
             .await?;
         let claimed = match claim {
-            Claim::Answered(record) => return Ok(record),
+            Claim::Answered(record) => return Ok(*record),
             Claim::Claimed(claimed) => claimed,
         };
-        let previous_settings = previous_settings.flatten();
-        let number = desired
-            .next_invoice_number
-            .and_then(|n| InvoiceNumber::from_billecta(&n.to_string()));
+        let number = to_send.and_then(|n| InvoiceNumber::from_billecta(&n.to_string()));
         let (public_id, token) = match self.account_access(&claimed).await {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -857,8 +951,7 @@ impl Operations {
             }
             Ok(Err(current)) => {
                 self.record(call, onboarding, mutation, &claimed, "FAILED_PRECONDITION", |record, _| {
-                    restore(record, &claimed.target, &claimed.before);
-                    creditor_mut(record, &creditor_id).invoice_settings = previous_settings.clone();
+                    restore(record, &claimed);
                     Ok(Written::from(format!(
                         "refused next invoice number {asked} for {}: Billecta's is already {current}",
                         key.creditor
@@ -881,7 +974,7 @@ impl Operations {
                     &claimed,
                     outcome_of(&error),
                     |record, now| {
-                        stages::billecta_failed(stage_mut(record, &claimed.target), &error, now);
+                        settle_failure(record, &claimed, &error, now);
                         Ok(Written::from(format!(
                             "setting the invoice settings of {} failed: {error}",
                             key.creditor
@@ -906,6 +999,7 @@ impl Operations {
         debug_assert!(stage.is_optional());
         self.mutate(call, &key.onboarding, mutation, |record, now| {
             let creditor = find_creditor(record, key)?;
+            stages::require_creditor_done(record, creditor, &[Stage::Creditor], "SkipStage")?;
             let current = creditor
                 .stages
                 .iter()

@@ -225,9 +225,10 @@ impl Operations {
             tally(CheckResult::Fail),
             tally(CheckResult::Unknown)
         );
+        let seen = stage_times(&record);
         let updated = self
             .mutate(call, key, &mutation, |record, now| {
-                apply_checks(record, &checks, now);
+                apply_checks(record, &checks, &seen, now);
                 Ok(summary)
             })
             .await?;
@@ -460,8 +461,11 @@ impl Operations {
         mutation: &Mutation,
     ) -> Result<OnboardingRecord> {
         let test = self.get_onboarding(test_key).await?;
-        if test.state != OnboardingState::Ready {
-            return Err(Error::Precondition {
+        let ready = || {
+            if test.state == OnboardingState::Ready {
+                return Ok(());
+            }
+            Err(Error::Precondition {
                 reason: "ONBOARDING_NOT_READY",
                 subject: test_key.name(),
                 message: format!(
@@ -469,8 +473,8 @@ impl Operations {
                     test_key.name(),
                     test.state
                 ),
-            });
-        }
+            })
+        };
         let production = OnboardingKey::new(test_key.tenant.clone(), Environment::Production);
         let summary = format!(
             "promoted from {}: {} creditor(s) copied as the desired production setup",
@@ -483,6 +487,7 @@ impl Operations {
             .await?
             .is_none()
         {
+            ready()?;
             if mutation.validate_only {
                 let mut record = OnboardingRecord::new(
                     uuid::Uuid::new_v4().to_string(),
@@ -505,7 +510,10 @@ impl Operations {
                 Err(error) => return Err(error),
             }
         }
+        // A retry of a promotion that succeeded is answered from its stored result before this runs,
+        // whatever the test onboarding became since.
         self.mutate(call, &production, mutation, |record, now| {
+            ready()?;
             copy_desired(record, &test, now);
             Ok(summary)
         })
@@ -521,9 +529,30 @@ fn normalise(text: &str) -> String {
         .collect()
 }
 
-/// Marks stages BROKEN where a critical check failed, and COMPLETED again where a broken stage now
-/// passes every check. Stages that moved since the checks ran are left alone.
-fn apply_checks(record: &mut OnboardingRecord, checks: &[Check], now: i64) {
+/// When each stage last changed, to tell which moved while the checks ran.
+fn stage_times(record: &OnboardingRecord) -> Vec<((String, Stage), Option<i64>)> {
+    let environment = record
+        .stages
+        .iter()
+        .map(|stage| ((String::new(), stage.stage), stage.update_time));
+    let creditors = record.creditors.iter().flat_map(|creditor| {
+        creditor
+            .stages
+            .iter()
+            .map(|stage| ((creditor.id.clone(), stage.stage), stage.update_time))
+    });
+    environment.chain(creditors).collect()
+}
+
+/// Marks stages BROKEN where a critical check failed, and COMPLETED again (or back to waiting for
+/// the bankgiro approval) where a broken stage now passes. Stages that moved since the checks ran
+/// are left alone: the checks speak of what they were.
+fn apply_checks(
+    record: &mut OnboardingRecord,
+    checks: &[Check],
+    seen: &[((String, Stage), Option<i64>)],
+    now: i64,
+) {
     let mut targets: Vec<(String, Stage)> = checks.iter().filter_map(|c| c.stage.clone()).collect();
     targets.dedup();
     for (creditor_id, stage) in targets {
@@ -535,6 +564,11 @@ fn apply_checks(record: &mut OnboardingRecord, checks: &[Check], now: i64) {
             .iter()
             .find(|c| c.result == CheckResult::Fail && c.critical);
         let all_known = concerning.iter().all(|c| c.result != CheckResult::Unknown);
+        let awaiting_approval = concerning.iter().any(|c| c.reason == "AWAITING_APPROVAL");
+        let checked_at = seen
+            .iter()
+            .find(|(target, _)| *target == (creditor_id.clone(), stage))
+            .map(|(_, time)| *time);
         let record_stage = if creditor_id.is_empty() {
             record.stage_mut(stage)
         } else {
@@ -543,6 +577,9 @@ fn apply_checks(record: &mut OnboardingRecord, checks: &[Check], now: i64) {
                 None => continue,
             }
         };
+        if checked_at != Some(record_stage.update_time) {
+            continue;
+        }
         match (failed, record_stage.state) {
             // A stage being worked on is left to the call working on it.
             (
@@ -555,6 +592,9 @@ fn apply_checks(record: &mut OnboardingRecord, checks: &[Check], now: i64) {
                     &format!("{}: {}", check.check, check.message),
                     now,
                 );
+            }
+            (None, StageState::Broken) if all_known && awaiting_approval => {
+                stages::awaiting_bankgiro_approval(record_stage, now);
             }
             (None, StageState::Broken) if all_known => stages::repaired(record_stage, now),
             _ => {}
@@ -572,7 +612,8 @@ fn copy_desired(record: &mut OnboardingRecord, test: &OnboardingRecord, now: i64
             creditor: source.organisation_number.clone(),
         }
         .name();
-        if !record.creditors.iter().any(|c| c.name == name) {
+        let exists = record.creditors.iter().any(|c| c.name == name);
+        if !exists {
             record.creditors.push(CreditorRecord {
                 id: uuid::Uuid::new_v4().to_string(),
                 name: name.clone(),
@@ -594,7 +635,16 @@ fn copy_desired(record: &mut OnboardingRecord, test: &OnboardingRecord, now: i64
             .map(|c| c.id.clone())
             .unwrap_or_default();
         let creditor = creditor_mut(record, &id);
-        if creditor.company_settings.is_none() {
+        // What production has done itself stays; what it has not is (re)set from test.
+        let open = |creditor: &CreditorRecord, stage| {
+            creditor_stage_of(creditor, stage)
+                .is_none_or(|s| s.state != StageState::Completed && s.lease.is_none())
+        };
+        if open(creditor, Stage::Creditor) {
+            creditor.company_name = source.company_name.clone();
+            creditor.title = source.title.clone();
+        }
+        if open(creditor, Stage::CompanySettings) {
             creditor.company_settings = source.company_settings.clone().map(|settings| {
                 crate::domain::onboarding::CompanySettings {
                     bankgiro_payments_approved: false,
@@ -602,7 +652,7 @@ fn copy_desired(record: &mut OnboardingRecord, test: &OnboardingRecord, now: i64
                 }
             });
         }
-        if creditor.invoice_settings.is_none() {
+        if open(creditor, Stage::InvoiceSettings) {
             creditor.invoice_settings = source.invoice_settings.clone();
         }
     }
