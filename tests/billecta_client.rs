@@ -2,6 +2,8 @@
 //! every injected fault — retried when transient and safe, not retried otherwise, the breaker opening
 //! and recovering, deadlines kept, Billecta's text surfaced, credentials never.
 
+mod common;
+
 use billecta_onboarding::billecta::model::{
     Creditor, CreditorBankInfo, OutgoingBankgiro, PaymentMethod, PaymentMethodPriority,
     PaymentMethodType, User, UserRight,
@@ -15,6 +17,7 @@ use billecta_onboarding::secret::Secret;
 use billecta_onboarding::simulator::{
     self, Fault, FaultBody, FaultRule, NewUser, RunningSimulator, SimulatorConfig,
 };
+use common::fail_next;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -82,6 +85,39 @@ async fn fixture_with(
     }
 }
 
+impl Fixture {
+    /// Creates the creditor `new_creditor(org_no)` with the account user's token; returns its id.
+    async fn create_creditor(&self, org_no: &str) -> String {
+        self.client
+            .create_creditor(&self.token, &new_creditor(org_no), Deadline::none())
+            .await
+            .expect("Billecta creates the creditor")
+    }
+
+    /// A new token issued with the account user's: for the user `user_public_id`, or for the
+    /// account user itself when `None`.
+    async fn issue_token(&self, user_public_id: Option<&str>) -> Secret {
+        self.client
+            .issue_token(&self.token, user_public_id, Deadline::none())
+            .await
+            .expect("Billecta issues a token")
+            .value
+    }
+
+    /// Asserts that Billecta refuses `token` for reading `creditor_id`: a credentials error, not
+    /// retried, and showing none of `secrets`.
+    async fn assert_token_refused(&self, token: &Secret, creditor_id: &str, secrets: &[&str]) {
+        let refused = self
+            .client
+            .get_creditor(token, creditor_id, Deadline::none())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::BadCredentials);
+        assert_eq!(refused.attempts, 1, "credentials errors are not retried");
+        assert_no_secret(&refused, secrets);
+    }
+}
+
 fn new_creditor(org_no: &str) -> Creditor {
     Creditor {
         org_no: Some(org_no.into()),
@@ -132,10 +168,7 @@ async fn provisions_a_creditor_end_to_end() {
         .await
         .unwrap();
     assert!(found.is_empty());
-    let id = client
-        .create_creditor(&f.token, &new_creditor("556888-5645"), none)
-        .await
-        .unwrap();
+    let id = f.create_creditor("556888-5645").await;
     let found = client
         .find_creditors_by_org_no(&f.token, "165568885645", none)
         .await
@@ -238,11 +271,7 @@ async fn a_test_account_refuses_a_second_user_with_billectas_message() {
 async fn production_api_users_get_their_own_token_which_dies_with_the_user() {
     let f = fixture(Environment::Production).await;
     let none = Deadline::none();
-    let creditor = f
-        .client
-        .create_creditor(&f.token, &new_creditor("556888-5645"), none)
-        .await
-        .unwrap();
+    let creditor = f.create_creditor("556888-5645").await;
     let api_user = User {
         username: Some("api-norr@tidningen.se".into()),
         email: Some("api-norr@tidningen.se".into()),
@@ -263,12 +292,7 @@ async fn production_api_users_get_their_own_token_which_dies_with_the_user() {
         .await
         .unwrap();
 
-    let first = f
-        .client
-        .issue_token(&f.token, Some(&api_user_id), none)
-        .await
-        .unwrap()
-        .value;
+    let first = f.issue_token(Some(&api_user_id)).await;
     assert_ne!(first, f.token, "the API user has a token of its own");
     f.client
         .get_creditor(&first, &creditor, none)
@@ -276,20 +300,9 @@ async fn production_api_users_get_their_own_token_which_dies_with_the_user() {
         .unwrap();
 
     // A new token invalidates the old one: one active token per user.
-    let second = f
-        .client
-        .issue_token(&f.token, Some(&api_user_id), none)
-        .await
-        .unwrap()
-        .value;
-    let refused = f
-        .client
-        .get_creditor(&first, &creditor, none)
-        .await
-        .unwrap_err();
-    assert_eq!(refused.kind(), ErrorKind::BadCredentials);
-    assert_eq!(refused.attempts, 1, "credentials errors are not retried");
-    assert_no_secret(&refused, &[first.expose(), second.expose()]);
+    let second = f.issue_token(Some(&api_user_id)).await;
+    f.assert_token_refused(&first, &creditor, &[first.expose(), second.expose()])
+        .await;
     f.client
         .get_creditor(&second, &creditor, none)
         .await
@@ -299,13 +312,8 @@ async fn production_api_users_get_their_own_token_which_dies_with_the_user() {
     f.simulator
         .delete_user(api_user_id.parse().unwrap())
         .unwrap();
-    let gone = f
-        .client
-        .get_creditor(&second, &creditor, none)
-        .await
-        .unwrap_err();
-    assert_eq!(gone.kind(), ErrorKind::BadCredentials);
-    assert_no_secret(&gone, &[second.expose()]);
+    f.assert_token_refused(&second, &creditor, &[second.expose()])
+        .await;
 
     // The account's own token is unaffected, and revoking it ends it.
     f.client.revoke_token(&f.token, none).await.unwrap();
@@ -355,11 +363,7 @@ async fn wrong_passwords_and_missing_things_fail_once_with_their_class() {
 async fn transient_failures_are_retried_until_billecta_answers() {
     let f = fixture(Environment::Test).await;
     let none = Deadline::none();
-    let id = f
-        .client
-        .create_creditor(&f.token, &new_creditor("556888-5645"), none)
-        .await
-        .unwrap();
+    let id = f.create_creditor("556888-5645").await;
 
     let cases = [
         (
@@ -382,9 +386,7 @@ async fn transient_failures_are_retried_until_billecta_answers() {
     ];
     for (what, injected, times) in cases {
         let before = f.simulator.request_count(GET_CREDITOR);
-        f.simulator
-            .set_faults(None, vec![fault(GET_CREDITOR, injected).times(times)])
-            .unwrap();
+        fail_next(&f.simulator, GET_CREDITOR, injected, times);
         let creditor = f.client.get_creditor(&f.token, &id, none).await;
         assert!(creditor.is_ok(), "{what}: {creditor:?}");
         assert_eq!(
@@ -396,20 +398,14 @@ async fn transient_failures_are_retried_until_billecta_answers() {
 
     // 429: the client waits for Retry-After before trying again.
     let before = f.simulator.request_count(GET_CREDITOR);
-    f.simulator
-        .set_faults(
-            None,
-            vec![
-                fault(
-                    GET_CREDITOR,
-                    Fault::RateLimited {
-                        retry_after_seconds: 1,
-                    },
-                )
-                .times(1),
-            ],
-        )
-        .unwrap();
+    fail_next(
+        &f.simulator,
+        GET_CREDITOR,
+        Fault::RateLimited {
+            retry_after_seconds: 1,
+        },
+        1,
+    );
     let started = Instant::now();
     f.client.get_creditor(&f.token, &id, none).await.unwrap();
     assert!(
@@ -461,12 +457,7 @@ async fn a_create_is_not_repeated_once_it_may_have_happened() {
         Fault::Reset,
     ] {
         let before = f.simulator.request_count(CREATE_CREDITOR);
-        f.simulator
-            .set_faults(
-                None,
-                vec![fault(CREATE_CREDITOR, injected.clone()).times(1)],
-            )
-            .unwrap();
+        fail_next(&f.simulator, CREATE_CREDITOR, injected.clone(), 1);
         let error = f
             .client
             .create_creditor(&f.token, &new_creditor("556888-5645"), none)
@@ -483,24 +474,15 @@ async fn a_create_is_not_repeated_once_it_may_have_happened() {
 
     // Rate limited: Billecta refused it unprocessed, so it is safe to send again.
     let before = f.simulator.request_count(CREATE_CREDITOR);
-    f.simulator
-        .set_faults(
-            None,
-            vec![
-                fault(
-                    CREATE_CREDITOR,
-                    Fault::RateLimited {
-                        retry_after_seconds: 0,
-                    },
-                )
-                .times(1),
-            ],
-        )
-        .unwrap();
-    f.client
-        .create_creditor(&f.token, &new_creditor("556888-5645"), none)
-        .await
-        .unwrap();
+    fail_next(
+        &f.simulator,
+        CREATE_CREDITOR,
+        Fault::RateLimited {
+            retry_after_seconds: 0,
+        },
+        1,
+    );
+    f.create_creditor("556888-5645").await;
     assert_eq!(f.simulator.request_count(CREATE_CREDITOR) - before, 2);
     assert_eq!(
         f.simulator.state().creditors.len(),
@@ -550,11 +532,7 @@ async fn slow_and_hanging_requests_end_at_the_timeout_or_the_callers_deadline() 
         settings.retry.max_attempts = 2;
     })
     .await;
-    let id = f
-        .client
-        .create_creditor(&f.token, &new_creditor("556888-5645"), Deadline::none())
-        .await
-        .unwrap();
+    let id = f.create_creditor("556888-5645").await;
 
     // Slower than the per-attempt timeout: each attempt is cut off, then the call gives up.
     f.simulator
@@ -738,12 +716,7 @@ async fn seeded_faults_repeat_the_same_outcomes() {
 async fn an_account_user_with_a_new_token_loses_the_old_one() {
     let f = fixture(Environment::Test).await;
     let none = Deadline::none();
-    let renewed = f
-        .client
-        .issue_token(&f.token, None, none)
-        .await
-        .unwrap()
-        .value;
+    let renewed = f.issue_token(None).await;
     assert_ne!(renewed, f.token);
     let old = f.client.list_users(&f.token, none).await.unwrap_err();
     assert_eq!(old.kind(), ErrorKind::BadCredentials);
@@ -767,16 +740,9 @@ async fn the_lookup_by_organisation_number_reads_every_page() {
     // More creditors than one page holds; the one sought is created last.
     for index in 0..230 {
         let org_no = format!("55{index:04}-0000");
-        f.client
-            .create_creditor(&f.token, &new_creditor(&org_no), none)
-            .await
-            .unwrap();
+        f.create_creditor(&org_no).await;
     }
-    let last = f
-        .client
-        .create_creditor(&f.token, &new_creditor("212000-0142"), none)
-        .await
-        .unwrap();
+    let last = f.create_creditor("212000-0142").await;
     let found = f
         .client
         .find_creditors_by_org_no(&f.token, "2120000142", none)

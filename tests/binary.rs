@@ -307,6 +307,16 @@ fn grpcurl(args: &[&str]) -> Option<(bool, String)> {
     }
 }
 
+/// Calls `method` of the onboarding service at `address` with the JSON `body` through grpcurl,
+/// which the caller has found installed.
+fn grpcurl_onboarding_call(address: &str, method: &str, body: &str) -> (bool, String) {
+    let method = format!("payway.billecta.onboarding.v1.OnboardingService/{method}");
+    grpcurl(&["-plaintext", "-d", body, address, &method]).expect("grpcurl is installed")
+}
+
+/// CreateOnboarding's body for tenant gp in test, sent twice: created, then refused.
+const CREATE_GP_IN_TEST: &str = r#"{"tenant": "gp", "environment": "ENVIRONMENT_TEST"}"#;
+
 #[test]
 fn grpcurl_lists_describes_checks_health_creates_and_gets() {
     let service = Service::start();
@@ -345,28 +355,18 @@ fn grpcurl_lists_describes_checks_health_creates_and_gets() {
     let (ok, health) = grpcurl(&["-plaintext", address, "grpc.health.v1.Health/Check"]).unwrap();
     assert!(ok && health.contains("SERVING"), "{health}");
 
-    let (ok, created) = grpcurl(&[
-        "-plaintext",
-        "-d",
-        r#"{"tenant": "gp", "environment": "ENVIRONMENT_TEST"}"#,
-        address,
-        "payway.billecta.onboarding.v1.OnboardingService/CreateOnboarding",
-    ])
-    .unwrap();
+    let (ok, created) = grpcurl_onboarding_call(address, "CreateOnboarding", CREATE_GP_IN_TEST);
     assert!(ok, "{created}");
     assert!(
         created.contains(r#""name": "tenants/gp/environments/test""#),
         "{created}"
     );
 
-    let (ok, fetched) = grpcurl(&[
-        "-plaintext",
-        "-d",
-        r#"{"name": "tenants/gp/environments/test"}"#,
+    let (ok, fetched) = grpcurl_onboarding_call(
         address,
-        "payway.billecta.onboarding.v1.OnboardingService/GetOnboarding",
-    ])
-    .unwrap();
+        "GetOnboarding",
+        r#"{"name": "tenants/gp/environments/test"}"#,
+    );
     assert!(ok, "{fetched}");
     assert!(
         fetched.contains("ONBOARDING_STATE_ACTION_REQUIRED")
@@ -375,14 +375,7 @@ fn grpcurl_lists_describes_checks_health_creates_and_gets() {
     );
 
     // Errors decode with their details, since reflection serves google.rpc too.
-    let (ok, error) = grpcurl(&[
-        "-plaintext",
-        "-d",
-        r#"{"tenant": "gp", "environment": "ENVIRONMENT_TEST"}"#,
-        address,
-        "payway.billecta.onboarding.v1.OnboardingService/CreateOnboarding",
-    ])
-    .unwrap();
+    let (ok, error) = grpcurl_onboarding_call(address, "CreateOnboarding", CREATE_GP_IN_TEST);
     assert!(!ok);
     assert!(
         error.contains("AlreadyExists") && error.contains(r#""reason":"ALREADY_EXISTS""#),

@@ -10,17 +10,27 @@ use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
 use billecta_onboarding::secret::Secret;
-use billecta_onboarding::simulator::NewAccount;
-use common::{TestServer, account_request, agreement_request, events, for_each_backend, proto};
+use common::{
+    ACCOUNT_EMAIL, ORG_NO, OnboardingOutcome, TestServer, assert_refused, confirm_account,
+    create_creditor, creditor_request, events, for_each_backend, gp_company_settings, proto,
+    settle_company_settings, skip_webhooks, stage_state, stage_status, validate,
+};
 use std::sync::{Arc, Mutex, OnceLock};
 use tonic::Code;
 
-const ORG_NO: &str = "556036-0793";
-const ACCOUNT_EMAIL: &str = "billecta@gp.se";
 const TEST_PASSWORD: &str = "Test-lösen-2026";
 const PRODUCTION_PASSWORD: &str = "Prod-lösen-2026";
 const API_USER: &str = "payway-api@gp.se";
 const API_PASSWORD: &str = "Api-lösen-2026";
+const WEBHOOK_SECRET: &str = "webhook-secret-2026";
+/// Every secret the journey hands the service; none may show anywhere but the payment
+/// configuration.
+const SECRETS: [&str; 4] = [
+    TEST_PASSWORD,
+    PRODUCTION_PASSWORD,
+    API_PASSWORD,
+    WEBHOOK_SECRET,
+];
 
 /// Every log line any test of this binary writes, at debug level for every crate: what an operator
 /// who turns logging up would see.
@@ -52,88 +62,54 @@ impl std::io::Write for LogSink {
     }
 }
 
-fn stage(stages: &[proto::StageStatus], which: proto::Stage) -> proto::StageState {
-    let status = stages
-        .iter()
-        .find(|status| status.stage == which as i32)
-        .expect("every stage is listed");
-    proto::StageState::try_from(status.state).unwrap()
-}
-
 fn state(onboarding: &proto::Onboarding) -> proto::OnboardingState {
     proto::OnboardingState::try_from(onboarding.state).unwrap()
 }
 
-/// The environment's stages up to a confirmed account, with the portal steps played in the simulator.
-async fn confirm_account(
+/// Registers `username` and `password` as the API credentials of the creditor `creditor_name`;
+/// returns the onboarding.
+async fn register_api_credentials(
     server: &TestServer,
-    name: &str,
-    environment: Environment,
+    creditor_name: &str,
+    username: &str,
     password: &str,
-) {
-    let mut client = server.client.clone();
-    client
-        .record_agreement(agreement_request(name))
-        .await
-        .unwrap();
-    client
-        .register_account(account_request(name))
-        .await
-        .unwrap();
-    let simulator = server.simulator(environment);
-    let account = simulator
-        .create_account(NewAccount {
-            name: "Payway Billecta".into(),
-            company_name: "Göteborgs-Posten AB".into(),
-            email: ACCOUNT_EMAIL.into(),
-            password: "from-the-activation-email".into(),
-        })
-        .unwrap();
-    simulator
-        .activate_account(account.account_id, password)
-        .unwrap();
-    client
-        .confirm_account_activation(proto::ConfirmAccountActivationRequest {
-            name: name.to_owned(),
-            username: ACCOUNT_EMAIL.to_owned(),
+) -> proto::Onboarding {
+    server
+        .client
+        .clone()
+        .register_api_credentials(proto::RegisterApiCredentialsRequest {
+            name: creditor_name.to_owned(),
+            username: username.to_owned(),
             password: password.to_owned(),
             ..Default::default()
         })
         .await
-        .unwrap();
+        .onboarding()
 }
 
-/// Company settings applied, then approved by Billecta's support and checked again.
-async fn settle_company_settings(
-    server: &TestServer,
-    environment: Environment,
-    creditor: &proto::Creditor,
-    settings: Option<proto::CompanySettings>,
-) {
-    let mut client = server.client.clone();
-    let request = proto::UpdateCompanySettingsRequest {
-        name: creditor.name.clone(),
-        company_settings: settings,
-        ..Default::default()
-    };
-    client
-        .update_company_settings(request.clone())
-        .await
-        .unwrap();
-    server
-        .simulator(environment)
-        .approve_outgoing_bankgiro(creditor.creditor_public_id.parse().unwrap(), "5402-9681")
-        .unwrap();
-    let applied = client
-        .update_company_settings(request)
-        .await
-        .unwrap()
+/// PromoteToProduction of the test onboarding `name`.
+async fn promote(server: &TestServer, name: &str) -> Result<proto::Onboarding, tonic::Status> {
+    Ok(server
+        .client
+        .clone()
+        .promote_to_production(proto::PromoteToProductionRequest {
+            name: name.to_owned(),
+            ..Default::default()
+        })
+        .await?
         .into_inner()
         .onboarding
-        .unwrap();
+        .unwrap())
+}
+
+/// Asserts that the onboarding `name` is READY, showing what is still due when it is not.
+async fn assert_ready(server: &TestServer, name: &str) {
+    let onboarding = common::get(server, name).await.unwrap();
     assert_eq!(
-        stage(&applied.creditors[0].stages, proto::Stage::CompanySettings),
-        proto::StageState::Completed
+        state(&onboarding),
+        proto::OnboardingState::Ready,
+        "{:?}",
+        onboarding.next_due
     );
 }
 
@@ -185,28 +161,14 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                 .await
                 .name;
             confirm_account(&server, &test, Environment::Test, TEST_PASSWORD).await;
-            let creditor = client
-                .create_creditor(proto::CreateCreditorRequest {
-                    parent: test.clone(),
-                    organisation_number: ORG_NO.into(),
-                    company_name: "Göteborgs-Posten AB".into(),
-                    title: "GP".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .creditor
-                .unwrap();
-            let settings = proto::CompanySettings {
-                address: "Polhemsplatsen 5".into(),
-                zip_code: "411 11".into(),
-                city: "Göteborg".into(),
-                bankgiro_invoicing: "5050-1055".into(),
-                bankgiro_payments: "5402-9681".into(),
-                ..Default::default()
-            };
-            settle_company_settings(&server, Environment::Test, &creditor, Some(settings)).await;
+            let creditor = create_creditor(&server, creditor_request(&test)).await;
+            settle_company_settings(
+                &server,
+                Environment::Test,
+                &creditor,
+                Some(gp_company_settings()),
+            )
+            .await;
             client
                 .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
                     name: creditor.name.clone(),
@@ -225,18 +187,9 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                 .await
                 .unwrap();
             // In test the account's one user is the API user.
-            let registered = client
-                .register_api_credentials(proto::RegisterApiCredentialsRequest {
-                    name: creditor.name.clone(),
-                    username: ACCOUNT_EMAIL.into(),
-                    password: TEST_PASSWORD.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .onboarding
-                .unwrap();
+            let registered =
+                register_api_credentials(&server, &creditor.name, ACCOUNT_EMAIL, TEST_PASSWORD)
+                    .await;
             let access = registered.creditors[0].api_access.clone().unwrap();
             assert!(
                 access.warnings.is_empty(),
@@ -271,24 +224,14 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                     name: creditor.name.clone(),
                     target_url: "https://stage.payway.example/billecta/webhooks".into(),
                     events: vec!["InvoicePaymentReceived".into(), "UnmatchedPayment".into()],
-                    authorization: "Bearer webhook-secret-2026".into(),
+                    authorization: format!("Bearer {WEBHOOK_SECRET}"),
                     attested_by: "ops@payway.se".into(),
                     ..Default::default()
                 })
                 .await
                 .unwrap();
-            let ready = common::get(&server, &test).await.unwrap();
-            assert_eq!(
-                state(&ready),
-                proto::OnboardingState::Ready,
-                "{:?}",
-                ready.next_due
-            );
-            let validated = client
-                .validate_onboarding(proto::ValidateOnboardingRequest { name: test.clone() })
-                .await
-                .unwrap()
-                .into_inner();
+            assert_ready(&server, &test).await;
+            let validated = validate(&server, &test).await;
             let failed: Vec<_> = validated
                 .checks
                 .iter()
@@ -301,16 +244,7 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             );
 
             // ---- promotion ----
-            let production = client
-                .promote_to_production(proto::PromoteToProductionRequest {
-                    name: test.clone(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .onboarding
-                .unwrap();
+            let production = promote(&server, &test).await.unwrap();
             assert_eq!(production.name, "tenants/gp/environments/production");
             assert_eq!(production.next_due[0].item, "agreement.record");
             let promoted = &production.creditors[0];
@@ -331,18 +265,7 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             // ---- production ----
             let name = production.name.clone();
             confirm_account(&server, &name, Environment::Production, PRODUCTION_PASSWORD).await;
-            let creditor = client
-                .create_creditor(proto::CreateCreditorRequest {
-                    parent: name.clone(),
-                    organisation_number: ORG_NO.into(),
-                    company_name: "Göteborgs-Posten AB".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .creditor
-                .unwrap();
+            let creditor = create_creditor(&server, creditor_request(&name)).await;
             // The promoted settings apply without being given again.
             settle_company_settings(&server, Environment::Production, &creditor, None).await;
             client
@@ -393,18 +316,8 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                 )
                 .await
                 .unwrap();
-            let registered = client
-                .register_api_credentials(proto::RegisterApiCredentialsRequest {
-                    name: creditor.name.clone(),
-                    username: API_USER.into(),
-                    password: API_PASSWORD.into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .onboarding
-                .unwrap();
+            let registered =
+                register_api_credentials(&server, &creditor.name, API_USER, API_PASSWORD).await;
             assert!(
                 registered.creditors[0]
                     .api_access
@@ -418,33 +331,15 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                 .unwrap();
             assert!(token_works(&configuration, Environment::Production).await);
             assert_eq!(configuration.password, API_PASSWORD);
-            client
-                .skip_stage(proto::SkipStageRequest {
-                    name: creditor.name.clone(),
-                    stage: proto::Stage::Webhooks as i32,
-                    reason: "webhooks are set up next quarter".into(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let ready = common::get(&server, &name).await.unwrap();
-            assert_eq!(
-                state(&ready),
-                proto::OnboardingState::Ready,
-                "{:?}",
-                ready.next_due
-            );
+            skip_webhooks(&server, &creditor.name, "webhooks are set up next quarter").await;
+            assert_ready(&server, &name).await;
 
             // ---- someone deletes the API user in Billecta ----
             server
                 .simulator(Environment::Production)
                 .delete_user(api_user_id.parse().unwrap())
                 .unwrap();
-            let report = client
-                .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
-                .await
-                .unwrap()
-                .into_inner();
+            let report = validate(&server, &name).await;
             let broken = report
                 .checks
                 .iter()
@@ -457,7 +352,7 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             let onboarding = report.onboarding.unwrap();
             assert_eq!(state(&onboarding), proto::OnboardingState::Broken);
             assert_eq!(
-                stage(&onboarding.creditors[0].stages, proto::Stage::ApiAccess),
+                stage_state(&onboarding.creditors[0].stages, proto::Stage::ApiAccess),
                 proto::StageState::Broken
             );
             let trail = events(&server, &name).await;
@@ -476,25 +371,17 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                 onboarding,
                 events(&server, &test).await
             );
-            for secret in [
-                TEST_PASSWORD,
-                PRODUCTION_PASSWORD,
-                API_PASSWORD,
-                "webhook-secret-2026",
-            ] {
+            for secret in SECRETS {
                 assert!(!read.contains(secret), "{secret} shown");
             }
             assert!(!read.contains(&configuration.secure_token));
 
             // Stored only encrypted: no secret in any row or file of the database.
             let stored = common::stored_everything(&server.database).await;
-            for secret in [
-                TEST_PASSWORD,
-                PRODUCTION_PASSWORD,
-                API_PASSWORD,
-                "webhook-secret-2026",
-                configuration.secure_token.as_str(),
-            ] {
+            for secret in SECRETS
+                .into_iter()
+                .chain([configuration.secure_token.as_str()])
+            {
                 assert!(
                     !common::contains(&stored, secret),
                     "{secret} stored in plain text"
@@ -512,12 +399,7 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
     // Nor in any log line, at debug level, of the service, its client or the simulators.
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(logged.contains("billecta"), "the logs were captured");
-    for secret in [
-        TEST_PASSWORD,
-        PRODUCTION_PASSWORD,
-        API_PASSWORD,
-        "webhook-secret-2026",
-    ] {
+    for secret in SECRETS {
         assert!(!logged.contains(secret), "{secret} logged");
     }
 }
@@ -529,20 +411,9 @@ async fn production_flags_an_api_user_that_is_the_account_user_and_only_ready_te
         let test = common::create(&server, "hd", proto::Environment::Test)
             .await
             .name;
-        let refused = client
-            .promote_to_production(proto::PromoteToProductionRequest {
-                name: test.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), Code::FailedPrecondition);
-        assert_eq!(common::reason(&refused), "ONBOARDING_NOT_READY");
-        let not_test = client
-            .promote_to_production(proto::PromoteToProductionRequest {
-                name: "tenants/hd/environments/production".into(),
-                ..Default::default()
-            })
+        let refused = promote(&server, &test).await.unwrap_err();
+        assert_refused(&refused, Code::FailedPrecondition, "ONBOARDING_NOT_READY");
+        let not_test = promote(&server, "tenants/hd/environments/production")
             .await
             .unwrap_err();
         assert_eq!(common::bad_fields(&not_test), ["name"]);
@@ -557,57 +428,35 @@ async fn production_flags_an_api_user_that_is_the_account_user_and_only_ready_te
             PRODUCTION_PASSWORD,
         )
         .await;
-        let creditor = client
-            .create_creditor(proto::CreateCreditorRequest {
+        let creditor = create_creditor(
+            &server,
+            proto::CreateCreditorRequest {
                 parent: production.clone(),
                 organisation_number: ORG_NO.into(),
                 company_name: "Hallands Nyheter AB".into(),
                 ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .creditor
-            .unwrap();
+            },
+        )
+        .await;
+        // Hallands Nyheter's address, with the same bankgiros.
         let settings = proto::CompanySettings {
             address: "Storgatan 2".into(),
             zip_code: "302 42".into(),
             city: "Halmstad".into(),
-            bankgiro_invoicing: "5050-1055".into(),
-            bankgiro_payments: "5402-9681".into(),
-            ..Default::default()
+            ..gp_company_settings()
         };
         settle_company_settings(&server, Environment::Production, &creditor, Some(settings)).await;
-        let registered = client
-            .register_api_credentials(proto::RegisterApiCredentialsRequest {
-                name: creditor.name.clone(),
-                username: ACCOUNT_EMAIL.into(),
-                password: PRODUCTION_PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+        let registered =
+            register_api_credentials(&server, &creditor.name, ACCOUNT_EMAIL, PRODUCTION_PASSWORD)
+                .await;
         let creditor = &registered.creditors[0];
         assert_eq!(
             creditor.api_access.as_ref().unwrap().warnings,
             ["API_USER_IS_ACCOUNT_USER"]
         );
-        let api_stage = creditor
-            .stages
-            .iter()
-            .find(|s| s.stage == proto::Stage::ApiAccess as i32)
-            .unwrap();
+        let api_stage = stage_status(&creditor.stages, proto::Stage::ApiAccess);
         assert_eq!(api_stage.reason, "API_ACCESS_VERIFIED_WITH_WARNINGS");
-        let report = client
-            .validate_onboarding(proto::ValidateOnboardingRequest {
-                name: production.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let report = validate(&server, &production).await;
         let flagged = report
             .checks
             .iter()
@@ -625,8 +474,11 @@ async fn production_flags_an_api_user_that_is_the_account_user_and_only_ready_te
             })
             .await
             .unwrap_err();
-        assert_eq!(wrong.code(), Code::FailedPrecondition);
-        assert_eq!(common::reason(&wrong), "BILLECTA_CREDENTIALS_REJECTED");
+        assert_refused(
+            &wrong,
+            Code::FailedPrecondition,
+            "BILLECTA_CREDENTIALS_REJECTED",
+        );
         assert!(!wrong.message().contains("bm90LWEtdG9rZW4="));
         let after = common::get(&server, &production).await.unwrap();
         assert_eq!(

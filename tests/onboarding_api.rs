@@ -6,15 +6,6 @@ use common::*;
 use proto::{BlockedOn, Environment, OnboardingState, Stage, StageState};
 use tonic::Code;
 
-fn stage(onboarding: &proto::Onboarding, stage: Stage) -> proto::StageStatus {
-    onboarding
-        .stages
-        .iter()
-        .find(|s| s.stage == stage as i32)
-        .cloned()
-        .expect("stage present")
-}
-
 #[tokio::test]
 async fn create_get_and_already_exists() {
     for_each_backend(|server| async move {
@@ -41,8 +32,7 @@ async fn create_get_and_already_exists() {
             .create_onboarding(create_request("gp", Environment::Test))
             .await
             .unwrap_err();
-        assert_eq!(again.code(), Code::AlreadyExists);
-        assert_eq!(reason(&again), "ALREADY_EXISTS");
+        assert_refused(&again, Code::AlreadyExists, "ALREADY_EXISTS");
 
         // The other environment of the same tenant is a separate onboarding.
         let production = create(&server, "gp", Environment::Production).await;
@@ -64,17 +54,11 @@ async fn create_is_idempotent_by_request_id() {
             request_id: "create-gp-1".into(),
             ..create_request("gp", Environment::Test)
         };
-        let first = client
-            .create_onboarding(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        let retried = client
-            .create_onboarding(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(first, retried, "a retry returns the first result");
+        assert_retry_replays(request.clone(), |attempt| {
+            let mut attempt_client = server.client.clone();
+            async move { attempt_client.create_onboarding(attempt).await }
+        })
+        .await;
         assert_eq!(
             events(&server, "tenants/gp/environments/test").await.len(),
             1,
@@ -88,8 +72,7 @@ async fn create_is_idempotent_by_request_id() {
             })
             .await
             .unwrap_err();
-        assert_eq!(reused.code(), Code::InvalidArgument);
-        assert_eq!(reason(&reused), "REQUEST_ID_REUSED");
+        assert_refused(&reused, Code::InvalidArgument, "REQUEST_ID_REUSED");
         assert_eq!(bad_fields(&reused), vec!["request_id"]);
         assert_eq!(
             get(&server, "tenants/gp/environments/production")
@@ -141,8 +124,7 @@ async fn bad_input_is_rejected_field_by_field_and_changes_nothing() {
             })
             .await
             .unwrap_err();
-        assert_eq!(error.code(), Code::InvalidArgument);
-        assert_eq!(reason(&error), "INVALID_FIELDS");
+        assert_refused(&error, Code::InvalidArgument, "INVALID_FIELDS");
         assert_eq!(
             bad_fields(&error),
             vec!["tenant", "environment", "request_id"]
@@ -175,19 +157,11 @@ async fn bad_input_is_rejected_field_by_field_and_changes_nothing() {
             vec!["agreement_time"]
         );
 
-        let error = client
-            .register_account(proto::RegisterAccountRequest {
-                name: created.name.clone(),
-                account: Some(proto::Account {
-                    full_name: "".into(),
-                    company_name: "GP".into(),
-                    email: "not-an-address".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let mut bad_account = account_request(&created.name);
+        let account = bad_account.account.as_mut().unwrap();
+        account.full_name.clear();
+        account.email = "not-an-address".into();
+        let error = client.register_account(bad_account).await.unwrap_err();
         assert_eq!(
             bad_fields(&error),
             vec!["account.full_name", "account.email"]
@@ -226,36 +200,36 @@ async fn bad_input_is_rejected_field_by_field_and_changes_nothing() {
 async fn missing_onboardings_are_not_found() {
     for_each_backend(|server| async move {
         let mut client = server.client.clone();
-        let name = name("nobody", "test");
-        let error = get(&server, &name).await.unwrap_err();
-        assert_eq!(error.code(), Code::NotFound);
-        assert_eq!(reason(&error), "NOT_FOUND");
-        let error = client
-            .record_agreement(agreement_request(&name))
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), Code::NotFound);
-        let error = client
-            .register_account(account_request(&name))
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), Code::NotFound);
-        let error = client
-            .list_onboarding_events(proto::ListOnboardingEventsRequest {
-                name: name.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), Code::NotFound);
-        let error = client
-            .watch_onboarding(proto::WatchOnboardingRequest {
-                name,
-                after_event: String::new(),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), Code::NotFound);
+        let missing = name("nobody", "test");
+        // Every call naming a missing onboarding is refused alike.
+        let refusals = [
+            get(&server, &missing).await.unwrap_err(),
+            client
+                .record_agreement(agreement_request(&missing))
+                .await
+                .unwrap_err(),
+            client
+                .register_account(account_request(&missing))
+                .await
+                .unwrap_err(),
+            client
+                .list_onboarding_events(proto::ListOnboardingEventsRequest {
+                    name: missing.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+            client
+                .watch_onboarding(proto::WatchOnboardingRequest {
+                    name: missing.clone(),
+                    after_event: String::new(),
+                })
+                .await
+                .unwrap_err(),
+        ];
+        for refusal in &refusals {
+            assert_refused(refusal, Code::NotFound, "NOT_FOUND");
+        }
     })
     .await;
 }
@@ -271,8 +245,7 @@ async fn agreement_then_account_walks_the_environment_stages() {
             .register_account(account_request(&created.name))
             .await
             .unwrap_err();
-        assert_eq!(error.code(), Code::FailedPrecondition);
-        assert_eq!(reason(&error), "STAGES_NOT_COMPLETED");
+        assert_refused(&error, Code::FailedPrecondition, "STAGES_NOT_COMPLETED");
         let details = tonic_types::StatusExt::get_error_details(&error);
         let violations = &details.precondition_failure().unwrap().violations;
         assert_eq!(violations.len(), 1);
@@ -285,11 +258,8 @@ async fn agreement_then_account_walks_the_environment_stages() {
         let recorded = client
             .record_agreement(agreement_request(&created.name))
             .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
-        let agreement = stage(&recorded, Stage::Agreement);
+            .onboarding();
+        let agreement = stage_status(&recorded.stages, Stage::Agreement);
         assert_eq!(agreement.state, StageState::Completed as i32);
         assert_eq!(
             recorded.agreement.as_ref().unwrap().reference,
@@ -305,11 +275,8 @@ async fn agreement_then_account_walks_the_environment_stages() {
         let registered = client
             .register_account(account_request(&created.name))
             .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
-        let account = stage(&registered, Stage::Account);
+            .onboarding();
+        let account = stage_status(&registered.stages, Stage::Account);
         assert_eq!(account.state, StageState::ActionRequired as i32);
         assert_eq!(account.blocked_on, BlockedOn::Tenant as i32);
         assert_eq!(account.reason, "AWAITING_ACTIVATION");
@@ -374,8 +341,7 @@ async fn etags_and_validate_only_guard_changes() {
             ..agreement_request(&created.name)
         };
         let error = client.record_agreement(stale).await.unwrap_err();
-        assert_eq!(error.code(), Code::Aborted);
-        assert_eq!(reason(&error), "ETAG_MISMATCH");
+        assert_refused(&error, Code::Aborted, "ETAG_MISMATCH");
         assert_eq!(get(&server, &created.name).await.unwrap(), created);
 
         let dry_run = proto::RecordAgreementRequest {
@@ -383,15 +349,9 @@ async fn etags_and_validate_only_guard_changes() {
             etag: created.etag.clone(),
             ..agreement_request(&created.name)
         };
-        let would_be = client
-            .record_agreement(dry_run)
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+        let would_be = client.record_agreement(dry_run).await.onboarding();
         assert_eq!(
-            stage(&would_be, Stage::Agreement).state,
+            stage_status(&would_be.stages, Stage::Agreement).state,
             StageState::Completed as i32
         );
         assert_eq!(
@@ -405,13 +365,7 @@ async fn etags_and_validate_only_guard_changes() {
             validate_only: true,
             ..create_request("newco", Environment::Test)
         };
-        let would_create = client
-            .create_onboarding(dry_create)
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+        let would_create = client.create_onboarding(dry_create).await.onboarding();
         assert_eq!(would_create.name, "tenants/newco/environments/test");
         assert_eq!(
             get(&server, &would_create.name).await.unwrap_err().code(),
@@ -422,13 +376,7 @@ async fn etags_and_validate_only_guard_changes() {
             etag: created.etag.clone(),
             ..agreement_request(&created.name)
         };
-        let updated = client
-            .record_agreement(current.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+        let updated = client.record_agreement(current.clone()).await.onboarding();
         // The same etag again is now stale.
         assert_eq!(
             client.record_agreement(current).await.unwrap_err().code(),
@@ -526,22 +474,15 @@ async fn concurrent_writers_lose_no_update() {
 #[tokio::test]
 async fn list_filters_and_pages_stay_correct_while_rows_are_inserted() {
     for_each_backend(|server| async move {
-        let mut client = server.client.clone();
-        for tenant in ["b-tenant", "d-tenant", "f-tenant", "h-tenant"] {
+        let test_tenants = ["b-tenant", "d-tenant", "f-tenant", "h-tenant"];
+        for tenant in test_tenants {
             create(&server, tenant, Environment::Test).await;
         }
         let production = create(&server, "d-tenant", Environment::Production).await;
-        client
-            .record_agreement(agreement_request(&production.name))
-            .await
-            .unwrap();
-        client
-            .register_account(account_request(&production.name))
-            .await
-            .unwrap();
+        record_agreement_and_account(&server, &production.name).await;
 
         let list = |request: proto::ListOnboardingsRequest| {
-            let mut client = client.clone();
+            let mut client = server.client.clone();
             async move {
                 client
                     .list_onboardings(request)
@@ -556,35 +497,45 @@ async fn list_filters_and_pages_stay_correct_while_rows_are_inserted() {
                 .collect::<Vec<_>>()
         };
 
-        let by_environment = list(proto::ListOnboardingsRequest {
-            environment: Environment::Production.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        assert_eq!(names(&by_environment), vec![production.name.clone()]);
-        let waiting_on_tenant = list(proto::ListOnboardingsRequest {
-            blocked_on: BlockedOn::Tenant.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        assert_eq!(names(&waiting_on_tenant), vec![production.name.clone()]);
-        let waiting_on_operations = list(proto::ListOnboardingsRequest {
-            state: OnboardingState::ActionRequired.into(),
-            blocked_on: BlockedOn::PaywayOperations.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        assert_eq!(waiting_on_operations.onboardings.len(), 4);
-        let ready = list(proto::ListOnboardingsRequest {
-            state: OnboardingState::Ready.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        assert!(ready.onboardings.is_empty());
+        let filtered = [
+            (
+                "by environment",
+                proto::ListOnboardingsRequest {
+                    environment: Environment::Production.into(),
+                    ..Default::default()
+                },
+                vec![production.name.clone()],
+            ),
+            (
+                "waiting on the tenant",
+                proto::ListOnboardingsRequest {
+                    blocked_on: BlockedOn::Tenant.into(),
+                    ..Default::default()
+                },
+                vec![production.name.clone()],
+            ),
+            (
+                "waiting on Payway's operations",
+                proto::ListOnboardingsRequest {
+                    state: OnboardingState::ActionRequired.into(),
+                    blocked_on: BlockedOn::PaywayOperations.into(),
+                    ..Default::default()
+                },
+                test_tenants.map(|tenant| name(tenant, "test")).to_vec(),
+            ),
+            (
+                "ready",
+                proto::ListOnboardingsRequest {
+                    state: OnboardingState::Ready.into(),
+                    ..Default::default()
+                },
+                Vec::new(),
+            ),
+        ];
+        for (label, request, expected) in filtered {
+            let listed = list(request).await.unwrap();
+            assert_eq!(names(&listed), expected, "{label}");
+        }
 
         // Page through the test environment two at a time, inserting before and after the cursor.
         let filter = proto::ListOnboardingsRequest {
@@ -651,10 +602,7 @@ async fn events_page_in_order() {
         let mut client = server.client.clone();
         let created = create(&server, "gp", Environment::Test).await;
         for _ in 0..4 {
-            client
-                .record_agreement(agreement_request(&created.name))
-                .await
-                .unwrap();
+            record_agreement(&server, &created.name).await;
         }
         let mut seen = Vec::new();
         let mut token = String::new();

@@ -6,105 +6,58 @@
 mod common;
 
 use billecta_onboarding::domain::Environment;
-use billecta_onboarding::simulator::{Fault, FaultBody, FaultRule, NewAccount};
+use billecta_onboarding::simulator::{Fault, FaultBody, FaultRule};
 use common::{
-    TestServer, account_request, agreement_request, bad_fields, create, events, for_each_backend,
-    proto, reason,
+    ACCOUNT_EMAIL, ORG_NO, OnboardingOutcome, TestServer, activate_and_confirm_account,
+    assert_refused, assert_retry_replays, bad_fields, confirm_request, create, create_creditor,
+    creditor_request, events, fail_next, for_each_backend, gp_company_settings, proto, reason,
+    register_account_in_portal, settle_company_settings, skip_webhooks, stage_state, stage_status,
+    validate,
 };
 use std::time::Duration;
 use tonic::Code;
 use uuid::Uuid;
 
-const EMAIL: &str = "billecta@gp.se";
 const PASSWORD: &str = "Höst-2026-lösenord!";
-const ORG_NO: &str = "556036-0793";
 
-fn stage(stages: &[proto::StageStatus], which: proto::Stage) -> &proto::StageStatus {
-    stages
-        .iter()
-        .find(|status| status.stage == which as i32)
-        .expect("every stage is listed")
-}
-
-fn state(status: &proto::StageStatus) -> proto::StageState {
-    proto::StageState::try_from(status.state).unwrap()
-}
-
-/// An onboarding whose agreement is recorded and whose account is registered in Billecta's portal
-/// (created, not yet activated). Returns its name and the simulator's account id.
+/// An onboarding of `environment` whose agreement is recorded and whose account is registered in
+/// Billecta's portal (created, not yet activated). Returns its name and the simulator's account id.
 async fn registered(server: &TestServer, environment: Environment) -> (String, Uuid) {
     let api_environment = match environment {
         Environment::Test => proto::Environment::Test,
         Environment::Production => proto::Environment::Production,
     };
     let name = create(server, "gp", api_environment).await.name;
-    let mut client = server.client.clone();
-    client
-        .record_agreement(agreement_request(&name))
-        .await
-        .unwrap();
-    client
-        .register_account(account_request(&name))
-        .await
-        .unwrap();
-    let account = server
-        .simulator(environment)
-        .create_account(NewAccount {
-            name: "Payway Billecta".into(),
-            company_name: "Göteborgs-Posten AB".into(),
-            email: EMAIL.into(),
-            password: "initial-from-the-email".into(),
-        })
-        .unwrap();
-    (name, account.account_id)
+    let account_id = register_account_in_portal(server, &name, environment).await;
+    (name, account_id)
 }
 
-fn confirm(name: &str) -> proto::ConfirmAccountActivationRequest {
-    proto::ConfirmAccountActivationRequest {
-        name: name.to_owned(),
-        username: EMAIL.to_owned(),
-        password: PASSWORD.to_owned(),
-        ..Default::default()
-    }
-}
-
-/// An onboarding whose ACCOUNT is completed.
+/// An onboarding of `environment` whose ACCOUNT is completed.
 async fn activated(server: &TestServer, environment: Environment) -> String {
     let (name, account_id) = registered(server, environment).await;
-    server
-        .simulator(environment)
-        .activate_account(account_id, PASSWORD)
-        .unwrap();
-    server
-        .client
-        .clone()
-        .confirm_account_activation(confirm(&name))
-        .await
-        .expect("the activated account signs in");
+    activate_and_confirm_account(server, &name, environment, account_id, PASSWORD).await;
     name
 }
 
-fn create_creditor(parent: &str) -> proto::CreateCreditorRequest {
-    proto::CreateCreditorRequest {
-        parent: parent.to_owned(),
-        organisation_number: ORG_NO.to_owned(),
-        company_name: "Göteborgs-Posten AB".to_owned(),
-        title: "GP".to_owned(),
-        ..Default::default()
+/// The sign-in with the password the account is activated with.
+fn confirm(name: &str) -> proto::ConfirmAccountActivationRequest {
+    confirm_request(name, PASSWORD)
+}
+
+/// Göteborgs-Posten's company settings as a caller types them: the postcode and the bankgiro for
+/// invoicing without their separators, which the service adds.
+fn unformatted_company_settings() -> proto::CompanySettings {
+    proto::CompanySettings {
+        zip_code: "41111".to_owned(),
+        bankgiro_invoicing: "50501055".to_owned(),
+        ..gp_company_settings()
     }
 }
 
 fn company_settings(name: &str) -> proto::UpdateCompanySettingsRequest {
     proto::UpdateCompanySettingsRequest {
         name: name.to_owned(),
-        company_settings: Some(proto::CompanySettings {
-            address: "Polhemsplatsen 5".to_owned(),
-            zip_code: "41111".to_owned(),
-            city: "Göteborg".to_owned(),
-            bankgiro_invoicing: "50501055".to_owned(),
-            bankgiro_payments: "5402-9681".to_owned(),
-            ..Default::default()
-        }),
+        company_settings: Some(unformatted_company_settings()),
         ..Default::default()
     }
 }
@@ -122,8 +75,11 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
             .confirm_account_activation(confirm(&name))
             .await
             .unwrap_err();
-        assert_eq!(refused.code(), Code::FailedPrecondition);
-        assert_eq!(reason(&refused), "BILLECTA_CREDENTIALS_REJECTED");
+        assert_refused(
+            &refused,
+            Code::FailedPrecondition,
+            "BILLECTA_CREDENTIALS_REJECTED",
+        );
         assert!(
             refused.message().contains("not activated"),
             "{}",
@@ -151,57 +107,50 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
         let confirmed = client
             .confirm_account_activation(confirm(&name))
             .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+            .onboarding();
         assert_eq!(
-            state(stage(&confirmed.stages, proto::Stage::Account)),
+            stage_state(&confirmed.stages, proto::Stage::Account),
             proto::StageState::Completed
         );
         let account = confirmed.account.clone().unwrap();
-        assert_eq!(account.username, EMAIL);
+        assert_eq!(account.username, ACCOUNT_EMAIL);
         let credential = account.credential.unwrap();
         assert!(
             credential.fingerprint.starts_with("hmac:"),
             "passwords get a keyed fingerprint"
         );
-        assert_eq!(credential.principal, EMAIL);
+        assert_eq!(credential.principal, ACCOUNT_EMAIL);
         assert!(credential.verify_time.is_some());
         assert_eq!(confirmed.next_due[0].item, "creditor.create");
 
         // The creditor is created in Billecta.
         let created = client
-            .create_creditor(create_creditor(&name))
+            .create_creditor(creditor_request(&name))
             .await
             .unwrap()
             .into_inner();
         let creditor = created.creditor.unwrap();
         assert_eq!(creditor.name, format!("{name}/creditors/{ORG_NO}"));
         assert_eq!(
-            state(stage(&creditor.stages, proto::Stage::Creditor)),
+            stage_state(&creditor.stages, proto::Stage::Creditor),
             proto::StageState::Completed
         );
         assert!(!creditor.creditor_public_id.is_empty());
         assert_eq!(simulator.state().creditors.len(), 1);
-        let again = client
-            .create_creditor(create_creditor(&name))
-            .await
-            .unwrap_err();
-        assert_eq!(again.code(), Code::AlreadyExists);
+        assert_creditor_exists_already(&server, &name).await;
         assert_eq!(simulator.state().creditors.len(), 1, "never two creditors");
 
         // Company settings: applied, the bankgiro for payments waits on Billecta's support.
         let waiting = client
             .update_company_settings(company_settings(&creditor.name))
             .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+            .onboarding();
         let settings_stage =
-            stage(&waiting.creditors[0].stages, proto::Stage::CompanySettings).clone();
-        assert_eq!(state(&settings_stage), proto::StageState::ActionRequired);
+            stage_status(&waiting.creditors[0].stages, proto::Stage::CompanySettings).clone();
+        assert_eq!(
+            settings_stage.state,
+            proto::StageState::ActionRequired as i32
+        );
         assert_eq!(
             settings_stage.blocked_on,
             proto::BlockedOn::BillectaSupport as i32
@@ -226,15 +175,9 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
         let approved = client
             .update_company_settings(company_settings(&creditor.name))
             .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+            .onboarding();
         assert_eq!(
-            state(stage(
-                &approved.creditors[0].stages,
-                proto::Stage::CompanySettings
-            )),
+            stage_state(&approved.creditors[0].stages, proto::Stage::CompanySettings),
             proto::StageState::Completed
         );
 
@@ -250,15 +193,9 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
         let numbered = client
             .update_invoice_settings(invoice(1023))
             .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+            .onboarding();
         assert_eq!(
-            state(stage(
-                &numbered.creditors[0].stages,
-                proto::Stage::InvoiceSettings
-            )),
+            stage_state(&numbered.creditors[0].stages, proto::Stage::InvoiceSettings),
             proto::StageState::Completed
         );
         assert_eq!(
@@ -269,8 +206,7 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
             .update_invoice_settings(invoice(10))
             .await
             .unwrap_err();
-        assert_eq!(behind.code(), Code::FailedPrecondition);
-        assert_eq!(reason(&behind), "INVOICE_NUMBER_BEHIND");
+        assert_refused(&behind, Code::FailedPrecondition, "INVOICE_NUMBER_BEHIND");
         let unchanged = common::get(&server, &name).await.unwrap();
         assert_eq!(
             unchanged.creditors[0]
@@ -286,20 +222,14 @@ async fn a_tenant_goes_from_a_registered_account_to_a_configured_creditor() {
         );
 
         // Webhooks are optional: skipped on purpose.
-        let skipped = client
-            .skip_stage(proto::SkipStageRequest {
-                name: creditor.name.clone(),
-                stage: proto::Stage::Webhooks as i32,
-                reason: "the tenant reconciles payments by file".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
-        let webhooks = stage(&skipped.creditors[0].stages, proto::Stage::Webhooks);
-        assert_eq!(state(webhooks), proto::StageState::Skipped);
+        let skipped = skip_webhooks(
+            &server,
+            &creditor.name,
+            "the tenant reconciles payments by file",
+        )
+        .await;
+        let webhooks = stage_status(&skipped.creditors[0].stages, proto::Stage::Webhooks);
+        assert_eq!(webhooks.state, proto::StageState::Skipped as i32);
         assert_eq!(skipped.next_due[0].item, "api_access.register");
 
         // The audit trail has every Billecta outcome, the refusals included.
@@ -340,11 +270,10 @@ async fn stage_order_and_bad_input_are_refused_before_billecta_is_asked() {
 
         // Too early: the account is not confirmed.
         let early = client
-            .create_creditor(create_creditor(&name))
+            .create_creditor(creditor_request(&name))
             .await
             .unwrap_err();
-        assert_eq!(early.code(), Code::FailedPrecondition);
-        assert_eq!(reason(&early), "STAGES_NOT_COMPLETED");
+        assert_refused(&early, Code::FailedPrecondition, "STAGES_NOT_COMPLETED");
         assert!(early.message().contains("ACCOUNT"), "{}", early.message());
 
         // Every bad field at once, nothing stored, nothing sent.
@@ -360,24 +289,21 @@ async fn stage_order_and_bad_input_are_refused_before_billecta_is_asked() {
             .unwrap_err();
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert_eq!(bad_fields(&bad), ["organisation_number", "company_name"]);
-        let bad = client
+        let bad_settings = client
             .update_company_settings(proto::UpdateCompanySettingsRequest {
                 name: format!("{name}/creditors/{ORG_NO}"),
                 company_settings: Some(proto::CompanySettings {
-                    address: "Polhemsplatsen 5".into(),
                     zip_code: "4111".into(),
-                    city: "Göteborg".into(),
                     country_code: "Sweden".into(),
                     bankgiro_invoicing: "123-4567".into(),
-                    bankgiro_payments: "5402-9681".into(),
-                    ..Default::default()
+                    ..unformatted_company_settings()
                 }),
                 ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(
-            bad_fields(&bad),
+            bad_fields(&bad_settings),
             [
                 "company_settings.zip_code",
                 "company_settings.country_code",
@@ -420,6 +346,17 @@ async fn stage_order_and_bad_input_are_refused_before_billecta_is_asked() {
     .await;
 }
 
+/// Asserts that creating the creditor of the onboarding `name` again is refused: it exists.
+async fn assert_creditor_exists_already(server: &TestServer, name: &str) {
+    let again = server
+        .client
+        .clone()
+        .create_creditor(creditor_request(name))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+}
+
 /// Waits on a STAGE_BUSY answer's RetryInfo.
 fn retry_delay(status: &tonic::Status) -> Duration {
     use tonic_types::StatusExt;
@@ -440,28 +377,23 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
         let mut client = server.client.clone();
         let simulator = server.simulator(Environment::Test);
         let name = activated(&server, Environment::Test).await;
-        let create = || create_creditor(&name);
+        let create = || creditor_request(&name);
 
         // Billecta is down: the stage waits on the system, it does not fail.
-        simulator
-            .set_faults(
-                None,
-                vec![
-                    FaultRule::new(Fault::Status {
-                        status: 503,
-                        body: FaultBody::Html,
-                    })
-                    .on("POST /v1/creditors/creditor")
-                    .times(1),
-                ],
-            )
-            .unwrap();
+        fail_next(
+            simulator,
+            "POST /v1/creditors/creditor",
+            Fault::Status {
+                status: 503,
+                body: FaultBody::Html,
+            },
+            1,
+        );
         let down = client.create_creditor(create()).await.unwrap_err();
-        assert_eq!(down.code(), Code::Unavailable);
-        assert_eq!(reason(&down), "BILLECTA_UNAVAILABLE");
+        assert_refused(&down, Code::Unavailable, "BILLECTA_UNAVAILABLE");
         let waiting = common::get(&server, &name).await.unwrap();
-        let creditor_stage = stage(&waiting.creditors[0].stages, proto::Stage::Creditor);
-        assert_eq!(state(creditor_stage), proto::StageState::InProgress);
+        let creditor_stage = stage_status(&waiting.creditors[0].stages, proto::Stage::Creditor);
+        assert_eq!(creditor_stage.state, proto::StageState::InProgress as i32);
         assert_eq!(
             creditor_stage.blocked_on,
             proto::BlockedOn::SystemRetrying as i32
@@ -470,21 +402,16 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
 
         // A 5xx may still have created it: an immediate retry is told to wait, and creates nothing.
         let early = client.create_creditor(create()).await.unwrap_err();
-        assert_eq!(early.code(), Code::Aborted);
-        assert_eq!(reason(&early), "STAGE_BUSY");
+        assert_refused(&early, Code::Aborted, "STAGE_BUSY");
         tokio::time::sleep(retry_delay(&early) + Duration::from_millis(50)).await;
 
         // Billecta creates the creditor but answers after the client gave up.
-        simulator
-            .set_faults(
-                None,
-                vec![
-                    FaultRule::new(Fault::Latency { ms: 700 })
-                        .on("POST /v1/creditors/creditor")
-                        .times(1),
-                ],
-            )
-            .unwrap();
+        fail_next(
+            simulator,
+            "POST /v1/creditors/creditor",
+            Fault::Latency { ms: 700 },
+            1,
+        );
         let lost = client.create_creditor(create()).await.unwrap_err();
         assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
         let early = client.create_creditor(create()).await.unwrap_err();
@@ -501,15 +428,9 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
         );
 
         // The retry finds it by organisation number and adopts it.
-        let adopted = client
-            .create_creditor(create())
-            .await
-            .unwrap()
-            .into_inner()
-            .creditor
-            .unwrap();
-        let creditor_stage = stage(&adopted.stages, proto::Stage::Creditor);
-        assert_eq!(state(creditor_stage), proto::StageState::Completed);
+        let adopted = create_creditor(&server, create()).await;
+        let creditor_stage = stage_status(&adopted.stages, proto::Stage::Creditor);
+        assert_eq!(creditor_stage.state, proto::StageState::Completed as i32);
         assert_eq!(creditor_stage.reason, "CREDITOR_ADOPTED");
         assert_eq!(simulator.state().creditors.len(), 1, "never two creditors");
         assert_eq!(
@@ -532,17 +453,13 @@ async fn an_impatient_caller_does_not_cut_a_create_short() {
         let mut client = server.client.clone();
         let simulator = server.simulator(Environment::Test);
         let name = activated(&server, Environment::Test).await;
-        simulator
-            .set_faults(
-                None,
-                vec![
-                    FaultRule::new(Fault::Latency { ms: 600 })
-                        .on("POST /v1/creditors/creditor")
-                        .times(1),
-                ],
-            )
-            .unwrap();
-        let mut impatient = tonic::Request::new(create_creditor(&name));
+        fail_next(
+            simulator,
+            "POST /v1/creditors/creditor",
+            Fault::Latency { ms: 600 },
+            1,
+        );
+        let mut impatient = tonic::Request::new(creditor_request(&name));
         impatient.set_timeout(Duration::from_millis(200));
         let gone = client.create_creditor(impatient).await.unwrap_err();
         assert!(
@@ -553,16 +470,12 @@ async fn an_impatient_caller_does_not_cut_a_create_short() {
         tokio::time::sleep(Duration::from_millis(900)).await;
         let done = common::get(&server, &name).await.unwrap();
         assert_eq!(
-            state(stage(&done.creditors[0].stages, proto::Stage::Creditor)),
+            stage_state(&done.creditors[0].stages, proto::Stage::Creditor),
             proto::StageState::Completed
         );
         assert_eq!(simulator.state().creditors.len(), 1);
         // And a retry with the same input finds it done.
-        let again = client
-            .create_creditor(create_creditor(&name))
-            .await
-            .unwrap_err();
-        assert_eq!(again.code(), Code::AlreadyExists);
+        assert_creditor_exists_already(&server, &name).await;
     })
     .await;
 }
@@ -577,23 +490,19 @@ async fn retries_with_a_request_id_and_an_etag_after_billecta_failed() {
         let request = proto::CreateCreditorRequest {
             request_id: "gp-creditor-1".into(),
             etag: etag.clone(),
-            ..create_creditor(&name)
+            ..creditor_request(&name)
         };
 
         // The lookup before the create fails (a read: safe to repeat, nothing was created).
-        simulator
-            .set_faults(
-                None,
-                vec![
-                    FaultRule::new(Fault::Status {
-                        status: 503,
-                        body: FaultBody::Json,
-                    })
-                    .on("GET /v1/creditors/creditors")
-                    .times(4),
-                ],
-            )
-            .unwrap();
+        fail_next(
+            simulator,
+            "GET /v1/creditors/creditors",
+            Fault::Status {
+                status: 503,
+                body: FaultBody::Json,
+            },
+            4,
+        );
         let down = client.create_creditor(request.clone()).await.unwrap_err();
         assert_eq!(down.code(), Code::Unavailable);
         assert_eq!(
@@ -603,17 +512,11 @@ async fn retries_with_a_request_id_and_an_etag_after_billecta_failed() {
         );
 
         // The same request, the same etag: it goes through, once.
-        let first = client
-            .create_creditor(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        let replayed = client
-            .create_creditor(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(first, replayed, "a retry returns the first result");
+        let first = assert_retry_replays(request.clone(), |attempt| {
+            let mut attempt_client = server.client.clone();
+            async move { attempt_client.create_creditor(attempt).await }
+        })
+        .await;
         assert_eq!(simulator.request_count("POST /v1/creditors/creditor"), 1);
         let reused = client
             .create_creditor(proto::CreateCreditorRequest {
@@ -633,10 +536,7 @@ async fn retries_with_a_request_id_and_an_etag_after_billecta_failed() {
                 ..company_settings(&creditor.name)
             })
             .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+            .onboarding();
         assert_eq!(
             checked.creditors[0]
                 .company_settings
@@ -657,34 +557,23 @@ async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
     use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
     use billecta_onboarding::secret::Secret;
     for_each_backend(|server| async move {
-        let mut client = server.client.clone();
         let simulator = server.simulator(Environment::Test);
         let name = activated(&server, Environment::Test).await;
-        let creditor = client
-            .create_creditor(create_creditor(&name))
-            .await
-            .unwrap()
-            .into_inner()
-            .creditor
-            .unwrap();
-        client
-            .update_company_settings(company_settings(&creditor.name))
-            .await
-            .unwrap();
-        simulator
-            .approve_outgoing_bankgiro(creditor.creditor_public_id.parse().unwrap(), "5402-9681")
-            .unwrap();
-        client
-            .update_company_settings(company_settings(&creditor.name))
-            .await
-            .unwrap();
+        let creditor = create_creditor(&server, creditor_request(&name)).await;
+        settle_company_settings(
+            &server,
+            Environment::Test,
+            &creditor,
+            Some(unformatted_company_settings()),
+        )
+        .await;
 
         // Someone edits the creditor in Billecta's portal: another city, and disables it.
         let billecta =
             BillectaClient::new(Environment::Test, ClientSettings::new(simulator.base_url()))
                 .unwrap();
         let token = billecta
-            .authenticate(EMAIL, &Secret::new(PASSWORD), Deadline::none())
+            .authenticate(ACCOUNT_EMAIL, &Secret::new(PASSWORD), Deadline::none())
             .await
             .unwrap()
             .value;
@@ -699,17 +588,13 @@ async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
             .await
             .unwrap();
 
-        let report = client
-            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        let check = |name: &str| {
+        let report = validate(&server, &name).await;
+        let check = |check_name: &str| {
             report
                 .checks
                 .iter()
-                .find(|check| check.check == name)
-                .unwrap_or_else(|| panic!("no {name} check"))
+                .find(|check| check.check == check_name)
+                .unwrap_or_else(|| panic!("no {check_name} check"))
                 .clone()
         };
         let city = check("company_settings.city");
@@ -728,10 +613,7 @@ async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
         assert!(enabled.critical);
         let onboarding = report.onboarding.unwrap();
         assert_eq!(
-            state(stage(
-                &onboarding.creditors[0].stages,
-                proto::Stage::Creditor
-            )),
+            stage_state(&onboarding.creditors[0].stages, proto::Stage::Creditor),
             proto::StageState::Broken
         );
         assert_eq!(onboarding.state, proto::OnboardingState::Broken as i32);
@@ -742,15 +624,9 @@ async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
             .update_creditor(&token, &edited, Deadline::none())
             .await
             .unwrap();
-        let repaired = client
-            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
-        let creditor_stage = stage(&repaired.creditors[0].stages, proto::Stage::Creditor);
-        assert_eq!(state(creditor_stage), proto::StageState::Completed);
+        let repaired = validate(&server, &name).await.onboarding.unwrap();
+        let creditor_stage = stage_status(&repaired.creditors[0].stages, proto::Stage::Creditor);
+        assert_eq!(creditor_stage.state, proto::StageState::Completed as i32);
         assert_eq!(creditor_stage.reason, "REVALIDATED");
 
         // Billecta unreachable: every check it needs is UNKNOWN, and nothing is marked broken.
@@ -763,11 +639,7 @@ async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
                 })],
             )
             .unwrap();
-        let blind = client
-            .validate_onboarding(proto::ValidateOnboardingRequest { name: name.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let blind = validate(&server, &name).await;
         assert!(
             blind
                 .checks

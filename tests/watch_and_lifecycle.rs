@@ -39,6 +39,15 @@ async fn watch(
         .into_inner())
 }
 
+/// Asserts that `stream` sends nothing for `quiet_for`.
+async fn assert_silent(
+    stream: &mut tonic::Streaming<proto::WatchOnboardingResponse>,
+    quiet_for: Duration,
+) {
+    let sent = tokio::time::timeout(quiet_for, stream.next()).await;
+    assert!(sent.is_err(), "nothing is sent, yet got {sent:?}");
+}
+
 fn event_name(message: &proto::WatchOnboardingResponse) -> String {
     message.event.as_ref().expect("an event").name.clone()
 }
@@ -56,10 +65,7 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
         );
         assert_eq!(first.onboarding.unwrap(), created);
 
-        client
-            .record_agreement(agreement_request(&created.name))
-            .await
-            .unwrap();
+        record_agreement(&server, &created.name).await;
         let change = next(&mut stream).await;
         assert_eq!(event_name(&change), format!("{}/events/2", created.name));
         assert_eq!(change.event.as_ref().unwrap().method, "RecordAgreement");
@@ -74,10 +80,7 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
             .register_account(account_request(&created.name))
             .await
             .unwrap();
-        client
-            .record_agreement(agreement_request(&created.name))
-            .await
-            .unwrap();
+        record_agreement(&server, &created.name).await;
         let mut resumed = watch(
             &server,
             &created.name,
@@ -93,10 +96,7 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
             event_name(&next(&mut resumed).await),
             format!("{}/events/4", created.name)
         );
-        client
-            .record_agreement(agreement_request(&created.name))
-            .await
-            .unwrap();
+        record_agreement(&server, &created.name).await;
         let live = next(&mut resumed).await;
         assert_eq!(event_name(&live), format!("{}/events/5", created.name));
         assert_eq!(
@@ -104,19 +104,11 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
             format!("{}/events/5", created.name)
         );
         // Nothing more is sent: no repeats.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(600), resumed.next())
-                .await
-                .is_err()
-        );
+        assert_silent(&mut resumed, Duration::from_millis(600)).await;
 
         // Changes to other onboardings do not show up.
         create(&server, "other", Environment::Test).await;
-        assert!(
-            tokio::time::timeout(Duration::from_millis(400), resumed.next())
-                .await
-                .is_err()
-        );
+        assert_silent(&mut resumed, Duration::from_millis(400)).await;
     })
     .await;
 }
@@ -141,11 +133,7 @@ async fn watch_rejects_bad_resume_points() {
         let mut stream = watch(&server, &created.name, &created.last_event)
             .await
             .unwrap();
-        assert!(
-            tokio::time::timeout(Duration::from_millis(400), stream.next())
-                .await
-                .is_err()
-        );
+        assert_silent(&mut stream, Duration::from_millis(400)).await;
     })
     .await;
 }

@@ -116,81 +116,57 @@ wire_enum! {
 
 /// `SecureTokenView`. The token is a [`crate::secret::Secret`] once it leaves the client; this wire form
 /// lives only as long as the response is being decoded.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct SecureTokenView {
-    #[serde(default)]
     pub value: Option<String>,
-    #[serde(default)]
     pub expires: Option<String>,
 }
 
 /// `CreatedView`: what a create call answers.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct CreatedView {
-    #[serde(default)]
     pub public_id: Option<String>,
 }
 
 /// `CreditorView`: the company that sends invoices.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct Creditor {
     /// Billecta's id. Not sent on create: Billecta assigns it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_public_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_bank_info: Option<CreditorBankInfo>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub care_of: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address2: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zip_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub city: Option<String>,
     /// ISO 3166-1 alpha-2, such as `SE`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vat_number: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residence: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_company_tax: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub give_all_users_full_rights_on_creditor: Option<bool>,
-    #[serde(rename = "GLN", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "GLN")]
     pub gln: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_contact: Option<Contact>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_claims_contact: Option<Contact>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_signatory_contact: Option<Contact>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_invoice_address: Option<InvoiceAddress>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_enabled: Option<bool>,
     /// Digits only; the number the next invoice gets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_invoice_number: Option<String>,
-    #[serde(rename = "LogoURL", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "LogoURL")]
     pub logo_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_cent_rounding: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses_client_fund_for_invoicing: Option<bool>,
     /// Fields this client does not know, kept so that an update sends them back.
     #[serde(flatten)]
@@ -198,180 +174,127 @@ pub struct Creditor {
 }
 
 /// `CreditorBankInfoView`: where debtors pay, and the bankgiros the creditor pays from.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct CreditorBankInfo {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses_client_fund: Option<bool>,
     /// The legacy single payment method; [`CreditorBankInfo::payment_methods`] is the current one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method: Option<PaymentMethodType>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bankgiro_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plusgiro_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clearing_no: Option<String>,
-    #[serde(
-        rename = "EInvoiceFUI",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "EInvoiceFUI")]
     pub e_invoice_fui: Option<String>,
-    #[serde(
-        rename = "EInvoiceCUI",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "EInvoiceCUI")]
     pub e_invoice_cui: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foreign_accounts: Option<Vec<ForeignAccount>>,
     /// Bankgiros for outgoing payments; Billecta's staff approve each one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_outgoing_bankgiroes: Option<Vec<OutgoingBankgiro>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_methods: Option<Vec<PaymentMethod>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `CreditorPaymentMethodView`: one way debtors can pay (note `IBAN`/`BIC` in capitals here).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct PaymentMethod {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<PaymentMethodPriority>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_method: Option<PaymentMethodType>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bankgiro_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plusgiro_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clearing_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_no: Option<String>,
-    #[serde(rename = "IBAN", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "IBAN")]
     pub iban: Option<String>,
-    #[serde(rename = "BIC", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "BIC")]
     pub bic: Option<String>,
     /// Set by Billecta.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `CreditorOutgoingBankgiroView`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct OutgoingBankgiro {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bankgiro_no: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_active: Option<bool>,
     /// Set by Billecta's customer service after a security review.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bankgiro_approved: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bookkeeping_payment_mean_code: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `CreditorForeignAccountView` (note `Iban`/`Bic` in mixed case here).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct ForeignAccount {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bank_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iban: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bic: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `CreditorContactView`, `CreditorClaimsContactView` and `CreditorSignatoryContactView` share a shape.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct Contact {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `CreditorInvoiceAddressView`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct InvoiceAddress {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address2: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zip_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub city: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_method: Option<DeliveryMethod>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
 
 /// `UserView`. The fields the onboarding reads or sets are typed; the rest travel in `extra`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct User {
     /// Billecta's id. Not sent on create: Billecta assigns it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_public_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub full_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<Language>,
     /// Write-only: Billecta never returns it. A [`Secret`], so that `Debug` never shows it.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "optional_secret"
-    )]
+    #[serde(with = "optional_secret")]
     pub password: Option<Secret>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_enabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rights: Option<Vec<UserRight>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_administrator: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_api_user: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_manage_creditors: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_login: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -379,14 +302,12 @@ pub struct User {
 
 /// `UserRightView`: what a user may do with one creditor. The two rights the onboarding checks are
 /// typed; the other flags travel in `extra`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct UserRight {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creditor_public_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_read_creditor: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_write_creditor: Option<bool>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,

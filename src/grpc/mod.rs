@@ -74,24 +74,93 @@ fn call_context<T>(request: &Request<T>) -> CallContext {
     }
 }
 
-/// The shared conventions of a mutating request. `without_id` is the request with its request_id
-/// and validate_only cleared, so a retry hashes the same.
-fn mutation<M: Message>(
+/// A request of a mutating call, with the conventions every one of them shares.
+pub(crate) trait MutatingRequest: Message + Clone {
+    fn request_id(&self) -> &str;
+    fn etag(&self) -> &str;
+    fn validate_only(&self) -> bool;
+    /// The request as its fingerprint sees it: without request_id, etag and validate_only, so that a
+    /// retry fingerprints the same, and without secrets, whose digest could be attacked offline (a
+    /// retry with the same request_id is the same request whatever its password).
+    fn fingerprinted(&self) -> Self;
+}
+
+macro_rules! mutating_request {
+    ($type:ty $(, secrets: [$($secret:ident),*])?) => {
+        impl MutatingRequest for $type {
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            fn etag(&self) -> &str {
+                &self.etag
+            }
+            fn validate_only(&self) -> bool {
+                self.validate_only
+            }
+            fn fingerprinted(&self) -> Self {
+                Self {
+                    request_id: String::new(),
+                    etag: String::new(),
+                    validate_only: false,
+                    $($($secret: String::new(),)*)?
+                    ..self.clone()
+                }
+            }
+        }
+    };
+    (without etag: $type:ty) => {
+        impl MutatingRequest for $type {
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            fn etag(&self) -> &str {
+                ""
+            }
+            fn validate_only(&self) -> bool {
+                self.validate_only
+            }
+            fn fingerprinted(&self) -> Self {
+                Self {
+                    request_id: String::new(),
+                    validate_only: false,
+                    ..self.clone()
+                }
+            }
+        }
+    };
+}
+
+mutating_request!(without etag: proto::CreateOnboardingRequest);
+mutating_request!(proto::RecordAgreementRequest);
+mutating_request!(proto::RegisterAccountRequest);
+mutating_request!(proto::ConfirmAccountActivationRequest, secrets: [password]);
+mutating_request!(proto::CreateCreditorRequest);
+mutating_request!(proto::UpdateCompanySettingsRequest);
+mutating_request!(proto::UpdateInvoiceSettingsRequest);
+mutating_request!(proto::SkipStageRequest);
+mutating_request!(proto::RegisterApiCredentialsRequest, secrets: [password, secure_token]);
+mutating_request!(proto::RecordWebhookSetupRequest, secrets: [authorization]);
+mutating_request!(without etag: proto::PromoteToProductionRequest);
+
+/// The shared conventions of a mutating request: its request_id (checked), the fingerprint that tells
+/// a retry from a reused id, the etag and validate_only.
+fn mutation<R: MutatingRequest>(
     violations: &mut Violations,
     method: &'static str,
-    request_id: &str,
-    etag: &str,
-    validate_only: bool,
-    without_id: &M,
+    request: &R,
 ) -> Option<Mutation> {
-    let request_id = violations.check(RequestId::parse_optional("request_id", request_id))?;
-    let request_hash = hex::encode(Sha256::digest(without_id.encode_to_vec()));
+    let request_id = violations.check(RequestId::parse_optional(
+        "request_id",
+        request.request_id(),
+    ))?;
+    let request_hash = hex::encode(Sha256::digest(request.fingerprinted().encode_to_vec()));
+    let etag = request.etag();
     Some(Mutation {
         method,
         request_id,
         request_hash,
         etag: (!etag.is_empty()).then(|| etag.to_owned()),
-        validate_only,
+        validate_only: request.validate_only(),
     })
 }
 
@@ -132,19 +201,7 @@ impl OnboardingService for OnboardingApi {
             "environment",
             request.environment,
         ));
-        let without_id = proto::CreateOnboardingRequest {
-            request_id: String::new(),
-            validate_only: false,
-            ..request.clone()
-        };
-        let mutation = mutation(
-            &mut violations,
-            "CreateOnboarding",
-            &request.request_id,
-            "",
-            request.validate_only,
-            &without_id,
-        );
+        let mutation = mutation(&mut violations, "CreateOnboarding", &request);
         violations.finish().map_err(Error::from)?;
         let key = OnboardingKey::new(checked(tenant), checked(environment));
         let record = self
@@ -262,20 +319,7 @@ impl OnboardingService for OnboardingApi {
             &request.reference,
             MAX_TEXT,
         ));
-        let without_id = proto::RecordAgreementRequest {
-            request_id: String::new(),
-            validate_only: false,
-            etag: String::new(),
-            ..request.clone()
-        };
-        let mutation = mutation(
-            &mut violations,
-            "RecordAgreement",
-            &request.request_id,
-            &request.etag,
-            request.validate_only,
-            &without_id,
-        );
+        let mutation = mutation(&mut violations, "RecordAgreement", &request);
         violations.finish().map_err(Error::from)?;
         let record = self
             .operations
@@ -319,20 +363,7 @@ impl OnboardingService for OnboardingApi {
             MAX_TEXT,
         ));
         let email = violations.check(validate::Email::parse("account.email", &account.email));
-        let without_id = proto::RegisterAccountRequest {
-            request_id: String::new(),
-            validate_only: false,
-            etag: String::new(),
-            ..request.clone()
-        };
-        let mutation = mutation(
-            &mut violations,
-            "RegisterAccount",
-            &request.request_id,
-            &request.etag,
-            request.validate_only,
-            &without_id,
-        );
+        let mutation = mutation(&mut violations, "RegisterAccount", &request);
         violations.finish().map_err(Error::from)?;
         let record = self
             .operations

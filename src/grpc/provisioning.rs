@@ -66,23 +66,7 @@ pub async fn confirm_account_activation(
         MAX_CREDENTIAL,
     ));
     let password = violations.check(secret("password", &request.password));
-    // The password is not part of the request's fingerprint: a stored digest of it could be
-    // attacked offline. A retry with the same request_id is the same request whatever its password.
-    let without_id = proto::ConfirmAccountActivationRequest {
-        password: String::new(),
-        request_id: String::new(),
-        validate_only: false,
-        etag: String::new(),
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "ConfirmAccountActivation",
-        &request.request_id,
-        &request.etag,
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "ConfirmAccountActivation", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, username, password) = (
@@ -125,20 +109,7 @@ pub async fn create_creditor(
     } else {
         violations.check(validate::required_text("title", &request.title, MAX_TITLE))
     };
-    let without_id = proto::CreateCreditorRequest {
-        request_id: String::new(),
-        validate_only: false,
-        etag: String::new(),
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "CreateCreditor",
-        &request.request_id,
-        &request.etag,
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "CreateCreditor", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation) = (checked(key), checked(mutation));
@@ -184,20 +155,7 @@ pub async fn update_company_settings(
         Some(given) => company_settings(&mut violations, given).map(Some),
         None => Some(None),
     };
-    let without_id = proto::UpdateCompanySettingsRequest {
-        request_id: String::new(),
-        validate_only: false,
-        etag: String::new(),
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "UpdateCompanySettings",
-        &request.request_id,
-        &request.etag,
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "UpdateCompanySettings", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, settings) = (checked(key), checked(mutation), checked(settings));
@@ -268,20 +226,7 @@ pub async fn update_invoice_settings(
         Some(given) => invoice_settings(&mut violations, given).map(Some),
         None => Some(None),
     };
-    let without_id = proto::UpdateInvoiceSettingsRequest {
-        request_id: String::new(),
-        validate_only: false,
-        etag: String::new(),
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "UpdateInvoiceSettings",
-        &request.request_id,
-        &request.etag,
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "UpdateInvoiceSettings", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, settings) = (checked(key), checked(mutation), checked(settings));
@@ -399,20 +344,7 @@ pub async fn skip_stage(
         &request.reason,
         MAX_REASON,
     ));
-    let without_id = proto::SkipStageRequest {
-        request_id: String::new(),
-        validate_only: false,
-        etag: String::new(),
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "SkipStage",
-        &request.request_id,
-        &request.etag,
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "SkipStage", &request);
     violations.finish().map_err(Error::from)?;
     let record = operations
         .skip_stage(
@@ -480,23 +412,7 @@ pub async fn register_api_credentials(
             None
         }
     };
-    // Secrets are left out of the request's fingerprint (see ConfirmAccountActivation).
-    let without_id = proto::RegisterApiCredentialsRequest {
-        password: String::new(),
-        secure_token: String::new(),
-        request_id: String::new(),
-        validate_only: false,
-        etag: String::new(),
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "RegisterApiCredentials",
-        &request.request_id,
-        &request.etag,
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "RegisterApiCredentials", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, credentials) = (checked(key), checked(mutation), checked(credentials));
@@ -563,21 +479,7 @@ pub async fn record_webhook_setup(
         &request.attested_by,
         MAX_NAME,
     ));
-    let without_id = proto::RecordWebhookSetupRequest {
-        authorization: String::new(),
-        request_id: String::new(),
-        validate_only: false,
-        etag: String::new(),
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "RecordWebhookSetup",
-        &request.request_id,
-        &request.etag,
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "RecordWebhookSetup", &request);
     violations.finish().map_err(Error::from)?;
     let webhooks = Webhooks {
         target_url: checked(target_url),
@@ -638,19 +540,7 @@ pub async fn promote_to_production(
             None
         }
     };
-    let without_id = proto::PromoteToProductionRequest {
-        request_id: String::new(),
-        validate_only: false,
-        ..request.clone()
-    };
-    let mutation = mutation(
-        &mut violations,
-        "PromoteToProduction",
-        &request.request_id,
-        "",
-        request.validate_only,
-        &without_id,
-    );
+    let mutation = mutation(&mut violations, "PromoteToProduction", &request);
     violations.finish().map_err(Error::from)?;
     let record = operations
         .promote_to_production(&call, &checked(key), &checked(mutation))

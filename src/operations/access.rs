@@ -2,8 +2,7 @@
 //! payment configuration over, and attesting the webhook addon.
 
 use super::provisioning::{
-    Claim, NewSecret, StageRef, check_free, creditor_mut, find_creditor, outcome_of, restore,
-    settle_failure,
+    Claim, NewSecret, creditor_mut, find_creditor, open_creditor_stage, restore,
 };
 use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::billecta::{BillectaError, Deadline, ErrorKind};
@@ -103,23 +102,14 @@ impl Operations {
         };
         let claim = self
             .claim(call, onboarding, mutation, |record, now| {
-                let creditor = find_creditor(record, key)?;
-                stages::require_creditor_done(
+                let (_, target) = open_creditor_stage(
                     record,
-                    creditor,
+                    key,
+                    Stage::ApiAccess,
                     &[Stage::Creditor, Stage::CompanySettings],
                     "RegisterApiCredentials",
+                    now,
                 )?;
-                let stage = creditor
-                    .stages
-                    .iter()
-                    .find(|s| s.stage == Stage::ApiAccess)
-                    .expect("every creditor stage exists");
-                check_free(stage, &creditor.name, now)?;
-                let target = StageRef {
-                    creditor: creditor.id.clone(),
-                    stage: Stage::ApiAccess,
-                };
                 Ok((
                     format!("verifying the API credentials of {}", key.creditor),
                     target,
@@ -241,22 +231,9 @@ impl Operations {
                 })
             }
             Err(error) => {
-                self.record(
-                    call,
-                    onboarding,
-                    mutation,
-                    &claimed,
-                    outcome_of(&error),
-                    |record, now| {
-                        settle_failure(record, &claimed, &error, now);
-                        Ok(Written::from(format!(
-                            "verifying the API credentials of {} failed: {error}",
-                            key.creditor
-                        )))
-                    },
-                )
-                .await?;
-                Err(Error::Billecta(error))
+                let what = format!("verifying the API credentials of {}", key.creditor);
+                self.failed(call, onboarding, mutation, &claimed, error, &what)
+                    .await
             }
         }
     }

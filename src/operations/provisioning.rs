@@ -167,6 +167,31 @@ pub(super) fn find_creditor<'a>(
         .ok_or(Error::NotFound { resource: name })
 }
 
+/// The creditor a creditor-level call names and the stage it works on, once the stages it needs are
+/// done and no other call is working on that stage.
+pub(super) fn open_creditor_stage<'a>(
+    record: &'a OnboardingRecord,
+    key: &CreditorKey,
+    stage: Stage,
+    requires: &[Stage],
+    action: &str,
+    now: Micros,
+) -> Result<(&'a CreditorRecord, StageRef)> {
+    let creditor = find_creditor(record, key)?;
+    stages::require_creditor_done(record, creditor, requires, action)?;
+    let current = creditor
+        .stages
+        .iter()
+        .find(|s| s.stage == stage)
+        .expect("every creditor stage exists");
+    check_free(current, &creditor.name, now)?;
+    let target = StageRef {
+        creditor: creditor.id.clone(),
+        stage,
+    };
+    Ok((creditor, target))
+}
+
 /// Refuses a stage another call is working on, unless its lease ran out.
 pub(super) fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Result<()> {
     match &stage.lease {
@@ -289,6 +314,31 @@ impl Operations {
         match written {
             Committed::Replayed(record) | Committed::Stored(record) => Ok(record),
         }
+    }
+
+    /// Records a failed Billecta step (see [`settle_failure`]) and answers with the failure.
+    pub(super) async fn failed<T>(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        claimed: &Claimed,
+        error: BillectaError,
+        what: &str,
+    ) -> Result<T> {
+        self.record(
+            call,
+            key,
+            mutation,
+            claimed,
+            outcome_of(&error),
+            |record, now| {
+                settle_failure(record, claimed, &error, now);
+                Ok(Written::from(format!("{what} failed: {error}")))
+            },
+        )
+        .await?;
+        Err(Error::Billecta(error))
     }
 
     /// Gives a claimed stage back unchanged when the call cannot go on before reaching Billecta.
@@ -728,19 +778,14 @@ impl Operations {
         let mut settings = None;
         let claim = self
             .claim(call, onboarding, mutation, |record, now| {
-                let creditor = find_creditor(record, key)?;
-                stages::require_creditor_done(
+                let (creditor, target) = open_creditor_stage(
                     record,
-                    creditor,
+                    key,
+                    Stage::CompanySettings,
                     &[Stage::Creditor],
                     "UpdateCompanySettings",
+                    now,
                 )?;
-                let stage = creditor
-                    .stages
-                    .iter()
-                    .find(|s| s.stage == Stage::CompanySettings)
-                    .expect("every creditor stage exists");
-                check_free(stage, &creditor.name, now)?;
                 // Without settings in the request, the ones asked for before (or promoted) apply.
                 let desired = match requested.or_else(|| creditor.company_settings.clone()) {
                     Some(desired) => CompanySettings {
@@ -754,10 +799,6 @@ impl Operations {
                         )
                         .into());
                     }
-                };
-                let target = StageRef {
-                    creditor: creditor.id.clone(),
-                    stage: Stage::CompanySettings,
                 };
                 let summary = format!(
                     "setting company settings of {}: {}, {} {}, bankgiro {} for invoicing, {} for payments",
@@ -823,12 +864,8 @@ impl Operations {
                 .await
             }
             Err(error) => {
-                self.record(call, onboarding, mutation, &claimed, outcome_of(&error), |record, now| {
-                    settle_failure(record, &claimed, &error, now);
-                    Ok(Written::from(format!("setting company settings of {} failed: {error}", key.creditor)))
-                })
-                .await?;
-                Err(Error::Billecta(error))
+                let what = format!("setting company settings of {}", key.creditor);
+                self.failed(call, onboarding, mutation, &claimed, error, &what).await
             }
         }
     }
@@ -846,19 +883,14 @@ impl Operations {
         let mut to_send = None;
         let claim = self
             .claim(call, onboarding, mutation, |record, now| {
-                let creditor = find_creditor(record, key)?;
-                stages::require_creditor_done(
+                let (creditor, target) = open_creditor_stage(
                     record,
-                    creditor,
+                    key,
+                    Stage::InvoiceSettings,
                     &[Stage::Creditor],
                     "UpdateInvoiceSettings",
+                    now,
                 )?;
-                let stage = creditor
-                    .stages
-                    .iter()
-                    .find(|s| s.stage == Stage::InvoiceSettings)
-                    .expect("every creditor stage exists");
-                check_free(stage, &creditor.name, now)?;
                 // Given values win; what is not given stays as asked before (or as promoted).
                 let stored = creditor.invoice_settings.clone().unwrap_or_default();
                 // Billecta's number is set only when this call gives one, or applies what was asked
@@ -883,10 +915,6 @@ impl Operations {
                     )
                     .into());
                 }
-                let target = StageRef {
-                    creditor: creditor.id.clone(),
-                    stage: Stage::InvoiceSettings,
-                };
                 let creditor = creditor_mut(record, &target.creditor);
                 creditor.invoice_settings = Some(desired);
                 Ok((
@@ -967,22 +995,9 @@ impl Operations {
                 })
             }
             Err(error) => {
-                self.record(
-                    call,
-                    onboarding,
-                    mutation,
-                    &claimed,
-                    outcome_of(&error),
-                    |record, now| {
-                        settle_failure(record, &claimed, &error, now);
-                        Ok(Written::from(format!(
-                            "setting the invoice settings of {} failed: {error}",
-                            key.creditor
-                        )))
-                    },
-                )
-                .await?;
-                Err(Error::Billecta(error))
+                let what = format!("setting the invoice settings of {}", key.creditor);
+                self.failed(call, onboarding, mutation, &claimed, error, &what)
+                    .await
             }
         }
     }

@@ -227,31 +227,32 @@ impl Store {
     }
 }
 
-/// Reads an onboarding row's stages and creditors.
+/// The rows of one child table (`query` takes the onboarding id and the tenant).
+async fn children(
+    connection: &mut sqlx::AnyConnection,
+    query: &'static str,
+    onboarding_id: &str,
+    tenant: &str,
+) -> Result<Vec<AnyRow>> {
+    sqlx::query(query)
+        .bind(onboarding_id)
+        .bind(tenant)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(db_error)
+}
+
+/// Reads an onboarding row's stages, creditors and credential descriptions.
 async fn load_children(
     connection: &mut sqlx::AnyConnection,
     tenant: &str,
     row: AnyRow,
 ) -> Result<OnboardingRecord> {
     let mut record = rows::onboarding(&row)?;
-    let stage_rows = sqlx::query(rows::SELECT_STAGES)
-        .bind(&record.id)
-        .bind(tenant)
-        .fetch_all(&mut *connection)
-        .await
-        .map_err(db_error)?;
-    let creditor_rows = sqlx::query(rows::SELECT_CREDITORS)
-        .bind(&record.id)
-        .bind(tenant)
-        .fetch_all(&mut *connection)
-        .await
-        .map_err(db_error)?;
-    let credential_rows = sqlx::query(rows::SELECT_CREDENTIALS)
-        .bind(&record.id)
-        .bind(tenant)
-        .fetch_all(&mut *connection)
-        .await
-        .map_err(db_error)?;
+    let stage_rows = children(connection, rows::SELECT_STAGES, &record.id, tenant).await?;
+    let creditor_rows = children(connection, rows::SELECT_CREDITORS, &record.id, tenant).await?;
+    let credential_rows =
+        children(connection, rows::SELECT_CREDENTIALS, &record.id, tenant).await?;
     record.credentials = credential_rows
         .iter()
         .map(rows::credential)

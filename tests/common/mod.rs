@@ -1,5 +1,6 @@
 //! Starts the real server in-process on a random port against a fresh database, and gives tests a
-//! generated gRPC client for it.
+//! generated gRPC client for it; and holds the requests, journey steps and checks that several test
+//! binaries share.
 //!
 //! Every scenario runs against SQLite (a new file) and, when `TEST_POSTGRES_URL` names a PostgreSQL
 //! server, against PostgreSQL too (a new database per server). With `CI=true` a missing
@@ -11,7 +12,7 @@ use billecta_onboarding::app::Application;
 use billecta_onboarding::config::Config;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
-use billecta_onboarding::simulator::RunningSimulator;
+use billecta_onboarding::simulator::{Fault, FaultRule, NewAccount, RunningSimulator};
 use sqlx::Connection;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,8 +20,14 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+use uuid::Uuid;
 
 pub use billecta_onboarding::proto;
+
+/// The email `account_request` registers, and so the account user's username in Billecta.
+pub const ACCOUNT_EMAIL: &str = "billecta@gp.se";
+/// Göteborgs-Posten's organisation number, the creditor `creditor_request` creates.
+pub const ORG_NO: &str = "556036-0793";
 
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -174,6 +181,53 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The answer of a call that returns the onboarding as the call left it.
+pub trait CarriesOnboarding {
+    fn into_onboarding(self) -> Option<proto::Onboarding>;
+}
+
+/// Implements `CarriesOnboarding` for answers with an `onboarding` field.
+macro_rules! carries_onboarding {
+    ($($answer:ty),+ $(,)?) => {
+        $(impl CarriesOnboarding for $answer {
+            fn into_onboarding(self) -> Option<proto::Onboarding> {
+                self.onboarding
+            }
+        })+
+    };
+}
+
+carries_onboarding!(
+    proto::CreateOnboardingResponse,
+    proto::RecordAgreementResponse,
+    proto::RegisterAccountResponse,
+    proto::ConfirmAccountActivationResponse,
+    proto::UpdateCompanySettingsResponse,
+    proto::UpdateInvoiceSettingsResponse,
+    proto::SkipStageResponse,
+    proto::RegisterApiCredentialsResponse,
+    proto::PromoteToProductionResponse,
+);
+
+/// Reads the onboarding out of a call's outcome, so that a test states the call rather than the
+/// unwrapping of its answer.
+pub trait OnboardingOutcome {
+    /// The onboarding a successful call answered with; panics with the status on a refusal.
+    fn onboarding(self) -> proto::Onboarding;
+}
+
+impl<Answer: CarriesOnboarding> OnboardingOutcome
+    for Result<tonic::Response<Answer>, tonic::Status>
+{
+    #[track_caller]
+    fn onboarding(self) -> proto::Onboarding {
+        self.expect("the call succeeds")
+            .into_inner()
+            .into_onboarding()
+            .expect("the answer carries the onboarding")
+    }
+}
+
 pub fn name(tenant: &str, environment: &str) -> String {
     format!("tenants/{tenant}/environments/{environment}")
 }
@@ -208,9 +262,42 @@ pub fn account_request(name: &str) -> proto::RegisterAccountRequest {
         account: Some(proto::Account {
             full_name: "Payway Billecta".to_owned(),
             company_name: "Göteborgs-Posten AB".to_owned(),
-            email: "billecta@gp.se".to_owned(),
+            email: ACCOUNT_EMAIL.to_owned(),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The sign-in that confirms the account user's activation with `password`.
+pub fn confirm_request(name: &str, password: &str) -> proto::ConfirmAccountActivationRequest {
+    proto::ConfirmAccountActivationRequest {
+        name: name.to_owned(),
+        username: ACCOUNT_EMAIL.to_owned(),
+        password: password.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Göteborgs-Posten as a creditor of the onboarding `parent`.
+pub fn creditor_request(parent: &str) -> proto::CreateCreditorRequest {
+    proto::CreateCreditorRequest {
+        parent: parent.to_owned(),
+        organisation_number: ORG_NO.to_owned(),
+        company_name: "Göteborgs-Posten AB".to_owned(),
+        title: "GP".to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Göteborgs-Posten's company settings, written the way Billecta stores them.
+pub fn gp_company_settings() -> proto::CompanySettings {
+    proto::CompanySettings {
+        address: "Polhemsplatsen 5".to_owned(),
+        zip_code: "411 11".to_owned(),
+        city: "Göteborg".to_owned(),
+        bankgiro_invoicing: "5050-1055".to_owned(),
+        bankgiro_payments: "5402-9681".to_owned(),
         ..Default::default()
     }
 }
@@ -226,10 +313,7 @@ pub async fn create(
         .clone()
         .create_onboarding(create_request(tenant, environment))
         .await
-        .expect("creates")
-        .into_inner()
-        .onboarding
-        .unwrap()
+        .onboarding()
 }
 
 pub async fn get(server: &TestServer, name: &str) -> Result<proto::Onboarding, tonic::Status> {
@@ -243,6 +327,217 @@ pub async fn get(server: &TestServer, name: &str) -> Result<proto::Onboarding, t
         .into_inner()
         .onboarding
         .unwrap())
+}
+
+/// Sends `request` twice through `call`, as a client retrying after a lost answer would; the retry
+/// must answer with the first result, which is returned.
+pub async fn assert_retry_replays<Request, Answer, Outcome>(
+    request: Request,
+    call: impl Fn(Request) -> Outcome,
+) -> Answer
+where
+    Request: Clone,
+    Answer: PartialEq + std::fmt::Debug,
+    Outcome: Future<Output = Result<tonic::Response<Answer>, tonic::Status>>,
+{
+    let first = call(request.clone())
+        .await
+        .expect("the first attempt succeeds")
+        .into_inner();
+    let retried = call(request)
+        .await
+        .expect("the retry succeeds")
+        .into_inner();
+    assert_eq!(first, retried, "a retry returns the first result");
+    first
+}
+
+/// Records the agreement of `name`; recording it again is allowed, and each time is an event.
+pub async fn record_agreement(server: &TestServer, name: &str) {
+    server
+        .client
+        .clone()
+        .record_agreement(agreement_request(name))
+        .await
+        .expect("records the agreement");
+}
+
+/// Records the agreement and registers the account: the stages Payway's operations drive before the
+/// tenant acts in Billecta's portal.
+pub async fn record_agreement_and_account(server: &TestServer, name: &str) {
+    record_agreement(server, name).await;
+    server
+        .client
+        .clone()
+        .register_account(account_request(name))
+        .await
+        .expect("registers the account");
+}
+
+/// `record_agreement_and_account`, then the person creates the registered account in Billecta's
+/// portal from the activation email: it exists there, not yet activated. Returns the simulator's
+/// account id, for activating it later.
+pub async fn register_account_in_portal(
+    server: &TestServer,
+    name: &str,
+    environment: Environment,
+) -> Uuid {
+    record_agreement_and_account(server, name).await;
+    let account = server
+        .simulator(environment)
+        .create_account(NewAccount {
+            name: "Payway Billecta".into(),
+            company_name: "Göteborgs-Posten AB".into(),
+            email: ACCOUNT_EMAIL.into(),
+            password: "initial-from-the-activation-email".into(),
+        })
+        .expect("the portal creates the account");
+    account.account_id
+}
+
+/// The person activates the account in the portal with `password`; the sign-in then completes
+/// ACCOUNT.
+pub async fn activate_and_confirm_account(
+    server: &TestServer,
+    name: &str,
+    environment: Environment,
+    account_id: Uuid,
+    password: &str,
+) {
+    server
+        .simulator(environment)
+        .activate_account(account_id, password)
+        .expect("the portal activates the account");
+    server
+        .client
+        .clone()
+        .confirm_account_activation(confirm_request(name, password))
+        .await
+        .expect("the activated account signs in");
+}
+
+/// The environment's stages up to a confirmed account, with the portal steps played in the
+/// simulator and `password` set on activation.
+pub async fn confirm_account(
+    server: &TestServer,
+    name: &str,
+    environment: Environment,
+    password: &str,
+) {
+    let account_id = register_account_in_portal(server, name, environment).await;
+    activate_and_confirm_account(server, name, environment, account_id, password).await;
+}
+
+/// Creates the creditor `request` describes and returns it.
+pub async fn create_creditor(
+    server: &TestServer,
+    request: proto::CreateCreditorRequest,
+) -> proto::Creditor {
+    server
+        .client
+        .clone()
+        .create_creditor(request)
+        .await
+        .expect("creates the creditor")
+        .into_inner()
+        .creditor
+        .unwrap()
+}
+
+/// Company settings applied, then the bankgiro for payments approved by Billecta's support and the
+/// settings applied again: COMPANY_SETTINGS completes. `settings` of `None` applies what the
+/// creditor already holds (promoted from test, say).
+pub async fn settle_company_settings(
+    server: &TestServer,
+    environment: Environment,
+    creditor: &proto::Creditor,
+    settings: Option<proto::CompanySettings>,
+) {
+    let mut client = server.client.clone();
+    let request = proto::UpdateCompanySettingsRequest {
+        name: creditor.name.clone(),
+        company_settings: settings,
+        ..Default::default()
+    };
+    client
+        .update_company_settings(request.clone())
+        .await
+        .expect("applies the company settings");
+    server
+        .simulator(environment)
+        .approve_outgoing_bankgiro(creditor.creditor_public_id.parse().unwrap(), "5402-9681")
+        .expect("Billecta's support approves the bankgiro");
+    let applied = client.update_company_settings(request).await.onboarding();
+    let creditor_stages = &applied
+        .creditors
+        .iter()
+        .find(|listed| listed.name == creditor.name)
+        .expect("the creditor is listed")
+        .stages;
+    assert_eq!(
+        stage_state(creditor_stages, proto::Stage::CompanySettings),
+        proto::StageState::Completed
+    );
+}
+
+/// Skips the optional WEBHOOKS stage of the creditor `creditor_name`, giving `skip_reason`; returns
+/// the onboarding.
+pub async fn skip_webhooks(
+    server: &TestServer,
+    creditor_name: &str,
+    skip_reason: &str,
+) -> proto::Onboarding {
+    server
+        .client
+        .clone()
+        .skip_stage(proto::SkipStageRequest {
+            name: creditor_name.to_owned(),
+            stage: proto::Stage::Webhooks as i32,
+            reason: skip_reason.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .onboarding()
+}
+
+/// ValidateOnboarding's report on `name`.
+pub async fn validate(server: &TestServer, name: &str) -> proto::ValidateOnboardingResponse {
+    server
+        .client
+        .clone()
+        .validate_onboarding(proto::ValidateOnboardingRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .expect("validates")
+        .into_inner()
+}
+
+/// The status of `which` among `stages`.
+pub fn stage_status(stages: &[proto::StageStatus], which: proto::Stage) -> &proto::StageStatus {
+    stages
+        .iter()
+        .find(|status| status.stage == which as i32)
+        .expect("every stage is listed")
+}
+
+/// The state of `which` among `stages`.
+pub fn stage_state(stages: &[proto::StageStatus], which: proto::Stage) -> proto::StageState {
+    proto::StageState::try_from(stage_status(stages, which).state).unwrap()
+}
+
+/// Has `simulator` answer the next `times` requests to `route` with `fault`.
+pub fn fail_next(simulator: &RunningSimulator, route: &str, fault: Fault, times: u32) {
+    simulator
+        .set_faults(None, vec![FaultRule::new(fault).on(route).times(times)])
+        .expect("the simulator takes the fault");
+}
+
+/// Asserts that a refused call carries `code` and the ErrorInfo `expected_reason`.
+#[track_caller]
+pub fn assert_refused(status: &tonic::Status, code: tonic::Code, expected_reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(status), expected_reason, "{status:?}");
 }
 
 pub async fn events(server: &TestServer, name: &str) -> Vec<proto::OnboardingEvent> {
