@@ -382,3 +382,40 @@ fn grpcurl_lists_describes_checks_health_creates_and_gets() {
         "{error}"
     );
 }
+
+#[test]
+fn outside_the_sandbox_the_service_refuses_to_start_without_an_encryption_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--database")
+        .arg(dir.path().join("onboarding.sqlite3"))
+        .env_remove("ONBOARDING_ENCRYPTION_KEYS")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--encryption-keys"), "{stderr}");
+    assert!(
+        !dir.path().join("onboarding.sqlite3").exists(),
+        "nothing is created before the configuration is checked"
+    );
+
+    let output = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--database")
+        .arg(dir.path().join("onboarding.sqlite3"))
+        .env("ONBOARDING_ENCRYPTION_KEYS", "k1:not-base64!")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("k1"),
+        "the bad key is named by its id: {stderr}"
+    );
+    assert!(
+        !stderr.contains("not-base64"),
+        "key material is never echoed: {stderr}"
+    );
+}

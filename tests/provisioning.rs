@@ -653,3 +653,153 @@ async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn credentials_webhooks_and_terms_are_checked_field_by_field() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let (name, _) = registered(&server, Environment::Test).await;
+        let creditor = format!("{name}/creditors/{ORG_NO}");
+
+        let neither = client
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&neither), ["password"]);
+        let both = client
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.clone(),
+                username: "api@gp.se".into(),
+                password: "pw".into(),
+                secure_token: "dG9rZW4=".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&both), ["secure_token"]);
+        assert!(
+            !both.message().contains("dG9rZW4="),
+            "secrets are never echoed"
+        );
+        let nameless = client
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.clone(),
+                password: "pw".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&nameless), ["username"]);
+
+        let webhooks = client
+            .record_webhook_setup(proto::RecordWebhookSetupRequest {
+                name: creditor.clone(),
+                target_url: "http://payway.example/hooks".into(),
+                events: vec!["InvoicePaymentReceived".into(), "not an event".into()],
+                authorization: String::new(),
+                attested_by: String::new(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            bad_fields(&webhooks),
+            ["target_url", "events[1]", "authorization", "attested_by"]
+        );
+
+        let terms = client
+            .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
+                name: creditor.clone(),
+                invoice_settings: Some(proto::InvoiceSettings {
+                    next_invoice_number: -3,
+                    payment_terms: Some(proto::PaymentTerms {
+                        invoice_lead_time_days: 400,
+                        due_days: 0,
+                        grace_period_days: -1,
+                        write_off_days: 30,
+                        currency: "kronor".into(),
+                    }),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            bad_fields(&terms),
+            [
+                "invoice_settings.next_invoice_number",
+                "invoice_settings.payment_terms.invoice_lead_time_days",
+                "invoice_settings.payment_terms.due_days",
+                "invoice_settings.payment_terms.grace_period_days",
+                "invoice_settings.payment_terms.currency"
+            ]
+        );
+        let empty = client
+            .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
+                name: creditor.clone(),
+                invoice_settings: Some(proto::InvoiceSettings::default()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&empty), ["invoice_settings"]);
+        let skip = client
+            .skip_stage(proto::SkipStageRequest {
+                name: creditor.clone(),
+                stage: proto::Stage::Webhooks as i32,
+                reason: String::new(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&skip), ["reason"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_replicas_racing_to_create_one_creditor_make_one() {
+    for backend in common::backends() {
+        let server = TestServer::start_with(&backend, |config| {
+            config.encryption_keys = common::SHARED_ENCRYPTION_KEYS.into();
+        })
+        .await;
+        let replica = server.replica().await;
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        // The create takes a while in Billecta, so the two calls overlap.
+        fail_next(
+            simulator,
+            "POST /v1/creditors/creditor",
+            Fault::Latency { ms: 300 },
+            1,
+        );
+        let mut first = server.client.clone();
+        let mut second = replica.client.clone();
+        let (one, other) = tokio::join!(
+            first.create_creditor(creditor_request(&name)),
+            second.create_creditor(creditor_request(&name)),
+        );
+        let outcomes = [one.map(drop), other.map(drop)];
+        assert_eq!(
+            outcomes.iter().filter(|outcome| outcome.is_ok()).count(),
+            1,
+            "{outcomes:?}"
+        );
+        for refused in outcomes.iter().filter_map(|outcome| outcome.as_ref().err()) {
+            assert!(
+                matches!(refused.code(), Code::Aborted | Code::AlreadyExists),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            simulator.state().creditors.len(),
+            1,
+            "one creditor in Billecta"
+        );
+        assert_eq!(simulator.request_count("POST /v1/creditors/creditor"), 1);
+    }
+}

@@ -132,7 +132,14 @@ impl Store {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<WriteTx> {
-        let tx = self.writer.begin().await.map_err(db_error)?;
+        // SQLite: take the write lock at the start, so that writers in other processes on the same
+        // file wait (busy_timeout) instead of reading a version another writer is about to replace.
+        // PostgreSQL locks the onboarding's row instead (`lock_onboarding`).
+        let tx = match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
+        }
+        .map_err(db_error)?;
         Ok(WriteTx {
             backend: self.backend,
             tx,

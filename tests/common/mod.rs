@@ -119,7 +119,46 @@ impl TestServer {
     }
 }
 
+/// An encryption key shared by servers that must read each other's secrets (replicas).
+pub const SHARED_ENCRYPTION_KEYS: &str = "replicas:q83vEjRWeJoRI0VniavN7xEjRWeJq83vEjRWeJq83vE=";
+
+/// A second replica of a server: the same database, the same Billecta (the first server's
+/// simulators), the same encryption key.
+pub struct Replica {
+    pub client: OnboardingServiceClient<Channel>,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl TestServer {
+    /// Starts another replica beside this server (which must use [`SHARED_ENCRYPTION_KEYS`]).
+    pub async fn replica(&self) -> Replica {
+        let mut config = Config::for_database(self.database.clone());
+        config.encryption_keys = SHARED_ENCRYPTION_KEYS.to_owned();
+        config.billecta_test_url = self.simulator(Environment::Test).base_url();
+        config.billecta_production_url = self.simulator(Environment::Production).base_url();
+        config.billecta_backoff_base_ms = 10;
+        config.billecta_backoff_max_ms = 50;
+        let application = Application::build(config).await.expect("replica builds");
+        let address = application.local_addr();
+        let shutdown = application.shutdown_token();
+        tokio::spawn(application.run());
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects to the replica");
+        Replica {
+            client: OnboardingServiceClient::new(channel),
+            shutdown,
+        }
+    }
+
     /// The simulator standing in for Billecta's `environment`.
     pub fn simulator(&self, environment: Environment) -> &RunningSimulator {
         match environment {
