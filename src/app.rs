@@ -6,6 +6,7 @@
 //! streams end with UNAVAILABLE (callers resume elsewhere with after_event), in-flight calls get
 //! `shutdown_grace` to finish, then the database pool is closed and the sandbox's simulators stop.
 
+use crate::auth::Callers;
 use crate::billecta::{Billecta, BillectaClient};
 use crate::config::Config;
 use crate::crypto::Keyring;
@@ -44,6 +45,7 @@ pub struct Application {
     store: Store,
     billecta: Billecta,
     keyring: Keyring,
+    callers: Callers,
     sandbox: Option<Sandbox>,
     shutdown: CancellationToken,
 }
@@ -105,6 +107,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let keyring = config.keyring()?;
+        let callers = config.callers()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -135,6 +138,7 @@ impl Application {
             store,
             billecta,
             keyring,
+            callers,
             sandbox,
             shutdown: CancellationToken::new(),
         })
@@ -169,6 +173,7 @@ impl Application {
             store,
             billecta,
             keyring,
+            callers,
             sandbox,
             shutdown,
         } = self;
@@ -216,7 +221,11 @@ impl Application {
             .max_concurrent_streams(config.max_concurrent_streams)
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(CallLayer::new(config.max_concurrent_calls))
+            .layer(CallLayer::new(
+                config.max_concurrent_calls,
+                Arc::new(callers),
+                config.public_reflection,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -1,6 +1,7 @@
 //! Every setting of the service, each a command-line flag and an environment variable
 //! (`billecta-onboarding --help` lists them). Validated once at start-up.
 
+use crate::auth::Callers;
 use crate::billecta::{self, BreakerPolicy, ClientSettings, RetryPolicy};
 use crate::crypto::Keyring;
 use crate::domain::Environment;
@@ -163,6 +164,27 @@ pub struct Config {
     #[arg(long, env = "ONBOARDING_STAGE_LEASE_MS", default_value_t = 120_000)]
     pub stage_lease_ms: u64,
 
+    /// The callers allowed in, as a JSON array of {"name", "key_sha256", "permissions", "tenants"}
+    /// (permissions: read, write, payment_configuration; tenants optional). Only hashes of the keys
+    /// are configured; `billecta-onboarding new-api-key` makes a key and its entry. Required outside
+    /// --sandbox (or --callers-file); the sandbox otherwise accepts the key "sandbox-development-key".
+    #[arg(
+        long,
+        env = "ONBOARDING_CALLERS",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub callers: String,
+
+    /// A file with the callers, in the --callers format.
+    #[arg(long, env = "ONBOARDING_CALLERS_FILE")]
+    pub callers_file: Option<std::path::PathBuf>,
+
+    /// Serve reflection (what grpcurl list and describe use) without a credential.
+    #[arg(long, env = "ONBOARDING_PUBLIC_REFLECTION", default_value_t = false)]
+    pub public_reflection: bool,
+
     /// Log format.
     #[arg(long, env = "ONBOARDING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -226,6 +248,19 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Makes a new random API key for a caller and prints it with the entry to add to
+    /// --callers (which stores only the key's hash). The key is shown once; hand it to the caller.
+    NewApiKey {
+        /// The caller's name, as the audit trail will show it.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: read, write, payment_configuration.
+        #[arg(long, value_delimiter = ',', required = true)]
+        permissions: Vec<String>,
+        /// Comma-separated tenants the caller may touch; every tenant when left out.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Option<Vec<String>>,
+    },
 }
 
 impl Config {
@@ -262,6 +297,10 @@ impl Config {
         anyhow::ensure!(
             self.health_check_interval_ms >= 10,
             "--health-check-interval-ms must be at least 10"
+        );
+        anyhow::ensure!(
+            self.sandbox || !self.callers.trim().is_empty() || self.callers_file.is_some(),
+            "--callers (ONBOARDING_CALLERS) or --callers-file is required: every call needs an API key; only --sandbox may run without them"
         );
         anyhow::ensure!(
             self.sandbox || !self.encryption_keys.trim().is_empty(),
@@ -329,6 +368,25 @@ impl Config {
         let active = Some(self.encryption_active_key.trim()).filter(|id| !id.is_empty());
         Keyring::parse(&self.encryption_keys, active)
             .map_err(|error| anyhow::anyhow!("--encryption-keys: {error}"))
+    }
+
+    /// The callers allowed in: the configured ones, or in sandbox mode without any the development
+    /// caller with [`crate::auth::SANDBOX_KEY`].
+    pub fn callers(&self) -> anyhow::Result<Callers> {
+        let text = match &self.callers_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|error| anyhow::anyhow!("--callers-file {}: {error}", path.display()))?,
+            None => self.callers.clone(),
+        };
+        if text.trim().is_empty() && self.sandbox {
+            tracing::warn!(
+                key = crate::auth::SANDBOX_KEY,
+                "sandbox: no callers configured; calls authenticate with \"authorization: Bearer {}\"",
+                crate::auth::SANDBOX_KEY
+            );
+            return Ok(Callers::sandbox());
+        }
+        Callers::parse(&text).map_err(|error| anyhow::anyhow!("--callers: {error}"))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

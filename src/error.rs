@@ -50,6 +50,20 @@ pub enum Error {
         retry_after: Duration,
     },
 
+    /// No credential, or one that is not valid.
+    #[error("{message}")]
+    Unauthenticated { message: String },
+
+    /// A valid caller without the permission, or outside its tenants. Says nothing of whether the
+    /// resource exists.
+    #[error(
+        "caller {caller:?} may not do this: it needs the {permission} permission for this tenant"
+    )]
+    PermissionDenied {
+        caller: String,
+        permission: crate::auth::Permission,
+    },
+
     /// The caller's etag is not the resource's current one (AIP-154).
     #[error("the etag does not match {resource}'s current etag")]
     EtagMismatch { resource: String },

@@ -8,6 +8,7 @@
 //! - [`desired`] — how the setup asked for maps onto Billecta's creditor.
 //! - [`domain`] — stages, validation and the onboarding record; no gRPC, no SQL.
 //! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
+//! - [`auth`] — callers, their API keys, permissions and tenants.
 //! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
 //! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
 //! - [`secret`] — a value that cannot be printed by accident.
@@ -15,6 +16,7 @@
 //! - [`telemetry`] — logging.
 
 pub mod app;
+pub mod auth;
 pub mod billecta;
 pub mod config;
 pub mod crypto;

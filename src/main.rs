@@ -2,6 +2,7 @@
 //! `billecta-onboarding probe` instead asks a running server's health service (container checks).
 
 use billecta_onboarding::app::{Application, probe};
+use billecta_onboarding::auth::{self, Permission};
 use billecta_onboarding::config::{Command, Config};
 use billecta_onboarding::telemetry;
 use clap::Parser;
@@ -26,6 +27,14 @@ async fn main() -> anyhow::Result<ExitCode> {
             },
         );
     }
+    if let Some(Command::NewApiKey {
+        name,
+        permissions,
+        tenants,
+    }) = &config.command
+    {
+        return new_api_key(name, permissions, tenants.as_deref());
+    }
     telemetry::init(config.log_format, &config.log)?;
     let application = Application::build(config).await?;
     let shutdown = application.shutdown_token();
@@ -34,6 +43,32 @@ async fn main() -> anyhow::Result<ExitCode> {
         shutdown.cancel();
     });
     application.run().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a new key and its --callers entry.
+fn new_api_key(
+    name: &str,
+    permissions: &[String],
+    tenants: Option<&[String]>,
+) -> anyhow::Result<ExitCode> {
+    let permissions = permissions
+        .iter()
+        .map(|text| {
+            serde_json::from_value::<Permission>(serde_json::Value::String(text.trim().to_owned()))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "unknown permission {text:?}; use read, write or payment_configuration"
+                    )
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let tenants = tenants.map(|list| list.iter().map(|t| t.trim().to_owned()).collect());
+    let (key, entry) = auth::new_key(name, permissions, tenants)?;
+    // Checked the way the server will read it, so a bad entry fails here rather than at start-up.
+    auth::Callers::parse(&serde_json::to_string(&vec![entry.clone()])?)?;
+    println!("key (give it to the caller; it is not stored anywhere): {key}");
+    println!("--callers entry: {}", serde_json::to_string(&entry)?);
     Ok(ExitCode::SUCCESS)
 }
 

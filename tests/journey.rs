@@ -117,7 +117,10 @@ async fn payment_configuration(
     server: &TestServer,
     creditor: &str,
 ) -> Result<proto::PaymentConfiguration, tonic::Status> {
-    let mut client = PaymentConfigurationServiceClient::new(server.channel.clone());
+    let mut client = PaymentConfigurationServiceClient::with_interceptor(
+        server.channel.clone(),
+        common::Bearer::new(billecta_onboarding::auth::SANDBOX_KEY),
+    );
     Ok(client
         .get_payment_configuration(proto::GetPaymentConfigurationRequest {
             name: creditor.to_owned(),
@@ -219,6 +222,17 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             let terms = configuration.payment_terms.clone().unwrap();
             assert_eq!((terms.due_days, terms.currency.as_str()), (14, "SEK"));
             assert!(token_works(&configuration, Environment::Test).await);
+            // Every read of the credential is audited with its reader, not only the first.
+            payment_configuration(&server, &creditor.name)
+                .await
+                .unwrap();
+            let reads: Vec<_> = events(&server, &test)
+                .await
+                .into_iter()
+                .filter(|event| event.method == "GetPaymentConfiguration")
+                .collect();
+            assert_eq!(reads.len(), 2);
+            assert!(reads.iter().all(|event| event.actor == "sandbox-developer"));
             client
                 .record_webhook_setup(proto::RecordWebhookSetupRequest {
                     name: creditor.name.clone(),

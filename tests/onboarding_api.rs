@@ -314,7 +314,7 @@ async fn agreement_then_account_walks_the_environment_stages() {
             ["CreateOnboarding", "RecordAgreement", "RegisterAccount"]
         );
         assert!(trail.iter().all(|e| e.outcome == "OK"
-            && e.actor.starts_with("anonymous")
+            && e.actor == "sandbox-developer"
             && !e.correlation_id.is_empty()));
         assert_eq!(trail[2].transitions.len(), 1);
         assert_eq!(trail[2].transitions[0].stage, Stage::Account as i32);

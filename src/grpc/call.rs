@@ -1,8 +1,14 @@
 //! What happens to every call before its handler: a correlation id (the caller's `x-request-id`, or a
 //! new one) that is echoed back and put on a `rpc` span so that every log line of the call carries
-//! it; admission against the server-wide concurrency limit (a call over the limit is refused at once
-//! with RESOURCE_EXHAUSTED rather than queued); and one log line when the call ends.
+//! it; authentication of the caller's bearer API key (health, and reflection if so configured, are
+//! public; anything else without a valid key is UNAUTHENTICATED before any handler runs), with the
+//! caller's name on the span and the [`Caller`] in the request for the handler's permission check;
+//! admission against the server-wide concurrency limit (a call over the limit is refused at once with
+//! RESOURCE_EXHAUSTED rather than queued); and one log line when the call ends.
 
+use crate::auth::Callers;
+use crate::error::Error;
+use crate::grpc::status::to_status;
 use futures::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use std::sync::Arc;
@@ -22,13 +28,21 @@ pub struct CorrelationId(pub String);
 #[derive(Clone)]
 pub struct CallLayer {
     admission: Arc<Semaphore>,
+    callers: Arc<Callers>,
+    public_reflection: bool,
 }
 
 impl CallLayer {
-    /// `max_concurrent_calls` calls at once across the server.
-    pub fn new(max_concurrent_calls: usize) -> Self {
+    /// `max_concurrent_calls` calls at once across the server, by the `callers`.
+    pub fn new(
+        max_concurrent_calls: usize,
+        callers: Arc<Callers>,
+        public_reflection: bool,
+    ) -> Self {
         Self {
             admission: Arc::new(Semaphore::new(max_concurrent_calls)),
+            callers,
+            public_reflection,
         }
     }
 }
@@ -40,6 +54,8 @@ impl<S> Layer<S> for CallLayer {
         CallService {
             inner,
             admission: self.admission.clone(),
+            callers: self.callers.clone(),
+            public_reflection: self.public_reflection,
         }
     }
 }
@@ -48,6 +64,8 @@ impl<S> Layer<S> for CallLayer {
 pub struct CallService<S> {
     inner: S,
     admission: Arc<Semaphore>,
+    callers: Arc<Callers>,
+    public_reflection: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CallService<S>
@@ -79,10 +97,31 @@ where
             .next()
             .unwrap_or_default()
             .to_owned();
-        let span = tracing::info_span!("rpc", request_id = %correlation_id, method = %method);
+        let span = tracing::info_span!(
+            "rpc",
+            request_id = %correlation_id,
+            method = %method,
+            caller = tracing::field::Empty
+        );
         request
             .extensions_mut()
             .insert(CorrelationId(correlation_id.clone()));
+        let path = request.uri().path();
+        let public = path.starts_with("/grpc.health.v1.Health/")
+            || (self.public_reflection && path.starts_with("/grpc.reflection."));
+        let refused = if public {
+            None
+        } else {
+            match bearer(request.headers()).map(|key| self.callers.authenticate(key)) {
+                Some(Some(caller)) => {
+                    span.record("caller", caller.name.as_str());
+                    request.extensions_mut().insert(caller.clone());
+                    None
+                }
+                Some(None) => Some("the API key is not valid"),
+                None => Some("a credential is required: send \"authorization: Bearer <API key>\""),
+            }
+        };
         let permit = self.admission.clone().try_acquire_owned();
         // The service that was polled ready is the one to call; leave a fresh clone behind.
         let fresh = self.inner.clone();
@@ -91,9 +130,16 @@ where
         Box::pin(
             async move {
                 let started = Instant::now();
-                let mut response = match permit {
-                    Ok(_permit) => inner.call(request).await?,
-                    Err(_) => {
+                let mut response = match (refused, permit) {
+                    (Some(message), _) => {
+                        tracing::info!(reason = message, "call refused: not authenticated");
+                        to_status(Error::Unauthenticated {
+                            message: message.to_owned(),
+                        })
+                        .into_http()
+                    }
+                    (None, Ok(_permit)) => inner.call(request).await?,
+                    (None, Err(_)) => {
                         tracing::warn!("call refused: the server is at its concurrency limit");
                         tonic::Status::resource_exhausted(
                             "the server is at its concurrency limit; retry with backoff",
@@ -121,6 +167,16 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The key of an `authorization: Bearer <key>` header.
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim())
+        .filter(|key| !key.is_empty())
 }
 
 /// A caller's id is reused only if it is short, printable ASCII, so logs stay clean.
@@ -209,16 +265,17 @@ mod tests {
                 Ok::<_, Infallible>(Response::new(String::new()))
             }
         });
-        let service = CallLayer::new(1).layer(slow);
+        let service =
+            CallLayer::new(1, Arc::new(crate::auth::Callers::sandbox()), false).layer(slow);
 
-        let mut held = Request::new(());
+        let mut held = authenticated();
         held.headers_mut()
             .insert(REQUEST_ID_HEADER, HeaderValue::from_static("first-call"));
         let first = tokio::spawn(service.clone().oneshot(held));
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
-        let refused = service.clone().oneshot(Request::new(())).await.unwrap();
+        let refused = service.clone().oneshot(authenticated()).await.unwrap();
         assert_eq!(
             refused.headers().get("grpc-status").unwrap(),
             "8",
@@ -235,7 +292,68 @@ mod tests {
         );
 
         // The slot is free again.
-        let after = service.oneshot(Request::new(())).await.unwrap();
+        let after = service.oneshot(authenticated()).await.unwrap();
         assert!(after.headers().get("grpc-status").is_none());
+    }
+
+    /// A request with the sandbox's key.
+    fn authenticated() -> Request<()> {
+        let mut request = Request::new(());
+        request.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer sandbox-development-key"),
+        );
+        request
+    }
+
+    #[tokio::test]
+    async fn only_health_and_public_reflection_need_no_key() {
+        let ok = tower::service_fn(|_request: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        });
+        let call = |public_reflection: bool, path: &'static str, key: Option<&'static str>| {
+            let service = CallLayer::new(
+                4,
+                Arc::new(crate::auth::Callers::sandbox()),
+                public_reflection,
+            )
+            .layer(ok);
+            let mut request = Request::builder().uri(path).body(()).unwrap();
+            if let Some(key) = key {
+                request
+                    .headers_mut()
+                    .insert(http::header::AUTHORIZATION, HeaderValue::from_static(key));
+            }
+            async move {
+                let response = service.oneshot(request).await.unwrap();
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .map(|status| status.to_str().unwrap().to_owned())
+            }
+        };
+        let api = "/payway.billecta.onboarding.v1.OnboardingService/GetOnboarding";
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert_eq!(call(false, api, None).await.as_deref(), Some("16"));
+        assert_eq!(
+            call(false, api, Some("Bearer wrong")).await.as_deref(),
+            Some("16")
+        );
+        assert_eq!(
+            call(false, api, Some("Basic c2FuZGJveA=="))
+                .await
+                .as_deref(),
+            Some("16")
+        );
+        assert_eq!(
+            call(false, api, Some("bearer sandbox-development-key")).await,
+            None
+        );
+        assert_eq!(
+            call(false, "/grpc.health.v1.Health/Check", None).await,
+            None
+        );
+        assert_eq!(call(false, reflection, None).await.as_deref(), Some("16"));
+        assert_eq!(call(true, reflection, None).await, None);
     }
 }

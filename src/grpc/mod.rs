@@ -9,6 +9,7 @@ pub use provisioning::PaymentConfigurationApi;
 pub mod status;
 mod tokens;
 
+use crate::auth::{Caller, Permission};
 use crate::domain::now_micros;
 use crate::domain::validate::{
     self, FieldViolation, OnboardingKey, RequestId, TenantId, Violations,
@@ -64,14 +65,35 @@ fn call_context<T>(request: &Request<T>) -> CallContext {
         .get::<CorrelationId>()
         .map(|id| id.0.clone())
         .unwrap_or_default();
-    let actor = match request.remote_addr() {
-        Some(address) => format!("anonymous@{address}"),
-        None => "anonymous".to_owned(),
-    };
+    // The caller the call layer authenticated; every RPC but health has one.
+    let actor = request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_owned(), |caller| caller.name.clone());
     CallContext {
         actor,
         correlation_id,
     }
+}
+
+/// The authenticated caller, if it holds `permission` (checked before anything else, so that a
+/// refusal says nothing about the request).
+fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Caller, Status> {
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Error::Unauthenticated {
+            message: "a credential is required".to_owned(),
+        })?;
+    caller.authorize(permission, None)?;
+    Ok(caller)
+}
+
+/// Refuses a tenant outside the caller's, before the resource is looked up: whether it exists is
+/// not given away.
+fn within(caller: &Caller, permission: Permission, tenant: &TenantId) -> Result<(), Status> {
+    Ok(caller.authorize(permission, Some(tenant))?)
 }
 
 /// A request of a mutating call, with the conventions every one of them shares.
@@ -194,9 +216,13 @@ impl OnboardingService for OnboardingApi {
         request: Request<proto::CreateOnboardingRequest>,
     ) -> Result<Response<proto::CreateOnboardingResponse>, Status> {
         let call = call_context(&request);
+        let caller = permitted(&request, Permission::Write)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let tenant = violations.check(TenantId::parse("tenant", &request.tenant));
+        if let Some(tenant) = &tenant {
+            within(&caller, Permission::Write, tenant)?;
+        }
         let environment = violations.check(convert::parse_environment(
             "environment",
             request.environment,
@@ -218,8 +244,10 @@ impl OnboardingService for OnboardingApi {
         &self,
         request: Request<proto::GetOnboardingRequest>,
     ) -> Result<Response<proto::GetOnboardingResponse>, Status> {
+        let caller = permitted(&request, Permission::Read)?;
         let key =
             OnboardingKey::parse_name("name", &request.get_ref().name).map_err(Error::from)?;
+        within(&caller, Permission::Read, &key.tenant)?;
         let record = self.operations.get_onboarding(&key).await?;
         Ok(Response::new(proto::GetOnboardingResponse {
             onboarding: Some(convert::onboarding(&record)),
@@ -230,6 +258,7 @@ impl OnboardingService for OnboardingApi {
         &self,
         request: Request<proto::ListOnboardingsRequest>,
     ) -> Result<Response<proto::ListOnboardingsResponse>, Status> {
+        let caller = permitted(&request, Permission::Read)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let environment = violations.check(convert::parse_filter(
@@ -258,10 +287,17 @@ impl OnboardingService for OnboardingApi {
             environment: checked(environment),
             state: checked(state),
             blocked_on: checked(blocked_on),
+            // A caller limited to some tenants sees only theirs.
+            tenants: caller.tenants.clone(),
         };
         let filter_text = format!(
             "{:?}",
-            (filter.environment, filter.state, filter.blocked_on)
+            (
+                filter.environment,
+                filter.state,
+                filter.blocked_on,
+                &filter.tenants
+            )
         );
         let page = checked(page);
         if page.as_ref().is_some_and(|page| page.filter != filter_text) {
@@ -301,9 +337,13 @@ impl OnboardingService for OnboardingApi {
         request: Request<proto::RecordAgreementRequest>,
     ) -> Result<Response<proto::RecordAgreementResponse>, Status> {
         let call = call_context(&request);
+        let caller = permitted(&request, Permission::Write)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
+        if let Some(key) = &key {
+            within(&caller, Permission::Write, &key.tenant)?;
+        }
         let attested_by = violations.check(validate::required_text(
             "attested_by",
             &request.attested_by,
@@ -342,9 +382,13 @@ impl OnboardingService for OnboardingApi {
         request: Request<proto::RegisterAccountRequest>,
     ) -> Result<Response<proto::RegisterAccountResponse>, Status> {
         let call = call_context(&request);
+        let caller = permitted(&request, Permission::Write)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
+        if let Some(key) = &key {
+            within(&caller, Permission::Write, &key.tenant)?;
+        }
         let account = request.account.clone().unwrap_or_default();
         if request.account.is_none() {
             violations.push(FieldViolation::new(
@@ -448,9 +492,13 @@ impl OnboardingService for OnboardingApi {
         &self,
         request: Request<proto::ListOnboardingEventsRequest>,
     ) -> Result<Response<proto::ListOnboardingEventsResponse>, Status> {
+        let caller = permitted(&request, Permission::Read)?;
         let request = request.into_inner();
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
+        if let Some(key) = &key {
+            within(&caller, Permission::Read, &key.tenant)?;
+        }
         let page_size =
             violations.check(tokens::page_size("page_size", request.page_size, 100, 1000));
         let page = violations.check(tokens::decode::<EventsPage>(
@@ -500,8 +548,10 @@ impl OnboardingService for OnboardingApi {
         &self,
         request: Request<proto::WatchOnboardingRequest>,
     ) -> Result<Response<Self::WatchOnboardingStream>, Status> {
+        let caller = permitted(&request, Permission::Read)?;
         let request = request.into_inner();
         let key = OnboardingKey::parse_name("name", &request.name).map_err(Error::from)?;
+        within(&caller, Permission::Read, &key.tenant)?;
         let after = if request.after_event.is_empty() {
             None
         } else {

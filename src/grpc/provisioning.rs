@@ -2,7 +2,8 @@
 //! at once, before anything reaches Billecta), passes the caller's deadline on, and converts the
 //! result.
 
-use super::{call_context, checked, convert, mutation};
+use super::{call_context, checked, convert, mutation, permitted, within};
+use crate::auth::Permission;
 use crate::domain::onboarding::{CompanySettings, InvoiceSettings, PaymentTerms, Webhooks};
 use crate::domain::swedish::{self, Bankgiro, InvoiceNumber, OrganisationNumber, PostalCode};
 use crate::domain::validate::{self, CreditorKey, FieldViolation, OnboardingKey, Violations};
@@ -56,10 +57,14 @@ pub async fn confirm_account_activation(
     request: Request<proto::ConfirmAccountActivationRequest>,
 ) -> Result<Response<proto::ConfirmAccountActivationResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let deadline = caller_deadline(request.metadata());
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = violations.check(OnboardingKey::parse_name("name", &request.name));
+    if let Some(key) = &key {
+        within(&caller, Permission::Write, &key.tenant)?;
+    }
     let username = violations.check(validate::required_text(
         "username",
         &request.username,
@@ -91,10 +96,14 @@ pub async fn create_creditor(
     request: Request<proto::CreateCreditorRequest>,
 ) -> Result<Response<proto::CreateCreditorResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     // No caller deadline: a create runs to its end within its lease (see Operations::create_creditor).
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = violations.check(OnboardingKey::parse_name("parent", &request.parent));
+    if let Some(key) = &key {
+        within(&caller, Permission::Write, &key.tenant)?;
+    }
     let organisation_number = violations.check(OrganisationNumber::parse(
         "organisation_number",
         &request.organisation_number,
@@ -146,10 +155,14 @@ pub async fn update_company_settings(
     request: Request<proto::UpdateCompanySettingsRequest>,
 ) -> Result<Response<proto::UpdateCompanySettingsResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let deadline = caller_deadline(request.metadata());
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
+    if let Some(key) = &key {
+        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+    }
     // Without settings, those asked for before (or promoted from test) are applied.
     let settings = match &request.company_settings {
         Some(given) => company_settings(&mut violations, given).map(Some),
@@ -217,10 +230,14 @@ pub async fn update_invoice_settings(
     request: Request<proto::UpdateInvoiceSettingsRequest>,
 ) -> Result<Response<proto::UpdateInvoiceSettingsResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let deadline = caller_deadline(request.metadata());
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
+    if let Some(key) = &key {
+        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+    }
     // Without settings, those asked for before (or promoted from test) are applied.
     let settings = match &request.invoice_settings {
         Some(given) => invoice_settings(&mut violations, given).map(Some),
@@ -323,9 +340,13 @@ pub async fn skip_stage(
     request: Request<proto::SkipStageRequest>,
 ) -> Result<Response<proto::SkipStageResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
+    if let Some(key) = &key {
+        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+    }
     let stage = match proto::Stage::try_from(request.stage)
         .ok()
         .and_then(convert::stage_from)
@@ -365,10 +386,14 @@ pub async fn register_api_credentials(
     request: Request<proto::RegisterApiCredentialsRequest>,
 ) -> Result<Response<proto::RegisterApiCredentialsResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let deadline = caller_deadline(request.metadata());
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
+    if let Some(key) = &key {
+        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+    }
     let username = if request.username.trim().is_empty() {
         None
     } else {
@@ -449,9 +474,13 @@ pub async fn record_webhook_setup(
     request: Request<proto::RecordWebhookSetupRequest>,
 ) -> Result<Response<proto::RecordWebhookSetupResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
+    if let Some(key) = &key {
+        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+    }
     let target_url = violations.check(https_url("target_url", &request.target_url));
     let events = if request.events.is_empty() {
         violations.push(FieldViolation::new(
@@ -506,9 +535,11 @@ pub async fn validate_onboarding(
     request: Request<proto::ValidateOnboardingRequest>,
 ) -> Result<Response<proto::ValidateOnboardingResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let deadline = caller_deadline(request.metadata());
     let request = request.into_inner();
     let key = OnboardingKey::parse_name("name", &request.name).map_err(Error::from)?;
+    within(&caller, Permission::Write, &key.tenant)?;
     let operations = operations.clone();
     let (record, checks) =
         detached(async move { operations.validate_onboarding(&call, &key, deadline).await })
@@ -524,10 +555,14 @@ pub async fn promote_to_production(
     request: Request<proto::PromoteToProductionRequest>,
 ) -> Result<Response<proto::PromoteToProductionResponse>, Status> {
     let call = call_context(&request);
+    let caller = permitted(&request, Permission::Write)?;
     let request = request.into_inner();
     let mut violations = Violations::new();
     let key = match OnboardingKey::parse_name("name", &request.name) {
-        Ok(key) if key.environment == crate::domain::Environment::Test => Some(key),
+        Ok(key) if key.environment == crate::domain::Environment::Test => {
+            within(&caller, Permission::Write, &key.tenant)?;
+            Some(key)
+        }
         Ok(_) => {
             violations.push(FieldViolation::new(
                 "name",
@@ -571,8 +606,14 @@ impl proto::payment_configuration_service_server::PaymentConfigurationService
         request: Request<proto::GetPaymentConfigurationRequest>,
     ) -> Result<Response<proto::GetPaymentConfigurationResponse>, Status> {
         let call = call_context(&request);
+        let caller = permitted(&request, Permission::PaymentConfiguration)?;
         let request = request.into_inner();
         let key = CreditorKey::parse_name("name", &request.name).map_err(Error::from)?;
+        within(
+            &caller,
+            Permission::PaymentConfiguration,
+            &key.onboarding.tenant,
+        )?;
         let configuration = self
             .operations
             .get_payment_configuration(&call, &key)

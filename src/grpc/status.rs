@@ -101,6 +101,18 @@ pub fn to_status(error: Error) -> Status {
                 format!("{error}; retry after the RetryInfo delay"),
             )
         }
+        Error::Unauthenticated { message } => {
+            details.set_error_info("UNAUTHENTICATED", ERROR_DOMAIN, HashMap::new());
+            (Code::Unauthenticated, message.clone())
+        }
+        Error::PermissionDenied { permission, .. } => {
+            details.set_error_info(
+                "PERMISSION_DENIED",
+                ERROR_DOMAIN,
+                metadata(&[("permission", permission.as_str())]),
+            );
+            (Code::PermissionDenied, error.to_string())
+        }
         Error::EtagMismatch { resource } => {
             details.set_error_info(
                 "ETAG_MISMATCH",

@@ -274,50 +274,44 @@ impl Operations {
             .iter()
             .find(|c| c.scope == scope && c.field == CredentialField::ApiToken)
             .map(|c| c.set_time);
-        let stage_state = creditor
-            .stages
-            .iter()
-            .find(|s| s.stage == Stage::PaymentConfiguration)
-            .map(|s| s.state);
-        if stage_state != Some(StageState::Completed) {
-            let mutation = Mutation {
-                method: "GetPaymentConfiguration",
-                request_id: None,
-                request_hash: String::new(),
-                etag: None,
-                validate_only: false,
-            };
-            let reader = call.actor.clone();
-            self.transact(
-                call,
-                &key.onboarding,
-                &mutation,
-                Conventions::WHOLE,
-                |record, now| {
-                    let id = find_creditor(record, key)?.id.clone();
-                    let current = record
-                        .credentials
-                        .iter()
-                        .find(|c| c.scope == id && c.field == CredentialField::ApiToken)
-                        .map(|c| c.set_time);
-                    if current != token_set_time {
-                        // New credentials arrived meanwhile: this read does not count for them.
-                        return Ok(Written::from(format!(
-                            "payment configuration of {} read by {reader} with credentials replaced since",
-                            key.creditor
-                        )));
-                    }
-                    stages::payment_configuration_read(creditor_mut(record, &id), &reader, now);
-                    Ok(Written::from(format!(
-                        "payment configuration of {} read by {reader} (credentials included)",
-                        key.creditor
-                    )))
-                },
-            )
-            .await?;
-        } else {
-            tracing::info!(creditor = %key.name(), reader = %call.actor, "payment configuration read");
-        }
+        // Every read of a credential is in the audit trail, with its reader. The first read after the
+        // credentials changed also completes PAYMENT_CONFIGURATION.
+        let mutation = Mutation {
+            method: "GetPaymentConfiguration",
+            request_id: None,
+            request_hash: String::new(),
+            etag: None,
+            validate_only: false,
+        };
+        let reader = call.actor.clone();
+        self.transact(
+            call,
+            &key.onboarding,
+            &mutation,
+            Conventions::WHOLE,
+            |record, now| {
+                let id = find_creditor(record, key)?.id.clone();
+                let current = record
+                    .credentials
+                    .iter()
+                    .find(|c| c.scope == id && c.field == CredentialField::ApiToken)
+                    .map(|c| c.set_time);
+                let summary = format!(
+                    "payment configuration of {} read by {reader} (credentials included)",
+                    key.creditor
+                );
+                let creditor = creditor_mut(record, &id);
+                let first_read = creditor.stages.iter().any(|s| {
+                    s.stage == Stage::PaymentConfiguration && s.state != StageState::Completed
+                });
+                // New credentials that arrived meanwhile were not read: the stage waits for them.
+                if first_read && current == token_set_time {
+                    stages::payment_configuration_read(creditor, &reader, now);
+                }
+                Ok(Written::from(summary))
+            },
+        )
+        .await?;
         let payment_methods = creditor
             .company_settings
             .as_ref()

@@ -52,6 +52,8 @@ pub struct ListFilter {
     pub environment: Option<Environment>,
     pub state: Option<OnboardingState>,
     pub blocked_on: Option<BlockedOn>,
+    /// Only these tenants; every tenant when `None`.
+    pub tenants: Option<std::collections::BTreeSet<String>>,
 }
 
 /// A stored result of a mutating call, looked up by the caller's request_id.
@@ -184,6 +186,13 @@ impl Store {
             .bind(filter.state.map_or("", OnboardingState::as_str))
             .bind(filter.blocked_on.map_or("", BlockedOn::as_str))
             .bind(limit)
+            // Tenant ids hold no commas (they are validated), so a comma-separated list is exact.
+            .bind(filter.tenants.as_ref().map_or_else(String::new, |tenants| {
+                format!(
+                    ",{},",
+                    tenants.iter().cloned().collect::<Vec<_>>().join(",")
+                )
+            }))
             .fetch_all(&mut *connection)
             .await
             .map_err(db_error)?;

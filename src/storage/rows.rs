@@ -29,6 +29,7 @@ pub const SELECT_ONBOARDING_FOR_UPDATE: &str =
 pub const LIST_ONBOARDINGS: &str = onboarding_select!(
     "WHERE (tenant > $1 OR (tenant = $1 AND environment > $2)) "
     "AND ($3 = '' OR environment = $3) AND ($4 = '' OR state = $4) AND ($5 = '' OR blocked_on = $5) "
+    "AND ($7 = '' OR $7 LIKE '%,' || tenant || ',%') "
     "ORDER BY tenant, environment LIMIT $6"
 );
 pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time) \

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use billecta_onboarding::app::Application;
+use billecta_onboarding::auth::SANDBOX_KEY;
 use billecta_onboarding::config::Config;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -67,7 +69,8 @@ pub struct TestServer {
     pub address: SocketAddr,
     /// The sandbox's Billecta simulators, test and production.
     pub simulators: [Arc<RunningSimulator>; 2],
-    pub client: OnboardingServiceClient<Channel>,
+    /// A client that authenticates as the sandbox's developer (every permission).
+    pub client: Client,
     pub channel: Channel,
     pub database: String,
     pub shutdown: CancellationToken,
@@ -109,7 +112,7 @@ impl TestServer {
         Self {
             address,
             simulators,
-            client: OnboardingServiceClient::new(channel.clone()),
+            client: client(channel.clone(), SANDBOX_KEY),
             channel,
             database,
             shutdown,
@@ -119,13 +122,74 @@ impl TestServer {
     }
 }
 
+/// Adds a bearer API key to every call (or, for tests of refusals, none).
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+impl Bearer {
+    pub fn new(key: &str) -> Self {
+        Bearer(Some(format!("Bearer {key}").parse().expect("an ASCII key")))
+    }
+
+    /// No credential at all.
+    pub fn none() -> Self {
+        Bearer(None)
+    }
+}
+
+/// An onboarding client that authenticates with an API key.
+pub type Client = OnboardingServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub fn client(channel: Channel, key: &str) -> Client {
+    OnboardingServiceClient::with_interceptor(channel, Bearer::new(key))
+}
+
+/// Every permission.
+pub const ALL_PERMISSIONS: &[&str] = &["read", "write", "payment_configuration"];
+
+/// One configured caller of a test: name, key, permissions and, if limited, its tenants.
+pub type TestCaller<'a> = (&'a str, &'a str, &'a [&'a str], Option<&'a [&'a str]>);
+
+/// A --callers value for the given callers.
+pub fn callers_json(callers: &[TestCaller<'_>]) -> String {
+    let entries: Vec<serde_json::Value> = callers
+        .iter()
+        .map(|(name, key, permissions, tenants)| {
+            let mut entry = serde_json::json!({
+                "name": name,
+                "key_sha256": hex::encode(billecta_onboarding::auth::hash_key(key)),
+                "permissions": permissions,
+            });
+            if let Some(tenants) = tenants {
+                entry["tenants"] = serde_json::json!(tenants);
+            }
+            entry
+        })
+        .collect();
+    serde_json::Value::Array(entries).to_string()
+}
+
 /// An encryption key shared by servers that must read each other's secrets (replicas).
 pub const SHARED_ENCRYPTION_KEYS: &str = "replicas:q83vEjRWeJoRI0VniavN7xEjRWeJq83vEjRWeJq83vE=";
 
 /// A second replica of a server: the same database, the same Billecta (the first server's
 /// simulators), the same encryption key.
 pub struct Replica {
-    pub client: OnboardingServiceClient<Channel>,
+    pub client: Client,
     pub shutdown: CancellationToken,
 }
 
@@ -140,6 +204,7 @@ impl TestServer {
     pub async fn replica(&self) -> Replica {
         let mut config = Config::for_database(self.database.clone());
         config.encryption_keys = SHARED_ENCRYPTION_KEYS.to_owned();
+        config.callers = callers_json(&[("sandbox-developer", SANDBOX_KEY, ALL_PERMISSIONS, None)]);
         config.billecta_test_url = self.simulator(Environment::Test).base_url();
         config.billecta_production_url = self.simulator(Environment::Production).base_url();
         config.billecta_backoff_base_ms = 10;
@@ -154,7 +219,7 @@ impl TestServer {
             .await
             .expect("connects to the replica");
         Replica {
-            client: OnboardingServiceClient::new(channel),
+            client: client(channel, SANDBOX_KEY),
             shutdown,
         }
     }

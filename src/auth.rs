@@ -1,0 +1,301 @@
+//! Who may call what. Callers present a bearer API key; the configuration holds only each key's
+//! SHA-256 hash, with the caller's name, its permissions and, optionally, the tenants it may touch.
+//!
+//! Keys are random (`billecta-onboarding new-api-key` makes one), so an unsalted hash is safe to keep
+//! in configuration: it cannot be reversed, and guessing a 256-bit key is hopeless. Every configured
+//! hash is compared with the presented key's hash in constant time, so timing tells nothing about how
+//! close a guess came.
+
+use crate::domain::validate::TenantId;
+use crate::error::Error;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fmt;
+use subtle::ConstantTimeEq;
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// Read onboardings, their events and watch them.
+    Read,
+    /// Change onboardings: every mutating RPC.
+    Write,
+    /// Read a payment configuration, the only way to a plaintext credential.
+    PaymentConfiguration,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Write => "write",
+            Permission::PaymentConfiguration => "payment_configuration",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One configured caller, as operators write it (JSON):
+/// `{"name": "payway-payments", "key_sha256": "<64 hex>", "permissions": ["payment_configuration"],
+/// "tenants": ["gp"]}`. Without `tenants` the caller may touch every tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerEntry {
+    pub name: String,
+    pub key_sha256: String,
+    pub permissions: BTreeSet<Permission>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<BTreeSet<String>>,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub permissions: BTreeSet<Permission>,
+    /// `None`: every tenant.
+    pub tenants: Option<BTreeSet<String>>,
+}
+
+impl Caller {
+    /// Refuses a caller without `permission`, or outside its tenants when the call concerns `tenant`.
+    /// The refusal names neither whether the resource exists nor which tenants the caller has.
+    pub fn authorize(
+        &self,
+        permission: Permission,
+        tenant: Option<&TenantId>,
+    ) -> Result<(), Error> {
+        if !self.permissions.contains(&permission) {
+            return Err(Error::PermissionDenied {
+                caller: self.name.clone(),
+                permission,
+            });
+        }
+        if let (Some(allowed), Some(tenant)) = (&self.tenants, tenant)
+            && !allowed.contains(tenant.as_str())
+        {
+            return Err(Error::PermissionDenied {
+                caller: self.name.clone(),
+                permission,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the caller may see this tenant at all (for filtering lists).
+    pub fn may_see(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(tenant))
+    }
+}
+
+/// The configured callers.
+#[derive(Debug, Clone)]
+pub struct Callers {
+    entries: Vec<(Caller, [u8; 32])>,
+}
+
+/// The key `--sandbox` accepts when no callers are configured: every permission, every tenant.
+pub const SANDBOX_KEY: &str = "sandbox-development-key";
+
+impl Callers {
+    /// Parses a JSON array of [`CallerEntry`]. Errors say which entry and why, never a key.
+    pub fn parse(json: &str) -> anyhow::Result<Self> {
+        let entries: Vec<CallerEntry> = serde_json::from_str(json).map_err(|error| {
+            anyhow::anyhow!("the callers are not a JSON array of callers: {error}")
+        })?;
+        anyhow::ensure!(!entries.is_empty(), "no callers are configured");
+        let mut names = BTreeSet::new();
+        let mut callers = Vec::new();
+        for (index, entry) in entries.into_iter().enumerate() {
+            let name = entry.name.trim().to_owned();
+            anyhow::ensure!(!name.is_empty(), "caller {index} has no name");
+            anyhow::ensure!(
+                names.insert(name.clone()),
+                "caller {name:?} is configured twice"
+            );
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(entry.key_sha256.trim(), &mut hash).map_err(|_| {
+                anyhow::anyhow!("caller {name:?}: key_sha256 must be 64 hexadecimal digits")
+            })?;
+            anyhow::ensure!(
+                !entry.permissions.is_empty(),
+                "caller {name:?} has no permissions"
+            );
+            let tenants = match entry.tenants {
+                Some(tenants) => {
+                    for tenant in &tenants {
+                        TenantId::parse("tenants", tenant).map_err(|violation| {
+                            anyhow::anyhow!(
+                                "caller {name:?}: tenant {tenant:?} {}",
+                                violation.description
+                            )
+                        })?;
+                    }
+                    Some(tenants)
+                }
+                None => None,
+            };
+            callers.push((
+                Caller {
+                    name,
+                    permissions: entry.permissions,
+                    tenants,
+                },
+                hash,
+            ));
+        }
+        Ok(Callers { entries: callers })
+    }
+
+    /// The sandbox's one caller, with [`SANDBOX_KEY`].
+    pub fn sandbox() -> Self {
+        Callers {
+            entries: vec![(
+                Caller {
+                    name: "sandbox-developer".to_owned(),
+                    permissions: [
+                        Permission::Read,
+                        Permission::Write,
+                        Permission::PaymentConfiguration,
+                    ]
+                    .into_iter()
+                    .collect(),
+                    tenants: None,
+                },
+                hash_key(SANDBOX_KEY),
+            )],
+        }
+    }
+
+    /// The caller a bearer key belongs to. Every configured hash is compared, in constant time.
+    pub fn authenticate(&self, key: &str) -> Option<&Caller> {
+        let presented = hash_key(key);
+        let mut found = None;
+        for (caller, hash) in &self.entries {
+            if bool::from(presented.ct_eq(hash)) {
+                found = Some(caller);
+            }
+        }
+        found
+    }
+}
+
+/// The SHA-256 of a key, as the configuration stores it.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new random key (256 bits, URL-safe base64) and the configuration entry for it.
+pub fn new_key(
+    name: &str,
+    permissions: BTreeSet<Permission>,
+    tenants: Option<BTreeSet<String>>,
+) -> anyhow::Result<(String, CallerEntry)> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| anyhow::anyhow!("the system's random generator failed: {error}"))?;
+    let key = format!(
+        "bok_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let entry = CallerEntry {
+        name: name.to_owned(),
+        key_sha256: hex::encode(hash_key(&key)),
+        permissions,
+        tenants,
+    };
+    Ok((key, entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn callers() -> (Callers, String, String) {
+        let (reader_key, reader) = new_key(
+            "reader",
+            [Permission::Read].into_iter().collect(),
+            Some(["gp".to_owned()].into_iter().collect()),
+        )
+        .unwrap();
+        let (admin_key, admin) = new_key(
+            "admin",
+            [Permission::Read, Permission::Write].into_iter().collect(),
+            None,
+        )
+        .unwrap();
+        let json = serde_json::to_string(&vec![reader, admin]).unwrap();
+        (Callers::parse(&json).unwrap(), reader_key, admin_key)
+    }
+
+    #[test]
+    fn keys_authenticate_their_caller_and_nothing_else() {
+        let (callers, reader_key, admin_key) = callers();
+        assert_eq!(callers.authenticate(&reader_key).unwrap().name, "reader");
+        assert_eq!(callers.authenticate(&admin_key).unwrap().name, "admin");
+        assert!(callers.authenticate("bok_guess").is_none());
+        assert!(callers.authenticate("").is_none());
+        assert!(reader_key.starts_with("bok_") && reader_key.len() > 40);
+    }
+
+    #[test]
+    fn permissions_and_tenants_are_both_checked() {
+        let (callers, reader_key, admin_key) = callers();
+        let reader = callers.authenticate(&reader_key).unwrap();
+        let gp = TenantId::parse("t", "gp").unwrap();
+        let hd = TenantId::parse("t", "hd").unwrap();
+        assert!(reader.authorize(Permission::Read, Some(&gp)).is_ok());
+        assert!(reader.authorize(Permission::Read, Some(&hd)).is_err());
+        assert!(reader.authorize(Permission::Write, Some(&gp)).is_err());
+        assert!(reader.may_see("gp") && !reader.may_see("hd"));
+        let admin = callers.authenticate(&admin_key).unwrap();
+        assert!(admin.authorize(Permission::Write, Some(&hd)).is_ok());
+        assert!(
+            admin
+                .authorize(Permission::PaymentConfiguration, None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn configuration_errors_name_the_caller_never_a_key() {
+        let hash = "a".repeat(64);
+        let bad = |json: &str| Callers::parse(json).unwrap_err().to_string();
+        assert!(bad("[]").contains("no callers"));
+        assert!(bad("{}").contains("JSON array"));
+        assert!(
+            bad(&format!(
+                r#"[{{"name":"x","key_sha256":"{hash}","permissions":[]}}]"#
+            ))
+            .contains("no permissions")
+        );
+        assert!(
+            bad(r#"[{"name":"x","key_sha256":"secret-key-text","permissions":["read"]}]"#)
+                .contains("64 hexadecimal")
+        );
+        assert!(
+            !bad(r#"[{"name":"x","key_sha256":"secret-key-text","permissions":["read"]}]"#)
+                .contains("secret-key-text")
+        );
+        assert!(
+            bad(&format!(
+                r#"[{{"name":"x","key_sha256":"{hash}","permissions":["read"],"tenants":["GP"]}}]"#
+            ))
+            .contains("tenant")
+        );
+        assert!(bad(&format!(
+            r#"[{{"name":"x","key_sha256":"{hash}","permissions":["read"]}},{{"name":"x","key_sha256":"{hash}","permissions":["read"]}}]"#
+        ))
+        .contains("twice"));
+    }
+}
