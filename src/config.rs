@@ -248,6 +248,10 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Re-encrypts every stored secret under the active encryption key, so that an old key can be
+    /// removed from --encryption-keys. Safe while the service runs; uses --database and
+    /// --encryption-keys like the service.
+    Reencrypt,
     /// Makes a new random API key for a caller and prints it with the entry to add to
     /// --callers (which stores only the key's hash). The key is shown once; hand it to the caller.
     NewApiKey {

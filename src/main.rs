@@ -4,6 +4,7 @@
 use billecta_onboarding::app::{Application, probe};
 use billecta_onboarding::auth::{self, Permission};
 use billecta_onboarding::config::{Command, Config};
+use billecta_onboarding::storage::{Store, StoreOptions};
 use billecta_onboarding::telemetry;
 use clap::Parser;
 use std::process::ExitCode;
@@ -36,6 +37,21 @@ async fn main() -> anyhow::Result<ExitCode> {
         return new_api_key(name, permissions, tenants.as_deref());
     }
     telemetry::init(config.log_format, &config.log)?;
+    if let Some(Command::Reencrypt) = &config.command {
+        let done = reencrypt(&config).await?;
+        println!(
+            "re-encrypted {} secret(s) under key {:?}; {} written meanwhile and left; {} unreadable",
+            done.reencrypted,
+            config.keyring()?.active_key_id(),
+            done.skipped,
+            done.unreadable
+        );
+        return Ok(if done.unreadable == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let application = Application::build(config).await?;
     let shutdown = application.shutdown_token();
     tokio::spawn(async move {
@@ -44,6 +60,24 @@ async fn main() -> anyhow::Result<ExitCode> {
     });
     application.run().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the service's database and re-encrypts what the old keys encrypted.
+async fn reencrypt(config: &Config) -> anyhow::Result<billecta_onboarding::rotation::Reencrypted> {
+    anyhow::ensure!(
+        !config.encryption_keys.trim().is_empty(),
+        "--encryption-keys is required: the old keys to read with and the active one to write with"
+    );
+    let store = Store::connect(&StoreOptions {
+        database: config.database.clone(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+    })
+    .await?;
+    store.migrate().await?;
+    let done = billecta_onboarding::rotation::reencrypt(&store, &config.keyring()?).await;
+    store.close().await;
+    done
 }
 
 /// Prints a new key and its --callers entry.

@@ -472,3 +472,22 @@ fn outside_the_sandbox_the_service_refuses_to_start_open_or_without_an_encryptio
         "key material is never echoed: {stderr}"
     );
 }
+
+#[test]
+fn reencrypt_runs_against_the_configured_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .arg("--database")
+        .arg(dir.path().join("onboarding.sqlite3"))
+        .env("ONBOARDING_ENCRYPTION_KEYS", TEST_KEYS)
+        .arg("reencrypt")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("re-encrypted 0 secret(s)"), "{stdout}");
+}

@@ -112,6 +112,21 @@ impl Check {
     }
 }
 
+/// A stored secret that is missing, or that none of the configured keys decrypts (a key removed too
+/// early, a tampered row).
+fn unreadable(check: Check, error: &Error, what: &str) -> Check {
+    match error {
+        Error::Precondition { .. } => {
+            check.fail(true, "CREDENTIAL_MISSING", format!("no {what} is stored"))
+        }
+        _ => check.fail(
+            true,
+            "CREDENTIAL_UNREADABLE",
+            format!("the stored {what} cannot be decrypted with the configured encryption keys"),
+        ),
+    }
+}
+
 fn is_checked(stage: Option<&StageRecord>) -> bool {
     stage.is_some_and(|stage| {
         matches!(
@@ -157,12 +172,8 @@ impl Operations {
                 .secret(&record, "", CredentialField::AccountToken)
                 .await
             {
-                Err(_) => {
-                    checks.push(check.fail(
-                        true,
-                        "CREDENTIAL_MISSING",
-                        "no account token is stored",
-                    ));
+                Err(error) => {
+                    checks.push(unreadable(check, &error, "account token"));
                     None
                 }
                 Ok(token) => match client.current_token(&token, deadline).await {
@@ -420,8 +431,8 @@ impl Operations {
             .await
         {
             Ok(token) => token,
-            Err(_) => {
-                checks.push(check.fail(true, "CREDENTIAL_MISSING", "no API token is stored"));
+            Err(error) => {
+                checks.push(unreadable(check, &error, "API token"));
                 return;
             }
         };

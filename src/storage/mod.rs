@@ -56,6 +56,18 @@ pub struct ListFilter {
     pub tenants: Option<std::collections::BTreeSet<String>>,
 }
 
+/// A stored secret as re-encryption sees it.
+#[derive(Debug, Clone)]
+pub struct StoredSecret {
+    pub onboarding_id: String,
+    /// The creditor's internal id, or empty for the environment.
+    pub scope: String,
+    pub field: String,
+    pub tenant: String,
+    pub environment: String,
+    pub sealed: Sealed,
+}
+
 /// A stored result of a mutating call, looked up by the caller's request_id.
 #[derive(Debug, Clone)]
 pub struct StoredResult {
@@ -205,6 +217,47 @@ impl Store {
     }
 
     /// Up to `limit` events of an onboarding with a sequence number above `after`, oldest first.
+    /// Every stored secret not encrypted with `active_key_id`, with what its decryption needs.
+    pub async fn credentials_to_reencrypt(&self, active_key_id: &str) -> Result<Vec<StoredSecret>> {
+        let found = sqlx::query(rows::SELECT_CREDENTIALS_TO_REENCRYPT)
+            .bind(active_key_id)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        found
+            .iter()
+            .map(|row| {
+                Ok(StoredSecret {
+                    onboarding_id: row.try_get("onboarding_id").map_err(db_error)?,
+                    scope: row.try_get("creditor_id").map_err(db_error)?,
+                    field: row.try_get("field").map_err(db_error)?,
+                    tenant: row.try_get("tenant").map_err(db_error)?,
+                    environment: row.try_get("environment").map_err(db_error)?,
+                    sealed: rows::sealed(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Replaces a stored ciphertext, but only if it is still `old`: a secret written meanwhile (by a
+    /// call of the running service) is left as it is. Says whether it replaced it.
+    pub async fn replace_sealed(&self, secret: &StoredSecret, new: &Sealed) -> Result<bool> {
+        let updated = sqlx::query(rows::REPLACE_SEALED)
+            .bind(&new.key_id)
+            .bind(&new.nonce)
+            .bind(&new.ciphertext)
+            .bind(&secret.onboarding_id)
+            .bind(&secret.scope)
+            .bind(&secret.field)
+            .bind(&secret.tenant)
+            .bind(&secret.sealed.key_id)
+            .bind(&secret.sealed.nonce)
+            .execute(&self.writer)
+            .await
+            .map_err(db_error)?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     /// A stored secret's ciphertext, if one is stored.
     pub async fn sealed_credential(
         &self,

@@ -56,6 +56,11 @@ pub const SELECT_CREDENTIALS: &str = "SELECT creditor_id, field, fingerprint, pr
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor_id, field";
 pub const SELECT_SEALED: &str = "SELECT key_id, nonce, ciphertext FROM credentials \
      WHERE onboarding_id = $1 AND tenant = $2 AND creditor_id = $3 AND field = $4";
+pub const SELECT_CREDENTIALS_TO_REENCRYPT: &str = "SELECT c.onboarding_id, c.creditor_id, c.field, c.tenant, o.environment, c.key_id, c.nonce, c.ciphertext \
+     FROM credentials c JOIN onboardings o ON o.id = c.onboarding_id AND o.tenant = c.tenant \
+     WHERE c.key_id <> $1 ORDER BY c.tenant, c.onboarding_id, c.creditor_id, c.field";
+pub const REPLACE_SEALED: &str = "UPDATE credentials SET key_id = $1, nonce = $2, ciphertext = $3 \
+     WHERE onboarding_id = $4 AND creditor_id = $5 AND field = $6 AND tenant = $7 AND key_id = $8 AND nonce = $9";
 pub const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (onboarding_id, creditor_id, field, tenant, key_id, nonce, ciphertext, fingerprint, principal, set_by, set_time, verify_time) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
      ON CONFLICT (onboarding_id, creditor_id, field) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \

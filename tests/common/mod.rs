@@ -202,8 +202,14 @@ impl Drop for Replica {
 impl TestServer {
     /// Starts another replica beside this server (which must use [`SHARED_ENCRYPTION_KEYS`]).
     pub async fn replica(&self) -> Replica {
+        self.replica_with(SHARED_ENCRYPTION_KEYS).await
+    }
+
+    /// Another replica whose keyring is `encryption_keys` (a rolling key rotation has replicas with
+    /// different ones).
+    pub async fn replica_with(&self, encryption_keys: &str) -> Replica {
         let mut config = Config::for_database(self.database.clone());
-        config.encryption_keys = SHARED_ENCRYPTION_KEYS.to_owned();
+        config.encryption_keys = encryption_keys.to_owned();
         config.callers = callers_json(&[("sandbox-developer", SANDBOX_KEY, ALL_PERMISSIONS, None)]);
         config.billecta_test_url = self.simulator(Environment::Test).base_url();
         config.billecta_production_url = self.simulator(Environment::Production).base_url();
