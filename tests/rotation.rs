@@ -42,13 +42,7 @@ async fn account_check(client: &Client, name: &str) -> proto::ValidationCheck {
 
 /// The key ids of every stored secret.
 async fn key_ids(database: &str) -> Vec<String> {
-    sqlx::any::install_default_drivers();
-    let url = if database.starts_with("postgres") {
-        database.to_owned()
-    } else {
-        format!("sqlite://{database}")
-    };
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let pool = common::database_pool(database).await;
     let ids = sqlx::query_scalar::<_, String>("SELECT key_id FROM credentials ORDER BY field")
         .fetch_all(&pool)
         .await
@@ -57,18 +51,24 @@ async fn key_ids(database: &str) -> Vec<String> {
     ids
 }
 
+/// A server whose only key is the old one, with a confirmed account: two secrets stored under it.
+async fn confirmed_under_the_old_key(backend: &common::Backend) -> (TestServer, String) {
+    let server = TestServer::start_with(backend, |config| {
+        config.encryption_keys = OLD.into();
+    })
+    .await;
+    let name = common::create(&server, "gp", proto::Environment::Test)
+        .await
+        .name;
+    common::record_agreement_and_account(&server, &name).await;
+    common::confirm_account(&server, &name, Environment::Test, PASSWORD).await;
+    (server, name)
+}
+
 #[tokio::test]
 async fn a_key_is_rotated_and_retired_while_the_service_serves() {
     for backend in common::backends() {
-        let server = TestServer::start_with(&backend, |config| {
-            config.encryption_keys = OLD.into();
-        })
-        .await;
-        let name = common::create(&server, "gp", proto::Environment::Test)
-            .await
-            .name;
-        common::record_agreement_and_account(&server, &name).await;
-        common::confirm_account(&server, &name, Environment::Test, PASSWORD).await;
+        let (server, name) = confirmed_under_the_old_key(&backend).await;
         assert_eq!(key_ids(&server.database).await, ["2026-05", "2026-05"]);
 
         // Step 1: replicas learn the new key, active; the secrets under the old one still read.
@@ -114,24 +114,10 @@ async fn a_key_is_rotated_and_retired_while_the_service_serves() {
 #[tokio::test]
 async fn a_tampered_ciphertext_fails_loudly_and_nothing_else_is_touched() {
     for backend in common::backends() {
-        let server = TestServer::start_with(&backend, |config| {
-            config.encryption_keys = OLD.into();
-        })
-        .await;
-        let name = common::create(&server, "gp", proto::Environment::Test)
-            .await
-            .name;
-        common::record_agreement_and_account(&server, &name).await;
-        common::confirm_account(&server, &name, Environment::Test, PASSWORD).await;
+        let (server, name) = confirmed_under_the_old_key(&backend).await;
 
         // Someone with database access flips the account token's ciphertext.
-        sqlx::any::install_default_drivers();
-        let url = if server.database.starts_with("postgres") {
-            server.database.clone()
-        } else {
-            format!("sqlite://{}", server.database)
-        };
-        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let pool = common::database_pool(&server.database).await;
         let rows = |pool: sqlx::AnyPool| async move {
             sqlx::query_scalar::<_, Vec<u8>>("SELECT ciphertext FROM credentials ORDER BY field")
                 .fetch_all(&pool)

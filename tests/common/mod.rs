@@ -665,15 +665,20 @@ pub async fn events(server: &TestServer, name: &str) -> Vec<proto::OnboardingEve
         .events
 }
 
-/// Every text column of every row the service stored, and every stored byte string.
-pub async fn stored_everything(database: &str) -> Vec<u8> {
+/// A pool on a test server's database, to look at (or tamper with) what it stored.
+pub async fn database_pool(database: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
     let url = if database.starts_with("postgres") {
         database.to_owned()
     } else {
         format!("sqlite://{database}")
     };
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::AnyPool::connect(&url).await.unwrap()
+}
+
+/// Every text column of every row the service stored, and every stored byte string.
+pub async fn stored_everything(database: &str) -> Vec<u8> {
+    let pool = database_pool(database).await;
     let mut everything = Vec::new();
     for (table, columns) in [
         ("credentials", vec!["ciphertext", "nonce"]),
