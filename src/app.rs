@@ -216,7 +216,13 @@ impl Application {
             shutdown.clone(),
         ));
 
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = config.tls()? {
+            builder = builder
+                .tls_config(tls)
+                .context("the TLS certificate or key cannot be used")?;
+        }
+        let server = builder
             .concurrency_limit_per_connection(config.concurrency_per_connection)
             .max_concurrent_streams(config.max_concurrent_streams)
             .tcp_nodelay(true)
@@ -319,11 +325,23 @@ async fn report(health: &HealthReporter, status: ServingStatus) {
 }
 
 /// Asks the server at `address` for its overall health; `Ok` only when it is SERVING.
-pub async fn probe(address: &str, timeout: Duration) -> anyhow::Result<()> {
+pub async fn probe(
+    address: &str,
+    ca: Option<&std::path::Path>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus as Status;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let ask = async {
-        let channel = tonic::transport::Endpoint::from_shared(address.to_owned())?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())?;
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("connecting to {address}"))?;

@@ -1,5 +1,6 @@
-//! Who may call what. Callers present a bearer API key; the configuration holds only each key's
-//! SHA-256 hash, with the caller's name, its permissions and, optionally, the tenants it may touch.
+//! Who may call what. Callers present a bearer API key, or (with mutual TLS) a client certificate;
+//! the configuration holds only each key's SHA-256 hash or the certificate's SHA-256 fingerprint, with
+//! the caller's name, its permissions and, optionally, the tenants it may touch.
 //!
 //! Keys are random (`billecta-onboarding new-api-key` makes one), so an unsalted hash is safe to keep
 //! in configuration: it cannot be reversed, and guessing a 256-bit key is hopeless. Every configured
@@ -44,12 +45,16 @@ impl fmt::Display for Permission {
 
 /// One configured caller, as operators write it (JSON):
 /// `{"name": "payway-payments", "key_sha256": "<64 hex>", "permissions": ["payment_configuration"],
-/// "tenants": ["gp"]}`. Without `tenants` the caller may touch every tenant.
+/// "tenants": ["gp"]}`. Without `tenants` the caller may touch every tenant. A caller that presents a
+/// client certificate instead has `certificate_sha256` (the SHA-256 of the certificate's DER).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallerEntry {
     pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_sha256: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub certificate_sha256: String,
     pub permissions: BTreeSet<Permission>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenants: Option<BTreeSet<String>>,
@@ -97,10 +102,19 @@ impl Caller {
     }
 }
 
+/// How a configured caller proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proof {
+    /// The SHA-256 of its bearer key.
+    Key([u8; 32]),
+    /// The SHA-256 of its client certificate (DER).
+    Certificate([u8; 32]),
+}
+
 /// The configured callers.
 #[derive(Debug, Clone)]
 pub struct Callers {
-    entries: Vec<(Caller, [u8; 32])>,
+    entries: Vec<(Caller, Proof)>,
 }
 
 /// The key `--sandbox` accepts when no callers are configured: every permission, every tenant.
@@ -122,10 +136,26 @@ impl Callers {
                 names.insert(name.clone()),
                 "caller {name:?} is configured twice"
             );
-            let mut hash = [0u8; 32];
-            hex::decode_to_slice(entry.key_sha256.trim(), &mut hash).map_err(|_| {
-                anyhow::anyhow!("caller {name:?}: key_sha256 must be 64 hexadecimal digits")
-            })?;
+            let digest = |field: &str, text: &str| {
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(text.trim(), &mut hash).map_err(|_| {
+                    anyhow::anyhow!("caller {name:?}: {field} must be 64 hexadecimal digits")
+                })?;
+                anyhow::Ok(hash)
+            };
+            let proof = match (
+                entry.key_sha256.is_empty(),
+                entry.certificate_sha256.is_empty(),
+            ) {
+                (false, true) => Proof::Key(digest("key_sha256", &entry.key_sha256)?),
+                (true, false) => Proof::Certificate(digest(
+                    "certificate_sha256",
+                    &entry.certificate_sha256.replace(':', ""),
+                )?),
+                _ => anyhow::bail!(
+                    "caller {name:?} needs exactly one of key_sha256 and certificate_sha256"
+                ),
+            };
             anyhow::ensure!(
                 !entry.permissions.is_empty(),
                 "caller {name:?} has no permissions"
@@ -150,7 +180,7 @@ impl Callers {
                     permissions: entry.permissions,
                     tenants,
                 },
-                hash,
+                proof,
             ));
         }
         Ok(Callers { entries: callers })
@@ -171,17 +201,31 @@ impl Callers {
                     .collect(),
                     tenants: None,
                 },
-                hash_key(SANDBOX_KEY),
+                Proof::Key(hash_key(SANDBOX_KEY)),
             )],
         }
     }
 
     /// The caller a bearer key belongs to. Every configured hash is compared, in constant time.
     pub fn authenticate(&self, key: &str) -> Option<&Caller> {
-        let presented = hash_key(key);
+        self.find(Proof::Key(hash_key(key)))
+    }
+
+    /// The caller a verified client certificate (DER) belongs to.
+    pub fn authenticate_certificate(&self, der: &[u8]) -> Option<&Caller> {
+        self.find(Proof::Certificate(Sha256::digest(der).into()))
+    }
+
+    fn find(&self, presented: Proof) -> Option<&Caller> {
         let mut found = None;
-        for (caller, hash) in &self.entries {
-            if bool::from(presented.ct_eq(hash)) {
+        for (caller, proof) in &self.entries {
+            let same = match (presented, proof) {
+                (Proof::Key(a), Proof::Key(b)) | (Proof::Certificate(a), Proof::Certificate(b)) => {
+                    bool::from(a.ct_eq(b))
+                }
+                _ => false,
+            };
+            if same {
                 found = Some(caller);
             }
         }
@@ -211,6 +255,7 @@ pub fn new_key(
     let entry = CallerEntry {
         name: name.to_owned(),
         key_sha256: hex::encode(hash_key(&key)),
+        certificate_sha256: String::new(),
         permissions,
         tenants,
     };

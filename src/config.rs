@@ -181,6 +181,20 @@ pub struct Config {
     #[arg(long, env = "ONBOARDING_CALLERS_FILE")]
     pub callers_file: Option<std::path::PathBuf>,
 
+    /// Serve TLS with this certificate chain (PEM); plaintext when not set.
+    #[arg(long, env = "ONBOARDING_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "ONBOARDING_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Ask clients for a certificate signed by this CA (PEM): mutual TLS. A client whose
+    /// certificate's SHA-256 is a caller's certificate_sha256 is that caller, without an API key.
+    /// Clients without a certificate may still use an API key.
+    #[arg(long, env = "ONBOARDING_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
     /// Serve reflection (what grpcurl list and describe use) without a credential.
     #[arg(long, env = "ONBOARDING_PUBLIC_REFLECTION", default_value_t = false)]
     pub public_reflection: bool,
@@ -247,6 +261,9 @@ pub enum Command {
         /// How long to wait for the answer.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// For an https:// address: the CA (PEM) that signed the server's certificate.
+        #[arg(long, env = "ONBOARDING_PROBE_CA")]
+        ca: Option<std::path::PathBuf>,
     },
     /// Re-encrypts every stored secret under the active encryption key, so that an old key can be
     /// removed from --encryption-keys. Safe while the service runs; uses --database and
@@ -391,6 +408,31 @@ impl Config {
             return Ok(Callers::sandbox());
         }
         Callers::parse(&text).map_err(|error| anyhow::anyhow!("--callers: {error}"))
+    }
+
+    /// The server's TLS settings, read from the configured files; `None` for plaintext.
+    pub fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|error| anyhow::anyhow!("{what} {}: {error}", path.display()))
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+        );
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_client_ca {
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                    ca,
+                    "--tls-client-ca",
+                )?))
+                .client_auth_optional(true);
+        }
+        Ok(Some(tls))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -16,10 +16,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     if let Some(Command::Probe {
         address,
         timeout_ms,
+        ca,
     }) = &config.command
     {
         return Ok(
-            match probe(address, Duration::from_millis(*timeout_ms)).await {
+            match probe(address, ca.as_deref(), Duration::from_millis(*timeout_ms)).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("not serving: {error:#}");

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::Semaphore;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -112,14 +113,26 @@ where
         let refused = if public {
             None
         } else {
-            match bearer(request.headers()).map(|key| self.callers.authenticate(key)) {
-                Some(Some(caller)) => {
+            let by_key = bearer(request.headers()).map(|key| self.callers.authenticate(key));
+            let by_certificate = || {
+                // A client certificate verified against --tls-client-ca (mutual TLS).
+                let certificates = request
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()?
+                    .peer_certs()?;
+                let first = certificates.first()?;
+                self.callers.authenticate_certificate(first.as_ref())
+            };
+            match by_key.unwrap_or_else(by_certificate).cloned() {
+                Some(caller) => {
                     span.record("caller", caller.name.as_str());
-                    request.extensions_mut().insert(caller.clone());
+                    request.extensions_mut().insert(caller);
                     None
                 }
-                Some(None) => Some("the API key is not valid"),
-                None => Some("a credential is required: send \"authorization: Bearer <API key>\""),
+                None if by_key.is_some() => Some("the API key is not valid"),
+                None => Some(
+                    "a credential is required: send \"authorization: Bearer <API key>\" or a client certificate",
+                ),
             }
         };
         let permit = self.admission.clone().try_acquire_owned();
