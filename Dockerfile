@@ -43,14 +43,16 @@ WORKDIR /var/lib/billecta-onboarding
 # Listen on all interfaces so the published port is reachable; log JSON for log shippers.
 ENV ONBOARDING_LISTEN=0.0.0.0:50051 \
     ONBOARDING_DATABASE=/var/lib/billecta-onboarding/onboarding.sqlite3 \
-    ONBOARDING_LOG_FORMAT=json
+    ONBOARDING_LOG_FORMAT=json \
+    ONBOARDING_PROBE_ADDRESS=http://127.0.0.1:50051
 
 EXPOSE 50051
 
 USER 10001
 
-# Ask the gRPC health service itself; the probe exits 0 only on SERVING.
+# Ask the gRPC health service itself; the probe exits 0 only on SERVING. With TLS, set
+# ONBOARDING_PROBE_ADDRESS=https://localhost:50051 and ONBOARDING_PROBE_CA to the CA file.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/usr/local/bin/billecta-onboarding", "probe", "--address", "http://127.0.0.1:50051"]
+    CMD ["/usr/local/bin/billecta-onboarding", "probe"]
 
 ENTRYPOINT ["/usr/local/bin/billecta-onboarding"]

@@ -379,11 +379,20 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             }));
 
             // No secret anywhere a caller reads, except the payment configuration itself.
+            let listed = server
+                .client
+                .clone()
+                .list_onboardings(proto::ListOnboardingsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
             let read = format!(
-                "{:?} {:?} {:?}",
+                "{:?} {:?} {:?} {:?} {:?}",
                 common::get(&server, &test).await.unwrap(),
                 onboarding,
-                events(&server, &test).await
+                listed,
+                events(&server, &test).await,
+                events(&server, &name).await
             );
             for secret in SECRETS {
                 assert!(!read.contains(secret), "{secret} shown");

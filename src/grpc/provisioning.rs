@@ -22,6 +22,8 @@ const MAX_NAME: usize = 200;
 const MAX_TITLE: usize = 100;
 /// Longest reason for skipping a stage.
 const MAX_REASON: usize = 500;
+/// Most webhook events one attestation lists.
+const MAX_EVENTS: usize = 50;
 /// Longest password or username.
 const MAX_CREDENTIAL: usize = 256;
 
@@ -482,7 +484,13 @@ pub async fn record_webhook_setup(
         within(&caller, Permission::Write, &key.onboarding.tenant)?;
     }
     let target_url = violations.check(https_url("target_url", &request.target_url));
-    let events = if request.events.is_empty() {
+    let events = if request.events.len() > MAX_EVENTS {
+        violations.push(FieldViolation::new(
+            "events",
+            format!("must list at most {MAX_EVENTS} events"),
+        ));
+        None
+    } else if request.events.is_empty() {
         violations.push(FieldViolation::new(
             "events",
             "is required: the events chosen in the portal, such as InvoicePaymentReceived",

@@ -676,47 +676,50 @@ pub async fn database_pool(database: &str) -> sqlx::AnyPool {
     sqlx::AnyPool::connect(&url).await.unwrap()
 }
 
-/// Every text column of every row the service stored, and every stored byte string.
+/// Everything the service stored: on PostgreSQL a dump of every row of every table (as JSON text,
+/// byte strings raw), on SQLite the database files themselves, write-ahead log included.
 pub async fn stored_everything(database: &str) -> Vec<u8> {
-    let pool = database_pool(database).await;
     let mut everything = Vec::new();
-    for (table, columns) in [
-        ("credentials", vec!["ciphertext", "nonce"]),
-        ("events", vec!["summary", "actor", "transitions"]),
-        ("idempotency_keys", vec!["response", "request_hash"]),
-        ("stages", vec!["message", "reason"]),
-        ("onboardings", vec!["account"]),
-        ("creditors", vec!["company_settings"]),
-    ] {
-        let query = format!("SELECT {} FROM {table}", columns.join(", "));
-        let rows = sqlx::query(sqlx::AssertSqlSafe(query))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        for row in rows {
-            use sqlx::Row;
-            for column in &columns {
-                if let Ok(bytes) = row.try_get::<Vec<u8>, _>(*column) {
-                    everything.extend(bytes);
-                } else if let Ok(Some(text)) = row.try_get::<Option<String>, _>(*column) {
-                    everything.extend(text.into_bytes());
-                }
-            }
-        }
-    }
-    pool.close().await;
-    // SQLite: the files themselves too, write-ahead log included.
-    if let Some(dir) = std::path::Path::new(database)
-        .parent()
-        .filter(|_| !database.starts_with("postgres"))
-    {
+    if !database.starts_with("postgres") {
+        let dir = std::path::Path::new(database)
+            .parent()
+            .expect("a SQLite file in a folder");
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             everything.extend(std::fs::read(entry.path()).unwrap_or_default());
         }
+        return everything;
     }
+    let pool = database_pool(database).await;
+    for table in [
+        "onboardings",
+        "creditors",
+        "stages",
+        "credentials",
+        "events",
+        "idempotency_keys",
+    ] {
+        use sqlx::Row;
+        let dump = format!("SELECT CAST(row_to_json(t) AS TEXT) AS row FROM {table} t");
+        for row in sqlx::query(sqlx::AssertSqlSafe(dump))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        {
+            everything.extend(row.get::<String, _>("row").into_bytes());
+        }
+    }
+    for bytes in sqlx::query_scalar::<_, Vec<u8>>("SELECT ciphertext FROM credentials")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    {
+        everything.extend(bytes);
+    }
+    pool.close().await;
     everything
 }
 
+/// Whether `needle` occurs anywhere in `haystack`.
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
