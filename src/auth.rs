@@ -174,6 +174,10 @@ impl Callers {
                 }
                 None => None,
             };
+            anyhow::ensure!(
+                !callers.iter().any(|(_, existing)| *existing == proof),
+                "caller {name:?} has the same key or certificate as another caller"
+            );
             callers.push((
                 Caller {
                     name,
@@ -204,6 +208,13 @@ impl Callers {
                 Proof::Key(hash_key(SANDBOX_KEY)),
             )],
         }
+    }
+
+    /// Whether some caller signs in with a client certificate.
+    pub fn has_certificate_callers(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, proof)| matches!(proof, Proof::Certificate(_)))
     }
 
     /// The caller a bearer key belongs to. Every configured hash is compared, in constant time.
@@ -342,5 +353,13 @@ mod tests {
             r#"[{{"name":"x","key_sha256":"{hash}","permissions":["read"]}},{{"name":"x","key_sha256":"{hash}","permissions":["read"]}}]"#
         ))
         .contains("twice"));
+        assert!(bad(&format!(
+            r#"[{{"name":"x","key_sha256":"{hash}","permissions":["read"]}},{{"name":"y","key_sha256":"{hash}","permissions":["write"]}}]"#
+        ))
+        .contains("same key"));
+        assert!(bad(&format!(
+            r#"[{{"name":"x","key_sha256":"{hash}","certificate_sha256":"{hash}","permissions":["read"]}}]"#
+        ))
+        .contains("exactly one"));
     }
 }

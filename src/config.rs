@@ -173,7 +173,8 @@ pub struct Config {
         env = "ONBOARDING_CALLERS",
         default_value = "",
         hide_default_value = true,
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "callers_file"
     )]
     pub callers: String,
 
@@ -399,7 +400,13 @@ impl Config {
                 .map_err(|error| anyhow::anyhow!("--callers-file {}: {error}", path.display()))?,
             None => self.callers.clone(),
         };
-        if text.trim().is_empty() && self.sandbox {
+        if text.trim().is_empty() && self.sandbox && self.callers_file.is_none() {
+            // A well-known key with every permission is offered on this machine only.
+            anyhow::ensure!(
+                self.listen.ip().is_loopback(),
+                "--sandbox without --callers listens on loopback only (its development key is public); configure --callers to listen on {}",
+                self.listen
+            );
             tracing::warn!(
                 key = crate::auth::SANDBOX_KEY,
                 "sandbox: no callers configured; calls authenticate with \"authorization: Bearer {}\"",
@@ -407,7 +414,14 @@ impl Config {
             );
             return Ok(Callers::sandbox());
         }
-        Callers::parse(&text).map_err(|error| anyhow::anyhow!("--callers: {error}"))
+        let callers =
+            Callers::parse(&text).map_err(|error| anyhow::anyhow!("--callers: {error}"))?;
+        if callers.has_certificate_callers() && self.tls_client_ca.is_none() {
+            tracing::warn!(
+                "callers with certificate_sha256 are configured, but without --tls-client-ca no client certificate is asked for: they cannot sign in"
+            );
+        }
+        Ok(callers)
     }
 
     /// The server's TLS settings, read from the configured files; `None` for plaintext.
@@ -447,5 +461,28 @@ impl Config {
         config.sandbox_production_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.database = database.into();
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sandbox_offers_its_public_key_on_loopback_only() {
+        let mut config = Config::for_database("unused.sqlite3");
+        config.sandbox = true;
+        assert!(config.callers().is_ok());
+        config.listen = "0.0.0.0:50051".parse().unwrap();
+        let refused = config.callers().unwrap_err().to_string();
+        assert!(refused.contains("loopback"), "{refused}");
+        config.callers = format!(
+            r#"[{{"name": "ops", "key_sha256": "{}", "permissions": ["read"]}}]"#,
+            "a".repeat(64)
+        );
+        assert!(
+            config.callers().is_ok(),
+            "configured callers may listen anywhere"
+        );
     }
 }

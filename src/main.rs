@@ -41,13 +41,15 @@ async fn main() -> anyhow::Result<ExitCode> {
     if let Some(Command::Reencrypt) = &config.command {
         let done = reencrypt(&config).await?;
         println!(
-            "re-encrypted {} secret(s) under key {:?}; {} written meanwhile and left; {} unreadable",
+            "re-encrypted {} secret(s) under key {:?}; {} written meanwhile and left; {} unreadable; {} still under an older key",
             done.reencrypted,
             config.keyring()?.active_key_id(),
             done.skipped,
-            done.unreadable
+            done.unreadable,
+            done.remaining
         );
-        return Ok(if done.unreadable == 0 {
+        // Only a clean pass means the old key can go.
+        return Ok(if done.remaining == 0 {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -17,6 +17,9 @@ pub struct Reencrypted {
     /// Secrets that could not be decrypted with any configured key (named in the log by where they
     /// are, never by content); they stay as they are.
     pub unreadable: usize,
+    /// Secrets still under another key after the pass (written meanwhile by a replica that had not
+    /// yet made the new key active, or unreadable): the old key must not be retired yet.
+    pub remaining: usize,
 }
 
 /// Re-encrypts every secret that is not under the keyring's active key.
@@ -54,8 +57,13 @@ pub async fn reencrypt(store: &Store, keyring: &Keyring) -> anyhow::Result<Reenc
             done.skipped += 1;
         }
     }
+    done.remaining = store
+        .credentials_to_reencrypt(keyring.active_key_id())
+        .await?
+        .len();
     tracing::info!(
         reencrypted = done.reencrypted,
+        remaining = done.remaining,
         skipped = done.skipped,
         unreadable = done.unreadable,
         active_key = keyring.active_key_id(),

@@ -337,7 +337,43 @@ async fn every_rpc_refuses_callers_without_the_right_credential_and_changes_noth
             .expect("the writer recorded the agreement");
         assert_eq!(agreement.actor, "writer");
 
-        // A caller limited to other tenants lists none of gp's onboardings.
+        // ListOnboardings: refused without a key or the read permission...
+        let nobody = Caller::new(channel, Bearer::none())
+            .onboarding
+            .list_onboardings(proto::ListOnboardingsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(nobody.code(), Code::Unauthenticated);
+        let no_read = caller(PAYMENTS)
+            .onboarding
+            .list_onboardings(proto::ListOnboardingsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(no_read.code(), Code::PermissionDenied);
+
+        // A request_id's first result is replayed to the caller that made it, and no one else.
+        let agreement_once = proto::RecordAgreementRequest {
+            request_id: "agreement-1".into(),
+            ..agreement_request(TEST)
+        };
+        caller(WRITER)
+            .onboarding
+            .record_agreement(agreement_once.clone())
+            .await
+            .unwrap();
+        caller(WRITER)
+            .onboarding
+            .record_agreement(agreement_once.clone())
+            .await
+            .unwrap();
+        let other = caller(SANDBOX_KEY)
+            .onboarding
+            .record_agreement(agreement_once)
+            .await
+            .unwrap_err();
+        assert_eq!(common::reason(&other), "REQUEST_ID_REUSED");
+
+        // ...and a caller limited to other tenants lists none of gp's onboardings.
         let listed = caller(OTHER_TENANT)
             .onboarding
             .list_onboardings(proto::ListOnboardingsRequest::default())

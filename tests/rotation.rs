@@ -88,7 +88,8 @@ async fn a_key_is_rotated_and_retired_while_the_service_serves() {
             Reencrypted {
                 reencrypted: 2,
                 skipped: 0,
-                unreadable: 0
+                unreadable: 0,
+                remaining: 0,
             }
         );
         assert_eq!(key_ids(&server.database).await, ["2026-11", "2026-11"]);
@@ -140,6 +141,7 @@ async fn a_tampered_ciphertext_fails_loudly_and_nothing_else_is_touched() {
         let store = store(&server.database).await;
         let done = reencrypt(&store, &keyring).await.unwrap();
         assert_eq!((done.reencrypted, done.unreadable), (1, 1));
+        assert_eq!(done.remaining, 1, "the old key cannot be retired yet");
         let after = rows(pool.clone()).await;
         assert_eq!(
             after[1], before[1],

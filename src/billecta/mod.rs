@@ -853,10 +853,9 @@ impl BillectaClient {
         if (200..300).contains(&answer.status) {
             return Ok(answer);
         }
-        let (message, external_error_code) = describe_error_body(answer.status, &answer.body);
-        let message = truncate(&message, MESSAGE_CHARS);
-        let mut failed = error(Failure::Status(answer.status), scrubber.scrub(&message));
-        failed.external_error_code = external_error_code.map(|code| scrubber.scrub(&code));
+        let (message, external_error_code) = error_text(scrubber, answer.status, &answer.body);
+        let mut failed = error(Failure::Status(answer.status), message);
+        failed.external_error_code = external_error_code;
         failed.retry_after = answer.retry_after;
         Err(failed)
     }
@@ -937,10 +936,26 @@ impl Scrubber {
                 .iter()
                 .map(|secret| secret.expose().to_owned()),
         );
+        // Also as Billecta may write them back: escaped inside JSON strings or HTML.
+        let escaped: Vec<String> = raw
+            .iter()
+            .flat_map(|secret| {
+                let json = serde_json::to_string(secret).unwrap_or_default();
+                let html = secret
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+                    .replace('\'', "&#39;");
+                [json.trim_matches('"').to_owned(), html]
+            })
+            .collect();
+        raw.extend(escaped);
         let mut secrets: Vec<String> = raw
             .into_iter()
             .filter(|secret| !secret.is_empty())
             .collect();
+        secrets.dedup();
         // Longest first, so that a secret containing another is removed whole.
         secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
         Scrubber { secrets }
@@ -953,6 +968,15 @@ impl Scrubber {
                 scrubbed.replace(secret, "[redacted]")
             })
     }
+}
+
+/// What a failed answer tells the caller: Billecta's text with the call's secrets removed — before
+/// anything shortens or reflows it, since a secret cut in half or with its whitespace collapsed would
+/// no longer be recognised — and then cut to a length a gRPC status carries.
+fn error_text(scrubber: &Scrubber, status: u16, body: &[u8]) -> (String, Option<String>) {
+    let scrubbed = scrubber.scrub(&String::from_utf8_lossy(body));
+    let (message, external_error_code) = describe_error_body(status, scrubbed.as_bytes());
+    (truncate(&message, MESSAGE_CHARS), external_error_code)
 }
 
 /// Billecta's error body: `{"Message": …, "ExternalErrorCode": …}`, or failing that a readable excerpt
@@ -1125,6 +1149,28 @@ mod tests {
         assert!(
             describe_error_body(500, long.as_bytes()).0.chars().count() <= BODY_EXCERPT_CHARS + 1
         );
+    }
+
+    #[test]
+    fn secrets_are_removed_before_the_text_is_reflowed_or_cut() {
+        let password = Secret::new("two  spaces<b>x\"y");
+        let scrubber = Scrubber::new(
+            Credentials::Basic {
+                username: "api@tidningen.se",
+                password: &password,
+            },
+            &[],
+        );
+        let padding = "p".repeat(190);
+        let html = format!(
+            "<html><body>{padding} bad password two  spaces&lt;b&gt;x&quot;y and two  spaces<b>x\"y</body></html>"
+        );
+        let (message, _) = error_text(&scrubber, 500, html.as_bytes());
+        assert!(!message.contains("spaces"), "{message}");
+        let json = serde_json::json!({"Message": format!("bad password {}", password.expose())})
+            .to_string();
+        let (message, _) = error_text(&scrubber, 400, json.as_bytes());
+        assert_eq!(message, "bad password [redacted]");
     }
 
     #[test]

@@ -165,9 +165,11 @@ mutating_request!(proto::RecordWebhookSetupRequest, secrets: [authorization]);
 mutating_request!(without etag: proto::PromoteToProductionRequest);
 
 /// The shared conventions of a mutating request: its request_id (checked), the fingerprint that tells
-/// a retry from a reused id, the etag and validate_only.
+/// a retry from a reused id, the etag and validate_only. The caller is part of the fingerprint: the
+/// first result of a request_id is only ever replayed to the caller that made it.
 fn mutation<R: MutatingRequest>(
     violations: &mut Violations,
+    caller: &Caller,
     method: &'static str,
     request: &R,
 ) -> Option<Mutation> {
@@ -175,7 +177,13 @@ fn mutation<R: MutatingRequest>(
         "request_id",
         request.request_id(),
     ))?;
-    let request_hash = hex::encode(Sha256::digest(request.fingerprinted().encode_to_vec()));
+    let request_hash = hex::encode(
+        Sha256::new()
+            .chain_update(caller.name.as_bytes())
+            .chain_update([0])
+            .chain_update(request.fingerprinted().encode_to_vec())
+            .finalize(),
+    );
     let etag = request.etag();
     Some(Mutation {
         method,
@@ -227,7 +235,7 @@ impl OnboardingService for OnboardingApi {
             "environment",
             request.environment,
         ));
-        let mutation = mutation(&mut violations, "CreateOnboarding", &request);
+        let mutation = mutation(&mut violations, &caller, "CreateOnboarding", &request);
         violations.finish().map_err(Error::from)?;
         let key = OnboardingKey::new(checked(tenant), checked(environment));
         let record = self
@@ -359,7 +367,7 @@ impl OnboardingService for OnboardingApi {
             &request.reference,
             MAX_TEXT,
         ));
-        let mutation = mutation(&mut violations, "RecordAgreement", &request);
+        let mutation = mutation(&mut violations, &caller, "RecordAgreement", &request);
         violations.finish().map_err(Error::from)?;
         let record = self
             .operations
@@ -407,7 +415,7 @@ impl OnboardingService for OnboardingApi {
             MAX_TEXT,
         ));
         let email = violations.check(validate::Email::parse("account.email", &account.email));
-        let mutation = mutation(&mut violations, "RegisterAccount", &request);
+        let mutation = mutation(&mut violations, &caller, "RegisterAccount", &request);
         violations.finish().map_err(Error::from)?;
         let record = self
             .operations

@@ -73,7 +73,12 @@ pub async fn confirm_account_activation(
         MAX_CREDENTIAL,
     ));
     let password = violations.check(secret("password", &request.password));
-    let mutation = mutation(&mut violations, "ConfirmAccountActivation", &request);
+    let mutation = mutation(
+        &mut violations,
+        &caller,
+        "ConfirmAccountActivation",
+        &request,
+    );
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, username, password) = (
@@ -120,7 +125,7 @@ pub async fn create_creditor(
     } else {
         violations.check(validate::required_text("title", &request.title, MAX_TITLE))
     };
-    let mutation = mutation(&mut violations, "CreateCreditor", &request);
+    let mutation = mutation(&mut violations, &caller, "CreateCreditor", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation) = (checked(key), checked(mutation));
@@ -170,7 +175,7 @@ pub async fn update_company_settings(
         Some(given) => company_settings(&mut violations, given).map(Some),
         None => Some(None),
     };
-    let mutation = mutation(&mut violations, "UpdateCompanySettings", &request);
+    let mutation = mutation(&mut violations, &caller, "UpdateCompanySettings", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, settings) = (checked(key), checked(mutation), checked(settings));
@@ -245,7 +250,7 @@ pub async fn update_invoice_settings(
         Some(given) => invoice_settings(&mut violations, given).map(Some),
         None => Some(None),
     };
-    let mutation = mutation(&mut violations, "UpdateInvoiceSettings", &request);
+    let mutation = mutation(&mut violations, &caller, "UpdateInvoiceSettings", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, settings) = (checked(key), checked(mutation), checked(settings));
@@ -367,7 +372,7 @@ pub async fn skip_stage(
         &request.reason,
         MAX_REASON,
     ));
-    let mutation = mutation(&mut violations, "SkipStage", &request);
+    let mutation = mutation(&mut violations, &caller, "SkipStage", &request);
     violations.finish().map_err(Error::from)?;
     let record = operations
         .skip_stage(
@@ -439,7 +444,7 @@ pub async fn register_api_credentials(
             None
         }
     };
-    let mutation = mutation(&mut violations, "RegisterApiCredentials", &request);
+    let mutation = mutation(&mut violations, &caller, "RegisterApiCredentials", &request);
     violations.finish().map_err(Error::from)?;
     let operations = operations.clone();
     let (key, mutation, credentials) = (checked(key), checked(mutation), checked(credentials));
@@ -516,7 +521,7 @@ pub async fn record_webhook_setup(
         &request.attested_by,
         MAX_NAME,
     ));
-    let mutation = mutation(&mut violations, "RecordWebhookSetup", &request);
+    let mutation = mutation(&mut violations, &caller, "RecordWebhookSetup", &request);
     violations.finish().map_err(Error::from)?;
     let webhooks = Webhooks {
         target_url: checked(target_url),
@@ -583,7 +588,7 @@ pub async fn promote_to_production(
             None
         }
     };
-    let mutation = mutation(&mut violations, "PromoteToProduction", &request);
+    let mutation = mutation(&mut violations, &caller, "PromoteToProduction", &request);
     violations.finish().map_err(Error::from)?;
     let record = operations
         .promote_to_production(&call, &checked(key), &checked(mutation))
