@@ -18,6 +18,7 @@ use crate::operations::{Operations, StageTiming};
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingServiceServer;
 use crate::proto::payment_configuration_service_server::PaymentConfigurationServiceServer;
+use crate::reconciler::{self, ReconcilerSettings};
 use crate::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::storage::{Store, StoreOptions};
 use anyhow::Context;
@@ -200,7 +201,7 @@ impl Application {
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
         let api = OnboardingApi::new(
-            operations,
+            operations.clone(),
             shutdown.clone(),
             Duration::from_millis(config.watch_poll_interval_ms),
         );
@@ -208,6 +209,17 @@ impl Application {
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
 
+        let reconciler = (config.reconcile_interval_ms > 0).then(|| {
+            tokio::spawn(reconciler::run(
+                operations.clone(),
+                ReconcilerSettings {
+                    interval: Duration::from_millis(config.reconcile_interval_ms),
+                    revalidate_every: (config.revalidate_interval_ms > 0)
+                        .then(|| Duration::from_millis(config.revalidate_interval_ms)),
+                },
+                shutdown.clone(),
+            ))
+        });
         let health_task = tokio::spawn(watch_database(
             health.clone(),
             store.clone(),
@@ -261,6 +273,9 @@ impl Application {
             }
         }
         health_task.abort();
+        if let Some(reconciler) = reconciler {
+            reconciler.abort();
+        }
         store.close().await;
         if let Some(sandbox) = sandbox {
             sandbox.stop().await;

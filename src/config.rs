@@ -159,6 +159,24 @@ pub struct Config {
     #[arg(long, env = "ONBOARDING_ENCRYPTION_ACTIVE_KEY", default_value = "")]
     pub encryption_active_key: String,
 
+    /// How often the reconciler carries on with stages waiting on the system (a transient Billecta
+    /// failure, an interrupted call); 0 turns it off.
+    #[arg(
+        long,
+        env = "ONBOARDING_RECONCILE_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub reconcile_interval_ms: u64,
+
+    /// How often the live setup of READY (and BROKEN) onboardings is re-checked in Billecta; 0 turns
+    /// the scheduled validation off.
+    #[arg(
+        long,
+        env = "ONBOARDING_REVALIDATE_INTERVAL_MS",
+        default_value_t = 3_600_000
+    )]
+    pub revalidate_interval_ms: u64,
+
     /// How long one call may work on a stage with Billecta before another call may take the stage
     /// over (its holder is presumed crashed). Longer than a Billecta call with all its retries.
     #[arg(long, env = "ONBOARDING_STAGE_LEASE_MS", default_value_t = 120_000)]

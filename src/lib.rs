@@ -11,6 +11,7 @@
 //! - [`auth`] — callers, their API keys, permissions and tenants.
 //! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
 //! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
+//! - [`reconciler`] — the background worker: resumes waiting stages, re-checks live setups.
 //! - [`rotation`] — re-encrypting stored secrets under the active key, to retire an old one.
 //! - [`secret`] — a value that cannot be printed by accident.
 //! - [`crypto`] — encryption of stored secrets: AES-256-GCM, key ids, rotation.
@@ -26,6 +27,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod operations;
+pub mod reconciler;
 pub mod rotation;
 pub mod secret;
 pub mod simulator;

@@ -8,10 +8,12 @@
 
 mod access;
 mod provisioning;
+mod reconcile;
 mod validation;
 
 pub use access::{ApiCredentials, PaymentConfiguration};
 pub use provisioning::NewCreditor;
+pub use reconcile::RECONCILER;
 pub use validation::{Check, CheckResult};
 
 use crate::billecta::Billecta;

@@ -56,6 +56,16 @@ pub struct ListFilter {
     pub tenants: Option<std::collections::BTreeSet<String>>,
 }
 
+/// A stage the reconciler resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingStage {
+    pub tenant: String,
+    pub environment: Environment,
+    pub stage: crate::domain::Stage,
+    /// The creditor's resource id, for creditor stages.
+    pub creditor: Option<String>,
+}
+
 /// A stored secret as re-encryption sees it.
 #[derive(Debug, Clone)]
 pub struct StoredSecret {
@@ -217,6 +227,39 @@ impl Store {
     }
 
     /// Up to `limit` events of an onboarding with a sequence number above `after`, oldest first.
+    /// Stages the service itself must carry on with: waiting on the system after a transient failure,
+    /// or claimed by a call that stopped (its lease ran out), untouched since `quiet_since`.
+    pub async fn stages_to_resume(
+        &self,
+        now: i64,
+        quiet_since: i64,
+        limit: i64,
+    ) -> Result<Vec<PendingStage>> {
+        let found = sqlx::query(rows::SELECT_STAGES_TO_RESUME)
+            .bind(now)
+            .bind(quiet_since)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        found
+            .iter()
+            .filter_map(|row| {
+                let stage: String = row.try_get("stage").ok()?;
+                let environment: String = row.try_get("environment").ok()?;
+                Some(Ok(PendingStage {
+                    tenant: row.try_get("tenant").ok()?,
+                    environment: Environment::parse(&environment)?,
+                    stage: crate::domain::Stage::parse(&stage)?,
+                    creditor: row
+                        .try_get::<String, _>("creditor")
+                        .ok()
+                        .filter(|c| !c.is_empty()),
+                }))
+            })
+            .collect()
+    }
+
     /// Every stored secret not encrypted with `active_key_id`, with what its decryption needs.
     pub async fn credentials_to_reencrypt(&self, active_key_id: &str) -> Result<Vec<StoredSecret>> {
         let found = sqlx::query(rows::SELECT_CREDENTIALS_TO_REENCRYPT)

@@ -56,6 +56,12 @@ pub const SELECT_CREDENTIALS: &str = "SELECT creditor_id, field, fingerprint, pr
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor_id, field";
 pub const SELECT_SEALED: &str = "SELECT key_id, nonce, ciphertext FROM credentials \
      WHERE onboarding_id = $1 AND tenant = $2 AND creditor_id = $3 AND field = $4";
+pub const SELECT_STAGES_TO_RESUME: &str = "SELECT o.tenant, o.environment, s.stage, COALESCE(c.creditor, '') AS creditor FROM stages s \
+     JOIN onboardings o ON o.id = s.onboarding_id AND o.tenant = s.tenant \
+     LEFT JOIN creditors c ON c.id = s.creditor_id AND c.tenant = s.tenant \
+     WHERE s.state = 'IN_PROGRESS' AND (s.blocked_on = 'SYSTEM_RETRYING' OR s.lease_expire_time IS NOT NULL) \
+     AND (s.lease_expire_time IS NULL OR s.lease_expire_time <= $1) AND COALESCE(s.update_time, 0) <= $2 \
+     ORDER BY s.update_time LIMIT $3";
 pub const SELECT_CREDENTIALS_TO_REENCRYPT: &str = "SELECT c.onboarding_id, c.creditor_id, c.field, c.tenant, o.environment, c.key_id, c.nonce, c.ciphertext \
      FROM credentials c JOIN onboardings o ON o.id = c.onboarding_id AND o.tenant = c.tenant \
      WHERE c.key_id <> $1 ORDER BY c.tenant, c.onboarding_id, c.creditor_id, c.field";

@@ -94,6 +94,8 @@ impl TestServer {
         config.billecta_backoff_max_ms = 50;
         config.watch_poll_interval_ms = 200;
         config.health_check_interval_ms = 100;
+        // Tests that want the background worker turn it on.
+        config.reconcile_interval_ms = 0;
         adjust(&mut config);
         let application = Application::build(config).await.expect("server builds");
         let address = application.local_addr();

@@ -1,0 +1,150 @@
+//! What the reconciler does through the same operations a caller would use: carry on with stages left
+//! waiting on the system (a transient Billecta failure, a call that stopped midway), and re-check the
+//! live setup of onboardings on a schedule. Each is recorded like a call, with `reconciler` as actor.
+
+use super::provisioning::NewCreditor;
+use super::{CallContext, Mutation, Operations};
+use crate::billecta::{BreakerState, Deadline};
+use crate::domain::swedish::OrganisationNumber;
+use crate::domain::validate::{CreditorKey, OnboardingKey, TenantId};
+use crate::domain::{CredentialField, Stage, now_micros};
+use crate::error::{Error, Result};
+use crate::storage::PendingStage;
+use std::time::Duration;
+
+/// The actor the reconciler's work is recorded under.
+pub const RECONCILER: &str = "reconciler";
+
+/// How long one resumed step may take with Billecta.
+const STEP_DEADLINE: Duration = Duration::from_secs(60);
+
+fn call() -> CallContext {
+    CallContext {
+        actor: RECONCILER.to_owned(),
+        correlation_id: uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+/// A resumed step is recorded under the RPC whose work it carries on.
+fn mutation(method: &'static str) -> Mutation {
+    Mutation {
+        method,
+        request_id: None,
+        request_hash: String::new(),
+        etag: None,
+        validate_only: false,
+    }
+}
+
+impl Operations {
+    /// One pass over stages waiting on the system and quiet for at least `quiet_for`: each is carried
+    /// on, at most `limit` of them. Environments whose Billecta is paused by the breaker are left for
+    /// later. Returns how many were carried on successfully.
+    pub async fn resume_pending(&self, quiet_for: Duration, limit: i64) -> Result<usize> {
+        let now = now_micros();
+        let quiet_since = now - i64::try_from(quiet_for.as_micros()).unwrap_or(i64::MAX);
+        let mut resumed = 0;
+        for pending in self.store.stages_to_resume(now, quiet_since, limit).await? {
+            if self.billecta.client(pending.environment).breaker_state() == BreakerState::Open {
+                continue;
+            }
+            match self.resume(&pending).await {
+                Ok(true) => resumed += 1,
+                Ok(false) => {}
+                Err(error) => tracing::info!(
+                    tenant = %pending.tenant,
+                    environment = %pending.environment,
+                    stage = %pending.stage,
+                    error = %error,
+                    "resumed stage did not complete yet"
+                ),
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Carries on with one stage; `false` when it cannot be resumed without a caller.
+    async fn resume(&self, pending: &PendingStage) -> Result<bool> {
+        let tenant = TenantId::parse("tenant", &pending.tenant).map_err(Error::from)?;
+        let key = OnboardingKey::new(tenant, pending.environment);
+        let deadline = Deadline::after(STEP_DEADLINE);
+        let creditor_key = pending.creditor.as_ref().map(|creditor| CreditorKey {
+            onboarding: key.clone(),
+            creditor: creditor.clone(),
+        });
+        match (pending.stage, creditor_key) {
+            (Stage::Account, _) => {
+                let record = self.get_onboarding(&key).await?;
+                let username = record
+                    .credentials
+                    .iter()
+                    .find(|c| c.scope.is_empty() && c.field == CredentialField::AccountPassword)
+                    .and_then(|c| c.principal.clone());
+                let Some(username) = username else {
+                    return Ok(false);
+                };
+                let password = self
+                    .secret(&record, "", CredentialField::AccountPassword)
+                    .await?;
+                self.confirm_account_activation(
+                    &call(),
+                    &key,
+                    &mutation("ConfirmAccountActivation"),
+                    username,
+                    password,
+                    deadline,
+                )
+                .await?;
+            }
+            (Stage::Creditor, Some(creditor_key)) => {
+                let record = self.get_onboarding(&key).await?;
+                let name = creditor_key.name();
+                let Some(creditor) = record.creditors.iter().find(|c| c.name == name) else {
+                    return Ok(false);
+                };
+                let new = NewCreditor {
+                    organisation_number: OrganisationNumber::parse(
+                        "organisation_number",
+                        &creditor.organisation_number,
+                    )
+                    .map_err(Error::from)?,
+                    company_name: creditor.company_name.clone(),
+                    title: creditor.title.clone(),
+                };
+                self.create_creditor(&call(), &key, &mutation("CreateCreditor"), new)
+                    .await?;
+            }
+            (Stage::CompanySettings, Some(creditor_key)) => {
+                self.update_company_settings(
+                    &call(),
+                    &creditor_key,
+                    &mutation("UpdateCompanySettings"),
+                    None,
+                    deadline,
+                )
+                .await?;
+            }
+            (Stage::InvoiceSettings, Some(creditor_key)) => {
+                self.update_invoice_settings(
+                    &call(),
+                    &creditor_key,
+                    &mutation("UpdateInvoiceSettings"),
+                    None,
+                    deadline,
+                )
+                .await?;
+            }
+            // API credentials are kept only once verified: a failed registration must be repeated
+            // by its caller.
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The scheduled live check of one onboarding, recorded with `reconciler` as actor.
+    pub async fn revalidate(&self, key: &OnboardingKey) -> Result<()> {
+        self.validate_onboarding(&call(), key, Deadline::after(STEP_DEADLINE))
+            .await
+            .map(drop)
+    }
+}
