@@ -138,6 +138,12 @@ pub struct StageRecord {
     /// Held while a call works on the stage with Billecta; never shown to callers.
     #[serde(default)]
     pub lease: Option<Lease>,
+    /// Transient failures in a row; the reconciler backs off by it. Reset by every other change.
+    #[serde(default)]
+    pub attempts: i64,
+    /// When the reconciler may try the stage again.
+    #[serde(default)]
+    pub next_attempt_time: Option<Micros>,
 }
 
 /// A creditor of the environment and its stages.
@@ -238,6 +244,8 @@ impl StageRecord {
             message: message.to_owned(),
             update_time: None,
             lease: None,
+            attempts: 0,
+            next_attempt_time: None,
         }
     }
 
@@ -257,6 +265,8 @@ impl StageRecord {
         self.reason = reason.to_owned();
         self.message = message.to_owned();
         self.update_time = Some(now);
+        self.attempts = 0;
+        self.next_attempt_time = None;
     }
 }
 
@@ -516,6 +526,39 @@ mod tests {
         record.refresh();
         assert_eq!(record.state, OnboardingState::ActionRequired);
         assert_eq!(record.next_due()[0].item, stages::CREDITOR_CREATE);
+    }
+
+    #[test]
+    fn transient_failures_back_off_exponentially_up_to_a_cap_and_success_resets_them() {
+        use crate::billecta::{BillectaError, Failure};
+        let error = BillectaError {
+            environment: Environment::Test,
+            endpoint: "POST /v1/creditors/creditor",
+            failure: Failure::Status(503),
+            message: String::new(),
+            external_error_code: None,
+            retry_after: None,
+            attempts: 1,
+            outcome_unknown: false,
+        };
+        let mut stage = StageRecord::waiting(Stage::Creditor, BlockedOn::Nobody, vec![], "X", "");
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            stages::billecta_failed(&mut stage, &error, 0);
+            waits.push(stage.next_attempt_time.unwrap() / 1_000_000);
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 600, 600, 600]);
+        assert_eq!(stage.attempts, 10);
+        assert_eq!(stage.blocked_on, BlockedOn::SystemRetrying);
+        stage.set(
+            StageState::Completed,
+            BlockedOn::Nobody,
+            vec![],
+            "DONE",
+            "",
+            1,
+        );
+        assert_eq!((stage.attempts, stage.next_attempt_time), (0, None));
     }
 
     #[test]

@@ -571,9 +571,22 @@ pub fn billecta_failed(stage: &mut StageRecord, error: &BillectaError, now: Micr
             format!("Billecta answered unexpectedly: {error}"),
         ),
     };
+    let attempts = stage.attempts;
     stage.set(state, blocked_on, Vec::new(), reason, &message, now);
     stage.lease = None;
+    if error.is_transient() {
+        // Capped exponential backoff for the reconciler: 5 s, 10 s, 20 s, ... at most 10 minutes.
+        stage.attempts = attempts + 1;
+        let exponent = u32::try_from(attempts.clamp(0, 7)).unwrap_or(7);
+        let wait = (RETRY_BASE_MICROS << exponent).min(RETRY_CAP_MICROS);
+        stage.next_attempt_time = Some(now.saturating_add(wait));
+    }
 }
+
+/// The first wait before the reconciler retries a stage after a transient failure.
+const RETRY_BASE_MICROS: i64 = 5_000_000;
+/// The longest wait between two retries of a stage.
+const RETRY_CAP_MICROS: i64 = 600_000_000;
 
 /// A creditor's stage.
 pub fn creditor_stage(creditor: &mut CreditorRecord, stage: Stage) -> &mut StageRecord {

@@ -670,6 +670,8 @@ impl WriteTx {
             .bind(stage.update_time)
             .bind(stage.lease.as_ref().map(|lease| lease.owner.clone()))
             .bind(stage.lease.as_ref().map(|lease| lease.expire_time))
+            .bind(stage.attempts)
+            .bind(stage.next_attempt_time)
             .execute(&mut *self.tx)
             .await
             .map_err(db_error)?;

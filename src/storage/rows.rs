@@ -37,13 +37,14 @@ pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, enviro
 pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7 \
      WHERE id = $8 AND tenant = $9 AND version = $10";
 
-pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time FROM stages \
+pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time, attempts, next_attempt_time FROM stages \
      WHERE onboarding_id = $1 AND tenant = $2";
-pub const UPSERT_STAGE: &str = "INSERT INTO stages (onboarding_id, creditor_id, stage, tenant, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+pub const UPSERT_STAGE: &str = "INSERT INTO stages (onboarding_id, creditor_id, stage, tenant, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time, attempts, next_attempt_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT (onboarding_id, creditor_id, stage) DO UPDATE SET state = excluded.state, blocked_on = excluded.blocked_on, \
      due = excluded.due, reason = excluded.reason, message = excluded.message, update_time = excluded.update_time, \
-     lease_owner = excluded.lease_owner, lease_expire_time = excluded.lease_expire_time";
+     lease_owner = excluded.lease_owner, lease_expire_time = excluded.lease_expire_time, \
+     attempts = excluded.attempts, next_attempt_time = excluded.next_attempt_time";
 
 pub const SELECT_CREDITORS: &str = "SELECT id, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings, api_access, webhooks FROM creditors \
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor";
@@ -61,6 +62,7 @@ pub const SELECT_STAGES_TO_RESUME: &str = "SELECT o.tenant, o.environment, s.sta
      LEFT JOIN creditors c ON c.id = s.creditor_id AND c.tenant = s.tenant \
      WHERE s.state = 'IN_PROGRESS' AND (s.blocked_on = 'SYSTEM_RETRYING' OR s.lease_expire_time IS NOT NULL) \
      AND (s.lease_expire_time IS NULL OR s.lease_expire_time <= $1) AND COALESCE(s.update_time, 0) <= $2 \
+     AND (s.next_attempt_time IS NULL OR s.next_attempt_time <= $1) \
      ORDER BY s.update_time LIMIT $3";
 pub const SELECT_CREDENTIALS_TO_REENCRYPT: &str = "SELECT c.onboarding_id, c.creditor_id, c.field, c.tenant, o.environment, c.key_id, c.nonce, c.ciphertext \
      FROM credentials c JOIN onboardings o ON o.id = c.onboarding_id AND o.tenant = c.tenant \
@@ -155,6 +157,8 @@ pub fn stage(row: &AnyRow) -> Result<(String, StageRecord)> {
             }),
             None => None,
         },
+        attempts: get(row, "attempts")?,
+        next_attempt_time: get(row, "next_attempt_time")?,
     };
     Ok((get(row, "creditor_id")?, record))
 }
