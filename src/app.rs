@@ -294,8 +294,11 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not,
-/// and NOT_SERVING for good once draining starts.
+/// How often the database is checked while it cannot be reached.
+const UNREACHABLE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not
+/// (and calls are refused at once meanwhile), and NOT_SERVING for good once draining starts.
 async fn watch_database(
     health: HealthReporter,
     store: Store,
@@ -305,14 +308,22 @@ async fn watch_database(
 ) {
     let mut last = initial;
     loop {
+        // While the database is away, look again soon, so that calls are let through again
+        // within moments of its return.
+        let wait = if last == ServingStatus::Serving {
+            interval
+        } else {
+            interval.min(UNREACHABLE_CHECK_INTERVAL)
+        };
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
         let status = database_status(&store, interval).await;
         if shutdown.is_cancelled() {
             return;
         }
+        store.set_reachable(status == ServingStatus::Serving);
         if last != status {
             report(&health, status).await;
             last = status;

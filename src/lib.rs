@@ -12,6 +12,7 @@
 //! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
 //! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
 //! - [`reconciler`] — the background worker: resumes waiting stages, re-checks live setups.
+//! - [`drill`] — reliability drills: many tenants through real processes, with faults and kills.
 //! - [`rotation`] — re-encrypting stored secrets under the active key, to retire an old one.
 //! - [`secret`] — a value that cannot be printed by accident.
 //! - [`crypto`] — encryption of stored secrets: AES-256-GCM, key ids, rotation.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod crypto;
 pub mod desired;
 pub mod domain;
+pub mod drill;
 pub mod error;
 pub mod grpc;
 pub mod operations;

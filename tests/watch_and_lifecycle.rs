@@ -211,3 +211,28 @@ async fn shutdown_ends_watch_streams_and_stops_within_the_grace_period() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_watch_on_one_replica_sees_changes_made_through_another() {
+    for_each_backend(|server| async move {
+        let created = create(&server, "gp", Environment::Test).await;
+        let mut stream = watch(&server, &created.name, "").await.unwrap();
+        next(&mut stream).await;
+
+        let replica = server.replica().await;
+        replica
+            .client
+            .clone()
+            .record_agreement(agreement_request(&created.name))
+            .await
+            .expect("the other replica records the agreement");
+        let change = next(&mut stream).await;
+        assert_eq!(event_name(&change), format!("{}/events/2", created.name));
+        assert_eq!(change.event.as_ref().unwrap().method, "RecordAgreement");
+        assert_eq!(
+            change.onboarding.as_ref().unwrap().stages[0].state,
+            proto::StageState::Completed as i32
+        );
+    })
+    .await;
+}

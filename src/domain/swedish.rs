@@ -24,6 +24,18 @@ fn luhn_valid(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
+/// The digit that, appended to `digits`, makes them pass the Luhn rule: how organisation and
+/// bankgiro numbers get their last digit.
+pub fn luhn_check_digit(digits: &[u8]) -> u8 {
+    (0..10)
+        .find(|candidate| {
+            let mut all = digits.to_vec();
+            all.push(*candidate);
+            luhn_valid(&all)
+        })
+        .expect("one of ten digits completes any Luhn sum")
+}
+
 /// The digits of `text` when it holds only digits and the separators in `separators`.
 fn digits_of(text: &str, separators: &[char]) -> Option<Vec<u8>> {
     let mut digits = Vec::with_capacity(text.len());
@@ -271,6 +283,19 @@ mod tests {
         let bankgiro = Bankgiro::parse("bg", "5050-1055").unwrap();
         assert!(bankgiro.matches("50501055") && bankgiro.matches("5050-1055"));
         assert!(!bankgiro.matches("5402-9681"));
+    }
+
+    #[test]
+    fn check_digits_complete_valid_numbers() {
+        let digit = luhn_check_digit(&[5, 5, 6, 0, 3, 6, 0, 7, 9]);
+        assert_eq!(digit, 3, "556036-0793 is a real organisation number");
+        for prefix in [[5, 0, 5, 0, 1, 0, 5], [5, 4, 0, 2, 9, 6, 8]] {
+            let mut digits = prefix.to_vec();
+            digits.push(luhn_check_digit(&prefix));
+            assert!(luhn_valid(&digits));
+            digits[7] = (digits[7] + 1) % 10;
+            assert!(!luhn_valid(&digits));
+        }
     }
 
     #[test]

@@ -94,8 +94,8 @@ async fn public_layer(State(shared): State<Arc<Shared>>, request: Request, next:
         |path| path.as_str().to_owned(),
     );
     let route = format!("{method} {template}");
-    shared.store().count(&route);
     let decision = shared.faults().decide(&route);
+    shared.store().count(&route, decision.answer.is_some());
     // Like the web server Billecta runs on, a request that started is finished even when the client
     // hangs up (a create whose client timed out still creates), so the work runs in a task of its
     // own that the connection's end does not cancel.

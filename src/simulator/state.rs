@@ -227,6 +227,9 @@ pub struct SimulatorState {
     /// Public API requests per route template (`"POST /v1/creditors/creditor"`), including those a
     /// fault answered.
     pub request_counts: BTreeMap<String, u64>,
+    /// Of those, the requests an injected fault (a status, 429, hang or reset; not added latency)
+    /// answered instead of the endpoint.
+    pub faulted_counts: BTreeMap<String, u64>,
     pub faults: FaultsState,
 }
 
@@ -532,6 +535,7 @@ pub(crate) struct Store {
     users: Vec<User>,
     creditors: Vec<Creditor>,
     request_counts: BTreeMap<String, u64>,
+    faulted_counts: BTreeMap<String, u64>,
 }
 
 impl Store {
@@ -543,6 +547,7 @@ impl Store {
             users: Vec::new(),
             creditors: Vec::new(),
             request_counts: BTreeMap::new(),
+            faulted_counts: BTreeMap::new(),
         }
     }
 
@@ -551,8 +556,13 @@ impl Store {
         *self = Self::new(self.environment, self.token_lifetime);
     }
 
-    pub(crate) fn count(&mut self, route: &str) {
+    /// Counts a request to `route`; `faulted` when an injected fault answers it instead of the
+    /// endpoint.
+    pub(crate) fn count(&mut self, route: &str, faulted: bool) {
         *self.request_counts.entry(route.to_owned()).or_default() += 1;
+        if faulted {
+            *self.faulted_counts.entry(route.to_owned()).or_default() += 1;
+        }
     }
 
     pub(crate) fn request_count(&self, route: &str) -> u64 {
@@ -1204,6 +1214,7 @@ impl Store {
                 .collect(),
             creditors_per_org_no,
             request_counts: self.request_counts.clone(),
+            faulted_counts: self.faulted_counts.clone(),
             faults,
         }
     }

@@ -19,6 +19,8 @@ use crate::error::{Error, Result};
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Which database engine a [`Store`] talks to.
@@ -44,6 +46,9 @@ pub struct Store {
     backend: Backend,
     reader: AnyPool,
     writer: AnyPool,
+    /// False while the health check cannot reach the database: calls are refused at once with
+    /// UNAVAILABLE instead of each waiting out the pool's acquire timeout.
+    reachable: Arc<AtomicBool>,
 }
 
 /// Which onboardings to list.
@@ -123,6 +128,7 @@ impl Store {
             backend,
             reader,
             writer,
+            reachable: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -139,13 +145,42 @@ impl Store {
         Ok(())
     }
 
-    /// Checks that the database answers.
+    /// Checks that the database answers, whatever the last check said.
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
             .await
             .map_err(db_error)?;
         Ok(())
+    }
+
+    /// Records what the health check found: while unreachable, every call is refused at once.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
+    }
+
+    /// The pool for reads, unless the database is known to be unreachable.
+    fn reader(&self) -> Result<&AnyPool> {
+        self.check_reachable()?;
+        Ok(&self.reader)
+    }
+
+    /// The pool for writes, unless the database is known to be unreachable.
+    fn writer(&self) -> Result<&AnyPool> {
+        self.check_reachable()?;
+        Ok(&self.writer)
+    }
+
+    fn check_reachable(&self) -> Result<()> {
+        if self.reachable.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(Error::Unavailable {
+                what: "the database",
+                retry_after: Duration::from_secs(1),
+                source: anyhow::anyhow!("the last health check could not reach it"),
+            })
+        }
     }
 
     /// Waits for connections in use to be returned, then closes them.
@@ -160,8 +195,8 @@ impl Store {
         // file wait (busy_timeout) instead of reading a version another writer is about to replace.
         // PostgreSQL locks the onboarding's row instead (`lock_onboarding`).
         let tx = match self.backend {
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.writer.begin().await,
+            Backend::Sqlite => self.writer()?.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer()?.begin().await,
         }
         .map_err(db_error)?;
         Ok(WriteTx {
@@ -239,7 +274,7 @@ impl Store {
             .bind(now)
             .bind(quiet_since)
             .bind(limit)
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader()?)
             .await
             .map_err(db_error)?;
         found
@@ -264,7 +299,7 @@ impl Store {
     pub async fn credentials_to_reencrypt(&self, active_key_id: &str) -> Result<Vec<StoredSecret>> {
         let found = sqlx::query(rows::SELECT_CREDENTIALS_TO_REENCRYPT)
             .bind(active_key_id)
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader()?)
             .await
             .map_err(db_error)?;
         found
@@ -295,7 +330,7 @@ impl Store {
             .bind(&secret.tenant)
             .bind(&secret.sealed.key_id)
             .bind(&secret.sealed.nonce)
-            .execute(&self.writer)
+            .execute(self.writer()?)
             .await
             .map_err(db_error)?;
         Ok(updated.rows_affected() == 1)
@@ -314,7 +349,7 @@ impl Store {
             .bind(tenant.as_str())
             .bind(scope)
             .bind(field.as_str())
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.reader()?)
             .await
             .map_err(db_error)?;
         row.as_ref().map(rows::sealed).transpose()
@@ -332,7 +367,7 @@ impl Store {
             .bind(tenant.as_str())
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader()?)
             .await
             .map_err(db_error)?;
         found.iter().map(rows::event).collect()
