@@ -1,18 +1,17 @@
 //! The background worker that keeps onboardings moving without a caller: every interval it carries on
 //! with stages left waiting on the system (a transient Billecta failure, a call that stopped midway)
-//! and re-checks the live setup of READY and BROKEN onboardings whose last check is older than the
-//! revalidation interval, so a removed API user or a disabled creditor shows up as BROKEN (with an
+//! and re-checks the live setup of READY and BROKEN onboardings on a schedule kept in the database
+//! (one interval apart, each check made by one replica), so a removed API user or a disabled creditor shows up as BROKEN (with an
 //! audit event and a watch-stream change) before a customer notices.
 //!
 //! It works through the same operations as callers, so everything they guarantee holds: a stage is
 //! worked by one call at a time (leases), a create looks before it creates, and an environment whose
 //! Billecta is down (breaker open) is left alone until it is back.
 
-use crate::domain::OnboardingState;
+use crate::domain::now_micros;
+use crate::domain::validate::{OnboardingKey, TenantId};
 use crate::operations::Operations;
-use crate::storage::ListFilter;
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often the reconciler looks, and how often it re-checks a working setup.
@@ -32,7 +31,6 @@ pub async fn run(
     settings: ReconcilerSettings,
     shutdown: CancellationToken,
 ) {
-    let mut last_checked: HashMap<String, Instant> = HashMap::new();
     loop {
         tokio::select! {
             () = tokio::time::sleep(settings.interval) => {}
@@ -49,65 +47,55 @@ pub async fn run(
             }
         }
         if let Some(every) = settings.revalidate_every {
-            revalidate_due(&operations, every, &mut last_checked, &shutdown).await;
+            revalidate_due(&operations, every, &shutdown).await;
         }
     }
 }
 
-/// Re-checks the READY and BROKEN onboardings not checked for `every`.
-async fn revalidate_due(
-    operations: &Operations,
-    every: Duration,
-    last_checked: &mut HashMap<String, Instant>,
-    shutdown: &CancellationToken,
-) {
-    let mut checked = 0;
-    for state in [OnboardingState::Ready, OnboardingState::Broken] {
-        let filter = ListFilter {
-            state: Some(state),
-            ..ListFilter::default()
-        };
-        let mut after: Option<(String, String)> = None;
-        loop {
-            let page = operations
-                .store()
-                .list_onboardings(
-                    &filter,
-                    after.as_ref().map(|(t, e)| (t.as_str(), e.as_str())),
-                    100,
-                )
-                .await;
-            let records = match page {
-                Ok(records) => records,
-                Err(error) => {
-                    tracing::warn!(error = %error, "reconciler could not list onboardings");
-                    return;
-                }
-            };
-            let Some(last) = records.last() else {
-                break;
-            };
-            after = Some((last.tenant.clone(), last.environment.as_str().to_owned()));
-            for record in &records {
-                if checked >= PER_PASS || shutdown.is_cancelled() {
-                    return;
-                }
-                let key = record.key();
-                let name = key.name();
-                // An onboarding first seen (a new one, or every one after a restart) is checked one
-                // interval later, so a restart does not check them all at once.
-                let seen = *last_checked
-                    .entry(name.clone())
-                    .or_insert_with(Instant::now);
-                if seen.elapsed() < every {
-                    continue;
-                }
-                last_checked.insert(name.clone(), Instant::now());
-                checked += 1;
-                if let Err(error) = operations.revalidate(&key).await {
-                    tracing::info!(onboarding = %name, error = %error, "scheduled validation did not run");
-                }
+/// Re-checks the READY and BROKEN onboardings whose scheduled check is due. The schedule lives in
+/// the database, shared by every replica: an onboarding newly READY (or seen for the first time after
+/// an upgrade) is first checked one interval later, and each due check is taken by exactly one
+/// replica, which moves it an interval on before it checks.
+async fn revalidate_due(operations: &Operations, every: Duration, shutdown: &CancellationToken) {
+    let every = i64::try_from(every.as_micros()).unwrap_or(i64::MAX);
+    let store = operations.store();
+    let now = now_micros();
+    if let Err(error) = store.schedule_validations(now.saturating_add(every)).await {
+        tracing::warn!(error = %error, "reconciler could not schedule validations");
+        return;
+    }
+    let due = match store.validations_due(now, PER_PASS as i64).await {
+        Ok(due) => due,
+        Err(error) => {
+            tracing::warn!(error = %error, "reconciler could not look for due validations");
+            return;
+        }
+    };
+    for check in due {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        // A check against a Billecta that is down would tell nothing; it waits until it is back.
+        if operations.billecta_paused(check.environment) {
+            continue;
+        }
+        match store
+            .take_validation(&check, now_micros().saturating_add(every))
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(error = %error, "reconciler could not take a validation");
+                return;
             }
+        }
+        let Ok(tenant) = TenantId::parse("tenant", &check.tenant) else {
+            continue;
+        };
+        let key = OnboardingKey::new(tenant, check.environment);
+        if let Err(error) = operations.revalidate(&key).await {
+            tracing::info!(onboarding = %key.name(), error = %error, "scheduled validation did not run");
         }
     }
 }

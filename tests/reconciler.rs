@@ -1,6 +1,7 @@
 //! The background worker, on SQLite and PostgreSQL: a stage left waiting on the system after Billecta
-//! failed is carried on without any caller, and a READY setup broken in Billecta's portal is found
-//! BROKEN by the scheduled validation within one interval.
+//! failed is carried on without any caller (a creditor's create, API credentials given while Billecta
+//! was down), and a READY setup broken in Billecta's portal is found BROKEN by the scheduled
+//! validation within one interval.
 
 mod common;
 
@@ -89,6 +90,155 @@ async fn a_stage_waiting_on_billecta_is_carried_on_without_a_caller() {
     }
 }
 
+type Payments = billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient<
+    tonic::codegen::InterceptedService<tonic::transport::Channel, common::Bearer>,
+>;
+
+fn payments(server: &TestServer) -> Payments {
+    billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient::with_interceptor(
+        server.channel.clone(),
+        common::Bearer::new(billecta_onboarding::auth::SANDBOX_KEY),
+    )
+}
+
+async fn payment_configuration(
+    server: &TestServer,
+    creditor: &str,
+) -> Result<proto::PaymentConfiguration, tonic::Status> {
+    Ok(payments(server)
+        .get_payment_configuration(proto::GetPaymentConfigurationRequest {
+            name: creditor.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .payment_configuration
+        .unwrap())
+}
+
+/// A test onboarding with its creditor and company settings done; returns its name and the creditor.
+async fn settled_creditor(server: &TestServer) -> (String, proto::Creditor) {
+    let name = common::create(server, "gp", proto::Environment::Test)
+        .await
+        .name;
+    common::confirm_account(server, &name, Environment::Test, PASSWORD).await;
+    let creditor = common::create_creditor(server, common::creditor_request(&name)).await;
+    common::settle_company_settings(
+        server,
+        Environment::Test,
+        &creditor,
+        Some(common::gp_company_settings()),
+    )
+    .await;
+    (name, creditor)
+}
+
+/// A READY test onboarding; returns its name.
+async fn ready_onboarding(server: &TestServer) -> String {
+    let (name, creditor) = settled_creditor(server).await;
+    server
+        .client
+        .clone()
+        .register_api_credentials(proto::RegisterApiCredentialsRequest {
+            name: creditor.name.clone(),
+            username: common::ACCOUNT_EMAIL.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    payment_configuration(server, &creditor.name).await.unwrap();
+    common::skip_webhooks(server, &creditor.name, "later").await;
+    let ready = common::get(server, &name).await.unwrap();
+    assert_eq!(ready.state, proto::OnboardingState::Ready as i32);
+    name
+}
+
+#[tokio::test]
+async fn api_credentials_given_while_billecta_is_down_are_verified_later() {
+    for backend in common::backends() {
+        let server = TestServer::start_with(&backend, |config| {
+            config.reconcile_interval_ms = 200;
+            config.billecta_max_attempts = 2;
+        })
+        .await;
+        let (name, creditor) = settled_creditor(&server).await;
+
+        // Billecta is down for the sign-in: the caller is told UNAVAILABLE and goes away.
+        common::fail_next(
+            server.simulator(Environment::Test),
+            "POST /v1/authentication/apiauthenticate",
+            Fault::Status {
+                status: 503,
+                body: FaultBody::Json,
+            },
+            2,
+        );
+        let register = proto::RegisterApiCredentialsRequest {
+            name: creditor.name.clone(),
+            username: common::ACCOUNT_EMAIL.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        };
+        let down = server
+            .client
+            .clone()
+            .register_api_credentials(register)
+            .await
+            .unwrap_err();
+        assert_eq!(down.code(), tonic::Code::Unavailable);
+        let waiting = common::get(&server, &name).await.unwrap();
+        let access = common::stage_status(&waiting.creditors[0].stages, proto::Stage::ApiAccess);
+        assert_eq!(access.blocked_on, proto::BlockedOn::SystemRetrying as i32);
+        // Unverified credentials are not handed out.
+        let closed = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap_err();
+        assert_eq!(closed.code(), tonic::Code::FailedPrecondition);
+
+        // The reconciler verifies the kept credentials once Billecta answers again.
+        eventually(&server, &name, Duration::from_secs(15), |onboarding| {
+            common::stage_state(&onboarding.creditors[0].stages, proto::Stage::ApiAccess)
+                == proto::StageState::Completed
+        })
+        .await;
+        let trail = common::events(&server, &name).await;
+        let verified = trail
+            .iter()
+            .rev()
+            .find(|event| event.method == "RegisterApiCredentials")
+            .unwrap();
+        assert_eq!(
+            (verified.actor.as_str(), verified.outcome.as_str()),
+            ("reconciler", "OK")
+        );
+        let configuration = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        assert_eq!(configuration.username, common::ACCOUNT_EMAIL);
+        assert_eq!(configuration.password, PASSWORD);
+
+        // Registered again with the SecureToken alone: the password no longer goes with it.
+        server
+            .client
+            .clone()
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.name.clone(),
+                secure_token: configuration.secure_token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let configuration = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        assert_eq!(
+            configuration.password, "",
+            "no password beside a token given alone"
+        );
+        assert!(!configuration.secure_token.is_empty());
+    }
+}
+
 #[tokio::test]
 async fn a_removed_api_user_is_found_by_the_scheduled_validation() {
     for backend in common::backends() {
@@ -97,42 +247,7 @@ async fn a_removed_api_user_is_found_by_the_scheduled_validation() {
             config.revalidate_interval_ms = 1_000;
         })
         .await;
-        let name = common::create(&server, "gp", proto::Environment::Test)
-            .await
-            .name;
-        common::confirm_account(&server, &name, Environment::Test, PASSWORD).await;
-        let creditor = common::create_creditor(&server, common::creditor_request(&name)).await;
-        common::settle_company_settings(
-            &server,
-            Environment::Test,
-            &creditor,
-            Some(common::gp_company_settings()),
-        )
-        .await;
-        server
-            .client
-            .clone()
-            .register_api_credentials(proto::RegisterApiCredentialsRequest {
-                name: creditor.name.clone(),
-                username: common::ACCOUNT_EMAIL.into(),
-                password: PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut payments = billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient::with_interceptor(
-            server.channel.clone(),
-            common::Bearer::new(billecta_onboarding::auth::SANDBOX_KEY),
-        );
-        payments
-            .get_payment_configuration(proto::GetPaymentConfigurationRequest {
-                name: creditor.name.clone(),
-            })
-            .await
-            .unwrap();
-        common::skip_webhooks(&server, &creditor.name, "later").await;
-        let ready = common::get(&server, &name).await.unwrap();
-        assert_eq!(ready.state, proto::OnboardingState::Ready as i32);
+        let name = ready_onboarding(&server).await;
 
         // Someone removes the user in Billecta's portal (in test, the account's one user).
         let user = server.simulator(Environment::Test).state().users[0].user_public_id;
@@ -161,5 +276,45 @@ async fn a_removed_api_user_is_found_by_the_scheduled_validation() {
             .find(|event| event.method == "ValidateOnboarding")
             .unwrap();
         assert_eq!(check.actor, "reconciler");
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_the_validation_schedule() {
+    for backend in common::backends() {
+        let fast = |config: &mut billecta_onboarding::config::Config| {
+            config.reconcile_interval_ms = 100;
+            config.revalidate_interval_ms = 1_000;
+        };
+        let server = TestServer::start_with(&backend, fast).await;
+        let _second = server.replica_adjusted(fast).await;
+        let _third = server.replica_adjusted(fast).await;
+        let name = ready_onboarding(&server).await;
+
+        // Three replicas, each looking every 100 ms, for 4.5 intervals: one check per interval.
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        let checks: Vec<_> = common::events(&server, &name)
+            .await
+            .into_iter()
+            .filter(|event| event.method == "ValidateOnboarding" && event.actor == "reconciler")
+            .collect();
+        assert!(
+            (3..=5).contains(&checks.len()),
+            "one scheduled check per interval, whichever replica makes it: {} checks",
+            checks.len()
+        );
+        let times: Vec<i64> = checks
+            .iter()
+            .map(|event| {
+                event.event_time.as_ref().unwrap().seconds * 1_000
+                    + i64::from(event.event_time.as_ref().unwrap().nanos) / 1_000_000
+            })
+            .collect();
+        for pair in times.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= 900,
+                "checks an interval apart, not repeated by another replica: {times:?}"
+            );
+        }
     }
 }

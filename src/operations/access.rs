@@ -2,7 +2,8 @@
 //! payment configuration over, and attesting the webhook addon.
 
 use super::provisioning::{
-    Claim, NewSecret, creditor_mut, find_creditor, open_creditor_stage, restore,
+    Claim, NewSecret, creditor_mut, find_creditor, open_creditor_stage, outcome_of, restore,
+    settle_failure,
 };
 use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::billecta::{BillectaError, Deadline, ErrorKind};
@@ -130,11 +131,18 @@ impl Operations {
         };
         let client = self.billecta.client(onboarding.environment);
         let billecta_deadline = self.billecta_deadline(deadline, &claimed);
-        let (username, password) = match &credentials {
-            ApiCredentials::Password { username, password } => {
-                (Some(username.clone()), Some(password.clone()))
-            }
-            ApiCredentials::Token { username, .. } => (username.clone(), None),
+        // What is kept, unverified, if Billecta cannot be asked now.
+        let (username, password, pending) = match &credentials {
+            ApiCredentials::Password { username, password } => (
+                Some(username.clone()),
+                Some(password.clone()),
+                (CredentialField::ApiPassword, password.clone()),
+            ),
+            ApiCredentials::Token { username, token } => (
+                username.clone(),
+                None,
+                (CredentialField::ApiToken, token.clone()),
+            ),
         };
         let verified: std::result::Result<Secret, BillectaError> = async {
             let token = match credentials {
@@ -184,6 +192,13 @@ impl Operations {
                             now,
                         )?);
                     }
+                    // A token given without a password replaces both: an older password would
+                    // no longer belong with it.
+                    let removed = if password.is_none() {
+                        vec![(creditor_id.clone(), CredentialField::ApiPassword)]
+                    } else {
+                        Vec::new()
+                    };
                     let creditor = creditor_mut(record, &creditor_id);
                     creditor.api_access = Some(ApiAccess {
                         username: username.clone(),
@@ -201,6 +216,7 @@ impl Operations {
                             key.creditor
                         ),
                         secrets,
+                        removed,
                     })
                 })
                 .await
@@ -232,8 +248,50 @@ impl Operations {
             }
             Err(error) => {
                 let what = format!("verifying the API credentials of {}", key.creditor);
-                self.failed(call, onboarding, mutation, &claimed, error, &what)
-                    .await
+                if claimed.before.state == StageState::Completed {
+                    // The stored credentials still work; nothing is kept of these.
+                    return self
+                        .failed(call, onboarding, mutation, &claimed, error, &what)
+                        .await;
+                }
+                // Kept, unverified, so that the reconciler can verify them without the caller;
+                // the payment configuration stays closed until they are.
+                self.record(
+                    call,
+                    onboarding,
+                    mutation,
+                    &claimed,
+                    outcome_of(&error),
+                    |record, now| {
+                        let (field, secret) = &pending;
+                        let secret = self.seal(
+                            record,
+                            call,
+                            NewSecret {
+                                scope: &creditor_id,
+                                field: *field,
+                                secret,
+                                principal: &principal,
+                                verified: false,
+                            },
+                            now,
+                        )?;
+                        // A pending token is tried on its own: no older password goes with it.
+                        let removed = if *field == CredentialField::ApiToken {
+                            vec![(creditor_id.clone(), CredentialField::ApiPassword)]
+                        } else {
+                            Vec::new()
+                        };
+                        settle_failure(record, &claimed, &error, now);
+                        Ok(Written {
+                            summary: format!("{what} failed: {error}"),
+                            secrets: vec![secret],
+                            removed,
+                        })
+                    },
+                )
+                .await?;
+                Err(Error::Billecta(error))
             }
         }
     }
@@ -393,6 +451,7 @@ impl Operations {
                     Ok(Written {
                         summary,
                         secrets: vec![secret],
+                        removed: Vec::new(),
                     })
                 },
             )

@@ -22,7 +22,7 @@ use crate::domain::onboarding::{
     Account, Agreement, CredentialRecord, EventRecord, OnboardingRecord,
 };
 use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
-use crate::domain::{Micros, now_micros};
+use crate::domain::{CredentialField, Micros, now_micros};
 use crate::error::{Error, Result};
 use crate::storage::{Store, StoredResult};
 use std::sync::Arc;
@@ -84,6 +84,8 @@ pub struct StageTiming {
 struct Written {
     summary: String,
     secrets: Vec<(CredentialRecord, Sealed)>,
+    /// Stored secrets to forget: (scope, field).
+    removed: Vec<(String, CredentialField)>,
 }
 
 impl From<String> for Written {
@@ -91,6 +93,7 @@ impl From<String> for Written {
         Written {
             summary,
             secrets: Vec::new(),
+            removed: Vec::new(),
         }
     }
 }
@@ -332,6 +335,11 @@ impl Operations {
                 .retain(|c| !(c.scope == credential.scope && c.field == credential.field));
             record.credentials.push(credential.clone());
         }
+        for (scope, field) in &written.removed {
+            record
+                .credentials
+                .retain(|c| !(c.scope == *scope && c.field == *field));
+        }
         record.refresh();
         if conventions.bump_version && record != before {
             record.version += 1;
@@ -346,6 +354,9 @@ impl Operations {
         tx.update_onboarding(&before, &record).await?;
         for (credential, sealed) in &written.secrets {
             tx.put_credential(&record, credential, sealed).await?;
+        }
+        for (scope, field) in &written.removed {
+            tx.delete_credential(&record, scope, *field).await?;
         }
         tx.append_event(&record, &event).await?;
         if conventions.save_result {

@@ -536,6 +536,7 @@ impl Operations {
                             "account activation confirmed: {username} signs in to Billecta"
                         ),
                         secrets,
+                        removed: Vec::new(),
                     })
                 })
                 .await
@@ -585,6 +586,7 @@ impl Operations {
                         Ok(Written {
                             summary,
                             secrets: vec![secret],
+                            removed: Vec::new(),
                         })
                     },
                 )

@@ -2,12 +2,13 @@
 //! waiting on the system (a transient Billecta failure, a call that stopped midway), and re-check the
 //! live setup of onboardings on a schedule. Each is recorded like a call, with `reconciler` as actor.
 
+use super::access::ApiCredentials;
 use super::provisioning::NewCreditor;
 use super::{CallContext, Mutation, Operations};
 use crate::billecta::{BreakerState, Deadline};
 use crate::domain::swedish::OrganisationNumber;
 use crate::domain::validate::{CreditorKey, OnboardingKey, TenantId};
-use crate::domain::{CredentialField, Stage, now_micros};
+use crate::domain::{CredentialField, Environment, Stage, now_micros};
 use crate::error::{Error, Result};
 use crate::storage::PendingStage;
 use std::time::Duration;
@@ -45,7 +46,7 @@ impl Operations {
         let quiet_since = now - i64::try_from(quiet_for.as_micros()).unwrap_or(i64::MAX);
         let mut resumed = 0;
         for pending in self.store.stages_to_resume(now, quiet_since, limit).await? {
-            if self.billecta.client(pending.environment).breaker_state() == BreakerState::Open {
+            if self.billecta_paused(pending.environment) {
                 continue;
             }
             match self.resume(&pending).await {
@@ -134,11 +135,52 @@ impl Operations {
                 )
                 .await?;
             }
-            // API credentials are kept only once verified: a failed registration must be repeated
-            // by its caller.
+            (Stage::ApiAccess, Some(creditor_key)) => {
+                let record = self.get_onboarding(&key).await?;
+                let name = creditor_key.name();
+                let Some(creditor) = record.creditors.iter().find(|c| c.name == name) else {
+                    return Ok(false);
+                };
+                // The credentials a registration kept, unverified, when Billecta could not be asked.
+                let pending = |field| {
+                    record.credentials.iter().find(|c| {
+                        c.scope == creditor.id && c.field == field && c.verify_time.is_none()
+                    })
+                };
+                let credentials = if let Some(stored) = pending(CredentialField::ApiPassword) {
+                    ApiCredentials::Password {
+                        username: stored.principal.clone().unwrap_or_default(),
+                        password: self
+                            .secret(&record, &creditor.id, CredentialField::ApiPassword)
+                            .await?,
+                    }
+                } else if let Some(stored) = pending(CredentialField::ApiToken) {
+                    ApiCredentials::Token {
+                        username: stored.principal.clone().filter(|name| !name.is_empty()),
+                        token: self
+                            .secret(&record, &creditor.id, CredentialField::ApiToken)
+                            .await?,
+                    }
+                } else {
+                    return Ok(false);
+                };
+                self.register_api_credentials(
+                    &call(),
+                    &creditor_key,
+                    &mutation("RegisterApiCredentials"),
+                    credentials,
+                    deadline,
+                )
+                .await?;
+            }
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Whether the breaker has paused calls to this environment's Billecta: work for it waits.
+    pub fn billecta_paused(&self, environment: Environment) -> bool {
+        self.billecta.client(environment).breaker_state() == BreakerState::Open
     }
 
     /// The scheduled live check of one onboarding, recorded with `reconciler` as actor.

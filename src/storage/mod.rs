@@ -71,6 +71,15 @@ pub struct PendingStage {
     pub creditor: Option<String>,
 }
 
+/// A scheduled live check that is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationDue {
+    pub tenant: String,
+    pub environment: Environment,
+    /// When it was due: taking it is a compare-and-set on this.
+    pub due: i64,
+}
+
 /// A stored secret as re-encryption sees it.
 #[derive(Debug, Clone)]
 pub struct StoredSecret {
@@ -293,6 +302,51 @@ impl Store {
                 }))
             })
             .collect()
+    }
+
+    /// Gives each READY or BROKEN onboarding that has no scheduled live check one at `first`.
+    pub async fn schedule_validations(&self, first: i64) -> Result<u64> {
+        let updated = sqlx::query(rows::SCHEDULE_VALIDATIONS)
+            .bind(first)
+            .execute(self.writer()?)
+            .await
+            .map_err(db_error)?;
+        Ok(updated.rows_affected())
+    }
+
+    /// READY and BROKEN onboardings whose live check is due at `now`, the longest due first.
+    pub async fn validations_due(&self, now: i64, limit: i64) -> Result<Vec<ValidationDue>> {
+        let found = sqlx::query(rows::SELECT_VALIDATIONS_DUE)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(self.reader()?)
+            .await
+            .map_err(db_error)?;
+        Ok(found
+            .iter()
+            .filter_map(|row| {
+                let environment: String = row.try_get("environment").ok()?;
+                Some(ValidationDue {
+                    tenant: row.try_get("tenant").ok()?,
+                    environment: Environment::parse(&environment)?,
+                    due: row.try_get("next_validation_time").ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Takes a due check for this replica by moving it to `next`: `false` when another replica
+    /// took it first.
+    pub async fn take_validation(&self, due: &ValidationDue, next: i64) -> Result<bool> {
+        let updated = sqlx::query(rows::TAKE_VALIDATION)
+            .bind(next)
+            .bind(&due.tenant)
+            .bind(due.environment.as_str())
+            .bind(due.due)
+            .execute(self.writer()?)
+            .await
+            .map_err(db_error)?;
+        Ok(updated.rows_affected() == 1)
     }
 
     /// Every stored secret not encrypted with `active_key_id`, with what its decryption needs.
@@ -680,6 +734,24 @@ impl WriteTx {
             .bind(&credential.set_by)
             .bind(credential.set_time)
             .bind(credential.verify_time)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Forgets a stored secret (one that no longer belongs with the others).
+    pub async fn delete_credential(
+        &mut self,
+        record: &OnboardingRecord,
+        scope: &str,
+        field: CredentialField,
+    ) -> Result<()> {
+        sqlx::query(rows::DELETE_CREDENTIAL)
+            .bind(&record.id)
+            .bind(scope)
+            .bind(field.as_str())
+            .bind(&record.tenant)
             .execute(&mut *self.tx)
             .await
             .map_err(db_error)?;

@@ -64,6 +64,12 @@ pub const SELECT_STAGES_TO_RESUME: &str = "SELECT o.tenant, o.environment, s.sta
      AND (s.lease_expire_time IS NULL OR s.lease_expire_time <= $1) AND COALESCE(s.update_time, 0) <= $2 \
      AND (s.next_attempt_time IS NULL OR s.next_attempt_time <= $1) \
      ORDER BY s.update_time LIMIT $3";
+pub const SCHEDULE_VALIDATIONS: &str = "UPDATE onboardings SET next_validation_time = $1 \
+     WHERE next_validation_time IS NULL AND state IN ('READY', 'BROKEN')";
+pub const SELECT_VALIDATIONS_DUE: &str = "SELECT tenant, environment, next_validation_time FROM onboardings \
+     WHERE next_validation_time <= $1 AND state IN ('READY', 'BROKEN') ORDER BY next_validation_time LIMIT $2";
+pub const TAKE_VALIDATION: &str = "UPDATE onboardings SET next_validation_time = $1 \
+     WHERE tenant = $2 AND environment = $3 AND next_validation_time = $4";
 pub const SELECT_CREDENTIALS_TO_REENCRYPT: &str = "SELECT c.onboarding_id, c.creditor_id, c.field, c.tenant, o.environment, c.key_id, c.nonce, c.ciphertext \
      FROM credentials c JOIN onboardings o ON o.id = c.onboarding_id AND o.tenant = c.tenant \
      WHERE c.key_id <> $1 ORDER BY c.tenant, c.onboarding_id, c.creditor_id, c.field";
@@ -74,6 +80,8 @@ pub const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (onboarding_id, cre
      ON CONFLICT (onboarding_id, creditor_id, field) DO UPDATE SET key_id = excluded.key_id, nonce = excluded.nonce, \
      ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, principal = excluded.principal, \
      set_by = excluded.set_by, set_time = excluded.set_time, verify_time = excluded.verify_time";
+
+pub const DELETE_CREDENTIAL: &str = "DELETE FROM credentials WHERE onboarding_id = $1 AND creditor_id = $2 AND field = $3 AND tenant = $4";
 
 pub const INSERT_EVENT: &str = "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";

@@ -210,13 +210,20 @@ impl TestServer {
     /// Another replica whose keyring is `encryption_keys` (a rolling key rotation has replicas with
     /// different ones).
     pub async fn replica_with(&self, encryption_keys: &str) -> Replica {
+        self.replica_adjusted(|config| config.encryption_keys = encryption_keys.to_owned())
+            .await
+    }
+
+    /// Another replica (with [`SHARED_ENCRYPTION_KEYS`]) whose configuration `adjust` changes.
+    pub async fn replica_adjusted(&self, adjust: impl FnOnce(&mut Config)) -> Replica {
         let mut config = Config::for_database(self.database.clone());
-        config.encryption_keys = encryption_keys.to_owned();
+        config.encryption_keys = SHARED_ENCRYPTION_KEYS.to_owned();
         config.callers = callers_json(&[("sandbox-developer", SANDBOX_KEY, ALL_PERMISSIONS, None)]);
         config.billecta_test_url = self.simulator(Environment::Test).base_url();
         config.billecta_production_url = self.simulator(Environment::Production).base_url();
         config.billecta_backoff_base_ms = 10;
         config.billecta_backoff_max_ms = 50;
+        adjust(&mut config);
         let application = Application::build(config).await.expect("replica builds");
         let address = application.local_addr();
         let shutdown = application.shutdown_token();
