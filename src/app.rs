@@ -43,6 +43,7 @@ pub struct Application {
     config: Config,
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
     store: Store,
     billecta: Billecta,
     keyring: Keyring,
@@ -113,6 +114,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding the metrics endpoint {address}"))?,
+            ),
+            None => None,
+        };
         let store = Store::connect(&StoreOptions {
             database: config.database.clone(),
             max_connections: config.database_max_connections,
@@ -136,6 +145,7 @@ impl Application {
             config,
             listener,
             local_addr,
+            metrics_listener,
             store,
             billecta,
             keyring,
@@ -148,6 +158,13 @@ impl Application {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the metrics endpoint, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The Billecta clients, pointed at the configured URLs or at the sandbox's simulators.
@@ -171,6 +188,7 @@ impl Application {
             config,
             listener,
             local_addr,
+            metrics_listener,
             store,
             billecta,
             keyring,
@@ -217,6 +235,13 @@ impl Application {
                     revalidate_every: (config.revalidate_interval_ms > 0)
                         .then(|| Duration::from_millis(config.revalidate_interval_ms)),
                 },
+                shutdown.clone(),
+            ))
+        });
+        let metrics_task = metrics_listener.map(|listener| {
+            tokio::spawn(serve_metrics(
+                listener,
+                operations.clone(),
                 shutdown.clone(),
             ))
         });
@@ -273,6 +298,9 @@ impl Application {
             }
         }
         health_task.abort();
+        if let Some(metrics) = metrics_task {
+            metrics.abort();
+        }
         if let Some(reconciler) = reconciler {
             reconciler.abort();
         }
@@ -282,6 +310,37 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format) until shutdown.
+async fn serve_metrics(listener: TcpListener, operations: Operations, shutdown: CancellationToken) {
+    use axum::routing::get;
+    let address = listener.local_addr().ok();
+    let router = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let operations = operations.clone();
+            async move {
+                let text = crate::metrics::metrics()
+                    .render(operations.store(), operations.billecta())
+                    .await;
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    tracing::info!(address = ?address, "serving metrics");
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %error, "the metrics endpoint stopped");
     }
 }
 

@@ -29,6 +29,11 @@ pub struct Config {
     #[arg(long, env = "ONBOARDING_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`, plain HTTP); off when unset. Keep it
+    /// on a network only the monitoring system reaches: it names tenants' counts, never tenants.
+    #[arg(long, env = "ONBOARDING_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// The database: a SQLite file path (created and migrated on start), or a postgres:// URL.
     #[arg(
         long,

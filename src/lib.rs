@@ -16,6 +16,7 @@
 //! - [`rotation`] — re-encrypting stored secrets under the active key, to retire an old one.
 //! - [`secret`] — a value that cannot be printed by accident.
 //! - [`crypto`] — encryption of stored secrets: AES-256-GCM, key ids, rotation.
+//! - [`metrics`] — Prometheus metrics and their endpoint.
 //! - [`telemetry`] — logging.
 
 pub mod app;
@@ -28,6 +29,7 @@ pub mod domain;
 pub mod drill;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod operations;
 pub mod reconciler;
 pub mod rotation;

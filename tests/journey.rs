@@ -8,12 +8,12 @@ mod common;
 use billecta_onboarding::billecta::model::{User, UserRight};
 use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
 use billecta_onboarding::domain::Environment;
-use billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
 use billecta_onboarding::secret::Secret;
 use common::{
     ACCOUNT_EMAIL, ORG_NO, OnboardingOutcome, TestServer, assert_refused, confirm_account,
-    create_creditor, creditor_request, events, for_each_backend, gp_company_settings, proto,
-    settle_company_settings, skip_webhooks, stage_state, stage_status, validate,
+    create_creditor, creditor_request, events, for_each_backend, gp_company_settings,
+    payment_configuration, proto, settle_company_settings, skip_webhooks, stage_state,
+    stage_status, validate,
 };
 use std::sync::{Arc, Mutex, OnceLock};
 use tonic::Code;
@@ -111,24 +111,6 @@ async fn assert_ready(server: &TestServer, name: &str) {
         "{:?}",
         onboarding.next_due
     );
-}
-
-async fn payment_configuration(
-    server: &TestServer,
-    creditor: &str,
-) -> Result<proto::PaymentConfiguration, tonic::Status> {
-    let mut client = PaymentConfigurationServiceClient::with_interceptor(
-        server.channel.clone(),
-        common::Bearer::new(billecta_onboarding::auth::SANDBOX_KEY),
-    );
-    Ok(client
-        .get_payment_configuration(proto::GetPaymentConfigurationRequest {
-            name: creditor.to_owned(),
-        })
-        .await?
-        .into_inner()
-        .payment_configuration
-        .unwrap())
 }
 
 /// Billecta accepts the token handed to Payway: it reads the creditor.

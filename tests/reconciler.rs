@@ -10,7 +10,9 @@ use billecta_onboarding::simulator::{Fault, FaultBody};
 use common::{TestServer, proto};
 use std::time::{Duration, Instant};
 
-const PASSWORD: &str = "Höst-2026-lösen";
+use common::{
+    READY_PASSWORD as PASSWORD, payment_configuration, ready_onboarding, settled_creditor,
+};
 
 /// Waits until `done` holds for the onboarding, or fails after `limit`.
 async fn eventually(
@@ -88,69 +90,6 @@ async fn a_stage_waiting_on_billecta_is_carried_on_without_a_caller() {
         assert_eq!(resumed.actor, "reconciler");
         assert_eq!(resumed.outcome, "OK");
     }
-}
-
-type Payments = billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient<
-    tonic::codegen::InterceptedService<tonic::transport::Channel, common::Bearer>,
->;
-
-fn payments(server: &TestServer) -> Payments {
-    billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient::with_interceptor(
-        server.channel.clone(),
-        common::Bearer::new(billecta_onboarding::auth::SANDBOX_KEY),
-    )
-}
-
-async fn payment_configuration(
-    server: &TestServer,
-    creditor: &str,
-) -> Result<proto::PaymentConfiguration, tonic::Status> {
-    Ok(payments(server)
-        .get_payment_configuration(proto::GetPaymentConfigurationRequest {
-            name: creditor.to_owned(),
-        })
-        .await?
-        .into_inner()
-        .payment_configuration
-        .unwrap())
-}
-
-/// A test onboarding with its creditor and company settings done; returns its name and the creditor.
-async fn settled_creditor(server: &TestServer) -> (String, proto::Creditor) {
-    let name = common::create(server, "gp", proto::Environment::Test)
-        .await
-        .name;
-    common::confirm_account(server, &name, Environment::Test, PASSWORD).await;
-    let creditor = common::create_creditor(server, common::creditor_request(&name)).await;
-    common::settle_company_settings(
-        server,
-        Environment::Test,
-        &creditor,
-        Some(common::gp_company_settings()),
-    )
-    .await;
-    (name, creditor)
-}
-
-/// A READY test onboarding; returns its name.
-async fn ready_onboarding(server: &TestServer) -> String {
-    let (name, creditor) = settled_creditor(server).await;
-    server
-        .client
-        .clone()
-        .register_api_credentials(proto::RegisterApiCredentialsRequest {
-            name: creditor.name.clone(),
-            username: common::ACCOUNT_EMAIL.into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    payment_configuration(server, &creditor.name).await.unwrap();
-    common::skip_webhooks(server, &creditor.name, "later").await;
-    let ready = common::get(server, &name).await.unwrap();
-    assert_eq!(ready.state, proto::OnboardingState::Ready as i32);
-    name
 }
 
 #[tokio::test]
@@ -250,11 +189,7 @@ async fn a_removed_api_user_is_found_by_the_scheduled_validation() {
         let name = ready_onboarding(&server).await;
 
         // Someone removes the user in Billecta's portal (in test, the account's one user).
-        let user = server.simulator(Environment::Test).state().users[0].user_public_id;
-        server
-            .simulator(Environment::Test)
-            .delete_user(user)
-            .unwrap();
+        common::remove_account_user(&server);
         let started = Instant::now();
         let broken = eventually(&server, &name, Duration::from_secs(5), |onboarding| {
             onboarding.state == proto::OnboardingState::Broken as i32

@@ -39,6 +39,34 @@ async fn watch(
         .into_inner())
 }
 
+/// A new onboarding and a watch stream on it, past its first message (the current state).
+async fn watching(
+    server: &TestServer,
+) -> (
+    proto::Onboarding,
+    tonic::Streaming<proto::WatchOnboardingResponse>,
+) {
+    let created = create(server, "gp", Environment::Test).await;
+    let mut stream = watch(server, &created.name, "").await.unwrap();
+    next(&mut stream).await;
+    (created, stream)
+}
+
+/// Asserts that the next message on `stream` is the agreement of `name` being recorded, as its
+/// second event.
+async fn assert_agreement_streamed(
+    stream: &mut tonic::Streaming<proto::WatchOnboardingResponse>,
+    name: &str,
+) {
+    let change = next(stream).await;
+    assert_eq!(event_name(&change), format!("{name}/events/2"));
+    assert_eq!(change.event.as_ref().unwrap().method, "RecordAgreement");
+    assert_eq!(
+        change.onboarding.as_ref().unwrap().stages[0].state,
+        proto::StageState::Completed as i32
+    );
+}
+
 /// Asserts that `stream` sends nothing for `quiet_for`.
 async fn assert_silent(
     stream: &mut tonic::Streaming<proto::WatchOnboardingResponse>,
@@ -66,13 +94,7 @@ async fn watch_streams_changes_and_resumes_without_gaps_or_repeats() {
         assert_eq!(first.onboarding.unwrap(), created);
 
         record_agreement(&server, &created.name).await;
-        let change = next(&mut stream).await;
-        assert_eq!(event_name(&change), format!("{}/events/2", created.name));
-        assert_eq!(change.event.as_ref().unwrap().method, "RecordAgreement");
-        assert_eq!(
-            change.onboarding.as_ref().unwrap().stages[0].state,
-            proto::StageState::Completed as i32
-        );
+        assert_agreement_streamed(&mut stream, &created.name).await;
         drop(stream);
 
         // Changes made while nobody watches are replayed on resume, then the stream goes on live.
@@ -187,9 +209,7 @@ async fn health_is_serving_and_request_ids_flow_into_the_audit_trail() {
 #[tokio::test]
 async fn shutdown_ends_watch_streams_and_stops_within_the_grace_period() {
     for_each_backend(|server| async move {
-        let created = create(&server, "gp", Environment::Test).await;
-        let mut stream = watch(&server, &created.name, "").await.unwrap();
-        next(&mut stream).await;
+        let (_, mut stream) = watching(&server).await;
         server.shutdown.cancel();
         let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
@@ -215,9 +235,7 @@ async fn shutdown_ends_watch_streams_and_stops_within_the_grace_period() {
 #[tokio::test]
 async fn a_watch_on_one_replica_sees_changes_made_through_another() {
     for_each_backend(|server| async move {
-        let created = create(&server, "gp", Environment::Test).await;
-        let mut stream = watch(&server, &created.name, "").await.unwrap();
-        next(&mut stream).await;
+        let (created, mut stream) = watching(&server).await;
 
         let replica = server.replica().await;
         replica
@@ -226,13 +244,7 @@ async fn a_watch_on_one_replica_sees_changes_made_through_another() {
             .record_agreement(agreement_request(&created.name))
             .await
             .expect("the other replica records the agreement");
-        let change = next(&mut stream).await;
-        assert_eq!(event_name(&change), format!("{}/events/2", created.name));
-        assert_eq!(change.event.as_ref().unwrap().method, "RecordAgreement");
-        assert_eq!(
-            change.onboarding.as_ref().unwrap().stages[0].state,
-            proto::StageState::Completed as i32
-        );
+        assert_agreement_streamed(&mut stream, &created.name).await;
     })
     .await;
 }

@@ -720,10 +720,22 @@ impl BillectaClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut error = match self
+            let sent = std::time::Instant::now();
+            let outcome = self
                 .attempt(&request, credentials, deadline, &scrubber)
-                .await
-            {
+                .await;
+            crate::metrics::metrics().billecta_request(
+                self.inner.environment,
+                endpoint.route,
+                match &outcome {
+                    Ok(_) => "ok",
+                    // Refused here without a request: counted apart.
+                    Err(error) if matches!(error.failure, Failure::CircuitOpen) => "circuit_open",
+                    Err(error) => error.kind().as_str(),
+                },
+                sent.elapsed(),
+            );
+            let mut error = match outcome {
                 Ok(mut answer) => {
                     answer.attempts = attempt;
                     return Ok(answer);

@@ -317,11 +317,12 @@ impl fmt::Display for DrillReport {
         let share = self.billecta_faulted as f64 / self.billecta_requests.max(1) as f64;
         writeln!(
             f,
-            "Billecta requests    {} ({:.1} per tenant), {} answered by a fault ({:.1} %)",
+            "Billecta requests    {} ({:.1} per tenant), {} answered by a fault ({:.1} %); {:.2} per tenant answered normally",
             self.billecta_requests,
             self.billecta_requests as f64 / self.tenants.max(1) as f64,
             self.billecta_faulted,
-            share * 100.0
+            share * 100.0,
+            (self.billecta_requests - self.billecta_faulted) as f64 / self.tenants.max(1) as f64
         )?;
         writeln!(
             f,

@@ -108,6 +108,7 @@ where
             .extensions_mut()
             .insert(CorrelationId(correlation_id.clone()));
         let path = request.uri().path();
+        let full_path = path.to_owned();
         let public = path.starts_with("/grpc.health.v1.Health/")
             || (self.public_reflection && path.starts_with("/grpc.reflection."));
         let refused = if public {
@@ -166,6 +167,7 @@ where
                     .and_then(|value| value.to_str().ok())
                     .and_then(|code| code.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from);
+                crate::metrics::metrics().rpc(&full_path, status, started.elapsed());
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
                 if status == tonic::Code::Ok {
                     tracing::debug!(elapsed_ms, "call finished");

@@ -49,7 +49,16 @@ impl Operations {
             if self.billecta_paused(pending.environment) {
                 continue;
             }
-            match self.resume(&pending).await {
+            let outcome = self.resume(&pending).await;
+            crate::metrics::metrics().reconciler_run(
+                &format!("resume_{}", pending.stage),
+                match &outcome {
+                    Ok(true) => "completed",
+                    Ok(false) => "needs_caller",
+                    Err(_) => "failed",
+                },
+            );
+            match outcome {
                 Ok(true) => resumed += 1,
                 Ok(false) => {}
                 Err(error) => tracing::info!(
@@ -185,8 +194,15 @@ impl Operations {
 
     /// The scheduled live check of one onboarding, recorded with `reconciler` as actor.
     pub async fn revalidate(&self, key: &OnboardingKey) -> Result<()> {
-        self.validate_onboarding(&call(), key, Deadline::after(STEP_DEADLINE))
-            .await
-            .map(drop)
+        let checked = self
+            .validate_onboarding(&call(), key, Deadline::after(STEP_DEADLINE))
+            .await;
+        let outcome = match &checked {
+            Ok((record, _)) if record.state == crate::domain::OnboardingState::Broken => "broken",
+            Ok(_) => "ok",
+            Err(_) => "failed",
+        };
+        crate::metrics::metrics().reconciler_run("validate", outcome);
+        checked.map(drop)
     }
 }

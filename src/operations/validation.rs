@@ -243,6 +243,9 @@ impl Operations {
                 Ok(summary)
             })
             .await?;
+        for stage in newly_broken(&record, &updated) {
+            crate::metrics::metrics().integration_broken(key.environment, stage);
+        }
         Ok((updated, checks))
     }
 
@@ -611,6 +614,35 @@ fn apply_checks(
             _ => {}
         }
     }
+}
+
+/// The stages BROKEN in `after` that were not in `before`.
+fn newly_broken(before: &OnboardingRecord, after: &OnboardingRecord) -> Vec<Stage> {
+    let all = |record: &OnboardingRecord| {
+        record
+            .stages
+            .iter()
+            .map(|stage| (String::new(), stage.stage, stage.state))
+            .chain(record.creditors.iter().flat_map(|creditor| {
+                creditor
+                    .stages
+                    .iter()
+                    .map(|stage| (creditor.id.clone(), stage.stage, stage.state))
+            }))
+            .collect::<Vec<_>>()
+    };
+    let was_broken: std::collections::HashSet<(String, Stage)> = all(before)
+        .into_iter()
+        .filter(|(_, _, state)| *state == StageState::Broken)
+        .map(|(scope, stage, _)| (scope, stage))
+        .collect();
+    all(after)
+        .into_iter()
+        .filter(|(scope, stage, state)| {
+            *state == StageState::Broken && !was_broken.contains(&(scope.clone(), *stage))
+        })
+        .map(|(_, stage, _)| stage)
+        .collect()
 }
 
 /// Copies the test creditors' non-secret desired setup into production, where production does not

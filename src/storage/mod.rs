@@ -71,6 +71,13 @@ pub struct PendingStage {
     pub creditor: Option<String>,
 }
 
+/// Counts per state: (environment, state, count) and (environment, stage, state, count).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Funnel {
+    pub onboardings: Vec<(String, String, i64)>,
+    pub stages: Vec<(String, String, String, i64)>,
+}
+
 /// A scheduled live check that is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationDue {
@@ -302,6 +309,39 @@ impl Store {
                 }))
             })
             .collect()
+    }
+
+    /// How many onboardings and stages are in each state, per environment: the funnel operators
+    /// watch. Every tenant's, for metrics.
+    pub async fn funnel(&self) -> Result<Funnel> {
+        let onboardings = sqlx::query(rows::COUNT_ONBOARDINGS)
+            .fetch_all(self.reader()?)
+            .await
+            .map_err(db_error)?;
+        let stages = sqlx::query(rows::COUNT_STAGES)
+            .fetch_all(self.reader()?)
+            .await
+            .map_err(db_error)?;
+        let text =
+            |row: &AnyRow, column: &str| row.try_get::<String, _>(column).unwrap_or_default();
+        let count = |row: &AnyRow| row.try_get::<i64, _>("n").unwrap_or_default();
+        Ok(Funnel {
+            onboardings: onboardings
+                .iter()
+                .map(|row| (text(row, "environment"), text(row, "state"), count(row)))
+                .collect(),
+            stages: stages
+                .iter()
+                .map(|row| {
+                    (
+                        text(row, "environment"),
+                        text(row, "stage"),
+                        text(row, "state"),
+                        count(row),
+                    )
+                })
+                .collect(),
+        })
     }
 
     /// Gives each READY or BROKEN onboarding that has no scheduled live check one at `first`.

@@ -64,6 +64,10 @@ pub const SELECT_STAGES_TO_RESUME: &str = "SELECT o.tenant, o.environment, s.sta
      AND (s.lease_expire_time IS NULL OR s.lease_expire_time <= $1) AND COALESCE(s.update_time, 0) <= $2 \
      AND (s.next_attempt_time IS NULL OR s.next_attempt_time <= $1) \
      ORDER BY s.update_time LIMIT $3";
+pub const COUNT_ONBOARDINGS: &str =
+    "SELECT environment, state, COUNT(*) AS n FROM onboardings GROUP BY environment, state";
+pub const COUNT_STAGES: &str = "SELECT o.environment, s.stage, s.state, COUNT(*) AS n FROM stages s \
+     JOIN onboardings o ON o.id = s.onboarding_id AND o.tenant = s.tenant GROUP BY o.environment, s.stage, s.state";
 pub const SCHEDULE_VALIDATIONS: &str = "UPDATE onboardings SET next_validation_time = $1 \
      WHERE next_validation_time IS NULL AND state IN ('READY', 'BROKEN')";
 pub const SELECT_VALIDATIONS_DUE: &str = "SELECT tenant, environment, next_validation_time FROM onboardings \

@@ -67,6 +67,8 @@ where
 
 pub struct TestServer {
     pub address: SocketAddr,
+    /// The metrics endpoint, when the test turned it on.
+    pub metrics: Option<SocketAddr>,
     /// The sandbox's Billecta simulators, test and production.
     pub simulators: [Arc<RunningSimulator>; 2],
     /// A client that authenticates as the sandbox's developer (every permission).
@@ -99,6 +101,7 @@ impl TestServer {
         adjust(&mut config);
         let application = Application::build(config).await.expect("server builds");
         let address = application.local_addr();
+        let metrics = application.metrics_addr();
         let sandbox = application.sandbox().expect("tests run in sandbox mode");
         let simulators = [
             sandbox.simulator(Environment::Test).clone(),
@@ -113,6 +116,7 @@ impl TestServer {
             .expect("connects to the server");
         Self {
             address,
+            metrics,
             simulators,
             client: client(channel.clone(), SANDBOX_KEY),
             channel,
@@ -733,4 +737,75 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window == needle.as_bytes())
+}
+
+/// The account password of [`ready_onboarding`].
+pub const READY_PASSWORD: &str = "Höst-2026-lösen";
+
+pub type Payments = billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient<
+    tonic::codegen::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+pub fn payments(server: &TestServer) -> Payments {
+    billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient::with_interceptor(
+        server.channel.clone(),
+        Bearer::new(billecta_onboarding::auth::SANDBOX_KEY),
+    )
+}
+
+pub async fn payment_configuration(
+    server: &TestServer,
+    creditor: &str,
+) -> Result<proto::PaymentConfiguration, tonic::Status> {
+    Ok(payments(server)
+        .get_payment_configuration(proto::GetPaymentConfigurationRequest {
+            name: creditor.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .payment_configuration
+        .unwrap())
+}
+
+/// A test onboarding with its creditor and company settings done; returns its name and the creditor.
+pub async fn settled_creditor(server: &TestServer) -> (String, proto::Creditor) {
+    let name = create(server, "gp", proto::Environment::Test).await.name;
+    confirm_account(server, &name, Environment::Test, READY_PASSWORD).await;
+    let creditor = create_creditor(server, creditor_request(&name)).await;
+    settle_company_settings(
+        server,
+        Environment::Test,
+        &creditor,
+        Some(gp_company_settings()),
+    )
+    .await;
+    (name, creditor)
+}
+
+/// A READY test onboarding; returns its name.
+pub async fn ready_onboarding(server: &TestServer) -> String {
+    let (name, creditor) = settled_creditor(server).await;
+    server
+        .client
+        .clone()
+        .register_api_credentials(proto::RegisterApiCredentialsRequest {
+            name: creditor.name.clone(),
+            username: ACCOUNT_EMAIL.into(),
+            password: READY_PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    payment_configuration(server, &creditor.name).await.unwrap();
+    skip_webhooks(server, &creditor.name, "later").await;
+    let ready = get(server, &name).await.unwrap();
+    assert_eq!(ready.state, proto::OnboardingState::Ready as i32);
+    name
+}
+
+/// Someone removes the test account's one user (also its API user) in Billecta's portal.
+pub fn remove_account_user(server: &TestServer) {
+    let simulator = server.simulator(Environment::Test);
+    let user = simulator.state().users[0].user_public_id;
+    simulator.delete_user(user).unwrap();
 }
