@@ -1,7 +1,7 @@
 //! Reliability drills at a size CI can afford (RELIABILITY.md records the full-size runs): tenants
 //! provisioned from nothing to READY through the real service binary while a quarter of Billecta's
-//! answers are faults, replicas are killed with `kill -9`, and (on PostgreSQL) two replicas share the
-//! database while it is taken away. Every tenant must end READY, with one creditor per organisation
+//! answers are faults, replicas are killed with `kill -9`, and (on PostgreSQL) two callers race on
+//! every tenant through two replicas sharing the database while it is taken away. Every tenant must end READY, with one creditor per organisation
 //! number in Billecta and a whole audit trail.
 
 mod common;
@@ -47,13 +47,15 @@ async fn faults_and_kill_9_on_sqlite_lose_and_duplicate_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_on_postgresql_survive_a_kill_and_the_database_going_away() {
+async fn racing_callers_on_two_replicas_survive_a_kill_and_the_database_going_away() {
     let Some(Backend::Postgres(url)) = common::backends().into_iter().nth(1) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(&dir);
     settings.replicas = 2;
+    // Two callers race on every tenant, one through each replica.
+    settings.drivers_per_tenant = 2;
     settings.kills = 1;
     settings.database = DrillDatabase::Postgres { admin_url: url };
     settings.outage = Some(OutagePlan {

@@ -21,6 +21,10 @@ struct Args {
     /// Service processes on one database (more than one needs --postgres).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
+    /// Journeys run at once for each tenant, each through its own replica: callers racing each
+    /// other on the same tenant.
+    #[arg(long, default_value_t = 1)]
+    drivers_per_tenant: usize,
     /// A PostgreSQL URL (any database on the server): the drill creates a database of its own there.
     /// Without it, a new SQLite file.
     #[arg(long)]
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     settings.tenants = args.tenants;
     settings.concurrency = args.concurrency;
     settings.replicas = args.replicas;
+    settings.drivers_per_tenant = args.drivers_per_tenant;
     settings.database = match args.postgres {
         Some(admin_url) => DrillDatabase::Postgres { admin_url },
         None => DrillDatabase::Sqlite,

@@ -122,6 +122,14 @@ impl TenantPlan {
     }
 }
 
+/// The people's steps for one tenant (account in the portal, bankgiro approved by support), done
+/// once however many journeys of the tenant run.
+#[derive(Default)]
+pub struct Portal {
+    account: tokio::sync::OnceCell<()>,
+    approval: tokio::sync::OnceCell<()>,
+}
+
 /// Drives tenants; one per drill, shared by its tasks.
 pub struct Driver<'a> {
     pub replicas: Vec<Clients>,
@@ -136,8 +144,17 @@ pub struct Driver<'a> {
 /// How a call ended for the journey.
 enum Answer<T> {
     Done(T),
-    /// ALREADY_EXISTS where that means the work was done (by an earlier attempt or the reconciler).
+    /// ALREADY_EXISTS or STAGE_ALREADY_COMPLETED: the work was done, by an earlier attempt, another
+    /// caller or the reconciler.
     AlreadyDone,
+}
+
+/// The ErrorInfo reason of a refusal, or empty.
+fn failure_reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default()
 }
 
 /// Codes after which the same request is sent again: nothing was done, or what was done is
@@ -172,10 +189,11 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// The clients of the next replica: calls go round the replicas, so one tenant's calls are
-    /// served by all of them.
-    fn clients(&self) -> Clients {
-        let index = self.next_replica.fetch_add(1, Ordering::Relaxed) % self.replicas.len();
+    /// The clients of replica `pinned`, or of the next replica: calls go round the replicas, so one
+    /// tenant's calls are served by all of them.
+    fn clients(&self, pinned: Option<usize>) -> Clients {
+        let index = pinned.unwrap_or_else(|| self.next_replica.fetch_add(1, Ordering::Relaxed))
+            % self.replicas.len();
         self.replicas[index].clone()
     }
 
@@ -184,6 +202,7 @@ impl<'a> Driver<'a> {
     /// call that succeeded, for the audit.
     async fn call<T, F, Fut>(
         &self,
+        pinned: Option<usize>,
         deadline: Instant,
         what: &str,
         already_done_ok: bool,
@@ -197,14 +216,11 @@ impl<'a> Driver<'a> {
         loop {
             self.log.calls.fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
-            let status = match send(self.clients()).await {
+            let status = match send(self.clients(pinned)).await {
                 Ok(response) => return Ok(Answer::Done(response.into_inner())),
                 Err(status) => status,
             };
-            let reason = status
-                .get_details_error_info()
-                .map(|info| info.reason)
-                .unwrap_or_default();
+            let reason = failure_reason(&status);
             self.log
                 .failures
                 .lock()
@@ -215,7 +231,11 @@ impl<'a> Driver<'a> {
                     code: status.code(),
                     reason,
                 });
-            if already_done_ok && status.code() == Code::AlreadyExists {
+            // Another caller (or the reconciler) got there first: the work is done.
+            let done_by_another = status.code() == Code::AlreadyExists
+                || (status.code() == Code::FailedPrecondition
+                    && failure_reason(&status) == "STAGE_ALREADY_COMPLETED");
+            if already_done_ok && done_by_another {
                 return Ok(Answer::AlreadyDone);
             }
             if !retryable(status.code()) {
@@ -242,8 +262,15 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// The tenant's whole journey; returns the request_ids of the calls that succeeded.
-    pub async fn journey(&self, plan: &TenantPlan) -> Result<Vec<String>, String> {
+    /// The tenant's whole journey, its calls sent to replica `pinned` (or round the replicas);
+    /// returns the request_ids of the calls that succeeded. Several journeys of one tenant may run
+    /// at once: `portal` makes sure the people's steps happen once.
+    pub async fn journey(
+        &self,
+        plan: &TenantPlan,
+        portal: &Portal,
+        pinned: Option<usize>,
+    ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + self.patience;
         let name = plan.onboarding();
         let mut succeeded = Vec::new();
@@ -251,7 +278,7 @@ impl<'a> Driver<'a> {
 
         let id = request_id("create");
         let answer = self
-            .call(deadline, "CreateOnboarding", true, |mut clients| {
+            .call(pinned, deadline, "CreateOnboarding", true, |mut clients| {
                 let request = proto::CreateOnboardingRequest {
                     tenant: plan.tenant.clone(),
                     environment: proto::Environment::Test.into(),
@@ -267,7 +294,7 @@ impl<'a> Driver<'a> {
 
         let id = request_id("agreement");
         let answer = self
-            .call(deadline, "RecordAgreement", false, |mut clients| {
+            .call(pinned, deadline, "RecordAgreement", true, |mut clients| {
                 let request = proto::RecordAgreementRequest {
                     name: name.clone(),
                     attested_by: "drill@payway.example".into(),
@@ -288,7 +315,7 @@ impl<'a> Driver<'a> {
 
         let id = request_id("account");
         let answer = self
-            .call(deadline, "RegisterAccount", false, |mut clients| {
+            .call(pinned, deadline, "RegisterAccount", true, |mut clients| {
                 let request = proto::RegisterAccountRequest {
                     name: name.clone(),
                     account: Some(proto::Account {
@@ -308,25 +335,31 @@ impl<'a> Driver<'a> {
         }
 
         // The person creates and activates the account in Billecta's portal.
-        let account = self
-            .simulator
-            .create_account(NewAccount {
-                name: "Payway Billing".into(),
-                company_name: format!("Drill {} AB", plan.tenant),
-                email: plan.email.clone(),
-                password: "initial-from-the-activation-email".into(),
+        portal
+            .account
+            .get_or_try_init(|| async {
+                let account = self
+                    .simulator
+                    .create_account(NewAccount {
+                        name: "Payway Billing".into(),
+                        company_name: format!("Drill {} AB", plan.tenant),
+                        email: plan.email.clone(),
+                        password: "initial-from-the-activation-email".into(),
+                    })
+                    .map_err(|error| format!("portal: {error:?}"))?;
+                self.simulator
+                    .activate_account(account.account_id, &plan.password)
+                    .map_err(|error| format!("portal: {error:?}"))
             })
-            .map_err(|error| format!("portal: {error:?}"))?;
-        self.simulator
-            .activate_account(account.account_id, &plan.password)
-            .map_err(|error| format!("portal: {error:?}"))?;
+            .await?;
 
         let id = request_id("confirm");
         let answer = self
             .call(
+                pinned,
                 deadline,
                 "ConfirmAccountActivation",
-                false,
+                true,
                 |mut clients| {
                     let request = proto::ConfirmAccountActivationRequest {
                         name: name.clone(),
@@ -350,7 +383,7 @@ impl<'a> Driver<'a> {
 
         let id = request_id("creditor");
         let answer = self
-            .call(deadline, "CreateCreditor", true, |mut clients| {
+            .call(pinned, deadline, "CreateCreditor", true, |mut clients| {
                 let request = proto::CreateCreditorRequest {
                     parent: name.clone(),
                     organisation_number: plan.organisation_number.clone(),
@@ -365,7 +398,7 @@ impl<'a> Driver<'a> {
         if let Answer::Done(_) = answer {
             succeeded.push(id);
         }
-        let creditor = self.creditor(deadline, &name).await?;
+        let creditor = self.creditor(pinned, deadline, &name).await?;
 
         let settings = proto::CompanySettings {
             address: "Drillgatan 1".into(),
@@ -376,36 +409,53 @@ impl<'a> Driver<'a> {
             ..Default::default()
         };
         let id = request_id("company");
-        self.update_company_settings(deadline, &creditor.name, Some(settings), id.clone())
-            .await?;
-        succeeded.push(id);
+        if self
+            .update_company_settings(pinned, deadline, &creditor.name, Some(settings), id.clone())
+            .await?
+        {
+            succeeded.push(id);
+        }
         // Billecta's support approves the bankgiro for payments; the settings are applied again.
         let public_id = creditor
             .creditor_public_id
             .parse()
             .map_err(|_| format!("creditor {} has no CreditorPublicId", creditor.name))?;
-        self.simulator
-            .approve_outgoing_bankgiro(public_id, &plan.bankgiro_payments)
-            .map_err(|error| format!("support: {error:?}"))?;
-        let id = request_id("company-approved");
-        self.update_company_settings(deadline, &creditor.name, None, id.clone())
+        portal
+            .approval
+            .get_or_try_init(|| async {
+                self.simulator
+                    .approve_outgoing_bankgiro(public_id, &plan.bankgiro_payments)
+                    .map_err(|error| format!("support: {error:?}"))
+            })
             .await?;
-        succeeded.push(id);
+        let id = request_id("company-approved");
+        if self
+            .update_company_settings(pinned, deadline, &creditor.name, None, id.clone())
+            .await?
+        {
+            succeeded.push(id);
+        }
 
         let id = request_id("invoice");
         let answer = self
-            .call(deadline, "UpdateInvoiceSettings", false, |mut clients| {
-                let request = proto::UpdateInvoiceSettingsRequest {
-                    name: creditor.name.clone(),
-                    invoice_settings: Some(proto::InvoiceSettings {
-                        next_invoice_number: 1001,
-                        payment_terms: None,
-                    }),
-                    request_id: id.clone(),
-                    ..Default::default()
-                };
-                async move { clients.onboardings.update_invoice_settings(request).await }
-            })
+            .call(
+                pinned,
+                deadline,
+                "UpdateInvoiceSettings",
+                true,
+                |mut clients| {
+                    let request = proto::UpdateInvoiceSettingsRequest {
+                        name: creditor.name.clone(),
+                        invoice_settings: Some(proto::InvoiceSettings {
+                            next_invoice_number: 1001,
+                            payment_terms: None,
+                        }),
+                        request_id: id.clone(),
+                        ..Default::default()
+                    };
+                    async move { clients.onboardings.update_invoice_settings(request).await }
+                },
+            )
             .await?;
         if let Answer::Done(_) = answer {
             succeeded.push(id);
@@ -414,16 +464,22 @@ impl<'a> Driver<'a> {
         // In test the account's one user is the API user.
         let id = request_id("api");
         let answer = self
-            .call(deadline, "RegisterApiCredentials", false, |mut clients| {
-                let request = proto::RegisterApiCredentialsRequest {
-                    name: creditor.name.clone(),
-                    username: plan.email.clone(),
-                    password: plan.password.clone(),
-                    request_id: id.clone(),
-                    ..Default::default()
-                };
-                async move { clients.onboardings.register_api_credentials(request).await }
-            })
+            .call(
+                pinned,
+                deadline,
+                "RegisterApiCredentials",
+                true,
+                |mut clients| {
+                    let request = proto::RegisterApiCredentialsRequest {
+                        name: creditor.name.clone(),
+                        username: plan.email.clone(),
+                        password: plan.password.clone(),
+                        request_id: id.clone(),
+                        ..Default::default()
+                    };
+                    async move { clients.onboardings.register_api_credentials(request).await }
+                },
+            )
             .await?;
         if let Answer::Done(_) = answer {
             succeeded.push(id);
@@ -431,7 +487,7 @@ impl<'a> Driver<'a> {
 
         let id = request_id("skip-webhooks");
         let answer = self
-            .call(deadline, "SkipStage", false, |mut clients| {
+            .call(pinned, deadline, "SkipStage", true, |mut clients| {
                 let request = proto::SkipStageRequest {
                     name: creditor.name.clone(),
                     stage: proto::Stage::Webhooks.into(),
@@ -446,35 +502,48 @@ impl<'a> Driver<'a> {
             succeeded.push(id);
         }
 
-        self.call(deadline, "GetPaymentConfiguration", false, |mut clients| {
-            let request = proto::GetPaymentConfigurationRequest {
-                name: creditor.name.clone(),
-            };
-            async move { clients.payments.get_payment_configuration(request).await }
-        })
+        self.call(
+            pinned,
+            deadline,
+            "GetPaymentConfiguration",
+            true,
+            |mut clients| {
+                let request = proto::GetPaymentConfigurationRequest {
+                    name: creditor.name.clone(),
+                };
+                async move { clients.payments.get_payment_configuration(request).await }
+            },
+        )
         .await?;
         Ok(succeeded)
     }
 
-    /// UpdateCompanySettings, answered.
+    /// UpdateCompanySettings, answered; `false` when another caller had done it.
     async fn update_company_settings(
         &self,
+        pinned: Option<usize>,
         deadline: Instant,
         creditor: &str,
         settings: Option<proto::CompanySettings>,
         request_id: String,
-    ) -> Result<(), String> {
-        self.call(deadline, "UpdateCompanySettings", false, |mut clients| {
-            let request = proto::UpdateCompanySettingsRequest {
-                name: creditor.to_owned(),
-                company_settings: settings.clone(),
-                request_id: request_id.clone(),
-                ..Default::default()
-            };
-            async move { clients.onboardings.update_company_settings(request).await }
-        })
+    ) -> Result<bool, String> {
+        self.call(
+            pinned,
+            deadline,
+            "UpdateCompanySettings",
+            true,
+            |mut clients| {
+                let request = proto::UpdateCompanySettingsRequest {
+                    name: creditor.to_owned(),
+                    company_settings: settings.clone(),
+                    request_id: request_id.clone(),
+                    ..Default::default()
+                };
+                async move { clients.onboardings.update_company_settings(request).await }
+            },
+        )
         .await
-        .map(drop)
+        .map(|answer| matches!(answer, Answer::Done(_)))
     }
 
     /// The onboarding `name`, read until answered.
@@ -483,8 +552,17 @@ impl<'a> Driver<'a> {
         deadline: Instant,
         name: &str,
     ) -> Result<proto::Onboarding, String> {
+        self.onboarding_via(None, deadline, name).await
+    }
+
+    async fn onboarding_via(
+        &self,
+        pinned: Option<usize>,
+        deadline: Instant,
+        name: &str,
+    ) -> Result<proto::Onboarding, String> {
         match self
-            .call(deadline, "GetOnboarding", false, |mut clients| {
+            .call(pinned, deadline, "GetOnboarding", false, |mut clients| {
                 let request = proto::GetOnboardingRequest {
                     name: name.to_owned(),
                 };
@@ -500,8 +578,13 @@ impl<'a> Driver<'a> {
     }
 
     /// The creditor of the onboarding `name` (the drill creates one).
-    async fn creditor(&self, deadline: Instant, name: &str) -> Result<proto::Creditor, String> {
-        self.onboarding(deadline, name)
+    async fn creditor(
+        &self,
+        pinned: Option<usize>,
+        deadline: Instant,
+        name: &str,
+    ) -> Result<proto::Creditor, String> {
+        self.onboarding_via(pinned, deadline, name)
             .await?
             .creditors
             .into_iter()
@@ -519,14 +602,20 @@ impl<'a> Driver<'a> {
         let mut page_token = String::new();
         loop {
             let page = self
-                .call(deadline, "ListOnboardingEvents", false, |mut clients| {
-                    let request = proto::ListOnboardingEventsRequest {
-                        name: name.to_owned(),
-                        page_size: 1000,
-                        page_token: page_token.clone(),
-                    };
-                    async move { clients.onboardings.list_onboarding_events(request).await }
-                })
+                .call(
+                    None,
+                    deadline,
+                    "ListOnboardingEvents",
+                    false,
+                    |mut clients| {
+                        let request = proto::ListOnboardingEventsRequest {
+                            name: name.to_owned(),
+                            page_size: 1000,
+                            page_token: page_token.clone(),
+                        };
+                        async move { clients.onboardings.list_onboarding_events(request).await }
+                    },
+                )
                 .await?;
             let Answer::Done(page) = page else {
                 unreachable!("ALREADY_EXISTS is not accepted here")

@@ -19,7 +19,7 @@ use anyhow::Context;
 use base64::Engine;
 use fleet::{CuttableProxy, Fleet};
 use futures::StreamExt;
-use journey::{CallLog, Clients, Driver, TenantAudit, TenantPlan};
+use journey::{CallLog, Clients, Driver, Portal, TenantAudit, TenantPlan};
 use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -63,6 +63,9 @@ pub struct DrillSettings {
     /// Tenants driven at once.
     pub concurrency: usize,
     pub replicas: usize,
+    /// Journeys run at once for each tenant, each through its own replica (round the replicas when
+    /// one): more than one is callers racing each other on the same tenant.
+    pub drivers_per_tenant: usize,
     pub database: DrillDatabase,
     /// The `billecta-onboarding` binary.
     pub server_binary: PathBuf,
@@ -88,6 +91,7 @@ impl DrillSettings {
             tenants: 500,
             concurrency: 32,
             replicas: 1,
+            drivers_per_tenant: 1,
             database: DrillDatabase::Sqlite,
             server_binary,
             work_dir,
@@ -172,6 +176,7 @@ pub fn fault_rules(failure_rate: f64, latency: Duration) -> Vec<FaultRule> {
 pub struct DrillReport {
     pub tenants: usize,
     pub replicas: usize,
+    pub drivers_per_tenant: usize,
     pub database: String,
     pub wall: Duration,
     pub ready: usize,
@@ -304,8 +309,8 @@ impl fmt::Display for DrillReport {
         let per_second = self.tenants as f64 / self.wall.as_secs_f64().max(f64::EPSILON);
         writeln!(
             f,
-            "tenants              {} on {} replica(s), {}",
-            self.tenants, self.replicas, self.database
+            "tenants              {} on {} replica(s), {}; {} journey(s) at once per tenant",
+            self.tenants, self.replicas, self.database, self.drivers_per_tenant
         )?;
         writeln!(
             f,
@@ -570,6 +575,7 @@ async fn drive(
     let mut restarts = Vec::new();
     let mut outage_times = OutageTimes::default();
 
+    let drivers = settings.drivers_per_tenant.max(1);
     let tenants = futures::stream::iter(0..settings.tenants)
         .map(|index| {
             let driver = &driver;
@@ -577,7 +583,18 @@ async fn drive(
             let run_tag = &run_tag;
             async move {
                 let plan = TenantPlan::new(run_tag, index);
-                let outcome = driver.journey(&plan).await;
+                let portal = Portal::default();
+                // One journey going round the replicas, or several at once, each through its own
+                // replica: callers racing each other on the same tenant.
+                let journeys = (0..drivers).map(|n| {
+                    let pinned = (drivers > 1).then_some(n);
+                    driver.journey(&plan, &portal, pinned)
+                });
+                let outcome = futures::future::join_all(journeys)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|ids| ids.concat());
                 finished.fetch_add(1, Ordering::Relaxed);
                 (plan, outcome)
             }
@@ -635,6 +652,7 @@ async fn drive(
     let mut report = DrillReport {
         tenants: settings.tenants,
         replicas: fleet.len(),
+        drivers_per_tenant: drivers,
         wall,
         rpc_calls: log.calls.load(Ordering::Relaxed),
         rpc_retries: log.retries.load(Ordering::Relaxed),
