@@ -110,6 +110,15 @@ pub struct Config {
     )]
     pub billecta_connect_timeout_ms: u64,
 
+    /// Requests in flight to one Billecta environment at most; more wait for a slot within their
+    /// deadline.
+    #[arg(
+        long,
+        env = "ONBOARDING_BILLECTA_MAX_CONCURRENCY",
+        default_value_t = 32
+    )]
+    pub billecta_max_concurrency: usize,
+
     /// Attempts per Billecta call, the first included, for failures worth retrying.
     #[arg(long, env = "ONBOARDING_BILLECTA_MAX_ATTEMPTS", default_value_t = 4)]
     pub billecta_max_attempts: u32,
@@ -360,6 +369,10 @@ impl Config {
             "--billecta-max-attempts must be at least 1"
         );
         anyhow::ensure!(
+            self.billecta_max_concurrency >= 1,
+            "--billecta-max-concurrency must be at least 1"
+        );
+        anyhow::ensure!(
             self.billecta_timeout_ms >= 1 && self.billecta_connect_timeout_ms >= 1,
             "--billecta-timeout-ms and --billecta-connect-timeout-ms must be at least 1"
         );
@@ -390,6 +403,7 @@ impl Config {
                 failure_threshold: self.billecta_breaker_failures,
                 open_for: Duration::from_millis(self.billecta_breaker_open_ms),
             },
+            max_concurrency: self.billecta_max_concurrency,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
 //! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
 //! - [`reconciler`] — the background worker: resumes waiting stages, re-checks live setups.
+//! - [`bench`] — the benchmarks `billecta-bench` prints (BENCHMARKS.md).
 //! - [`drill`] — reliability drills: many tenants through real processes, with faults and kills.
 //! - [`rotation`] — re-encrypting stored secrets under the active key, to retire an old one.
 //! - [`secret`] — a value that cannot be printed by accident.
@@ -21,6 +22,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod billecta;
 pub mod config;
 pub mod crypto;

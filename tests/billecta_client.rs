@@ -42,6 +42,7 @@ fn fast_settings(base_url: String) -> ClientSettings {
             failure_threshold: 100,
             open_for: Duration::from_secs(30),
         },
+        max_concurrency: 32,
     }
 }
 
@@ -755,4 +756,38 @@ async fn the_lookup_by_organisation_number_reads_every_page() {
         3,
         "three pages of 100"
     );
+}
+
+#[tokio::test]
+async fn no_more_requests_than_the_concurrency_limit_are_in_flight() {
+    let f = fixture_with(Environment::Test, |settings| settings.max_concurrency = 2).await;
+    f.simulator
+        .set_faults(
+            None,
+            vec![fault("GET /v1/users/users", Fault::Latency { ms: 300 })],
+        )
+        .unwrap();
+    // Six reads, two at a time: three rounds of 300 ms at least.
+    let started = std::time::Instant::now();
+    let reads = (0..6).map(|_| f.client.list_users(&f.token, Deadline::none()));
+    for read in futures::future::join_all(reads).await {
+        read.expect("every read is answered");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "two at a time: {:?}",
+        started.elapsed()
+    );
+    // A caller whose deadline passes while it waits for a slot is told so, and nothing is sent.
+    let before = f.simulator.request_count("GET /v1/users/users");
+    let busy = f.client.list_users(&f.token, Deadline::none());
+    let also_busy = f.client.list_users(&f.token, Deadline::none());
+    let impatient = f
+        .client
+        .list_users(&f.token, Deadline::after(Duration::from_millis(100)));
+    let (busy, also_busy, impatient) = tokio::join!(busy, also_busy, impatient);
+    busy.unwrap();
+    also_busy.unwrap();
+    assert_eq!(impatient.unwrap_err().failure, Failure::DeadlineExceeded);
+    assert_eq!(f.simulator.request_count("GET /v1/users/users"), before + 2);
 }

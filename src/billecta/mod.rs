@@ -52,6 +52,9 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,
+    /// At most this many requests to this environment at once; more wait for a free slot (within
+    /// their deadline).
+    pub max_concurrency: usize,
 }
 
 impl ClientSettings {
@@ -62,6 +65,7 @@ impl ClientSettings {
             connect_timeout: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             breaker: BreakerPolicy::default(),
+            max_concurrency: 32,
         }
     }
 }
@@ -372,6 +376,7 @@ struct Inner {
     timeout: Duration,
     retry: RetryPolicy,
     breaker: CircuitBreaker,
+    slots: tokio::sync::Semaphore,
 }
 
 /// The answer of one attempt that reached Billecta.
@@ -406,6 +411,7 @@ impl BillectaClient {
                 timeout: settings.timeout,
                 retry: settings.retry,
                 breaker: CircuitBreaker::new(settings.breaker),
+                slots: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
             }),
         })
     }
@@ -807,6 +813,18 @@ impl BillectaClient {
             retry_after: None,
             attempts: 1,
         };
+        // At most `max_concurrency` requests at once; waiting for a slot counts against the deadline.
+        let slot = self.inner.slots.acquire();
+        let _slot = match deadline.remaining() {
+            Some(left) => tokio::time::timeout(left, slot).await.map_err(|_| {
+                error(
+                    Failure::DeadlineExceeded,
+                    "no time left while waiting for a free slot to Billecta".into(),
+                )
+            })?,
+            None => slot.await,
+        }
+        .expect("the slots are never closed");
         let timeout = deadline.cap(self.inner.timeout);
         // When the caller's deadline, not the client's timeout, ends the attempt, that says nothing
         // about Billecta's health, and the caller is told its deadline ran out.

@@ -117,6 +117,17 @@ impl Fleet {
         }
     }
 
+    /// The resident memory of replica `index` now, in KiB (Linux), if it runs.
+    pub async fn resident_kib(&self, index: usize) -> Option<u64> {
+        let replica = self.replicas[index].lock().await;
+        let pid = replica.child.as_ref()?.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+    }
+
     /// `kill -9` of replica `index`: no shutdown of any kind, as a crash or an OOM kill.
     pub async fn kill(&self, index: usize) -> anyhow::Result<()> {
         let mut replica = self.replicas[index].lock().await;

@@ -73,8 +73,9 @@ pub struct DrillSettings {
     pub work_dir: PathBuf,
     /// The share of Billecta requests answered by an injected fault (5xx, 429, hang, reset).
     pub failure_rate: f64,
-    /// Added to half of Billecta's answers.
+    /// Added to `latency_share` of Billecta's answers.
     pub latency: Duration,
+    pub latency_share: f64,
     pub seed: u64,
     /// `kill -9` of a replica this many times, spread over the run; each is restarted at once.
     pub kills: u32,
@@ -97,6 +98,7 @@ impl DrillSettings {
             work_dir,
             failure_rate: 0.25,
             latency: Duration::from_millis(20),
+            latency_share: 0.5,
             seed: 1,
             kills: 0,
             outage: None,
@@ -108,8 +110,8 @@ impl DrillSettings {
 
 /// The mix of faults a drill injects: shares of the failures by kind, each rule's probability set so
 /// that together `failure_rate` of the requests fail (the simulator applies the first rule that
-/// fires), plus `latency` on half the requests.
-pub fn fault_rules(failure_rate: f64, latency: Duration) -> Vec<FaultRule> {
+/// fires), plus `latency` on `latency_share` of the requests.
+pub fn fault_rules(failure_rate: f64, latency: Duration, latency_share: f64) -> Vec<FaultRule> {
     let kinds = [
         (
             0.40,
@@ -157,7 +159,7 @@ pub fn fault_rules(failure_rate: f64, latency: Duration) -> Vec<FaultRule> {
             FaultRule::new(Fault::Latency {
                 ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
             })
-            .with_probability(0.5),
+            .with_probability(latency_share.clamp(0.0, 1.0)),
         );
     }
     if target > 0.0 {
@@ -200,6 +202,10 @@ pub struct DrillReport {
     /// From `kill -9` to SERVING again, each time.
     pub restarts: Vec<Duration>,
     pub start_to_serving: Duration,
+    /// The largest replica's resident memory at the end, in KiB.
+    pub server_resident_kib: Option<u64>,
+    /// The SQLite file the replicas used, kept for later runs.
+    pub sqlite_file: Option<PathBuf>,
     pub outage: Option<OutageReport>,
 }
 
@@ -314,9 +320,13 @@ impl fmt::Display for DrillReport {
         )?;
         writeln!(
             f,
-            "wall time            {:.1} s ({per_second:.1} tenants/s); first start to SERVING {} ms",
+            "wall time            {:.1} s ({per_second:.1} tenants/s); first start to SERVING {} ms; server memory at the end {} MiB",
             self.wall.as_secs_f64(),
-            millis(self.start_to_serving)
+            millis(self.start_to_serving),
+            self.server_resident_kib.map_or_else(
+                || "unknown".to_owned(),
+                |kib| format!("{:.1}", kib as f64 / 1024.0)
+            )
         )?;
         writeln!(f, "READY                {} of {}", self.ready, self.tenants)?;
         let share = self.billecta_faulted as f64 / self.billecta_requests.max(1) as f64;
@@ -394,7 +404,7 @@ impl fmt::Display for DrillReport {
 }
 
 /// A random key of `bytes` bytes, base64.
-fn random_key(bytes: usize) -> String {
+pub fn random_key(bytes: usize) -> String {
     let mut key = vec![0u8; bytes];
     getrandom::fill(&mut key).expect("the system's random source");
     base64::engine::general_purpose::STANDARD.encode(key)
@@ -477,7 +487,11 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
     let tag = format!("{:x}", uuid::Uuid::new_v4().as_u128() & 0xffff_ffff_ffff);
     let mut simulator_config = SimulatorConfig::new(Environment::Test);
     simulator_config.seed = settings.seed;
-    simulator_config.faults = fault_rules(settings.failure_rate, settings.latency);
+    simulator_config.faults = fault_rules(
+        settings.failure_rate,
+        settings.latency,
+        settings.latency_share,
+    );
     let simulator = crate::simulator::start(simulator_config).await?;
     let database = prepare_database(&settings, &tag).await?;
     let api_key = format!("bok_{}", random_key(32));
@@ -527,9 +541,18 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
         start_to_serving = start_to_serving.max(fleet.start(index).await?);
     }
     let result = drive(&settings, &fleet, &simulator, &database, &api_key).await;
+    let mut resident = None;
+    for index in 0..fleet.len() {
+        resident = resident.max(fleet.resident_kib(index).await);
+    }
     fleet.stop().await;
     let mut report = result?;
     report.start_to_serving = start_to_serving;
+    report.server_resident_kib = resident;
+    report.sqlite_file = database
+        .postgres
+        .is_none()
+        .then(|| PathBuf::from(&database.url));
     report.database = database.describe.clone();
     if report.problems().is_empty()
         && let Some((admin_url, name)) = &database.postgres
@@ -852,7 +875,7 @@ mod tests {
     #[test]
     fn fault_rules_fail_the_share_asked_for() {
         for rate in [0.1, 0.25, 0.5] {
-            let rules = fault_rules(rate, Duration::from_millis(20));
+            let rules = fault_rules(rate, Duration::from_millis(20), 0.5);
             assert!(matches!(rules[0].fault, Fault::Latency { ms: 20 }));
             let passing: f64 = rules[1..]
                 .iter()
@@ -860,6 +883,6 @@ mod tests {
                 .product();
             assert!(((1.0 - passing) - rate).abs() < 1e-6, "{rate}: {rules:?}");
         }
-        assert!(fault_rules(0.0, Duration::ZERO).is_empty());
+        assert!(fault_rules(0.0, Duration::ZERO, 0.5).is_empty());
     }
 }

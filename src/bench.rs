@@ -1,0 +1,242 @@
+//! Benchmarks that print figures (`billecta-bench`; results in BENCHMARKS.md):
+//!
+//! 1. the read path — `GetOnboarding` and `GetPaymentConfiguration` under many concurrent streams,
+//!    next to a bare no-op unary handler (a tonic server with nothing but a health service) loaded
+//!    the same way in the same run, on SQLite and on PostgreSQL;
+//! 2. provisioning — tenants from nothing to READY against the simulator with latency added to
+//!    every Billecta call, next to the ideal time for that many calls at the configured Billecta
+//!    concurrency;
+//! 3. start-up to SERVING on an existing database, and resident memory.
+//!
+//! Everything runs on one machine at once, so each figure is read next to its baseline from the
+//! same run: ratios, not absolute numbers, are what compare across machines.
+
+use crate::app::Application;
+use crate::config::Config;
+use crate::drill::journey::{CallLog, Clients, Driver, Portal, TenantPlan};
+use crate::proto;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+
+/// How a load is applied.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadShape {
+    /// Calls in flight at once (each its own HTTP/2 stream).
+    pub concurrency: usize,
+    /// HTTP/2 connections the streams share.
+    pub connections: usize,
+    pub warm_up: Duration,
+    pub measure: Duration,
+}
+
+/// What one load measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadResult {
+    pub calls: u64,
+    pub errors: u64,
+    pub per_second: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl std::fmt::Display for LoadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>9.0} calls/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} calls, {} errors)",
+            self.per_second,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.calls,
+            self.errors
+        )
+    }
+}
+
+/// Channels to `address`, connected.
+pub async fn channels(address: SocketAddr, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        channels.push(
+            Endpoint::from_shared(format!("http://{address}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    Ok(channels)
+}
+
+/// Runs `call` from `shape.concurrency` tasks spread over `channels` for the warm-up, then counts
+/// calls and latencies for the measured period.
+pub async fn load<F, Fut>(channels: &[Channel], shape: LoadShape, call: F) -> LoadResult
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let call = Arc::new(call);
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::with_capacity(shape.concurrency);
+    for worker in 0..shape.concurrency {
+        let channel = channels[worker % channels.len()].clone();
+        let call = call.clone();
+        let measuring = measuring.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::with_capacity(64 * 1024);
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let outcome = call(channel.clone()).await;
+                if measuring.load(Ordering::Relaxed) {
+                    match outcome {
+                        Ok(()) => latencies
+                            .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX)),
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep(shape.warm_up).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(shape.measure).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((worker_latencies, worker_errors)) = worker.await {
+            latencies.extend(worker_latencies);
+            errors += worker_errors;
+        }
+    }
+    latencies.sort_unstable();
+    let at = |share: f64| {
+        latencies
+            .get(((latencies.len() as f64 * share) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(Duration::ZERO, |micros| {
+                Duration::from_micros(u64::from(*micros))
+            })
+    };
+    LoadResult {
+        calls: latencies.len() as u64,
+        errors,
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+/// A tonic server with nothing but the health service, no layers: the cost of gRPC itself.
+pub async fn bare_server() -> anyhow::Result<(SocketAddr, tokio_util::sync::CancellationToken)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        let _reporter = reporter;
+        let _ = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await;
+    });
+    Ok((address, stop))
+}
+
+/// The bare handler's call: a health check.
+pub async fn bare_call(channel: Channel) -> Result<(), tonic::Status> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(drop)
+}
+
+/// A service started in-process in sandbox mode on `database`, with one tenant brought to READY in
+/// the test environment; returns the application's shutdown token, its address, the onboarding's
+/// name and the creditor's.
+pub struct ReadySetup {
+    pub address: SocketAddr,
+    pub onboarding: String,
+    pub creditor: String,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ReadySetup {
+    pub async fn start(database: &str, adjust: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
+        let mut config = Config::for_database(database);
+        config.sandbox = true;
+        config.reconcile_interval_ms = 0;
+        config.max_concurrent_calls = 4096;
+        adjust(&mut config);
+        let application = Application::build(config).await?;
+        let address = application.local_addr();
+        let simulator = application
+            .sandbox()
+            .expect("sandbox mode")
+            .simulator(crate::domain::Environment::Test)
+            .clone();
+        let shutdown = application.shutdown_token();
+        let task = tokio::spawn(application.run());
+        let channel = channels(address, 1).await?.remove(0);
+        let log = CallLog::default();
+        let driver = Driver::new(
+            vec![Clients::new(channel, crate::auth::SANDBOX_KEY)],
+            &simulator,
+            &log,
+            Instant::now(),
+            Duration::from_secs(60),
+        );
+        let plan = TenantPlan::new("bench", 0);
+        driver
+            .journey(&plan, &Portal::default(), None)
+            .await
+            .map_err(|why| anyhow::anyhow!("the benchmark's tenant did not get READY: {why}"))?;
+        let onboarding = driver
+            .onboarding(Instant::now() + Duration::from_secs(10), &plan.onboarding())
+            .await
+            .map_err(|why| anyhow::anyhow!("{why}"))?;
+        anyhow::ensure!(
+            onboarding.state == proto::OnboardingState::Ready as i32,
+            "the benchmark's tenant is not READY"
+        );
+        Ok(Self {
+            address,
+            onboarding: onboarding.name.clone(),
+            creditor: onboarding.creditors[0].name.clone(),
+            shutdown,
+            task,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The `authorization` header value of the sandbox's development key.
+pub fn sandbox_bearer() -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
+    format!("Bearer {}", crate::auth::SANDBOX_KEY)
+        .parse()
+        .expect("an ASCII key")
+}

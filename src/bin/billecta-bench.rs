@@ -1,0 +1,271 @@
+//! `billecta-bench`: prints the figures BENCHMARKS.md records — the read path next to a bare gRPC
+//! handler, provisioning next to its ideal time, start-up and memory. Build with `--release`.
+
+use billecta_onboarding::bench::{self, LoadResult, LoadShape, ReadySetup};
+use billecta_onboarding::drill::{self, DrillDatabase, DrillSettings};
+use billecta_onboarding::proto;
+use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
+use billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
+use clap::Parser;
+use sqlx::Connection;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "billecta-bench", version, about)]
+struct Args {
+    /// A PostgreSQL URL (any database on the server): the read path is also measured on a fresh
+    /// database there.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Concurrent streams of the read-path load.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Seconds each read-path load is measured (after one second of warm-up).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Tenants of the provisioning run.
+    #[arg(long, default_value_t = 1000)]
+    tenants: usize,
+    /// Latency added to every Billecta call in the provisioning run, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// The service's --billecta-max-concurrency in the provisioning run.
+    #[arg(long, default_value_t = 32)]
+    billecta_concurrency: usize,
+    /// Tenants driven at once in the provisioning run.
+    #[arg(long, default_value_t = 128)]
+    provision_concurrency: usize,
+    /// Skip the read path.
+    #[arg(long)]
+    skip_read: bool,
+    /// Skip provisioning (and the start-up and memory figures that follow it).
+    #[arg(long)]
+    skip_provision: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BENCH_LOG")
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let work_dir = std::env::temp_dir().join(format!("billecta-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)?;
+    println!(
+        "machine: {} cores; build: {}",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        if cfg!(debug_assertions) {
+            "debug (use --release for figures)"
+        } else {
+            "release"
+        }
+    );
+    if !args.skip_read {
+        read_path(&args, &work_dir).await?;
+    }
+    if !args.skip_provision {
+        provisioning(&args, &work_dir).await?;
+    }
+    Ok(())
+}
+
+async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()> {
+    let shape = LoadShape {
+        concurrency: args.concurrency,
+        connections: args.connections,
+        warm_up: Duration::from_secs(1),
+        measure: Duration::from_secs(args.seconds),
+    };
+    println!(
+        "\n== read path: {} concurrent streams over {} connections, {} s each",
+        shape.concurrency, shape.connections, args.seconds
+    );
+    let mut backends = vec![(
+        "SQLite",
+        work_dir.join("read.sqlite3").display().to_string(),
+        None,
+    )];
+    if let Some(admin_url) = &args.postgres {
+        let name = format!("bench_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await?;
+        let mut url = url::Url::parse(admin_url)?;
+        url.set_path(&name);
+        backends.push((
+            "PostgreSQL",
+            url.to_string(),
+            Some((admin_url.clone(), name)),
+        ));
+    }
+    for (label, database, cleanup) in backends {
+        let (bare_address, bare_stop) = bench::bare_server().await?;
+        let bare_channels = bench::channels(bare_address, shape.connections).await?;
+        let bare = bench::load(&bare_channels, shape, bench::bare_call).await;
+        bare_stop.cancel();
+        println!("{label:<10} bare no-op handler        {bare}");
+
+        let setup = ReadySetup::start(&database, |_| {}).await?;
+        let channels = bench::channels(setup.address, shape.connections).await?;
+        let bearer = bench::sandbox_bearer();
+        let name = setup.onboarding.clone();
+        let auth = bearer.clone();
+        let onboarding = bench::load(&channels, shape, move |channel| {
+            let mut request =
+                tonic::Request::new(proto::GetOnboardingRequest { name: name.clone() });
+            request.metadata_mut().insert("authorization", auth.clone());
+            async move {
+                OnboardingServiceClient::new(channel)
+                    .get_onboarding(request)
+                    .await
+                    .map(drop)
+            }
+        })
+        .await;
+        report(label, "GetOnboarding", onboarding, bare);
+        let creditor = setup.creditor.clone();
+        let payments = bench::load(&channels, shape, move |channel| {
+            let mut request = tonic::Request::new(proto::GetPaymentConfigurationRequest {
+                name: creditor.clone(),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            async move {
+                PaymentConfigurationServiceClient::new(channel)
+                    .get_payment_configuration(request)
+                    .await
+                    .map(drop)
+            }
+        })
+        .await;
+        report(label, "GetPaymentConfiguration", payments, bare);
+        setup.stop().await;
+        if let Some((admin_url, name)) = cleanup {
+            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn report(backend: &str, method: &str, result: LoadResult, bare: LoadResult) {
+    println!(
+        "{backend:<10} {method:<25} {result}  ratio to bare {:.2}",
+        result.per_second / bare.per_second.max(f64::EPSILON)
+    );
+}
+
+async fn provisioning(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "\n== provisioning: {} tenants from nothing to READY (test), {} ms added to every Billecta call, Billecta concurrency {}",
+        args.tenants, args.latency_ms, args.billecta_concurrency
+    );
+    let server_binary = std::env::current_exe()?.with_file_name("billecta-onboarding");
+    let mut settings = DrillSettings::new(server_binary.clone(), work_dir.to_owned());
+    settings.tenants = args.tenants;
+    settings.concurrency = args.provision_concurrency;
+    settings.failure_rate = 0.0;
+    settings.latency = Duration::from_millis(args.latency_ms);
+    settings.latency_share = 1.0;
+    settings.database = DrillDatabase::Sqlite;
+    settings.server_args = vec![
+        "--billecta-max-concurrency".into(),
+        args.billecta_concurrency.to_string(),
+        "--log".into(),
+        "warn".into(),
+    ];
+    let report = drill::run(settings).await?;
+    anyhow::ensure!(
+        report.problems().is_empty(),
+        "the provisioning run broke a promise:\n{report}"
+    );
+    let ideal = Duration::from_secs_f64(
+        report.billecta_requests as f64 * args.latency_ms as f64
+            / 1000.0
+            / args.billecta_concurrency as f64,
+    );
+    println!(
+        "wall time {:.2} s for {} Billecta calls; ideal at concurrency {}: {:.2} s; ratio {:.2}",
+        report.wall.as_secs_f64(),
+        report.billecta_requests,
+        args.billecta_concurrency,
+        ideal.as_secs_f64(),
+        report.wall.as_secs_f64() / ideal.as_secs_f64().max(f64::EPSILON)
+    );
+    if let Some(kib) = report.server_resident_kib {
+        println!(
+            "server resident memory after the run: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
+
+    println!("\n== start-up to SERVING on the provisioned database");
+    let sqlite = report
+        .sqlite_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("missing.sqlite3"));
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(startup(&server_binary, &sqlite, work_dir).await?);
+    }
+    times.sort();
+    println!(
+        "median {:.0} ms, fastest {:.0} ms, slowest {:.0} ms (5 starts, {} tenants in the database)",
+        times[2].as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[4].as_secs_f64() * 1e3,
+        args.tenants
+    );
+    Ok(())
+}
+
+/// Starts the service binary on `database` and measures the time to SERVING, then stops it.
+async fn startup(
+    binary: &std::path::Path,
+    database: &std::path::Path,
+    work_dir: &std::path::Path,
+) -> anyhow::Result<Duration> {
+    let key = "bench-startup-key";
+    let callers = serde_json::json!([{
+        "name": "bench",
+        "key_sha256": hex::encode(billecta_onboarding::auth::hash_key(key)),
+        "permissions": ["read"],
+    }]);
+    let fleet = drill::fleet::Fleet::new(
+        binary.to_owned(),
+        vec![
+            "--database".into(),
+            database.display().to_string(),
+            "--log".into(),
+            "warn".into(),
+            "--reconcile-interval-ms".into(),
+            "0".into(),
+        ],
+        vec![
+            ("ONBOARDING_CALLERS".into(), callers.to_string()),
+            (
+                "ONBOARDING_ENCRYPTION_KEYS".into(),
+                format!("bench:{}", drill::random_key(32)),
+            ),
+        ],
+        1,
+        work_dir,
+    )?;
+    let took = fleet.start(0).await?;
+    fleet.stop().await;
+    Ok(took)
+}
