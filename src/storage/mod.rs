@@ -227,7 +227,7 @@ impl Store {
         tenant: &TenantId,
         environment: Environment,
     ) -> Result<Option<OnboardingRecord>> {
-        let mut connection = self.reader.acquire().await.map_err(db_error)?;
+        let mut connection = self.reader()?.acquire().await.map_err(db_error)?;
         let row = sqlx::query(rows::SELECT_ONBOARDING)
             .bind(tenant.as_str())
             .bind(environment.as_str())
@@ -250,7 +250,7 @@ impl Store {
         after: Option<(&str, &str)>,
         limit: i64,
     ) -> Result<Vec<OnboardingRecord>> {
-        let mut connection = self.reader.acquire().await.map_err(db_error)?;
+        let mut connection = self.reader()?.acquire().await.map_err(db_error)?;
         let (after_tenant, after_environment) = after.unwrap_or(("", ""));
         let found = sqlx::query(rows::LIST_ONBOARDINGS)
             .bind(after_tenant)
