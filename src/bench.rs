@@ -148,10 +148,9 @@ pub async fn bare_server() -> anyhow::Result<(SocketAddr, tokio_util::sync::Canc
     tokio::spawn(async move {
         let _reporter = reporter;
         let _ = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown.cancelled_owned(),
             )
             .await;

@@ -58,6 +58,12 @@ pub struct Config {
     )]
     pub database_acquire_timeout_ms: u64,
 
+    /// Onboardings whose stages, creditors and stored credentials are kept in memory between reads.
+    /// Kept data is used only after the database confirms it is current, so replicas sharing a
+    /// database never read stale data; 0 reads everything from the database every time.
+    #[arg(long, env = "ONBOARDING_CACHED_ONBOARDINGS", default_value_t = 1024)]
+    pub cached_onboardings: usize,
+
     /// How often the database is checked for the health service.
     #[arg(
         long,

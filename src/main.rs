@@ -75,6 +75,7 @@ async fn reencrypt(config: &Config) -> anyhow::Result<billecta_onboarding::rotat
         database: config.database.clone(),
         max_connections: 2,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+        cached_onboardings: 0,
     })
     .await?;
     store.migrate().await?;

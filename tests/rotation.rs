@@ -21,6 +21,7 @@ async fn store(database: &str) -> Store {
         database: database.to_owned(),
         max_connections: 2,
         acquire_timeout: Duration::from_secs(5),
+        cached_onboardings: 0,
     })
     .await
     .unwrap()

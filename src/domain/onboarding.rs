@@ -22,6 +22,10 @@ pub struct OnboardingRecord {
     pub version: i64,
     /// Sequence number of the newest audit event (events count from 1 per onboarding).
     pub last_event: i64,
+    /// Counts every write of the onboarding or of anything it holds; audited reads leave it alone.
+    /// What was read at one revision is current for as long as the row shows that revision.
+    #[serde(default)]
+    pub revision: i64,
     pub agreement: Option<Agreement>,
     pub account: Option<Account>,
     /// The environment-level stages, in [`ENVIRONMENT_STAGES`] order.
@@ -281,6 +285,7 @@ impl OnboardingRecord {
             blocked_on: BlockedOn::PaywayOperations,
             version: 1,
             last_event: 0,
+            revision: 0,
             agreement: None,
             account: None,
             stages: stages::initial_environment_stages(key.environment),

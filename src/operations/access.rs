@@ -7,12 +7,14 @@ use super::provisioning::{
 };
 use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::billecta::{BillectaError, Deadline, ErrorKind};
+use crate::domain::now_micros;
 use crate::domain::onboarding::{ApiAccess, OnboardingRecord, PaymentTerms, Webhooks};
 use crate::domain::stages;
 use crate::domain::validate::CreditorKey;
 use crate::domain::{CredentialField, Environment, Stage, StageState};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
+use crate::storage::AuditedRead;
 
 /// How the API user's credentials are given.
 pub enum ApiCredentials {
@@ -36,6 +38,24 @@ pub struct PaymentConfiguration {
     pub secure_token: Secret,
     pub payment_terms: PaymentTerms,
     pub payment_methods: Vec<String>,
+}
+
+/// How a payment-configuration read appears in the audit trail.
+fn read_mutation() -> Mutation {
+    Mutation {
+        method: "GetPaymentConfiguration",
+        request_id: None,
+        request_hash: String::new(),
+        etag: None,
+        validate_only: false,
+    }
+}
+
+fn read_summary(key: &CreditorKey, reader: &str) -> String {
+    format!(
+        "payment configuration of {} read by {reader} (credentials included)",
+        key.creditor
+    )
 }
 
 /// Production flags: an API user that is the account user, or the test environment's API user.
@@ -296,56 +316,52 @@ impl Operations {
         }
     }
 
-    /// GetPaymentConfiguration: the one read that returns a secret. The first read after the
-    /// credentials change completes PAYMENT_CONFIGURATION and is audited.
+    /// GetPaymentConfiguration: the one read that returns a secret. Every read is an audit event,
+    /// committed before the answer leaves. The first read after the credentials change also
+    /// completes PAYMENT_CONFIGURATION (an ordinary write); later reads only add their event, written
+    /// together with those of concurrent reads and only if nothing changed since the answer was read.
     pub async fn get_payment_configuration(
         &self,
         call: &CallContext,
         key: &CreditorKey,
     ) -> Result<PaymentConfiguration> {
+        // An onboarding that keeps changing under the reads gets the ordinary write.
+        for _ in 0..3 {
+            let record = self.get_onboarding(&key.onboarding).await?;
+            let (configuration, _) = self.payment_configuration(&record, key).await?;
+            let creditor = find_creditor(&record, key)?;
+            let read_before = creditor.stages.iter().any(|s| {
+                s.stage == Stage::PaymentConfiguration && s.state == StageState::Completed
+            });
+            if !read_before {
+                break;
+            }
+            let mutation = read_mutation();
+            let summary = read_summary(key, &call.actor);
+            let event = super::event(call, &mutation, &record, &record, now_micros(), summary);
+            let written = self
+                .store
+                .append_read_event(AuditedRead {
+                    onboarding_id: record.id.clone(),
+                    tenant: record.tenant.clone(),
+                    revision: record.revision,
+                    event,
+                })
+                .await?;
+            if let Some(sequence) = written {
+                let mut announced = record;
+                announced.last_event = sequence;
+                self.announce(&announced);
+                return Ok(configuration);
+            }
+        }
         let record = self.get_onboarding(&key.onboarding).await?;
-        let creditor = find_creditor(&record, key)?;
-        stages::require_creditor_done(
-            &record,
-            creditor,
-            &[Stage::ApiAccess],
-            "GetPaymentConfiguration",
-        )?;
-        let scope = creditor.id.clone();
-        let secure_token = self
-            .secret(&record, &scope, CredentialField::ApiToken)
-            .await?;
-        let has_password = record
-            .credentials
-            .iter()
-            .any(|c| c.scope == scope && c.field == CredentialField::ApiPassword);
-        let password = if has_password {
-            Some(
-                self.secret(&record, &scope, CredentialField::ApiPassword)
-                    .await?,
-            )
-        } else {
-            None
-        };
-        let token_set_time = record
-            .credentials
-            .iter()
-            .find(|c| c.scope == scope && c.field == CredentialField::ApiToken)
-            .map(|c| c.set_time);
-        // Every read of a credential is in the audit trail, with its reader. The first read after the
-        // credentials changed also completes PAYMENT_CONFIGURATION.
-        let mutation = Mutation {
-            method: "GetPaymentConfiguration",
-            request_id: None,
-            request_hash: String::new(),
-            etag: None,
-            validate_only: false,
-        };
+        let (configuration, token_set_time) = self.payment_configuration(&record, key).await?;
         let reader = call.actor.clone();
         self.transact(
             call,
             &key.onboarding,
-            &mutation,
+            &read_mutation(),
             Conventions::WHOLE,
             |record, now| {
                 let id = find_creditor(record, key)?.id.clone();
@@ -354,10 +370,7 @@ impl Operations {
                     .iter()
                     .find(|c| c.scope == id && c.field == CredentialField::ApiToken)
                     .map(|c| c.set_time);
-                let summary = format!(
-                    "payment configuration of {} read by {reader} (credentials included)",
-                    key.creditor
-                );
+                let summary = read_summary(key, &reader);
                 let creditor = creditor_mut(record, &id);
                 let first_read = creditor.stages.iter().any(|s| {
                     s.stage == Stage::PaymentConfiguration && s.state != StageState::Completed
@@ -370,12 +383,49 @@ impl Operations {
             },
         )
         .await?;
+        Ok(configuration)
+    }
+
+    /// The payment configuration of a creditor of `record`, and when its token was set.
+    async fn payment_configuration(
+        &self,
+        record: &OnboardingRecord,
+        key: &CreditorKey,
+    ) -> Result<(PaymentConfiguration, Option<i64>)> {
+        let creditor = find_creditor(record, key)?;
+        stages::require_creditor_done(
+            record,
+            creditor,
+            &[Stage::ApiAccess],
+            "GetPaymentConfiguration",
+        )?;
+        let scope = creditor.id.clone();
+        let secure_token = self
+            .secret(record, &scope, CredentialField::ApiToken)
+            .await?;
+        let has_password = record
+            .credentials
+            .iter()
+            .any(|c| c.scope == scope && c.field == CredentialField::ApiPassword);
+        let password = if has_password {
+            Some(
+                self.secret(record, &scope, CredentialField::ApiPassword)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let token_set_time = record
+            .credentials
+            .iter()
+            .find(|c| c.scope == scope && c.field == CredentialField::ApiToken)
+            .map(|c| c.set_time);
         let payment_methods = creditor
             .company_settings
             .as_ref()
             .map(|_| vec!["BankGiro".to_owned()])
             .unwrap_or_default();
-        Ok(PaymentConfiguration {
+        let configuration = PaymentConfiguration {
             creditor: creditor.name.clone(),
             environment: record.environment,
             api_base_url: self
@@ -396,7 +446,8 @@ impl Operations {
                 .and_then(|s| s.payment_terms.clone())
                 .unwrap_or_default(),
             payment_methods,
-        })
+        };
+        Ok((configuration, token_set_time))
     }
 
     /// RecordWebhookSetup: attests the webhook addon; its Authorization value is stored encrypted.

@@ -345,6 +345,7 @@ impl Operations {
             record.version += 1;
         }
         record.last_event += 1;
+        record.revision += 1;
         record.update_time = now;
         let mut event = event(call, mutation, &record, &before, now, written.summary);
         event.outcome = conventions.outcome.to_owned();

@@ -451,22 +451,33 @@ impl Operations {
         field: CredentialField,
     ) -> Result<Secret> {
         let key = record.key();
+        let missing = || Error::Precondition {
+            reason: "CREDENTIAL_MISSING",
+            subject: key.name(),
+            message: format!(
+                "no {field} is stored; confirm the account with ConfirmAccountActivation"
+            ),
+        };
+        let context = Self::secret_context(record, scope, field);
         let sealed = self
             .store
-            .sealed_credential(&key.tenant, &record.id, scope, field)
+            .sealed_credential(record, scope, field)
             .await?
-            .ok_or_else(|| Error::Precondition {
-                reason: "CREDENTIAL_MISSING",
-                subject: key.name(),
-                message: format!(
-                    "no {field} is stored; confirm the account with ConfirmAccountActivation"
-                ),
-            })?;
-        self.keyring
-            .open(&sealed, &Self::secret_context(record, scope, field))
-            .map_err(|error| {
-                Error::Internal(anyhow::Error::new(error).context("decrypting a stored secret"))
-            })
+            .ok_or_else(missing)?;
+        if let Ok(secret) = self.keyring.open(&sealed, &context) {
+            return Ok(secret);
+        }
+        // A ciphertext kept in memory may since have been re-encrypted under a newer key: open what
+        // the database holds now before calling it unreadable.
+        self.store.forget(record);
+        let stored = self
+            .store
+            .stored_sealed(record, scope, field)
+            .await?
+            .ok_or_else(missing)?;
+        self.keyring.open(&stored, &context).map_err(|error| {
+            Error::Internal(anyhow::Error::new(error).context("decrypting a stored secret"))
+        })
     }
 
     /// ConfirmAccountActivation: signs in with the account's credentials; success completes ACCOUNT

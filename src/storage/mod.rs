@@ -7,7 +7,11 @@
 //! are serialised and its audit events are numbered in commit order. SQLite has a single writer
 //! connection, which gives the same serialisation within the process.
 
+mod fresh;
 mod rows;
+mod trail;
+
+pub use trail::AuditedRead;
 
 use crate::crypto::Sealed;
 use crate::domain::onboarding::{
@@ -38,6 +42,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a call waits for a free connection before it fails with UNAVAILABLE.
     pub acquire_timeout: Duration,
+    /// Onboardings kept in memory between reads (see [`fresh`]); 0 keeps none.
+    pub cached_onboardings: usize,
 }
 
 /// A connection pool (a separate single writer for SQLite) and the queries of the service.
@@ -49,6 +55,9 @@ pub struct Store {
     /// False while the health check cannot reach the database: calls are refused at once with
     /// UNAVAILABLE instead of each waiting out the pool's acquire timeout.
     reachable: Arc<AtomicBool>,
+    snapshots: Arc<fresh::Snapshots>,
+    rows: fresh::Rows,
+    trail: trail::Trail,
 }
 
 /// Which onboardings to list.
@@ -142,9 +151,12 @@ impl Store {
         };
         Ok(Self {
             backend,
+            rows: fresh::Rows::start(reader.clone()),
+            trail: trail::Trail::start(backend, writer.clone()),
             reader,
             writer,
             reachable: Arc::new(AtomicBool::new(true)),
+            snapshots: Arc::new(fresh::Snapshots::new(options.cached_onboardings)),
         })
     }
 
@@ -207,39 +219,53 @@ impl Store {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<WriteTx> {
-        // SQLite: take the write lock at the start, so that writers in other processes on the same
-        // file wait (busy_timeout) instead of reading a version another writer is about to replace.
-        // PostgreSQL locks the onboarding's row instead (`lock_onboarding`).
-        let tx = match self.backend {
-            Backend::Sqlite => self.writer()?.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.writer()?.begin().await,
-        }
-        .map_err(db_error)?;
-        Ok(WriteTx {
-            backend: self.backend,
-            tx,
-        })
+        WriteTx::begin(self.backend, self.writer()?, Some(self.snapshots.clone())).await
     }
 
-    /// One onboarding with its stages and creditors.
+    /// One onboarding with its stages and creditors, as committed before this call (see [`fresh`]).
     pub async fn get_onboarding(
         &self,
         tenant: &TenantId,
         environment: Environment,
     ) -> Result<Option<OnboardingRecord>> {
-        let mut connection = self.reader()?.acquire().await.map_err(db_error)?;
-        let row = sqlx::query(rows::SELECT_ONBOARDING)
-            .bind(tenant.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(&mut *connection)
-            .await
-            .map_err(db_error)?;
-        match row {
-            Some(row) => Ok(Some(
-                load_children(&mut connection, tenant.as_str(), row).await?,
-            )),
+        self.check_reachable()?;
+        match self.rows.get(tenant.as_str(), environment).await? {
+            Some(head) => self.complete(head).await,
             None => Ok(None),
         }
+    }
+
+    /// A row read now, with its children: kept ones if they are of the row's revision, else all of
+    /// it read again in one snapshot (`None` if the onboarding went away meanwhile).
+    async fn complete(&self, head: OnboardingRecord) -> Result<Option<OnboardingRecord>> {
+        if let Some(snapshot) = self.snapshots.get(&head) {
+            return Ok(Some(snapshot.complete(head)));
+        }
+        let tenant = head.tenant.clone();
+        let mut tx = match self.backend {
+            // SQLite (WAL): a read transaction sees one snapshot from its first read on.
+            Backend::Sqlite => self.reader()?.begin().await,
+            Backend::Postgres => {
+                self.reader()?
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+            }
+        }
+        .map_err(db_error)?;
+        let row = sqlx::query(rows::SELECT_ONBOARDING)
+            .bind(&tenant)
+            .bind(head.environment.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let snapshot = match row {
+            Some(row) => load_children(&mut tx, &tenant, row).await?,
+            None => return Ok(None),
+        };
+        tx.commit().await.map_err(db_error)?;
+        let record = snapshot.record.clone();
+        self.snapshots.put(Arc::new(snapshot));
+        Ok(Some(record))
     }
 
     /// Up to `limit` onboardings matching `filter`, ordered by (tenant, environment), starting after
@@ -269,10 +295,12 @@ impl Store {
             .fetch_all(&mut *connection)
             .await
             .map_err(db_error)?;
+        drop(connection);
         let mut records = Vec::with_capacity(found.len());
-        for row in found {
-            let tenant: String = row.try_get("tenant").map_err(db_error)?;
-            records.push(load_children(&mut connection, &tenant, row).await?);
+        for row in &found {
+            if let Some(record) = self.complete(rows::onboarding(row)?).await? {
+                records.push(record);
+            }
         }
         Ok(records)
     }
@@ -430,23 +458,48 @@ impl Store {
         Ok(updated.rows_affected() == 1)
     }
 
-    /// A stored secret's ciphertext, if one is stored.
+    /// A stored secret of `record`'s onboarding, if one is stored: the one of `record`'s revision
+    /// when that is kept in memory.
     pub async fn sealed_credential(
         &self,
-        tenant: &TenantId,
-        onboarding_id: &str,
+        record: &OnboardingRecord,
+        scope: &str,
+        field: CredentialField,
+    ) -> Result<Option<Sealed>> {
+        if let Some(kept) = self.snapshots.sealed(record, scope, field) {
+            return Ok(kept);
+        }
+        self.stored_sealed(record, scope, field).await
+    }
+
+    /// A stored secret's ciphertext as the database holds it now.
+    pub async fn stored_sealed(
+        &self,
+        record: &OnboardingRecord,
         scope: &str,
         field: CredentialField,
     ) -> Result<Option<Sealed>> {
         let row = sqlx::query(rows::SELECT_SEALED)
-            .bind(onboarding_id)
-            .bind(tenant.as_str())
+            .bind(&record.id)
+            .bind(&record.tenant)
             .bind(scope)
             .bind(field.as_str())
             .fetch_optional(self.reader()?)
             .await
             .map_err(db_error)?;
         row.as_ref().map(rows::sealed).transpose()
+    }
+
+    /// Forgets what is kept of `record`'s onboarding, so the next read asks the database.
+    pub fn forget(&self, record: &OnboardingRecord) {
+        self.snapshots.forget(record);
+    }
+
+    /// Writes the audit event of an answered read (see [`trail`]): its sequence number, or `None`
+    /// when the onboarding changed after the read (nothing is written; read again).
+    pub async fn append_read_event(&self, read: AuditedRead) -> Result<Option<i64>> {
+        self.check_reachable()?;
+        self.trail.append(read).await
     }
 
     pub async fn list_events(
@@ -483,12 +536,12 @@ async fn children(
         .map_err(db_error)
 }
 
-/// Reads an onboarding row's stages, creditors and credential descriptions.
+/// Reads an onboarding row's stages, creditors and credentials (with their ciphertexts).
 async fn load_children(
     connection: &mut sqlx::AnyConnection,
     tenant: &str,
     row: AnyRow,
-) -> Result<OnboardingRecord> {
+) -> Result<fresh::Snapshot> {
     let mut record = rows::onboarding(&row)?;
     let stage_rows = children(connection, rows::SELECT_STAGES, &record.id, tenant).await?;
     let creditor_rows = children(connection, rows::SELECT_CREDITORS, &record.id, tenant).await?;
@@ -497,6 +550,17 @@ async fn load_children(
     record.credentials = credential_rows
         .iter()
         .map(rows::credential)
+        .collect::<Result<Vec<_>>>()?;
+    let sealed = credential_rows
+        .iter()
+        .zip(&record.credentials)
+        .map(|(row, credential)| {
+            Ok((
+                credential.scope.clone(),
+                credential.field,
+                rows::sealed(row)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let key = record.key();
     record.creditors = creditor_rows
@@ -515,7 +579,7 @@ async fn load_children(
     for creditor in &mut record.creditors {
         creditor.stages.sort_by_key(|s| s.stage);
     }
-    Ok(record)
+    Ok(fresh::Snapshot { record, sealed })
 }
 
 /// Whether a creditor's own row (not its stages) differs.
@@ -533,9 +597,31 @@ fn creditor_row_changed(before: &CreditorRecord, after: &CreditorRecord) -> bool
 pub struct WriteTx {
     backend: Backend,
     tx: sqlx::Transaction<'static, sqlx::Any>,
+    /// What is kept of onboardings in memory, for [`WriteTx::lock_onboarding`].
+    snapshots: Option<Arc<fresh::Snapshots>>,
 }
 
 impl WriteTx {
+    async fn begin(
+        backend: Backend,
+        pool: &AnyPool,
+        snapshots: Option<Arc<fresh::Snapshots>>,
+    ) -> Result<Self> {
+        // SQLite: take the write lock at the start, so that writers in other processes on the same
+        // file wait (busy_timeout) instead of reading a version another writer is about to replace.
+        // PostgreSQL locks the onboarding's row instead (`lock_onboarding`).
+        let tx = match backend {
+            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => pool.begin().await,
+        }
+        .map_err(db_error)?;
+        Ok(Self {
+            backend,
+            tx,
+            snapshots,
+        })
+    }
+
     /// Reads an onboarding for update: on PostgreSQL the row stays locked until the transaction ends,
     /// so concurrent writers of one onboarding take turns and none loses an update.
     pub async fn lock_onboarding(
@@ -553,12 +639,19 @@ impl WriteTx {
             .fetch_optional(&mut *self.tx)
             .await
             .map_err(db_error)?;
-        match row {
-            Some(row) => Ok(Some(
-                load_children(&mut self.tx, tenant.as_str(), row).await?,
-            )),
-            None => Ok(None),
+        let Some(row) = row else { return Ok(None) };
+        // The row is locked (PostgreSQL) or the database is (SQLite): nothing it holds can change
+        // until this transaction ends, so what is kept of its revision is what the database holds.
+        let head = rows::onboarding(&row)?;
+        if let Some(snapshot) = self.snapshots.as_ref().and_then(|kept| kept.get(&head)) {
+            return Ok(Some(snapshot.complete(head)));
         }
+        let snapshot = load_children(&mut self.tx, tenant.as_str(), row).await?;
+        let record = snapshot.record.clone();
+        if let Some(kept) = &self.snapshots {
+            kept.put(Arc::new(snapshot));
+        }
+        Ok(Some(record))
     }
 
     /// The stored result of an earlier call with this request_id, if any.
@@ -627,6 +720,7 @@ impl WriteTx {
             .bind(rows::json_opt(&record.account)?)
             .bind(record.create_time)
             .bind(record.update_time)
+            .bind(record.revision)
             .execute(&mut *self.tx)
             .await;
         match inserted {
@@ -656,6 +750,13 @@ impl WriteTx {
         before: &OnboardingRecord,
         after: &OnboardingRecord,
     ) -> Result<()> {
+        // What replicas keep in memory is valid while the revision stands (see `fresh`).
+        if after.revision <= before.revision {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "a write of onboarding {} did not move its revision",
+                after.id
+            )));
+        }
         let updated = sqlx::query(rows::UPDATE_ONBOARDING)
             .bind(after.state.as_str())
             .bind(after.blocked_on.as_str())
@@ -664,9 +765,11 @@ impl WriteTx {
             .bind(rows::json_opt(&after.agreement)?)
             .bind(rows::json_opt(&after.account)?)
             .bind(after.update_time)
+            .bind(after.revision)
             .bind(&after.id)
             .bind(&after.tenant)
             .bind(before.version)
+            .bind(before.revision)
             .execute(&mut *self.tx)
             .await
             .map_err(db_error)?;
@@ -831,21 +934,35 @@ impl WriteTx {
         record: &OnboardingRecord,
         event: &EventRecord,
     ) -> Result<()> {
-        sqlx::query(rows::INSERT_EVENT)
-            .bind(&record.id)
-            .bind(event.sequence)
-            .bind(&record.tenant)
-            .bind(event.event_time)
-            .bind(&event.actor)
-            .bind(&event.method)
-            .bind(&event.request_id)
-            .bind(&event.correlation_id)
-            .bind(&event.outcome)
-            .bind(&event.summary)
-            .bind(rows::json(&event.transitions)?)
-            .execute(&mut *self.tx)
+        self.insert_events(&record.id, &record.tenant, std::slice::from_ref(event))
             .await
-            .map_err(db_error)?;
+    }
+
+    /// Appends events to an onboarding's audit trail, many per statement.
+    async fn insert_events(
+        &mut self,
+        onboarding_id: &str,
+        tenant: &str,
+        events: &[EventRecord],
+    ) -> Result<()> {
+        for chunk in events.chunks(rows::EVENTS_PER_INSERT) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::insert_events(chunk.len())));
+            for event in chunk {
+                query = query
+                    .bind(onboarding_id)
+                    .bind(event.sequence)
+                    .bind(tenant)
+                    .bind(event.event_time)
+                    .bind(&event.actor)
+                    .bind(&event.method)
+                    .bind(&event.request_id)
+                    .bind(&event.correlation_id)
+                    .bind(&event.outcome)
+                    .bind(&event.summary)
+                    .bind(rows::json(&event.transitions)?);
+            }
+            query.execute(&mut *self.tx).await.map_err(db_error)?;
+        }
         Ok(())
     }
 

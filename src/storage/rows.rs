@@ -17,7 +17,7 @@ use sqlx::any::AnyRow;
 macro_rules! onboarding_select {
     ($($tail:literal)*) => {
         concat!(
-            "SELECT id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time FROM onboardings ",
+            "SELECT id, tenant, environment, state, blocked_on, version, last_event, revision, agreement, account, create_time, update_time FROM onboardings ",
             $($tail),*
         )
     };
@@ -32,10 +32,10 @@ pub const LIST_ONBOARDINGS: &str = onboarding_select!(
     "AND ($7 = '' OR $7 LIKE '%,' || tenant || ',%') "
     "ORDER BY tenant, environment LIMIT $6"
 );
-pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7 \
-     WHERE id = $8 AND tenant = $9 AND version = $10";
+pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time, revision) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7, revision = $8 \
+     WHERE id = $9 AND tenant = $10 AND version = $11 AND revision = $12";
 
 pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time, attempts, next_attempt_time FROM stages \
      WHERE onboarding_id = $1 AND tenant = $2";
@@ -53,7 +53,7 @@ pub const INSERT_CREDITOR: &str = "INSERT INTO creditors (id, onboarding_id, ten
 pub const UPDATE_CREDITOR: &str = "UPDATE creditors SET company_name = $1, title = $2, creditor_public_id = $3, company_settings = $4, invoice_settings = $5, api_access = $6, webhooks = $7, update_time = $8 \
      WHERE id = $9 AND tenant = $10";
 
-pub const SELECT_CREDENTIALS: &str = "SELECT creditor_id, field, fingerprint, principal, set_by, set_time, verify_time FROM credentials \
+pub const SELECT_CREDENTIALS: &str = "SELECT creditor_id, field, fingerprint, principal, set_by, set_time, verify_time, key_id, nonce, ciphertext FROM credentials \
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor_id, field";
 pub const SELECT_SEALED: &str = "SELECT key_id, nonce, ciphertext FROM credentials \
      WHERE onboarding_id = $1 AND tenant = $2 AND creditor_id = $3 AND field = $4";
@@ -87,8 +87,39 @@ pub const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (onboarding_id, cre
 
 pub const DELETE_CREDENTIAL: &str = "DELETE FROM credentials WHERE onboarding_id = $1 AND creditor_id = $2 AND field = $3 AND tenant = $4";
 
-pub const INSERT_EVENT: &str = "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// Moves an onboarding's event count on by $1 audited reads, if it is still at revision $4.
+pub const COUNT_AUDITED_READS: &str = "UPDATE onboardings SET last_event = last_event + $1 \
+     WHERE id = $2 AND tenant = $3 AND revision = $4 RETURNING last_event";
+/// Most events one INSERT writes.
+pub const EVENTS_PER_INSERT: usize = 64;
+/// Values bound per event by [`insert_events`].
+const EVENT_VALUES: usize = 11;
+
+/// The INSERT of `n` events (1 ≤ n ≤ [`EVENTS_PER_INSERT`]), [`EVENT_VALUES`] values each, in the
+/// order of `INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method,
+/// request_id, correlation_id, outcome, summary, transitions)`.
+pub fn insert_events(n: usize) -> &'static str {
+    static QUERIES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        (0..=EVENTS_PER_INSERT)
+            .map(|n| {
+                let rows = (0..n)
+                    .map(|row| {
+                        let values = (1..=EVENT_VALUES)
+                            .map(|column| format!("${}", row * EVENT_VALUES + column))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        format!("({values})")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) VALUES {rows}"
+                )
+            })
+            .collect()
+    });
+    &QUERIES[n.clamp(1, EVENTS_PER_INSERT)]
+}
 pub const LIST_EVENTS: &str = "SELECT sequence, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions FROM events \
      WHERE onboarding_id = $1 AND tenant = $2 AND sequence > $3 ORDER BY sequence LIMIT $4";
 
@@ -137,6 +168,7 @@ pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
         blocked_on: stored(row, "blocked_on", BlockedOn::parse)?,
         version: get(row, "version")?,
         last_event: get(row, "last_event")?,
+        revision: get(row, "revision")?,
         agreement: agreement
             .map(|text| parse_json("agreement", &text))
             .transpose()?,

@@ -196,6 +196,7 @@ pub const SHARED_ENCRYPTION_KEYS: &str = "replicas:q83vEjRWeJoRI0VniavN7xEjRWeJq
 /// simulators), the same encryption key.
 pub struct Replica {
     pub client: Client,
+    pub channel: Channel,
     pub shutdown: CancellationToken,
 }
 
@@ -238,7 +239,8 @@ impl TestServer {
             .await
             .expect("connects to the replica");
         Replica {
-            client: client(channel, SANDBOX_KEY),
+            client: client(channel.clone(), SANDBOX_KEY),
+            channel,
             shutdown,
         }
     }
@@ -747,8 +749,13 @@ pub type Payments = billecta_onboarding::proto::payment_configuration_service_cl
 >;
 
 pub fn payments(server: &TestServer) -> Payments {
+    payments_on(server.channel.clone())
+}
+
+/// A payment-configuration client on `channel` (a replica's, say), with the sandbox key.
+pub fn payments_on(channel: Channel) -> Payments {
     billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient::with_interceptor(
-        server.channel.clone(),
+        channel,
         Bearer::new(billecta_onboarding::auth::SANDBOX_KEY),
     )
 }

@@ -1,0 +1,125 @@
+//! Audit events of reads, written together.
+//!
+//! A read that must be audited (a payment configuration, which includes credentials) is answered only
+//! after its event is committed. Reads that arrive while one transaction is committing wait for the
+//! next, which writes all of their events at once: one transaction per round instead of one per read.
+//! An event is written only if the onboarding is still at the revision the read was answered from;
+//! otherwise the caller is told, and reads again.
+
+use super::fresh::shared;
+use super::{Backend, WriteTx, db_error, rows};
+use crate::domain::onboarding::EventRecord;
+use crate::error::{Error, Result};
+use sqlx::{AnyPool, Row};
+use std::collections::BTreeMap;
+use tokio::sync::{mpsc, oneshot};
+
+/// An answered read and the event that records it.
+#[derive(Debug, Clone)]
+pub struct AuditedRead {
+    pub onboarding_id: String,
+    pub tenant: String,
+    /// The revision the answer was read at.
+    pub revision: i64,
+    /// Its sequence number is given when it is written.
+    pub event: EventRecord,
+}
+
+/// Most events one transaction writes.
+const EVENTS_PER_ROUND: usize = 256;
+
+struct Request {
+    read: AuditedRead,
+    reply: oneshot::Sender<Result<Option<i64>>>,
+}
+
+#[derive(Clone)]
+pub(super) struct Trail {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Trail {
+    /// Starts the task that writes events through `pool`; it ends when the last `Trail` is dropped.
+    pub fn start(backend: Backend, pool: AnyPool) -> Self {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(write_rounds(backend, pool, receiver));
+        Self { requests }
+    }
+
+    /// Writes `read`'s event: its sequence number, or `None` if the onboarding has moved past the
+    /// read's revision (nothing was written).
+    pub async fn append(&self, read: AuditedRead) -> Result<Option<i64>> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { read, reply })
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the audit writer has stopped")))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the audit writer dropped an event")))?
+    }
+}
+
+async fn write_rounds(
+    backend: Backend,
+    pool: AnyPool,
+    mut receiver: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut waiting = Vec::new();
+    while receiver.recv_many(&mut waiting, EVENTS_PER_ROUND).await > 0 {
+        let reads: Vec<&AuditedRead> = waiting.iter().map(|request| &request.read).collect();
+        match write_round(backend, &pool, &reads).await {
+            Ok(sequences) => {
+                for (request, sequence) in waiting.drain(..).zip(sequences) {
+                    let _ = request.reply.send(Ok(sequence));
+                }
+            }
+            Err(error) => {
+                for request in waiting.drain(..) {
+                    let _ = request.reply.send(Err(shared(&error)));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction: per onboarding (in id order, so concurrent rounds of several replicas cannot
+/// deadlock), moves `last_event` on by its reads' events if the revision still matches, then inserts
+/// them.
+async fn write_round(
+    backend: Backend,
+    pool: &AnyPool,
+    reads: &[&AuditedRead],
+) -> Result<Vec<Option<i64>>> {
+    let mut groups: BTreeMap<(&str, &str, i64), Vec<usize>> = BTreeMap::new();
+    for (index, read) in reads.iter().enumerate() {
+        groups
+            .entry((&read.onboarding_id, &read.tenant, read.revision))
+            .or_default()
+            .push(index);
+    }
+    let mut sequences = vec![None; reads.len()];
+    let mut tx = WriteTx::begin(backend, pool, None).await?;
+    for ((onboarding_id, tenant, revision), members) in groups {
+        let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
+        let moved = sqlx::query(rows::COUNT_AUDITED_READS)
+            .bind(count)
+            .bind(onboarding_id)
+            .bind(tenant)
+            .bind(revision)
+            .fetch_optional(&mut *tx.tx)
+            .await
+            .map_err(db_error)?;
+        let Some(row) = moved else { continue };
+        let last: i64 = row.try_get("last_event").map_err(db_error)?;
+        let mut events = Vec::with_capacity(members.len());
+        for (offset, index) in (0..).zip(members) {
+            let mut event = reads[index].event.clone();
+            event.sequence = last - count + 1 + offset;
+            sequences[index] = Some(event.sequence);
+            events.push(event);
+        }
+        tx.insert_events(onboarding_id, tenant, &events).await?;
+    }
+    tx.commit().await?;
+    Ok(sequences)
+}

@@ -1,0 +1,225 @@
+//! The read path keeps what it read of an onboarding in memory, and audits payment-configuration
+//! reads in shared transactions. These tests hold it to its promises: a replica never answers with
+//! anything older than a write another replica has committed, and every answered read is one event
+//! in an unbroken trail.
+
+mod common;
+
+use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
+use billecta_onboarding::domain::Environment;
+use billecta_onboarding::proto;
+use billecta_onboarding::secret::Secret;
+use common::*;
+
+/// A server with a READY onboarding and a second replica on its database: the server, the replica,
+/// the onboarding's name and its creditor's.
+async fn replicas_with_ready_onboarding(
+    backend: &Backend,
+) -> (TestServer, Replica, String, String) {
+    let server = TestServer::start_with(backend, |config| {
+        config.encryption_keys = SHARED_ENCRYPTION_KEYS.into();
+    })
+    .await;
+    let name = ready_onboarding(&server).await;
+    let replica = server.replica().await;
+    let creditor = creditor_of(&get(&server, &name).await.unwrap())
+        .name
+        .clone();
+    (server, replica, name, creditor)
+}
+
+fn creditor_of(onboarding: &proto::Onboarding) -> &proto::Creditor {
+    onboarding.creditors.first().expect("one creditor")
+}
+
+/// GetOnboarding through `replica`.
+async fn read_onboarding(replica: &Replica, name: &str) -> proto::Onboarding {
+    replica
+        .client
+        .clone()
+        .get_onboarding(proto::GetOnboardingRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .onboarding
+        .unwrap()
+}
+
+/// GetPaymentConfiguration through `replica`.
+async fn read_payment_configuration(
+    replica: &Replica,
+    creditor: &str,
+) -> proto::PaymentConfiguration {
+    payments_on(replica.channel.clone())
+        .get_payment_configuration(proto::GetPaymentConfigurationRequest {
+            name: creditor.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_configuration
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replica_reads_every_write_another_replica_committed() {
+    for backend in backends() {
+        eprintln!("backend: {backend:?}");
+        let (server, reader, name, creditor) = replicas_with_ready_onboarding(&backend).await;
+        let billecta = BillectaClient::new(
+            Environment::Test,
+            ClientSettings::new(server.simulator(Environment::Test).base_url()),
+        )
+        .unwrap();
+
+        for round in 0..6 {
+            // The reader has read (and may keep) the onboarding as it is now.
+            let before = read_onboarding(&reader, &name).await;
+            let paid_before = read_payment_configuration(&reader, &creditor).await;
+
+            // The other replica changes what the onboarding holds: a stage and stored secrets.
+            let target_url = format!("https://payway.example/billecta/hooks/{round}");
+            let written = server
+                .client
+                .clone()
+                .record_webhook_setup(proto::RecordWebhookSetupRequest {
+                    name: creditor.clone(),
+                    target_url: target_url.clone(),
+                    events: vec!["InvoicePaymentReceived".into()],
+                    authorization: format!("Bearer hook-{round}"),
+                    attested_by: "ops@payway.example".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .onboarding
+                .unwrap();
+            // Someone issues the API user a new token in Billecta (the old one stops working) and
+            // registers it.
+            let current = billecta
+                .authenticate(
+                    ACCOUNT_EMAIL,
+                    &Secret::new(READY_PASSWORD),
+                    Deadline::none(),
+                )
+                .await
+                .unwrap()
+                .value;
+            let issued = billecta
+                .issue_token(&current, None, Deadline::none())
+                .await
+                .unwrap()
+                .value;
+            server
+                .client
+                .clone()
+                .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                    name: creditor.clone(),
+                    username: ACCOUNT_EMAIL.into(),
+                    secure_token: issued.expose().to_owned(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+
+            // The reader sees both writes at once.
+            let after = read_onboarding(&reader, &name).await;
+            assert_ne!(after.etag, before.etag, "round {round}");
+            assert_ne!(
+                after.etag, written.etag,
+                "round {round}: the registration is newer"
+            );
+            let hooks = creditor_of(&after)
+                .webhooks
+                .as_ref()
+                .expect("webhooks recorded");
+            assert_eq!(hooks.target_url, target_url, "round {round}");
+            let paid = read_payment_configuration(&reader, &creditor).await;
+            assert_eq!(paid.secure_token, issued.expose(), "round {round}");
+            assert_ne!(paid.secure_token, paid_before.secure_token, "round {round}");
+            assert_eq!(
+                paid.password, "",
+                "round {round}: a token given alone drops the password"
+            );
+            // The read completed PAYMENT_CONFIGURATION; both replicas agree on every field.
+            let reread = read_onboarding(&reader, &name).await;
+            assert_eq!(reread.state, proto::OnboardingState::Ready as i32);
+            assert_eq!(reread, get(&server, &name).await.unwrap(), "round {round}");
+            let paid_again = payment_configuration(&server, &creditor).await.unwrap();
+            assert_eq!(paid, paid_again, "round {round}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_payment_configuration_reads_are_each_one_event_in_an_unbroken_trail() {
+    for backend in backends() {
+        eprintln!("backend: {backend:?}");
+        let (server, other, name, creditor) = replicas_with_ready_onboarding(&backend).await;
+        let events_before = events(&server, &name).await.len();
+
+        // Reads through two replicas at once, with writes to the same onboarding among them.
+        let mut reads = Vec::new();
+        for i in 0..120 {
+            let creditor = creditor.clone();
+            let via_replica = i % 2 == 1;
+            let server_payments = payments(&server);
+            let replica_channel = other.channel.clone();
+            reads.push(tokio::spawn(async move {
+                let mut client = if via_replica {
+                    payments_on(replica_channel)
+                } else {
+                    server_payments
+                };
+                client
+                    .get_payment_configuration(proto::GetPaymentConfigurationRequest {
+                        name: creditor,
+                    })
+                    .await
+            }));
+        }
+        let mut writes = 0;
+        for round in 0..5 {
+            server
+                .client
+                .clone()
+                .record_webhook_setup(proto::RecordWebhookSetupRequest {
+                    name: creditor.clone(),
+                    target_url: format!("https://payway.example/hooks/{round}"),
+                    events: vec!["InvoicePaymentReceived".into()],
+                    authorization: format!("Bearer concurrent-{round}"),
+                    attested_by: "ops@payway.example".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            writes += 1;
+        }
+        let mut answered = 0;
+        for read in reads {
+            let configuration = read.await.unwrap().expect("every read is answered");
+            assert!(configuration.into_inner().payment_configuration.is_some());
+            answered += 1;
+        }
+
+        let trail = events(&server, &name).await;
+        let sequences: Vec<i64> = trail
+            .iter()
+            .map(|event| event.name.rsplit('/').next().unwrap().parse().unwrap())
+            .collect();
+        let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
+        assert_eq!(sequences, expected, "the trail has no gaps or repeats");
+        let new_events = &trail[events_before..];
+        let reads_recorded = new_events
+            .iter()
+            .filter(|event| event.method == "GetPaymentConfiguration")
+            .count();
+        assert_eq!(reads_recorded, answered, "one event per answered read");
+        assert_eq!(new_events.len(), answered + writes);
+        let onboarding = get(&server, &name).await.unwrap();
+        assert_eq!(onboarding.state, proto::OnboardingState::Ready as i32);
+    }
+}
