@@ -250,6 +250,20 @@ pub struct Config {
     )]
     pub log: String,
 
+    /// Exports traces (a span per RPC and per Billecta request) over OTLP/gRPC to this collector,
+    /// such as http://otel-collector:4317. Off when empty.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", default_value = "")]
+    pub otlp_endpoint: String,
+
+    /// The service name exported traces carry.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "billecta-onboarding")]
+    pub otlp_service_name: String,
+
+    /// The share of traces exported that no caller's traceparent decided (a caller's sampling
+    /// decision is always followed): 1.0 exports all, 0.1 one in ten.
+    #[arg(long, env = "ONBOARDING_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
+
     /// Largest request or response message in bytes.
     #[arg(long, env = "ONBOARDING_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -324,11 +338,25 @@ pub enum Command {
 }
 
 impl Config {
+    /// Where and how traces are exported, if they are.
+    pub fn tracing_export(&self) -> Option<crate::telemetry::TraceExport> {
+        let endpoint = self.otlp_endpoint.trim();
+        (!endpoint.is_empty()).then(|| crate::telemetry::TraceExport {
+            endpoint: endpoint.to_owned(),
+            service_name: self.otlp_service_name.clone(),
+            sample_ratio: self.trace_sample_ratio,
+        })
+    }
+
     /// Checks settings that clap cannot, so a bad configuration stops the start with a clear message.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.database.trim().is_empty(),
             "--database must not be empty"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.trace_sample_ratio),
+            "--trace-sample-ratio must be between 0 and 1"
         );
         anyhow::ensure!(
             self.database_max_connections >= 1,

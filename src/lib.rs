@@ -20,11 +20,6 @@
 //! - [`metrics`] — Prometheus metrics and their endpoint.
 //! - [`telemetry`] — logging.
 
-/// mimalloc: the service allocates many small, short-lived buffers per call on every core, where it
-/// is faster than the system allocator and keeps less memory (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod app;
 pub mod auth;
 pub mod bench;

@@ -37,7 +37,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     {
         return new_api_key(name, permissions, tenants.as_deref());
     }
-    telemetry::init(config.log_format, &config.log)?;
+    let telemetry = telemetry::init(
+        config.log_format,
+        &config.log,
+        config.tracing_export().as_ref(),
+    )?;
     if let Some(Command::Reencrypt) = &config.command {
         let done = reencrypt(&config).await?;
         println!(
@@ -48,6 +52,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             done.unreadable,
             done.remaining
         );
+        telemetry.shutdown().await;
         // Only a clean pass means the old key can go.
         return Ok(if done.remaining == 0 {
             ExitCode::SUCCESS
@@ -61,7 +66,9 @@ async fn main() -> anyhow::Result<ExitCode> {
         wait_for_signal().await;
         shutdown.cancel();
     });
-    application.run().await?;
+    let served = application.run().await;
+    telemetry.shutdown().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,6 +13,7 @@ use crate::domain::validate::{OnboardingKey, TenantId};
 use crate::operations::Operations;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How often the reconciler looks, and how often it re-checks a working setup.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +95,13 @@ async fn revalidate_due(operations: &Operations, every: Duration, shutdown: &Can
             continue;
         };
         let key = OnboardingKey::new(tenant, check.environment);
-        if let Err(error) = operations.revalidate(&key).await {
+        let span = tracing::info_span!(
+            "reconcile",
+            otel.name = "revalidate",
+            tenant = %check.tenant,
+            environment = %check.environment,
+        );
+        if let Err(error) = operations.revalidate(&key).instrument(span).await {
             tracing::info!(onboarding = %key.name(), error = %error, "scheduled validation did not run");
         }
     }

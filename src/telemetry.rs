@@ -1,28 +1,109 @@
-//! Logging. Every line written during a call carries the call's span (`rpc` with `request_id` and
-//! `method`), in the human format as a prefix and in JSON as fields.
+//! Logging and tracing.
+//!
+//! Every line written during a call carries the call's span (`rpc`, with the request id, method,
+//! caller, tenant, environment and stage as they become known; a Billecta request adds a `billecta`
+//! span with the endpoint, attempt and status), in the human format as a prefix and in JSON as
+//! fields. A caller's W3C `traceparent` is honoured: the call's span continues the caller's trace,
+//! and its trace id is logged. With an OTLP endpoint configured, the same spans are exported to an
+//! OpenTelemetry collector (batched, off the call's path).
 
 use crate::config::LogFormat;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber. Returns an error if the filter does not parse; a second call in
-/// one process (tests) is ignored.
-pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+/// Where traces go.
+#[derive(Debug, Clone)]
+pub struct TraceExport {
+    /// An OTLP/gRPC collector, such as `http://otel-collector:4317`.
+    pub endpoint: String,
+    pub service_name: String,
+    /// The share of traces kept that no caller's sampling decision covers.
+    pub sample_ratio: f64,
+}
+
+/// Keeps the trace exporter running; [`Telemetry::shutdown`] sends what is still buffered.
+#[must_use = "dropping it without shutdown loses the last spans"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered and stops the exporter.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else {
+            return;
+        };
+        // The flush blocks until the collector answers, which needs the runtime to go on.
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(error = %error, "traces not all exported at shutdown"),
+            Err(error) => tracing::warn!(error = %error, "traces not all exported at shutdown"),
+        }
+    }
+}
+
+/// Installs the global subscriber: logs to stderr in `format`, filtered by `filter`, and spans to
+/// `export` if given. Must run inside the Tokio runtime when exporting. Returns an error if the
+/// filter does not parse or the exporter cannot be built; a second call in one process (tests) keeps
+/// the first subscriber.
+pub fn init(
+    format: LogFormat,
+    filter: &str,
+    export: Option<&TraceExport>,
+) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(filter)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::NONE)
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder
+    let logs = match format {
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
-            .try_init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let provider = export.map(tracer_provider).transpose()?;
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("billecta-onboarding"))
+            .with_tracked_inactivity(false)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init();
     // Already installed (a second server in one test process): keep the first.
     drop(installed);
-    Ok(())
+    Ok(Telemetry { provider })
+}
+
+fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&export.sample_ratio),
+        "the trace sample ratio must be between 0 and 1"
+    );
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(export.endpoint.clone())
+        .build()
+        .map_err(|error| anyhow::anyhow!("the OTLP exporter for {}: {error}", export.endpoint))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(export.service_name.clone())
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            export.sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build())
 }

@@ -245,9 +245,12 @@ async fn replicas_share_the_validation_schedule() {
                     + i64::from(event.event_time.as_ref().unwrap().nanos) / 1_000_000
             })
             .collect();
+        // Event times are when each check finished; how long a check takes varies with the load
+        // on the machine, so the gaps vary around the interval. A check repeated by another replica
+        // would follow within one look (100 ms) plus that variation.
         for pair in times.windows(2) {
             assert!(
-                pair[1] - pair[0] >= 900,
+                pair[1] - pair[0] >= 500,
                 "checks an interval apart, not repeated by another replica: {times:?}"
             );
         }

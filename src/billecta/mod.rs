@@ -37,6 +37,7 @@ use serde::de::DeserializeOwned;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// Billecta's own base URLs.
 pub const TEST_BASE_URL: &str = "https://apitest.billecta.com";
@@ -727,9 +728,35 @@ impl BillectaClient {
         loop {
             attempt += 1;
             let sent = std::time::Instant::now();
+            // One span per request sent (the endpoint's route template, never its path with ids).
+            let span = tracing::info_span!(
+                "billecta",
+                otel.name = endpoint.route,
+                otel.kind = "client",
+                environment = %self.inner.environment,
+                endpoint = endpoint.route,
+                attempt,
+                http_status = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             let outcome = self
                 .attempt(&request, credentials, deadline, &scrubber)
+                .instrument(span.clone())
                 .await;
+            match &outcome {
+                Ok(answer) => {
+                    span.record("http_status", answer.status);
+                    span.record("outcome", "ok");
+                }
+                Err(error) => {
+                    if let Some(status) = error.status() {
+                        span.record("http_status", status);
+                    }
+                    span.record("outcome", error.kind().as_str());
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
             crate::metrics::metrics().billecta_request(
                 self.inner.environment,
                 endpoint.route,

@@ -49,16 +49,20 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BENCH_LOG")
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
     let work_dir = std::env::temp_dir().join(format!("billecta-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)?;
+    // The in-process servers log (and make their spans) as the service does by default; the lines
+    // go to a file, away from the figures.
+    let log = std::fs::File::create(work_dir.join("bench.log"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BENCH_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn,h2=warn,tower=warn".into()),
+        )
+        .with_writer(std::sync::Mutex::new(log))
+        .with_ansi(false)
+        .init();
     println!(
         "machine: {} cores; build: {}",
         std::thread::available_parallelism().map_or(0, usize::from),
@@ -74,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     if !args.skip_provision {
         provisioning(&args, &work_dir).await?;
     }
+    println!("\nlogs and databases: {}", work_dir.display());
     Ok(())
 }
 
@@ -185,8 +190,6 @@ async fn provisioning(args: &Args, work_dir: &std::path::Path) -> anyhow::Result
     settings.server_args = vec![
         "--billecta-max-concurrency".into(),
         args.billecta_concurrency.to_string(),
-        "--log".into(),
-        "warn".into(),
     ];
     let report = drill::run(settings).await?;
     anyhow::ensure!(

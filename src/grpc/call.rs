@@ -100,10 +100,19 @@ where
             .to_owned();
         let span = tracing::info_span!(
             "rpc",
+            otel.name = %request.uri().path().trim_start_matches('/'),
+            otel.kind = "server",
             request_id = %correlation_id,
             method = %method,
-            caller = tracing::field::Empty
+            caller = tracing::field::Empty,
+            tenant = tracing::field::Empty,
+            environment = tracing::field::Empty,
+            stage = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            grpc_status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        continue_trace(&span, request.headers());
         request
             .extensions_mut()
             .insert(CorrelationId(correlation_id.clone()));
@@ -168,6 +177,19 @@ where
                     .and_then(|code| code.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from);
                 crate::metrics::metrics().rpc(&full_path, status, started.elapsed());
+                let span = tracing::Span::current();
+                span.record("grpc_status", format_args!("{status:?}"));
+                if !matches!(
+                    status,
+                    tonic::Code::Ok
+                        | tonic::Code::NotFound
+                        | tonic::Code::AlreadyExists
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::FailedPrecondition
+                        | tonic::Code::Aborted
+                ) {
+                    span.record("otel.status_code", "ERROR");
+                }
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
                 if status == tonic::Code::Ok {
                     tracing::debug!(elapsed_ms, "call finished");
@@ -181,6 +203,52 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Continues the caller's trace (W3C `traceparent`, with `tracestate`) in `span`, and puts the trace
+/// id on it for the logs. A missing or malformed header starts a new trace, as the standard asks.
+fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if span.is_disabled() {
+        return;
+    }
+    let trace_id = if headers.contains_key(TRACEPARENT) {
+        let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .extract(&HeaderExtractor(headers));
+        let context = parent.span().span_context().clone();
+        if !context.is_valid() {
+            return;
+        }
+        // Without an exporter there is no OpenTelemetry layer to take the parent: no harm done.
+        let _ = span.set_parent(parent);
+        context.trace_id()
+    } else {
+        // Exporting: the trace the layer started for the call.
+        let context = span.context().span().span_context().clone();
+        if !context.is_valid() {
+            return;
+        }
+        context.trace_id()
+    };
+    span.record("trace_id", format_args!("{trace_id}"));
+}
+
+/// The W3C trace context header.
+const TRACEPARENT: &str = "traceparent";
+
+/// Request headers as OpenTelemetry's propagators read them.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
 

@@ -93,7 +93,9 @@ fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Caller, 
 /// Refuses a tenant outside the caller's, before the resource is looked up: whether it exists is
 /// not given away.
 fn within(caller: &Caller, permission: Permission, tenant: &TenantId) -> Result<(), Status> {
-    Ok(caller.authorize(permission, Some(tenant))?)
+    caller.authorize(permission, Some(tenant))?;
+    tracing::Span::current().record("tenant", tenant.as_str());
+    Ok(())
 }
 
 /// A request of a mutating call, with the conventions every one of them shares.

@@ -199,6 +199,7 @@ impl Operations {
         key: &OnboardingKey,
         mutation: &Mutation,
     ) -> Result<OnboardingRecord> {
+        in_span(key);
         let now = now_micros();
         let mut tx = self.store.begin().await?;
         let existing = tx.lock_onboarding(&key.tenant, key.environment).await?;
@@ -306,6 +307,7 @@ impl Operations {
         conventions: Conventions,
         change: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<Written>,
     ) -> Result<Committed> {
+        in_span(key);
         let now = now_micros();
         let mut tx = self.store.begin().await?;
         let Some(before) = tx.lock_onboarding(&key.tenant, key.environment).await? else {
@@ -378,6 +380,7 @@ impl Operations {
     }
 
     pub async fn get_onboarding(&self, key: &OnboardingKey) -> Result<OnboardingRecord> {
+        in_span(key);
         self.store
             .get_onboarding(&key.tenant, key.environment)
             .await?
@@ -385,6 +388,13 @@ impl Operations {
                 resource: key.name(),
             })
     }
+}
+
+/// Puts the onboarding a call works on on its span (`rpc` or `reconcile`), for logs and traces.
+fn in_span(key: &OnboardingKey) {
+    let span = tracing::Span::current();
+    span.record("tenant", key.tenant.as_str());
+    span.record("environment", key.environment.as_str());
 }
 
 /// The first result of a retried call, or `None` for a new request_id. The same id with another

@@ -264,6 +264,7 @@ impl Operations {
             Committed::Stored(record) => {
                 let (lease, before, original, prepared, target) =
                     claimed.expect("a stored claim ran its preparation");
+                tracing::Span::current().record("stage", before.stage.as_str());
                 if mutation.validate_only {
                     // What was asked for, checked; the stage is not claimed and Billecta not asked.
                     let mut answer = prepared;

@@ -12,6 +12,7 @@ use crate::domain::{CredentialField, Environment, Stage, now_micros};
 use crate::error::{Error, Result};
 use crate::storage::PendingStage;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// The actor the reconciler's work is recorded under.
 pub const RECONCILER: &str = "reconciler";
@@ -49,7 +50,14 @@ impl Operations {
             if self.billecta_paused(pending.environment) {
                 continue;
             }
-            let outcome = self.resume(&pending).await;
+            let span = tracing::info_span!(
+                "reconcile",
+                otel.name = %format_args!("resume {}", pending.stage),
+                tenant = %pending.tenant,
+                environment = %pending.environment,
+                stage = %pending.stage,
+            );
+            let outcome = self.resume(&pending).instrument(span).await;
             crate::metrics::metrics().reconciler_run(
                 &format!("resume_{}", pending.stage),
                 match &outcome {

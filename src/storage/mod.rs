@@ -128,9 +128,13 @@ impl Store {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
                             connection
+                                // A small page cache per connection: the operating system caches
+                                // the file for all of them, and memory stays low however many
+                                // connections the pool opens.
                                 .execute(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                                     PRAGMA cache_size = -512;",
                                 )
                                 .await?;
                         }
