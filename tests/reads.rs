@@ -5,10 +5,8 @@
 
 mod common;
 
-use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
-use billecta_onboarding::domain::Environment;
+use billecta_onboarding::billecta::Deadline;
 use billecta_onboarding::proto;
-use billecta_onboarding::secret::Secret;
 use common::*;
 
 /// A server with a READY onboarding and a second replica on its database: the server, the replica,
@@ -68,11 +66,7 @@ async fn a_replica_reads_every_write_another_replica_committed() {
     for backend in backends() {
         eprintln!("backend: {backend:?}");
         let (server, reader, name, creditor) = replicas_with_ready_onboarding(&backend).await;
-        let billecta = BillectaClient::new(
-            Environment::Test,
-            ClientSettings::new(server.simulator(Environment::Test).base_url()),
-        )
-        .unwrap();
+        let billecta = test_billecta(&server);
 
         for round in 0..6 {
             // The reader has read (and may keep) the onboarding as it is now.
@@ -99,15 +93,7 @@ async fn a_replica_reads_every_write_another_replica_committed() {
                 .unwrap();
             // Someone issues the API user a new token in Billecta (the old one stops working) and
             // registers it.
-            let current = billecta
-                .authenticate(
-                    ACCOUNT_EMAIL,
-                    &Secret::new(READY_PASSWORD),
-                    Deadline::none(),
-                )
-                .await
-                .unwrap()
-                .value;
+            let current = account_token(&billecta).await;
             let issued = billecta
                 .issue_token(&current, None, Deadline::none())
                 .await

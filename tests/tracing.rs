@@ -6,11 +6,9 @@
 
 mod common;
 
-use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
 use billecta_onboarding::config::LogFormat;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto;
-use billecta_onboarding::secret::Secret;
 use billecta_onboarding::telemetry::{self, TraceExport};
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -145,19 +143,7 @@ async fn spans_continue_the_callers_trace_and_reach_the_collector_without_secret
         .await
         .unwrap();
 
-    let token = BillectaClient::new(
-        Environment::Test,
-        ClientSettings::new(server.simulator(Environment::Test).base_url()),
-    )
-    .unwrap()
-    .authenticate(
-        ACCOUNT_EMAIL,
-        &Secret::new(READY_PASSWORD),
-        Deadline::none(),
-    )
-    .await
-    .unwrap()
-    .value;
+    let token = account_token(&test_billecta(&server)).await;
     server.shutdown.cancel();
     telemetry.shutdown().await;
 

@@ -816,3 +816,29 @@ pub fn remove_account_user(server: &TestServer) {
     let user = simulator.state().users[0].user_public_id;
     simulator.delete_user(user).unwrap();
 }
+
+/// A Billecta client for the test environment's simulator, as the service's own.
+pub fn test_billecta(server: &TestServer) -> billecta_onboarding::billecta::BillectaClient {
+    billecta_onboarding::billecta::BillectaClient::new(
+        Environment::Test,
+        billecta_onboarding::billecta::ClientSettings::new(
+            server.simulator(Environment::Test).base_url(),
+        ),
+    )
+    .unwrap()
+}
+
+/// The test account's current SecureToken, signing in as the account user of [`ready_onboarding`].
+pub async fn account_token(
+    billecta: &billecta_onboarding::billecta::BillectaClient,
+) -> billecta_onboarding::secret::Secret {
+    billecta
+        .authenticate(
+            ACCOUNT_EMAIL,
+            &billecta_onboarding::secret::Secret::new(READY_PASSWORD),
+            billecta_onboarding::billecta::Deadline::none(),
+        )
+        .await
+        .unwrap()
+        .value
+}
