@@ -180,40 +180,12 @@ async fn provisioning(args: &Args, work_dir: &std::path::Path) -> anyhow::Result
         args.tenants, args.latency_ms, args.billecta_concurrency
     );
     let server_binary = std::env::current_exe()?.with_file_name("billecta-onboarding");
-    let mut settings = DrillSettings::new(server_binary.clone(), work_dir.to_owned());
-    settings.tenants = args.tenants;
-    settings.concurrency = args.provision_concurrency;
-    settings.failure_rate = 0.0;
-    settings.latency = Duration::from_millis(args.latency_ms);
-    settings.latency_share = 1.0;
-    settings.database = DrillDatabase::Sqlite;
-    settings.server_args = vec![
-        "--billecta-max-concurrency".into(),
-        args.billecta_concurrency.to_string(),
-    ];
-    let report = drill::run(settings).await?;
-    anyhow::ensure!(
-        report.problems().is_empty(),
-        "the provisioning run broke a promise:\n{report}"
-    );
-    let ideal = Duration::from_secs_f64(
-        report.billecta_requests as f64 * args.latency_ms as f64
-            / 1000.0
-            / args.billecta_concurrency as f64,
-    );
-    println!(
-        "wall time {:.2} s for {} Billecta calls; ideal at concurrency {}: {:.2} s; ratio {:.2}",
-        report.wall.as_secs_f64(),
-        report.billecta_requests,
-        args.billecta_concurrency,
-        ideal.as_secs_f64(),
-        report.wall.as_secs_f64() / ideal.as_secs_f64().max(f64::EPSILON)
-    );
-    if let Some(kib) = report.server_resident_kib {
-        println!(
-            "server resident memory after the run: {:.1} MiB",
-            kib as f64 / 1024.0
-        );
+    let report = provision(args, work_dir, &server_binary, DrillDatabase::Sqlite).await?;
+    if let Some(admin_url) = &args.postgres {
+        let database = DrillDatabase::Postgres {
+            admin_url: admin_url.clone(),
+        };
+        provision(args, work_dir, &server_binary, database).await?;
     }
 
     println!("\n== start-up to SERVING on the provisioned database");
@@ -234,6 +206,55 @@ async fn provisioning(args: &Args, work_dir: &std::path::Path) -> anyhow::Result
         args.tenants
     );
     Ok(())
+}
+
+/// One provisioning run on `database`, with its figures printed.
+async fn provision(
+    args: &Args,
+    work_dir: &std::path::Path,
+    server_binary: &std::path::Path,
+    database: DrillDatabase,
+) -> anyhow::Result<drill::DrillReport> {
+    let label = match database {
+        DrillDatabase::Sqlite => "SQLite",
+        DrillDatabase::Postgres { .. } => "PostgreSQL",
+    };
+    let mut settings = DrillSettings::new(server_binary.to_owned(), work_dir.to_owned());
+    settings.tenants = args.tenants;
+    settings.concurrency = args.provision_concurrency;
+    settings.failure_rate = 0.0;
+    settings.latency = Duration::from_millis(args.latency_ms);
+    settings.latency_share = 1.0;
+    settings.database = database;
+    settings.server_args = vec![
+        "--billecta-max-concurrency".into(),
+        args.billecta_concurrency.to_string(),
+    ];
+    let report = drill::run(settings).await?;
+    anyhow::ensure!(
+        report.problems().is_empty(),
+        "the provisioning run broke a promise:\n{report}"
+    );
+    let ideal = Duration::from_secs_f64(
+        report.billecta_requests as f64 * args.latency_ms as f64
+            / 1000.0
+            / args.billecta_concurrency as f64,
+    );
+    println!(
+        "{label:<10} wall time {:.2} s for {} Billecta calls; ideal at concurrency {}: {:.2} s; ratio {:.2}",
+        report.wall.as_secs_f64(),
+        report.billecta_requests,
+        args.billecta_concurrency,
+        ideal.as_secs_f64(),
+        report.wall.as_secs_f64() / ideal.as_secs_f64().max(f64::EPSILON)
+    );
+    if let Some(kib) = report.server_resident_kib {
+        println!(
+            "{label:<10} server resident memory after the run: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
+    Ok(report)
 }
 
 /// Starts the service binary on `database` and measures the time to SERVING, then stops it.

@@ -367,6 +367,8 @@ impl Operations {
         } else {
             tx.commit().await?;
         }
+        self.store
+            .remember_write(&before, &record, &written.secrets, &written.removed);
         self.announce(&record);
         Ok(Committed::Stored(record))
     }

@@ -494,6 +494,55 @@ impl Store {
         row.as_ref().map(rows::sealed).transpose()
     }
 
+    /// Keeps what a committed write left: `after`, written over `before` (as read under the write's
+    /// lock) with `secrets` stored and `removed` deleted. Kept only if what `before` was read from
+    /// is kept, so the ciphertexts the write did not touch are known; the next read or write of the
+    /// onboarding then need not read it back.
+    pub fn remember_write(
+        &self,
+        before: &OnboardingRecord,
+        after: &OnboardingRecord,
+        secrets: &[(CredentialRecord, Sealed)],
+        removed: &[(String, CredentialField)],
+    ) {
+        let Some(previous) = self.snapshots.get(before) else {
+            return;
+        };
+        let replaced = |scope: &str, field: CredentialField| {
+            removed.iter().any(|(s, f)| s == scope && *f == field)
+                || secrets
+                    .iter()
+                    .any(|(credential, _)| credential.scope == scope && credential.field == field)
+        };
+        let mut sealed: Vec<_> = previous
+            .sealed
+            .iter()
+            .filter(|(scope, field, _)| !replaced(scope, *field))
+            .cloned()
+            .collect();
+        sealed.extend(secrets.iter().map(|(credential, ciphertext)| {
+            (
+                credential.scope.clone(),
+                credential.field,
+                ciphertext.clone(),
+            )
+        }));
+        let mut record = after.clone();
+        // In the order a read from the database gives.
+        record.stages.sort_by_key(|s| s.stage);
+        record
+            .creditors
+            .sort_by(|a, b| a.name.rsplit('/').next().cmp(&b.name.rsplit('/').next()));
+        for creditor in &mut record.creditors {
+            creditor.stages.sort_by_key(|s| s.stage);
+        }
+        record
+            .credentials
+            .sort_by(|a, b| (&a.scope, a.field.as_str()).cmp(&(&b.scope, b.field.as_str())));
+        self.snapshots
+            .put(Arc::new(fresh::Snapshot { record, sealed }));
+    }
+
     /// Forgets what is kept of `record`'s onboarding, so the next read asks the database.
     pub fn forget(&self, record: &OnboardingRecord) {
         self.snapshots.forget(record);
