@@ -223,6 +223,7 @@ impl Application {
             operations.clone(),
             shutdown.clone(),
             Duration::from_millis(config.watch_poll_interval_ms),
+            config.max_watch_streams,
         );
         let onboarding_service = OnboardingServiceServer::new(api)
             .max_decoding_message_size(config.max_message_bytes)
@@ -235,6 +236,7 @@ impl Application {
                     interval: Duration::from_millis(config.reconcile_interval_ms),
                     revalidate_every: (config.revalidate_interval_ms > 0)
                         .then(|| Duration::from_millis(config.revalidate_interval_ms)),
+                    request_id_retention: Duration::from_millis(config.request_id_retention_ms),
                 },
                 shutdown.clone(),
             ))

@@ -296,6 +296,20 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub watch_poll_interval_ms: u64,
+
+    /// WatchOnboarding streams open at once across the server; more are refused with
+    /// RESOURCE_EXHAUSTED (an open stream holds no call slot, so it needs a limit of its own).
+    #[arg(long, env = "ONBOARDING_MAX_WATCH_STREAMS", default_value_t = 1024)]
+    pub max_watch_streams: usize,
+
+    /// How long a mutating call's result is kept under its request_id, for retries to get it back.
+    /// Older ones are deleted by the background worker; a retry after that is a new request.
+    #[arg(
+        long,
+        env = "ONBOARDING_REQUEST_ID_RETENTION_MS",
+        default_value_t = 86_400_000
+    )]
+    pub request_id_retention_ms: u64,
 }
 
 /// What the binary does; without a subcommand it serves.
@@ -373,6 +387,10 @@ impl Config {
         anyhow::ensure!(
             self.max_concurrent_streams >= 1,
             "--max-concurrent-streams must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_watch_streams >= 1,
+            "--max-watch-streams must be at least 1"
         );
         anyhow::ensure!(
             self.concurrency_per_connection >= 1,

@@ -21,6 +21,8 @@ pub struct ReconcilerSettings {
     pub interval: Duration,
     /// `None`: no scheduled revalidation.
     pub revalidate_every: Option<Duration>,
+    /// How long results stay under their request_id.
+    pub request_id_retention: Duration,
 }
 
 /// Most stages carried on, and most onboardings re-checked, in one pass: the rest wait for the next.
@@ -50,6 +52,37 @@ pub async fn run(
         if let Some(every) = settings.revalidate_every {
             revalidate_due(&operations, every, &shutdown).await;
         }
+        expire_request_ids(&operations, settings.request_id_retention).await;
+    }
+}
+
+/// Most stored results deleted by one statement; a pass repeats it while there are more.
+const EXPIRED_PER_STATEMENT: i64 = 1000;
+
+/// Deletes the results kept under request_ids longer than `retention`.
+async fn expire_request_ids(operations: &Operations, retention: Duration) {
+    let before = now_micros() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+    let mut deleted = 0;
+    loop {
+        match operations
+            .store()
+            .expire_results(before, EXPIRED_PER_STATEMENT)
+            .await
+        {
+            Ok(count) => {
+                deleted += count;
+                if count < EXPIRED_PER_STATEMENT as u64 {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "reconciler could not expire request ids");
+                break;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "results past their request_id retention deleted");
     }
 }
 

@@ -256,3 +256,61 @@ async fn replicas_share_the_validation_schedule() {
         }
     }
 }
+
+#[tokio::test]
+async fn results_past_their_request_id_retention_are_deleted_and_the_id_is_new_again() {
+    for backend in common::backends() {
+        let server = TestServer::start_with(&backend, |config| {
+            config.reconcile_interval_ms = 100;
+            config.request_id_retention_ms = 500;
+        })
+        .await;
+        let name = common::create(&server, "gp", proto::Environment::Test)
+            .await
+            .name;
+        let agreement = |reference: &str| proto::RecordAgreementRequest {
+            request_id: "agreement-gp-test".into(),
+            reference: reference.into(),
+            ..common::agreement_request(&name)
+        };
+        let mut client = server.client.clone();
+        client
+            .record_agreement(agreement("CONTRACT-1"))
+            .await
+            .unwrap();
+        // Within the retention the id belongs to the first request.
+        let reused = client
+            .record_agreement(agreement("CONTRACT-2"))
+            .await
+            .unwrap_err();
+        common::assert_refused(&reused, tonic::Code::InvalidArgument, "REQUEST_ID_REUSED");
+
+        // The worker deletes the stored result once it is older than the retention.
+        let pool = common::database_pool(&server.database).await;
+        let started = Instant::now();
+        loop {
+            let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            if kept == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{kept} stored results are still there"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pool.close().await;
+
+        // After it, the same id is a new request.
+        let second = client
+            .record_agreement(agreement("CONTRACT-2"))
+            .await
+            .unwrap()
+            .into_inner();
+        let onboarding = second.onboarding.unwrap();
+        assert_eq!(onboarding.agreement.unwrap().reference, "CONTRACT-2");
+    }
+}

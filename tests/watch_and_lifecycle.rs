@@ -248,3 +248,41 @@ async fn a_watch_on_one_replica_sees_changes_made_through_another() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn open_watch_streams_are_limited_and_a_closed_one_frees_its_place() {
+    let server = TestServer::start_with(&Backend::Sqlite, |config| {
+        config.max_watch_streams = 2;
+    })
+    .await;
+    let (created, first) = watching(&server).await;
+    let mut second = watch(&server, &created.name, "").await.unwrap();
+    next(&mut second).await;
+
+    let refused = watch(&server, &created.name, "").await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    // Other calls are not affected.
+    get(&server, &created.name).await.unwrap();
+
+    // The caller closes a stream; its place comes free once the server sees it gone.
+    drop(first);
+    let reopened = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch(&server, &created.name, "").await {
+                Ok(stream) => break stream,
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("unexpected refusal: {status:?}"),
+            }
+        }
+    });
+    let mut third = reopened
+        .await
+        .expect("the closed stream's place comes free");
+    next(&mut third).await;
+    // Both open streams still carry changes.
+    record_agreement(&server, &created.name).await;
+    assert_agreement_streamed(&mut second, &created.name).await;
+    assert_agreement_streamed(&mut third, &created.name).await;
+}

@@ -24,8 +24,9 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,9 @@ pub struct OnboardingApi {
     /// Cancelled when the server drains: open watch streams end so shutdown is not held up.
     shutdown: CancellationToken,
     watch_poll_interval: Duration,
+    /// One permit per open WatchOnboarding stream.
+    watch_streams: Arc<Semaphore>,
+    max_watch_streams: usize,
 }
 
 impl OnboardingApi {
@@ -49,11 +53,14 @@ impl OnboardingApi {
         operations: Operations,
         shutdown: CancellationToken,
         watch_poll_interval: Duration,
+        max_watch_streams: usize,
     ) -> Self {
         Self {
             operations,
             shutdown,
             watch_poll_interval,
+            watch_streams: Arc::new(Semaphore::new(max_watch_streams)),
+            max_watch_streams,
         }
     }
 }
@@ -562,6 +569,13 @@ impl OnboardingService for OnboardingApi {
         let request = request.into_inner();
         let key = OnboardingKey::parse_name("name", &request.name).map_err(Error::from)?;
         within(&caller, Permission::Read, &key.tenant)?;
+        // Held for as long as the stream is open.
+        let Ok(permit) = self.watch_streams.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "the server has {} WatchOnboarding streams open, its limit; retry with backoff",
+                self.max_watch_streams
+            )));
+        };
         let after = if request.after_event.is_empty() {
             None
         } else {
@@ -589,6 +603,7 @@ impl OnboardingService for OnboardingApi {
             sender,
             shutdown: self.shutdown.clone(),
             poll_interval: self.watch_poll_interval,
+            _permit: permit,
         };
         tokio::spawn(
             watch
@@ -608,6 +623,8 @@ struct Watch {
     sender: mpsc::Sender<Result<proto::WatchOnboardingResponse, Status>>,
     shutdown: CancellationToken,
     poll_interval: Duration,
+    /// The stream's place under --max-watch-streams, given back when it ends.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Watch {

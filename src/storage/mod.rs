@@ -421,6 +421,17 @@ impl Store {
         Ok(updated.rows_affected() == 1)
     }
 
+    /// Deletes up to `limit` results stored under request_ids before `before`; how many it deleted.
+    pub async fn expire_results(&self, before: i64, limit: i64) -> Result<u64> {
+        let deleted = sqlx::query(rows::DELETE_EXPIRED_RESULTS)
+            .bind(before)
+            .bind(limit)
+            .execute(self.writer()?)
+            .await
+            .map_err(db_error)?;
+        Ok(deleted.rows_affected())
+    }
+
     /// Every stored secret not encrypted with `active_key_id`, with what its decryption needs.
     pub async fn credentials_to_reencrypt(&self, active_key_id: &str) -> Result<Vec<StoredSecret>> {
         let found = sqlx::query(rows::SELECT_CREDENTIALS_TO_REENCRYPT)

@@ -123,6 +123,9 @@ pub fn insert_events(n: usize) -> &'static str {
 pub const LIST_EVENTS: &str = "SELECT sequence, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions FROM events \
      WHERE onboarding_id = $1 AND tenant = $2 AND sequence > $3 ORDER BY sequence LIMIT $4";
 
+/// Deletes up to $2 stored results created before $1 (oldest first).
+pub const DELETE_EXPIRED_RESULTS: &str = "DELETE FROM idempotency_keys WHERE (tenant, request_id) IN \
+     (SELECT tenant, request_id FROM idempotency_keys WHERE create_time < $1 ORDER BY create_time LIMIT $2)";
 pub const SELECT_RESULT: &str = "SELECT method, request_hash, response FROM idempotency_keys WHERE tenant = $1 AND request_id = $2";
 pub const INSERT_RESULT: &str = "INSERT INTO idempotency_keys (tenant, request_id, method, request_hash, response, create_time) \
      VALUES ($1, $2, $3, $4, $5, $6)";
