@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// What a caller may do.
@@ -28,6 +29,19 @@ pub enum Permission {
 }
 
 impl Permission {
+    pub const ALL: [Permission; 3] = [
+        Permission::Read,
+        Permission::Write,
+        Permission::PaymentConfiguration,
+    ];
+
+    /// The permission named `text` (as in `--callers`).
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|permission| permission.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Permission::Read => "read",
@@ -77,14 +91,8 @@ impl Caller {
         permission: Permission,
         tenant: Option<&TenantId>,
     ) -> Result<(), Error> {
-        if !self.permissions.contains(&permission) {
-            return Err(Error::PermissionDenied {
-                caller: self.name.clone(),
-                permission,
-            });
-        }
-        if let (Some(allowed), Some(tenant)) = (&self.tenants, tenant)
-            && !allowed.contains(tenant.as_str())
+        if !self.permissions.contains(&permission)
+            || tenant.is_some_and(|tenant| !self.may_see(tenant.as_str()))
         {
             return Err(Error::PermissionDenied {
                 caller: self.name.clone(),
@@ -114,7 +122,8 @@ enum Proof {
 /// The configured callers.
 #[derive(Debug, Clone)]
 pub struct Callers {
-    entries: Vec<(Caller, Proof)>,
+    /// Shared with every call they make, so a call does not copy its caller.
+    entries: Vec<(Arc<Caller>, Proof)>,
 }
 
 /// The key `--sandbox` accepts when no callers are configured: every permission, every tenant.
@@ -179,11 +188,11 @@ impl Callers {
                 "caller {name:?} has the same key or certificate as another caller"
             );
             callers.push((
-                Caller {
+                Arc::new(Caller {
                     name,
                     permissions: entry.permissions,
                     tenants,
-                },
+                }),
                 proof,
             ));
         }
@@ -194,17 +203,11 @@ impl Callers {
     pub fn sandbox() -> Self {
         Callers {
             entries: vec![(
-                Caller {
+                Arc::new(Caller {
                     name: "sandbox-developer".to_owned(),
-                    permissions: [
-                        Permission::Read,
-                        Permission::Write,
-                        Permission::PaymentConfiguration,
-                    ]
-                    .into_iter()
-                    .collect(),
+                    permissions: Permission::ALL.into(),
                     tenants: None,
-                },
+                }),
                 Proof::Key(hash_key(SANDBOX_KEY)),
             )],
         }
@@ -218,16 +221,16 @@ impl Callers {
     }
 
     /// The caller a bearer key belongs to. Every configured hash is compared, in constant time.
-    pub fn authenticate(&self, key: &str) -> Option<&Caller> {
+    pub fn authenticate(&self, key: &str) -> Option<&Arc<Caller>> {
         self.find(Proof::Key(hash_key(key)))
     }
 
     /// The caller a verified client certificate (DER) belongs to.
-    pub fn authenticate_certificate(&self, der: &[u8]) -> Option<&Caller> {
+    pub fn authenticate_certificate(&self, der: &[u8]) -> Option<&Arc<Caller>> {
         self.find(Proof::Certificate(Sha256::digest(der).into()))
     }
 
-    fn find(&self, presented: Proof) -> Option<&Caller> {
+    fn find(&self, presented: Proof) -> Option<&Arc<Caller>> {
         let mut found = None;
         for (caller, proof) in &self.entries {
             let same = match (presented, proof) {

@@ -43,11 +43,16 @@ async fn main() -> anyhow::Result<ExitCode> {
         config.tracing_export().as_ref(),
     )?;
     if let Some(Command::Reencrypt) = &config.command {
-        let done = reencrypt(&config).await?;
+        anyhow::ensure!(
+            !config.encryption_keys.trim().is_empty(),
+            "--encryption-keys is required: the old keys to read with and the active one to write with"
+        );
+        let keyring = config.keyring()?;
+        let done = reencrypt(&config, &keyring).await?;
         println!(
             "re-encrypted {} secret(s) under key {:?}; {} written meanwhile and left; {} unreadable; {} still under an older key",
             done.reencrypted,
-            config.keyring()?.active_key_id(),
+            keyring.active_key_id(),
             done.skipped,
             done.unreadable,
             done.remaining
@@ -73,11 +78,10 @@ async fn main() -> anyhow::Result<ExitCode> {
 }
 
 /// Connects to the service's database and re-encrypts what the old keys encrypted.
-async fn reencrypt(config: &Config) -> anyhow::Result<billecta_onboarding::rotation::Reencrypted> {
-    anyhow::ensure!(
-        !config.encryption_keys.trim().is_empty(),
-        "--encryption-keys is required: the old keys to read with and the active one to write with"
-    );
+async fn reencrypt(
+    config: &Config,
+    keyring: &billecta_onboarding::crypto::Keyring,
+) -> anyhow::Result<billecta_onboarding::rotation::Reencrypted> {
     let store = Store::connect(&StoreOptions {
         database: config.database.clone(),
         max_connections: 2,
@@ -86,7 +90,7 @@ async fn reencrypt(config: &Config) -> anyhow::Result<billecta_onboarding::rotat
     })
     .await?;
     store.migrate().await?;
-    let done = billecta_onboarding::rotation::reencrypt(&store, &config.keyring()?).await;
+    let done = billecta_onboarding::rotation::reencrypt(&store, keyring).await;
     store.close().await;
     done
 }
@@ -100,12 +104,11 @@ fn new_api_key(
     let permissions = permissions
         .iter()
         .map(|text| {
-            serde_json::from_value::<Permission>(serde_json::Value::String(text.trim().to_owned()))
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "unknown permission {text:?}; use read, write or payment_configuration"
-                    )
-                })
+            Permission::parse(text.trim()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown permission {text:?}; use read, write or payment_configuration"
+                )
+            })
         })
         .collect::<anyhow::Result<_>>()?;
     let tenants = tenants.map(|list| list.iter().map(|t| t.trim().to_owned()).collect());

@@ -32,17 +32,7 @@ fn creditor_of(onboarding: &proto::Onboarding) -> &proto::Creditor {
 
 /// GetOnboarding through `replica`.
 async fn read_onboarding(replica: &Replica, name: &str) -> proto::Onboarding {
-    replica
-        .client
-        .clone()
-        .get_onboarding(proto::GetOnboardingRequest {
-            name: name.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .onboarding
-        .unwrap()
+    get_via(&replica.client, name).await.unwrap()
 }
 
 /// GetPaymentConfiguration through `replica`.
@@ -50,14 +40,8 @@ async fn read_payment_configuration(
     replica: &Replica,
     creditor: &str,
 ) -> proto::PaymentConfiguration {
-    payments_on(replica.channel.clone())
-        .get_payment_configuration(proto::GetPaymentConfigurationRequest {
-            name: creditor.to_owned(),
-        })
+    payment_configuration_via(payments_on(replica.channel.clone()), creditor)
         .await
-        .unwrap()
-        .into_inner()
-        .payment_configuration
         .unwrap()
 }
 

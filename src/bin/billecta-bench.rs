@@ -7,7 +7,6 @@ use billecta_onboarding::proto;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
 use billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
 use clap::Parser;
-use sqlx::Connection;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,12 +99,7 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
     )];
     if let Some(admin_url) = &args.postgres {
         let name = format!("bench_{}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await?;
-        let mut url = url::Url::parse(admin_url)?;
-        url.set_path(&name);
+        let url = drill::create_database(admin_url, &name).await?;
         backends.push((
             "PostgreSQL",
             url.to_string(),
@@ -156,12 +150,7 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
         report(label, "GetPaymentConfiguration", payments, bare);
         setup.stop().await;
         if let Some((admin_url, name)) = cleanup {
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await?;
+            drill::drop_database(&admin_url, &name).await?;
         }
     }
     Ok(())
@@ -263,12 +252,12 @@ async fn startup(
     database: &std::path::Path,
     work_dir: &std::path::Path,
 ) -> anyhow::Result<Duration> {
-    let key = "bench-startup-key";
-    let callers = serde_json::json!([{
-        "name": "bench",
-        "key_sha256": hex::encode(billecta_onboarding::auth::hash_key(key)),
-        "permissions": ["read"],
-    }]);
+    let (_, caller) = billecta_onboarding::auth::new_key(
+        "bench",
+        [billecta_onboarding::auth::Permission::Read].into(),
+        None,
+    )?;
+    let callers = serde_json::to_string(&[caller])?;
     let fleet = drill::fleet::Fleet::new(
         binary.to_owned(),
         vec![
@@ -280,7 +269,7 @@ async fn startup(
             "0".into(),
         ],
         vec![
-            ("ONBOARDING_CALLERS".into(), callers.to_string()),
+            ("ONBOARDING_CALLERS".into(), callers),
             (
                 "ONBOARDING_ENCRYPTION_KEYS".into(),
                 format!("bench:{}", drill::random_key(32)),

@@ -12,7 +12,7 @@
 pub mod fleet;
 pub mod journey;
 
-use crate::auth::hash_key;
+use crate::auth::Permission;
 use crate::domain::Environment;
 use crate::simulator::{Fault, FaultBody, FaultRule, RunningSimulator, SimulatorConfig};
 use anyhow::Context;
@@ -404,6 +404,32 @@ impl fmt::Display for DrillReport {
 }
 
 /// A random key of `bytes` bytes, base64.
+/// Creates the database `name` on the PostgreSQL server `admin_url` reaches; returns its URL.
+pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<url::Url> {
+    let mut url = url::Url::parse(admin_url).context("the PostgreSQL URL")?;
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await.ok();
+    url.set_path(name);
+    Ok(url)
+}
+
+/// Drops the database `name` made by [`create_database`], closing whatever is still connected.
+pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await.ok();
+    Ok(())
+}
+
 pub fn random_key(bytes: usize) -> String {
     let mut key = vec![0u8; bytes];
     getrandom::fill(&mut key).expect("the system's random source");
@@ -438,16 +464,8 @@ async fn prepare_database(settings: &DrillSettings, tag: &str) -> anyhow::Result
             })
         }
         DrillDatabase::Postgres { admin_url } => {
-            let mut url = url::Url::parse(admin_url).context("the PostgreSQL URL")?;
             let name = format!("drill_{tag}");
-            let mut admin = sqlx::PgConnection::connect(admin_url)
-                .await
-                .context("connecting to PostgreSQL")?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await?;
-            admin.close().await.ok();
-            url.set_path(&name);
+            let url = create_database(admin_url, &name).await?;
             let proxy = match settings.outage.as_ref().map(|outage| &outage.method) {
                 Some(OutageMethod::Proxy) => {
                     let host = url.host_str().unwrap_or("127.0.0.1");
@@ -494,12 +512,8 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
     );
     let simulator = crate::simulator::start(simulator_config).await?;
     let database = prepare_database(&settings, &tag).await?;
-    let api_key = format!("bok_{}", random_key(32));
-    let callers = serde_json::json!([{
-        "name": "drill",
-        "key_sha256": hex::encode(hash_key(&api_key)),
-        "permissions": ["read", "write", "payment_configuration"],
-    }]);
+    let (api_key, caller) = crate::auth::new_key("drill", Permission::ALL.into(), None)?;
+    let callers = serde_json::to_string(&[caller])?;
     let mut args: Vec<String> = [
         "--database",
         &database.url,
@@ -523,7 +537,7 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
     .collect();
     args.extend(settings.server_args.iter().cloned());
     let env = vec![
-        ("ONBOARDING_CALLERS".to_owned(), callers.to_string()),
+        ("ONBOARDING_CALLERS".to_owned(), callers),
         (
             "ONBOARDING_ENCRYPTION_KEYS".to_owned(),
             format!("drill:{}", random_key(32)),
@@ -557,10 +571,7 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
     if report.problems().is_empty()
         && let Some((admin_url, name)) = &database.postgres
     {
-        let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-            .execute(&mut admin)
-            .await?;
+        drop_database(admin_url, name).await?;
     }
     simulator.shutdown().await;
     Ok(report)
@@ -684,12 +695,12 @@ async fn drive(
         billecta_faulted: state.faulted_counts.values().sum(),
         creditor_creates: state
             .request_counts
-            .get("POST /v1/creditors/creditor")
+            .get(crate::billecta::endpoints::CREATE_CREDITOR.route)
             .copied()
             .unwrap_or_default(),
         creditor_creates_faulted: state
             .faulted_counts
-            .get("POST /v1/creditors/creditor")
+            .get(crate::billecta::endpoints::CREATE_CREDITOR.route)
             .copied()
             .unwrap_or_default(),
         creditors: state.creditors.len(),

@@ -10,10 +10,10 @@ pub mod status;
 mod tokens;
 
 use crate::auth::{Caller, Permission};
-use crate::domain::now_micros;
 use crate::domain::validate::{
-    self, FieldViolation, OnboardingKey, RequestId, TenantId, Violations,
+    self, CreditorKey, FieldViolation, OnboardingKey, RequestId, TenantId, Violations,
 };
+use crate::domain::{Environment, now_micros};
 use crate::error::Error;
 use crate::operations::{CallContext, Mutation, Operations};
 use crate::proto;
@@ -75,7 +75,7 @@ fn call_context<T>(request: &Request<T>) -> CallContext {
     // The caller the call layer authenticated; every RPC but health has one.
     let actor = request
         .extensions()
-        .get::<Caller>()
+        .get::<Arc<Caller>>()
         .map_or_else(|| "anonymous".to_owned(), |caller| caller.name.clone());
     CallContext {
         actor,
@@ -85,10 +85,10 @@ fn call_context<T>(request: &Request<T>) -> CallContext {
 
 /// The authenticated caller, if it holds `permission` (checked before anything else, so that a
 /// refusal says nothing about the request).
-fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Caller, Status> {
+fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Arc<Caller>, Status> {
     let caller = request
         .extensions()
-        .get::<Caller>()
+        .get::<Arc<Caller>>()
         .cloned()
         .ok_or_else(|| Error::Unauthenticated {
             message: "a credential is required".to_owned(),
@@ -99,10 +99,49 @@ fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Caller, 
 
 /// Refuses a tenant outside the caller's, before the resource is looked up: whether it exists is
 /// not given away.
-fn within(caller: &Caller, permission: Permission, tenant: &TenantId) -> Result<(), Status> {
-    caller.authorize(permission, Some(tenant))?;
-    tracing::Span::current().record("tenant", tenant.as_str());
+/// The call's tenant and environment go on its span here, once, for logs and traces.
+fn within(caller: &Caller, permission: Permission, scope: &impl Scope) -> Result<(), Status> {
+    caller.authorize(permission, Some(scope.tenant()))?;
+    let span = tracing::Span::current();
+    span.record("tenant", scope.tenant().as_str());
+    if let Some(environment) = scope.environment() {
+        span.record("environment", environment.as_str());
+    }
     Ok(())
+}
+
+/// What a request names, as far as it parsed.
+trait Scope {
+    fn tenant(&self) -> &TenantId;
+    fn environment(&self) -> Option<Environment>;
+}
+
+impl Scope for OnboardingKey {
+    fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+    fn environment(&self) -> Option<Environment> {
+        Some(self.environment)
+    }
+}
+
+impl Scope for CreditorKey {
+    fn tenant(&self) -> &TenantId {
+        &self.onboarding.tenant
+    }
+    fn environment(&self) -> Option<Environment> {
+        Some(self.onboarding.environment)
+    }
+}
+
+/// A tenant, and the environment if it parsed (CreateOnboarding).
+impl Scope for (&TenantId, Option<Environment>) {
+    fn tenant(&self) -> &TenantId {
+        self.0
+    }
+    fn environment(&self) -> Option<Environment> {
+        self.1
+    }
 }
 
 /// A request of a mutating call, with the conventions every one of them shares.
@@ -237,13 +276,13 @@ impl OnboardingService for OnboardingApi {
         let request = request.into_inner();
         let mut violations = Violations::new();
         let tenant = violations.check(TenantId::parse("tenant", &request.tenant));
-        if let Some(tenant) = &tenant {
-            within(&caller, Permission::Write, tenant)?;
-        }
         let environment = violations.check(convert::parse_environment(
             "environment",
             request.environment,
         ));
+        if let Some(tenant) = &tenant {
+            within(&caller, Permission::Write, &(tenant, environment))?;
+        }
         let mutation = mutation(&mut violations, &caller, "CreateOnboarding", &request);
         violations.finish().map_err(Error::from)?;
         let key = OnboardingKey::new(checked(tenant), checked(environment));
@@ -264,7 +303,7 @@ impl OnboardingService for OnboardingApi {
         let caller = permitted(&request, Permission::Read)?;
         let key =
             OnboardingKey::parse_name("name", &request.get_ref().name).map_err(Error::from)?;
-        within(&caller, Permission::Read, &key.tenant)?;
+        within(&caller, Permission::Read, &key)?;
         let record = self.operations.get_onboarding(&key).await?;
         Ok(Response::new(proto::GetOnboardingResponse {
             onboarding: Some(convert::onboarding(&record)),
@@ -359,7 +398,7 @@ impl OnboardingService for OnboardingApi {
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
         if let Some(key) = &key {
-            within(&caller, Permission::Write, &key.tenant)?;
+            within(&caller, Permission::Write, key)?;
         }
         let attested_by = violations.check(validate::required_text(
             "attested_by",
@@ -404,7 +443,7 @@ impl OnboardingService for OnboardingApi {
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
         if let Some(key) = &key {
-            within(&caller, Permission::Write, &key.tenant)?;
+            within(&caller, Permission::Write, key)?;
         }
         let account = request.account.clone().unwrap_or_default();
         if request.account.is_none() {
@@ -514,7 +553,7 @@ impl OnboardingService for OnboardingApi {
         let mut violations = Violations::new();
         let key = violations.check(OnboardingKey::parse_name("name", &request.name));
         if let Some(key) = &key {
-            within(&caller, Permission::Read, &key.tenant)?;
+            within(&caller, Permission::Read, key)?;
         }
         let page_size =
             violations.check(tokens::page_size("page_size", request.page_size, 100, 1000));
@@ -568,7 +607,7 @@ impl OnboardingService for OnboardingApi {
         let caller = permitted(&request, Permission::Read)?;
         let request = request.into_inner();
         let key = OnboardingKey::parse_name("name", &request.name).map_err(Error::from)?;
-        within(&caller, Permission::Read, &key.tenant)?;
+        within(&caller, Permission::Read, &key)?;
         // Held for as long as the stream is open.
         let Ok(permit) = self.watch_streams.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(

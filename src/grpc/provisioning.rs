@@ -65,7 +65,7 @@ pub async fn confirm_account_activation(
     let mut violations = Violations::new();
     let key = violations.check(OnboardingKey::parse_name("name", &request.name));
     if let Some(key) = &key {
-        within(&caller, Permission::Write, &key.tenant)?;
+        within(&caller, Permission::Write, key)?;
     }
     let username = violations.check(validate::required_text(
         "username",
@@ -109,7 +109,7 @@ pub async fn create_creditor(
     let mut violations = Violations::new();
     let key = violations.check(OnboardingKey::parse_name("parent", &request.parent));
     if let Some(key) = &key {
-        within(&caller, Permission::Write, &key.tenant)?;
+        within(&caller, Permission::Write, key)?;
     }
     let organisation_number = violations.check(OrganisationNumber::parse(
         "organisation_number",
@@ -168,7 +168,7 @@ pub async fn update_company_settings(
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
     if let Some(key) = &key {
-        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+        within(&caller, Permission::Write, key)?;
     }
     // Without settings, those asked for before (or promoted from test) are applied.
     let settings = match &request.company_settings {
@@ -243,7 +243,7 @@ pub async fn update_invoice_settings(
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
     if let Some(key) = &key {
-        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+        within(&caller, Permission::Write, key)?;
     }
     // Without settings, those asked for before (or promoted from test) are applied.
     let settings = match &request.invoice_settings {
@@ -352,7 +352,7 @@ pub async fn skip_stage(
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
     if let Some(key) = &key {
-        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+        within(&caller, Permission::Write, key)?;
     }
     let stage = match proto::Stage::try_from(request.stage)
         .ok()
@@ -399,7 +399,7 @@ pub async fn register_api_credentials(
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
     if let Some(key) = &key {
-        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+        within(&caller, Permission::Write, key)?;
     }
     let username = if request.username.trim().is_empty() {
         None
@@ -486,7 +486,7 @@ pub async fn record_webhook_setup(
     let mut violations = Violations::new();
     let key = violations.check(CreditorKey::parse_name("name", &request.name));
     if let Some(key) = &key {
-        within(&caller, Permission::Write, &key.onboarding.tenant)?;
+        within(&caller, Permission::Write, key)?;
     }
     let target_url = violations.check(https_url("target_url", &request.target_url));
     let events = if request.events.len() > MAX_EVENTS {
@@ -552,7 +552,7 @@ pub async fn validate_onboarding(
     let deadline = caller_deadline(request.metadata());
     let request = request.into_inner();
     let key = OnboardingKey::parse_name("name", &request.name).map_err(Error::from)?;
-    within(&caller, Permission::Write, &key.tenant)?;
+    within(&caller, Permission::Write, &key)?;
     let operations = operations.clone();
     let (record, checks) =
         detached(async move { operations.validate_onboarding(&call, &key, deadline).await })
@@ -573,7 +573,7 @@ pub async fn promote_to_production(
     let mut violations = Violations::new();
     let key = match OnboardingKey::parse_name("name", &request.name) {
         Ok(key) if key.environment == crate::domain::Environment::Test => {
-            within(&caller, Permission::Write, &key.tenant)?;
+            within(&caller, Permission::Write, &key)?;
             Some(key)
         }
         Ok(_) => {
@@ -622,11 +622,7 @@ impl proto::payment_configuration_service_server::PaymentConfigurationService
         let caller = permitted(&request, Permission::PaymentConfiguration)?;
         let request = request.into_inner();
         let key = CreditorKey::parse_name("name", &request.name).map_err(Error::from)?;
-        within(
-            &caller,
-            Permission::PaymentConfiguration,
-            &key.onboarding.tenant,
-        )?;
+        within(&caller, Permission::PaymentConfiguration, &key)?;
         let configuration = self
             .operations
             .get_payment_configuration(&call, &key)

@@ -326,16 +326,15 @@ impl Operations {
         key: &CreditorKey,
     ) -> Result<PaymentConfiguration> {
         // An onboarding that keeps changing under the reads gets the ordinary write.
+        let mut record = self.get_onboarding(&key.onboarding).await?;
         for _ in 0..3 {
-            let record = self.get_onboarding(&key.onboarding).await?;
-            let (configuration, _) = self.payment_configuration(&record, key).await?;
-            let creditor = find_creditor(&record, key)?;
-            let read_before = creditor.stages.iter().any(|s| {
+            let read_before = find_creditor(&record, key)?.stages.iter().any(|s| {
                 s.stage == Stage::PaymentConfiguration && s.state == StageState::Completed
             });
             if !read_before {
                 break;
             }
+            let (configuration, _) = self.payment_configuration(&record, key).await?;
             let mutation = read_mutation();
             let summary = read_summary(key, &call.actor);
             let event = super::event(call, &mutation, &record, &record, now_micros(), summary);
@@ -349,13 +348,11 @@ impl Operations {
                 })
                 .await?;
             if let Some(sequence) = written {
-                let mut announced = record;
-                announced.last_event = sequence;
-                self.announce(&announced);
+                self.announce(&record.id, sequence);
                 return Ok(configuration);
             }
+            record = self.get_onboarding(&key.onboarding).await?;
         }
-        let record = self.get_onboarding(&key.onboarding).await?;
         let (configuration, token_set_time) = self.payment_configuration(&record, key).await?;
         let reader = call.actor.clone();
         self.transact(

@@ -199,7 +199,6 @@ impl Operations {
         key: &OnboardingKey,
         mutation: &Mutation,
     ) -> Result<OnboardingRecord> {
-        in_span(key);
         let now = now_micros();
         let mut tx = self.store.begin().await?;
         let existing = tx.lock_onboarding(&key.tenant, key.environment).await?;
@@ -228,7 +227,7 @@ impl Operations {
         tx.insert_onboarding(&record).await?;
         tx.append_event(&record, &event).await?;
         finish(tx, &key.tenant, mutation, &record, now).await?;
-        self.announce(&record);
+        self.announce(&record.id, record.last_event);
         Ok(record)
     }
 
@@ -307,7 +306,6 @@ impl Operations {
         conventions: Conventions,
         change: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<Written>,
     ) -> Result<Committed> {
-        in_span(key);
         let now = now_micros();
         let mut tx = self.store.begin().await?;
         let Some(before) = tx.lock_onboarding(&key.tenant, key.environment).await? else {
@@ -369,20 +367,20 @@ impl Operations {
         }
         self.store
             .remember_write(&before, &record, &written.secrets, &written.removed);
-        self.announce(&record);
+        self.announce(&record.id, record.last_event);
         Ok(Committed::Stored(record))
     }
 
-    fn announce(&self, record: &OnboardingRecord) {
+    /// Tells this process's watchers that an onboarding's event `sequence` is committed.
+    fn announce(&self, onboarding_id: &str, sequence: i64) {
         // Nobody listening is fine: watchers also poll the database.
         let _ = self.changes.send(Change {
-            onboarding_id: record.id.clone(),
-            sequence: record.last_event,
+            onboarding_id: onboarding_id.to_owned(),
+            sequence,
         });
     }
 
     pub async fn get_onboarding(&self, key: &OnboardingKey) -> Result<OnboardingRecord> {
-        in_span(key);
         self.store
             .get_onboarding(&key.tenant, key.environment)
             .await?
@@ -390,13 +388,6 @@ impl Operations {
                 resource: key.name(),
             })
     }
-}
-
-/// Puts the onboarding a call works on on its span (`rpc` or `reconcile`), for logs and traces.
-fn in_span(key: &OnboardingKey) {
-    let span = tracing::Span::current();
-    span.record("tenant", key.tenant.as_str());
-    span.record("environment", key.environment.as_str());
 }
 
 /// The first result of a retried call, or `None` for a new request_id. The same id with another

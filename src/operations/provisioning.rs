@@ -1027,23 +1027,20 @@ impl Operations {
     ) -> Result<OnboardingRecord> {
         debug_assert!(stage.is_optional());
         self.mutate(call, &key.onboarding, mutation, |record, now| {
-            let creditor = find_creditor(record, key)?;
-            stages::require_creditor_done(record, creditor, &[Stage::Creditor], "SkipStage")?;
-            let current = creditor
+            let (creditor, target) =
+                open_creditor_stage(record, key, stage, &[Stage::Creditor], "SkipStage", now)?;
+            if creditor
                 .stages
                 .iter()
-                .find(|s| s.stage == stage)
-                .expect("every creditor stage exists");
-            check_free(current, &creditor.name, now)?;
-            if current.state == StageState::Completed {
+                .any(|s| s.stage == stage && s.state == StageState::Completed)
+            {
                 return Err(Error::Precondition {
                     reason: "STAGE_ALREADY_COMPLETED",
                     subject: format!("{}/stages/{stage}", creditor.name),
                     message: format!("{stage} is completed and can no longer be skipped"),
                 });
             }
-            let id = creditor.id.clone();
-            stages::stage_skipped(creditor_mut(record, &id), stage, &reason, now);
+            stages::stage_skipped(creditor_mut(record, &target.creditor), stage, &reason, now);
             Ok(format!("{stage} of {} skipped: {reason}", key.creditor))
         })
         .await

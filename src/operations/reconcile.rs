@@ -3,7 +3,7 @@
 //! live setup of onboardings on a schedule. Each is recorded like a call, with `reconciler` as actor.
 
 use super::access::ApiCredentials;
-use super::provisioning::NewCreditor;
+use super::provisioning::{NewCreditor, find_creditor};
 use super::{CallContext, Mutation, Operations};
 use crate::billecta::{BreakerState, Deadline};
 use crate::domain::swedish::OrganisationNumber;
@@ -55,7 +55,8 @@ impl Operations {
                 otel.name = %format_args!("resume {}", pending.stage),
                 tenant = %pending.tenant,
                 environment = %pending.environment,
-                stage = %pending.stage,
+                // Recorded by the stage's claim, like a call's.
+                stage = tracing::field::Empty,
             );
             let outcome = self.resume(&pending).instrument(span).await;
             crate::metrics::metrics().reconciler_run(
@@ -116,8 +117,7 @@ impl Operations {
             }
             (Stage::Creditor, Some(creditor_key)) => {
                 let record = self.get_onboarding(&key).await?;
-                let name = creditor_key.name();
-                let Some(creditor) = record.creditors.iter().find(|c| c.name == name) else {
+                let Ok(creditor) = find_creditor(&record, &creditor_key) else {
                     return Ok(false);
                 };
                 let new = NewCreditor {
@@ -154,8 +154,7 @@ impl Operations {
             }
             (Stage::ApiAccess, Some(creditor_key)) => {
                 let record = self.get_onboarding(&key).await?;
-                let name = creditor_key.name();
-                let Some(creditor) = record.creditors.iter().find(|c| c.name == name) else {
+                let Ok(creditor) = find_creditor(&record, &creditor_key) else {
                     return Ok(false);
                 };
                 // The credentials a registration kept, unverified, when Billecta could not be asked.

@@ -11,15 +11,15 @@
 //! The row queries are shared: reads that arrive while one is running wait for the next, which
 //! fetches the rows of all of them at once. Under load many reads cost one small query.
 
+use super::rounds::Rounds;
 use super::{db_error, rows};
 use crate::crypto::Sealed;
 use crate::domain::onboarding::OnboardingRecord;
 use crate::domain::{CredentialField, Environment};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use sqlx::AnyPool;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Mutex};
 
 /// An onboarding as read at one revision, with its stored ciphertexts.
 #[derive(Debug)]
@@ -37,16 +37,11 @@ impl Snapshot {
         head.credentials.clone_from(&self.record.credentials);
         head
     }
-
-    /// Whether this snapshot is of `head`'s onboarding at `head`'s revision.
-    pub fn matches(&self, head: &OnboardingRecord) -> bool {
-        self.record.id == head.id && self.record.revision == head.revision
-    }
 }
 
-/// Snapshots by (tenant, environment), at most `capacity` of them.
+/// Snapshots by onboarding id, at most `capacity` of them.
 pub(super) struct Snapshots {
-    entries: Mutex<HashMap<(String, Environment), Arc<Snapshot>>>,
+    entries: Mutex<HashMap<String, Arc<Snapshot>>>,
     capacity: usize,
 }
 
@@ -58,7 +53,7 @@ impl Snapshots {
         }
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Environment), Arc<Snapshot>>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Snapshot>>> {
         // A panic elsewhere while holding the lock leaves a map that is still whole.
         self.entries
             .lock()
@@ -71,8 +66,8 @@ impl Snapshots {
             return None;
         }
         self.entries()
-            .get(&(head.tenant.clone(), head.environment))
-            .filter(|snapshot| snapshot.matches(head))
+            .get(&head.id)
+            .filter(|snapshot| snapshot.record.revision == head.revision)
             .cloned()
     }
 
@@ -81,21 +76,19 @@ impl Snapshots {
         if self.capacity == 0 {
             return;
         }
-        let key = (snapshot.record.tenant.clone(), snapshot.record.environment);
         let mut entries = self.entries();
-        if let Some(kept) = entries.get(&key)
-            && kept.record.id == snapshot.record.id
-            && kept.record.revision > snapshot.record.revision
-        {
-            return;
-        }
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            // Any entry will do: a dropped one costs one read of the database.
-            if let Some(victim) = entries.keys().next().cloned() {
-                entries.remove(&victim);
+        match entries.get(&snapshot.record.id) {
+            Some(kept) if kept.record.revision > snapshot.record.revision => return,
+            Some(_) => {}
+            None if entries.len() >= self.capacity => {
+                // Any entry will do: a dropped one costs one read of the database.
+                if let Some(victim) = entries.keys().next().cloned() {
+                    entries.remove(&victim);
+                }
             }
+            None => {}
         }
-        entries.insert(key, snapshot);
+        entries.insert(snapshot.record.id.clone(), snapshot);
     }
 
     /// The ciphertext of a secret of `record`, if the snapshot of its revision is kept.
@@ -117,52 +110,25 @@ impl Snapshots {
 
     /// Forgets the snapshot of an onboarding (its ciphertext did not open).
     pub fn forget(&self, record: &OnboardingRecord) {
-        self.entries()
-            .remove(&(record.tenant.clone(), record.environment));
+        self.entries().remove(&record.id);
     }
 }
 
-/// Most distinct onboardings one row query asks for.
-const ROWS_PER_QUERY: usize = 16;
-/// Most reads one round answers; the others wait for the next round.
+/// Most reads one round answers; the others wait for the next.
 const READS_PER_ROUND: usize = 1024;
-
-/// The row query for `n` onboardings, by (tenant, environment).
-static ROW_QUERIES: LazyLock<Vec<String>> = LazyLock::new(|| {
-    (0..=ROWS_PER_QUERY)
-        .map(|n| {
-            let keys = (0..n)
-                .map(|i| format!("(tenant = ${} AND environment = ${})", 2 * i + 1, 2 * i + 2))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            let select = rows::SELECT_ONBOARDING
-                .split_once("WHERE")
-                .map_or(rows::SELECT_ONBOARDING, |(select, _)| select);
-            format!("{select}WHERE {keys}")
-        })
-        .collect()
-});
 
 type Key = (String, Environment);
 
-struct RowRequest {
-    key: Key,
-    reply: oneshot::Sender<Result<Option<OnboardingRecord>>>,
-}
-
 /// Reads onboarding rows for many callers at once (see the module's documentation).
 #[derive(Clone)]
-pub(super) struct Rows {
-    requests: mpsc::UnboundedSender<RowRequest>,
-}
+pub(super) struct Rows(Rounds<Key, Option<OnboardingRecord>>);
 
 impl Rows {
-    /// Starts the task that answers row requests from `pool`. It ends when the last `Rows` is
-    /// dropped.
+    /// Starts the task that answers row requests from `pool`.
     pub fn start(pool: AnyPool) -> Self {
-        let (requests, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(answer(pool, receiver));
-        Self { requests }
+        Self(Rounds::start(READS_PER_ROUND, move |keys| {
+            read_round(pool.clone(), keys)
+        }))
     }
 
     /// The onboarding's row as the database shows it now (children empty), read after this call.
@@ -171,77 +137,33 @@ impl Rows {
         tenant: &str,
         environment: Environment,
     ) -> Result<Option<OnboardingRecord>> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(RowRequest {
-                key: (tenant.to_owned(), environment),
-                reply,
-            })
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the row reader has stopped")))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the row reader dropped a read")))?
+        self.0.ask((tenant.to_owned(), environment)).await
     }
 }
 
-async fn answer(pool: AnyPool, mut receiver: mpsc::UnboundedReceiver<RowRequest>) {
-    let mut waiting = Vec::new();
-    while receiver.recv_many(&mut waiting, READS_PER_ROUND).await > 0 {
-        let mut keys: Vec<&Key> = waiting.iter().map(|request| &request.key).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let found = futures::future::join_all(
-            keys.chunks(ROWS_PER_QUERY)
-                .map(|chunk| read_rows(&pool, chunk)),
-        )
-        .await;
-        let mut rows: HashMap<Key, OnboardingRecord> = HashMap::new();
-        let mut failure = None;
-        for outcome in found {
-            match outcome {
-                Ok(records) => rows.extend(
-                    records
-                        .into_iter()
-                        .map(|record| ((record.tenant.clone(), record.environment), record)),
-                ),
-                Err(error) => failure = Some(error),
-            }
-        }
-        for request in waiting.drain(..) {
-            let reply = match (&failure, rows.get(&request.key)) {
-                (_, Some(record)) => Ok(Some(record.clone())),
-                (None, None) => Ok(None),
-                (Some(error), None) => Err(shared(error)),
-            };
-            // The caller may have gone away meanwhile.
-            let _ = request.reply.send(reply);
-        }
-    }
+/// The rows of `asked`, in its order: the distinct ones, a few per query, queries at once.
+async fn read_round(pool: AnyPool, asked: Vec<Key>) -> Result<Vec<Option<OnboardingRecord>>> {
+    let mut keys: Vec<&Key> = asked.iter().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let found = futures::future::try_join_all(
+        keys.chunks(rows::ONBOARDINGS_PER_SELECT)
+            .map(|chunk| read_rows(&pool, chunk)),
+    )
+    .await?;
+    let rows: HashMap<Key, OnboardingRecord> = found
+        .into_iter()
+        .flatten()
+        .map(|record| ((record.tenant.clone(), record.environment), record))
+        .collect();
+    Ok(asked.iter().map(|key| rows.get(key).cloned()).collect())
 }
 
 async fn read_rows(pool: &AnyPool, keys: &[&Key]) -> Result<Vec<OnboardingRecord>> {
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(ROW_QUERIES[keys.len()].as_str()));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::select_onboardings(keys.len())));
     for (tenant, environment) in keys {
         query = query.bind(tenant.as_str()).bind(environment.as_str());
     }
     let found = query.fetch_all(pool).await.map_err(db_error)?;
     found.iter().map(rows::onboarding).collect()
-}
-
-/// One error told to every caller that shared the query that failed.
-pub(super) fn shared(error: &Error) -> Error {
-    let chain = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ");
-    match error {
-        Error::Unavailable {
-            what, retry_after, ..
-        } => Error::Unavailable {
-            what,
-            retry_after: *retry_after,
-            source: anyhow::anyhow!(chain),
-        },
-        _ => Error::Internal(anyhow::anyhow!(chain)),
-    }
 }

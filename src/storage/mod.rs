@@ -8,6 +8,7 @@
 //! connection, which gives the same serialisation within the process.
 
 mod fresh;
+mod rounds;
 mod rows;
 mod trail;
 
@@ -280,7 +281,6 @@ impl Store {
         after: Option<(&str, &str)>,
         limit: i64,
     ) -> Result<Vec<OnboardingRecord>> {
-        let mut connection = self.reader()?.acquire().await.map_err(db_error)?;
         let (after_tenant, after_environment) = after.unwrap_or(("", ""));
         let found = sqlx::query(rows::LIST_ONBOARDINGS)
             .bind(after_tenant)
@@ -296,10 +296,9 @@ impl Store {
                     tenants.iter().cloned().collect::<Vec<_>>().join(",")
                 )
             }))
-            .fetch_all(&mut *connection)
+            .fetch_all(self.reader()?)
             .await
             .map_err(db_error)?;
-        drop(connection);
         let mut records = Vec::with_capacity(found.len());
         for row in &found {
             if let Some(record) = self.complete(rows::onboarding(row)?).await? {
@@ -309,7 +308,6 @@ impl Store {
         Ok(records)
     }
 
-    /// Up to `limit` events of an onboarding with a sequence number above `after`, oldest first.
     /// Stages the service itself must carry on with: waiting on the system after a transient failure,
     /// or claimed by a call that stopped (its lease ran out), untouched since `quiet_since`.
     pub async fn stages_to_resume(
@@ -539,17 +537,7 @@ impl Store {
             )
         }));
         let mut record = after.clone();
-        // In the order a read from the database gives.
-        record.stages.sort_by_key(|s| s.stage);
-        record
-            .creditors
-            .sort_by(|a, b| a.name.rsplit('/').next().cmp(&b.name.rsplit('/').next()));
-        for creditor in &mut record.creditors {
-            creditor.stages.sort_by_key(|s| s.stage);
-        }
-        record
-            .credentials
-            .sort_by(|a, b| (&a.scope, a.field.as_str()).cmp(&(&b.scope, b.field.as_str())));
+        in_stored_order(&mut record);
         self.snapshots
             .put(Arc::new(fresh::Snapshot { record, sealed }));
     }
@@ -566,6 +554,7 @@ impl Store {
         self.trail.append(read).await
     }
 
+    /// Up to `limit` events of an onboarding with a sequence number above `after`, oldest first.
     pub async fn list_events(
         &self,
         tenant: &TenantId,
@@ -639,11 +628,23 @@ async fn load_children(
             creditor.stages.push(stage);
         }
     }
+    in_stored_order(&mut record);
+    Ok(fresh::Snapshot { record, sealed })
+}
+
+/// Puts what an onboarding holds in one order, however it was put together — read from the
+/// database or kept after a write — so that every replica answers alike.
+fn in_stored_order(record: &mut OnboardingRecord) {
     record.stages.sort_by_key(|s| s.stage);
+    record
+        .creditors
+        .sort_by(|a, b| a.name.rsplit('/').next().cmp(&b.name.rsplit('/').next()));
     for creditor in &mut record.creditors {
         creditor.stages.sort_by_key(|s| s.stage);
     }
-    Ok(fresh::Snapshot { record, sealed })
+    record
+        .credentials
+        .sort_by(|a, b| (&a.scope, a.field.as_str()).cmp(&(&b.scope, b.field.as_str())));
 }
 
 /// Whether a creditor's own row (not its stages) differs.

@@ -24,6 +24,25 @@ macro_rules! onboarding_select {
 }
 
 pub const SELECT_ONBOARDING: &str = onboarding_select!("WHERE tenant = $1 AND environment = $2");
+/// Most onboardings [`select_onboardings`] asks for at once.
+pub const ONBOARDINGS_PER_SELECT: usize = 16;
+
+/// The rows of `n` onboardings (1 ≤ n ≤ [`ONBOARDINGS_PER_SELECT`]), binding tenant and environment
+/// of each in turn.
+pub fn select_onboardings(n: usize) -> &'static str {
+    static QUERIES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        (0..=ONBOARDINGS_PER_SELECT)
+            .map(|n| {
+                let keys = (0..n)
+                    .map(|i| format!("(tenant = ${} AND environment = ${})", 2 * i + 1, 2 * i + 2))
+                    .collect::<Vec<_>>()
+                    .join(" OR ");
+                format!("{}WHERE {keys}", onboarding_select!())
+            })
+            .collect()
+    });
+    &QUERIES[n.clamp(1, ONBOARDINGS_PER_SELECT)]
+}
 pub const SELECT_ONBOARDING_FOR_UPDATE: &str =
     onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE");
 pub const LIST_ONBOARDINGS: &str = onboarding_select!(

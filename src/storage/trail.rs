@@ -6,13 +6,12 @@
 //! An event is written only if the onboarding is still at the revision the read was answered from;
 //! otherwise the caller is told, and reads again.
 
-use super::fresh::shared;
+use super::rounds::Rounds;
 use super::{Backend, WriteTx, db_error, rows};
 use crate::domain::onboarding::EventRecord;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use sqlx::{AnyPool, Row};
 use std::collections::BTreeMap;
-use tokio::sync::{mpsc, oneshot};
 
 /// An answered read and the event that records it.
 #[derive(Debug, Clone)]
@@ -28,57 +27,23 @@ pub struct AuditedRead {
 /// Most events one transaction writes.
 const EVENTS_PER_ROUND: usize = 256;
 
-struct Request {
-    read: AuditedRead,
-    reply: oneshot::Sender<Result<Option<i64>>>,
-}
-
+/// Writes audited reads' events for many callers at once (see the module's documentation).
 #[derive(Clone)]
-pub(super) struct Trail {
-    requests: mpsc::UnboundedSender<Request>,
-}
+pub(super) struct Trail(Rounds<AuditedRead, Option<i64>>);
 
 impl Trail {
-    /// Starts the task that writes events through `pool`; it ends when the last `Trail` is dropped.
+    /// Starts the task that writes events through `pool`.
     pub fn start(backend: Backend, pool: AnyPool) -> Self {
-        let (requests, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write_rounds(backend, pool, receiver));
-        Self { requests }
+        Self(Rounds::start(EVENTS_PER_ROUND, move |reads| {
+            let pool = pool.clone();
+            async move { write_round(backend, &pool, &reads).await }
+        }))
     }
 
     /// Writes `read`'s event: its sequence number, or `None` if the onboarding has moved past the
     /// read's revision (nothing was written).
     pub async fn append(&self, read: AuditedRead) -> Result<Option<i64>> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request { read, reply })
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the audit writer has stopped")))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the audit writer dropped an event")))?
-    }
-}
-
-async fn write_rounds(
-    backend: Backend,
-    pool: AnyPool,
-    mut receiver: mpsc::UnboundedReceiver<Request>,
-) {
-    let mut waiting = Vec::new();
-    while receiver.recv_many(&mut waiting, EVENTS_PER_ROUND).await > 0 {
-        let reads: Vec<&AuditedRead> = waiting.iter().map(|request| &request.read).collect();
-        match write_round(backend, &pool, &reads).await {
-            Ok(sequences) => {
-                for (request, sequence) in waiting.drain(..).zip(sequences) {
-                    let _ = request.reply.send(Ok(sequence));
-                }
-            }
-            Err(error) => {
-                for request in waiting.drain(..) {
-                    let _ = request.reply.send(Err(shared(&error)));
-                }
-            }
-        }
+        self.0.ask(read).await
     }
 }
 
@@ -88,7 +53,7 @@ async fn write_rounds(
 async fn write_round(
     backend: Backend,
     pool: &AnyPool,
-    reads: &[&AuditedRead],
+    reads: &[AuditedRead],
 ) -> Result<Vec<Option<i64>>> {
     let mut groups: BTreeMap<(&str, &str, i64), Vec<usize>> = BTreeMap::new();
     for (index, read) in reads.iter().enumerate() {

@@ -442,8 +442,12 @@ pub async fn create(
 }
 
 pub async fn get(server: &TestServer, name: &str) -> Result<proto::Onboarding, tonic::Status> {
-    Ok(server
-        .client
+    get_via(&server.client, name).await
+}
+
+/// GetOnboarding through `client` (a replica's, say).
+pub async fn get_via(client: &Client, name: &str) -> Result<proto::Onboarding, tonic::Status> {
+    Ok(client
         .clone()
         .get_onboarding(proto::GetOnboardingRequest {
             name: name.to_owned(),
@@ -764,7 +768,15 @@ pub async fn payment_configuration(
     server: &TestServer,
     creditor: &str,
 ) -> Result<proto::PaymentConfiguration, tonic::Status> {
-    Ok(payments(server)
+    payment_configuration_via(payments(server), creditor).await
+}
+
+/// GetPaymentConfiguration through `payments` (a replica's, say).
+pub async fn payment_configuration_via(
+    mut payments: Payments,
+    creditor: &str,
+) -> Result<proto::PaymentConfiguration, tonic::Status> {
+    Ok(payments
         .get_payment_configuration(proto::GetPaymentConfigurationRequest {
             name: creditor.to_owned(),
         })
