@@ -477,7 +477,7 @@ impl BillectaClient {
         deadline: Deadline,
     ) -> Result<(), BillectaError> {
         self.execute(
-            requests::revoke_token(),
+            &requests::revoke_token(),
             Credentials::SecureToken(token),
             deadline,
         )
@@ -586,7 +586,7 @@ impl BillectaClient {
         deadline: Deadline,
     ) -> Result<(), BillectaError> {
         let request = requests::update_creditor(creditor);
-        self.execute(request, Credentials::SecureToken(token), deadline)
+        self.execute(&request, Credentials::SecureToken(token), deadline)
             .await
             .map(drop)
     }
@@ -635,7 +635,7 @@ impl BillectaClient {
         deadline: Deadline,
     ) -> Result<SecureToken, BillectaError> {
         let endpoint = request.endpoint;
-        let answer = self.execute(request, credentials, deadline).await?;
+        let answer = self.execute(&request, credentials, deadline).await?;
         // The body holds a secret: a decoding error must not quote it.
         let no_token = |message: &str| self.decode_error(endpoint, &answer, message.to_owned());
         let view = parse_secure_token(&answer.body)
@@ -667,12 +667,12 @@ impl BillectaClient {
         deadline: Deadline,
     ) -> Result<(T, Answer), BillectaError> {
         let endpoint = request.endpoint;
-        let scrubber = Scrubber::new(credentials, &request.secrets);
-        let answer = self.execute(request, credentials, deadline).await?;
+        let answer = self.execute(&request, credentials, deadline).await?;
         match serde_json::from_slice(&answer.body) {
             Ok(decoded) => Ok((decoded, answer)),
             Err(error) => {
-                let message = scrubber.scrub(&format!("the response body does not fit: {error}"));
+                let message = Scrubber::new(credentials, &request.secrets)
+                    .scrub(&format!("the response body does not fit: {error}"));
                 Err(self.decode_error(endpoint, &answer, message))
             }
         }
@@ -718,7 +718,7 @@ impl BillectaClient {
     /// Sends a request with retries and the breaker, and returns the first 2xx answer.
     async fn execute(
         &self,
-        request: Request,
+        request: &Request,
         credentials: Credentials<'_>,
         deadline: Deadline,
     ) -> Result<Answer, BillectaError> {
@@ -741,7 +741,7 @@ impl BillectaClient {
                 otel.status_code = tracing::field::Empty,
             );
             let outcome = self
-                .attempt(&request, credentials, deadline, &scrubber)
+                .attempt(request, credentials, deadline, &scrubber)
                 .instrument(span.clone())
                 .await;
             match &outcome {
@@ -822,7 +822,7 @@ impl BillectaClient {
         request: &Request,
         credentials: Credentials<'_>,
         deadline: Deadline,
-        scrubber: &Scrubber,
+        scrubber: &Scrubber<'_>,
     ) -> Result<Answer, BillectaError> {
         let endpoint = request.endpoint;
         let error = |failure: Failure, message: String| BillectaError {
@@ -972,54 +972,73 @@ fn authorization(credentials: Credentials<'_>) -> HeaderValue {
     value
 }
 
-/// Removes every form of the call's credentials from text that Billecta sent back.
-struct Scrubber {
-    secrets: Vec<String>,
+/// Removes every form of the call's credentials from text that Billecta sent back. The forms are
+/// worked out the first time something is scrubbed: most calls never need them.
+struct Scrubber<'a> {
+    credentials: Credentials<'a>,
+    request_secrets: &'a [Secret],
+    secrets: std::sync::OnceLock<Vec<String>>,
 }
 
-impl Scrubber {
-    fn new(credentials: Credentials<'_>, request_secrets: &[Secret]) -> Self {
-        let mut raw = match credentials {
-            Credentials::Basic { username, password } => vec![
-                password.expose().to_owned(),
-                BASE64.encode(format!("{username}:{}", password.expose())),
-            ],
-            Credentials::SecureToken(token) => {
-                vec![token.expose().to_owned(), BASE64.encode(token.expose())]
-            }
-        };
-        raw.extend(
-            request_secrets
+impl<'a> Scrubber<'a> {
+    fn new(credentials: Credentials<'a>, request_secrets: &'a [Secret]) -> Self {
+        Scrubber {
+            credentials,
+            request_secrets,
+            secrets: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn secrets(&self) -> &[String] {
+        self.secrets.get_or_init(|| {
+            let mut raw = match self.credentials {
+                Credentials::Basic { username, password } => vec![
+                    password.expose().to_owned(),
+                    BASE64.encode(format!("{username}:{}", password.expose())),
+                ],
+                Credentials::SecureToken(token) => {
+                    vec![token.expose().to_owned(), BASE64.encode(token.expose())]
+                }
+            };
+            raw.extend(
+                self.request_secrets
+                    .iter()
+                    .map(|secret| secret.expose().to_owned()),
+            );
+            // Also as Billecta may write them back: escaped inside JSON strings or HTML.
+            let escaped: Vec<String> = raw
                 .iter()
-                .map(|secret| secret.expose().to_owned()),
-        );
-        // Also as Billecta may write them back: escaped inside JSON strings or HTML.
-        let escaped: Vec<String> = raw
-            .iter()
-            .flat_map(|secret| {
-                let json = serde_json::to_string(secret).unwrap_or_default();
-                let html = secret
-                    .replace('&', "&amp;")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-                    .replace('"', "&quot;")
-                    .replace('\'', "&#39;");
-                [json.trim_matches('"').to_owned(), html]
-            })
-            .collect();
-        raw.extend(escaped);
-        let mut secrets: Vec<String> = raw
-            .into_iter()
-            .filter(|secret| !secret.is_empty())
-            .collect();
-        secrets.dedup();
-        // Longest first, so that a secret containing another is removed whole.
-        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
-        Scrubber { secrets }
+                .flat_map(|secret| {
+                    let json = serde_json::to_string(secret).unwrap_or_default();
+                    // Without the quotes serde_json put around it, and only those.
+                    let json = json
+                        .strip_prefix('"')
+                        .and_then(|json| json.strip_suffix('"'))
+                        .unwrap_or(&json)
+                        .to_owned();
+                    let html = secret
+                        .replace('&', "&amp;")
+                        .replace('<', "&lt;")
+                        .replace('>', "&gt;")
+                        .replace('"', "&quot;")
+                        .replace('\'', "&#39;");
+                    [json, html]
+                })
+                .collect();
+            raw.extend(escaped);
+            let mut secrets: Vec<String> = raw
+                .into_iter()
+                .filter(|secret| !secret.is_empty())
+                .collect();
+            // Longest first, so that a secret containing another is removed whole.
+            secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+            secrets.dedup();
+            secrets
+        })
     }
 
     fn scrub(&self, text: &str) -> String {
-        self.secrets
+        self.secrets()
             .iter()
             .fold(text.to_owned(), |scrubbed, secret| {
                 scrubbed.replace(secret, "[redacted]")
@@ -1030,7 +1049,7 @@ impl Scrubber {
 /// What a failed answer tells the caller: Billecta's text with the call's secrets removed — before
 /// anything shortens or reflows it, since a secret cut in half or with its whitespace collapsed would
 /// no longer be recognised — and then cut to a length a gRPC status carries.
-fn error_text(scrubber: &Scrubber, status: u16, body: &[u8]) -> (String, Option<String>) {
+fn error_text(scrubber: &Scrubber<'_>, status: u16, body: &[u8]) -> (String, Option<String>) {
     let scrubbed = scrubber.scrub(&String::from_utf8_lossy(body));
     let (message, external_error_code) = describe_error_body(status, scrubbed.as_bytes());
     (truncate(&message, MESSAGE_CHARS), external_error_code)
@@ -1208,16 +1227,21 @@ mod tests {
         );
     }
 
+    /// A scrubber for a call signing in as api@tidningen.se with `password`.
+    fn basic_scrubber(password: &Secret) -> Scrubber<'_> {
+        Scrubber::new(
+            Credentials::Basic {
+                username: "api@tidningen.se",
+                password,
+            },
+            &[],
+        )
+    }
+
     #[test]
     fn secrets_are_removed_before_the_text_is_reflowed_or_cut() {
         let password = Secret::new("two  spaces<b>x\"y");
-        let scrubber = Scrubber::new(
-            Credentials::Basic {
-                username: "api@tidningen.se",
-                password: &password,
-            },
-            &[],
-        );
+        let scrubber = basic_scrubber(&password);
         let padding = "p".repeat(190);
         let html = format!(
             "<html><body>{padding} bad password two  spaces&lt;b&gt;x&quot;y and two  spaces<b>x\"y</body></html>"
@@ -1231,15 +1255,20 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_ending_in_a_quote_is_removed_whole_from_json() {
+        let password = Secret::new("\"quoted\"");
+        let scrubber = basic_scrubber(&password);
+        let echoed = serde_json::json!({"Request": {"Password": password.expose()}}).to_string();
+        assert_eq!(
+            scrubber.scrub(&echoed),
+            r#"{"Request":{"Password":"[redacted]"}}"#
+        );
+    }
+
+    #[test]
     fn credentials_echoed_by_billecta_are_removed() {
         let password = Secret::new("s3cret-pass");
-        let scrubber = Scrubber::new(
-            Credentials::Basic {
-                username: "api@tidningen.se",
-                password: &password,
-            },
-            &[],
-        );
+        let scrubber = basic_scrubber(&password);
         let header = BASE64.encode("api@tidningen.se:s3cret-pass");
         let scrubbed = scrubber.scrub(&format!("bad login s3cret-pass with header Basic {header}"));
         assert_eq!(
