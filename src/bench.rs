@@ -176,6 +176,8 @@ pub struct ReadySetup {
     pub address: SocketAddr,
     pub onboarding: String,
     pub creditor: String,
+    /// The size of a GetOnboarding answer's message, in bytes.
+    pub onboarding_bytes: usize,
     pub shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -218,8 +220,12 @@ impl ReadySetup {
             onboarding.state == proto::OnboardingState::Ready as i32,
             "the benchmark's tenant is not READY"
         );
+        tracing::info!(?onboarding, "the benchmark's onboarding");
         Ok(Self {
             address,
+            onboarding_bytes: prost::Message::encoded_len(&proto::GetOnboardingResponse {
+                onboarding: Some(onboarding.clone()),
+            }),
             onboarding: onboarding.name.clone(),
             creditor: onboarding.creditors[0].name.clone(),
             shutdown,

@@ -57,6 +57,14 @@ async fn a_replica_reads_every_write_another_replica_committed() {
             let before = read_onboarding(&reader, &name).await;
             let paid_before = read_payment_configuration(&reader, &creditor).await;
 
+            // An audited read through the other replica moves only the audit trail on; the reader,
+            // which keeps the onboarding at its revision, shows the trail's new end.
+            let seen = read_onboarding(&reader, &name).await;
+            payment_configuration(&server, &creditor).await.unwrap();
+            let moved = read_onboarding(&reader, &name).await;
+            assert_ne!(moved.last_event, seen.last_event, "round {round}");
+            assert_eq!(moved, get(&server, &name).await.unwrap(), "round {round}");
+
             // The other replica changes what the onboarding holds: a stage and stored secrets.
             let target_url = format!("https://payway.example/billecta/hooks/{round}");
             let written = server

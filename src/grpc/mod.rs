@@ -669,7 +669,7 @@ struct Watch {
 impl Watch {
     async fn run(
         self,
-        first: crate::domain::onboarding::OnboardingRecord,
+        first: Arc<crate::domain::onboarding::OnboardingRecord>,
         after: Option<i64>,
         mut changes: broadcast::Receiver<crate::operations::Change>,
     ) {
@@ -727,7 +727,8 @@ impl Watch {
             if events.is_empty() {
                 return Ok(Some(cursor));
             }
-            let current = convert::onboarding(&self.operations.get_onboarding(&self.key).await?);
+            let current = self.operations.get_onboarding(&self.key).await?;
+            let current = convert::onboarding(&current);
             for event in &events {
                 let message = proto::WatchOnboardingResponse {
                     event: Some(convert::event(&self.key, event)),

@@ -186,7 +186,7 @@ impl Operations {
             Ok(token) => {
                 let warnings = shared_user_warnings(
                     &claimed.record,
-                    test.as_ref(),
+                    test.as_deref(),
                     username.as_deref(),
                     &token.fingerprint(),
                 );

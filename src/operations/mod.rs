@@ -380,7 +380,7 @@ impl Operations {
         });
     }
 
-    pub async fn get_onboarding(&self, key: &OnboardingKey) -> Result<OnboardingRecord> {
+    pub async fn get_onboarding(&self, key: &OnboardingKey) -> Result<Arc<OnboardingRecord>> {
         self.store
             .get_onboarding(&key.tenant, key.environment)
             .await?

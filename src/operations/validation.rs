@@ -212,7 +212,7 @@ impl Operations {
             self.check_api_access(
                 client,
                 &record,
-                test.as_ref(),
+                test.as_deref(),
                 creditor,
                 public_id,
                 deadline,

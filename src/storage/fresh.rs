@@ -9,7 +9,10 @@
 //! sees every write committed before it arrived, whichever replica made it.
 //!
 //! The row queries are shared: reads that arrive while one is running wait for the next, which
-//! fetches the rows of all of them at once. Under load many reads cost one small query.
+//! fetches the rows of all of them at once. They fetch only what tells whether what is kept is
+//! current — the revision, and the audit trail's last event (audited reads move it on without
+//! changing anything else) — so under load many reads cost one small query, and a read whose
+//! onboarding is kept shares it rather than copying it.
 
 use super::rounds::Rounds;
 use super::{db_error, rows};
@@ -24,9 +27,17 @@ use std::sync::{Arc, Mutex};
 /// An onboarding as read at one revision, with its stored ciphertexts.
 #[derive(Debug)]
 pub(super) struct Snapshot {
-    pub record: OnboardingRecord,
+    pub record: Arc<OnboardingRecord>,
     /// (creditor id or '' for the environment, field, ciphertext).
     pub sealed: Vec<(String, CredentialField, Sealed)>,
+}
+
+/// What a read asks of an onboarding's row: enough to tell whether what is kept is current.
+#[derive(Debug, Clone)]
+pub(super) struct Head {
+    pub id: String,
+    pub revision: i64,
+    pub last_event: i64,
 }
 
 impl Snapshot {
@@ -62,13 +73,35 @@ impl Snapshots {
 
     /// The snapshot of `head`'s onboarding at `head`'s revision, if one is kept.
     pub fn get(&self, head: &OnboardingRecord) -> Option<Arc<Snapshot>> {
+        self.at(&head.id, head.revision)
+    }
+
+    fn at(&self, id: &str, revision: i64) -> Option<Arc<Snapshot>> {
         if self.capacity == 0 {
             return None;
         }
         self.entries()
-            .get(&head.id)
-            .filter(|snapshot| snapshot.record.revision == head.revision)
+            .get(id)
+            .filter(|snapshot| snapshot.record.revision == revision)
             .cloned()
+    }
+
+    /// The onboarding as `head` (a row read now) shows it, if what is kept is of `head`'s revision.
+    /// Its audit trail may have moved on since (audited reads): then a copy with the new last event
+    /// is kept and given.
+    pub fn current(&self, head: &Head) -> Option<Arc<OnboardingRecord>> {
+        let kept = self.at(&head.id, head.revision)?;
+        if kept.record.last_event >= head.last_event {
+            return Some(kept.record.clone());
+        }
+        let mut record = OnboardingRecord::clone(&kept.record);
+        record.last_event = head.last_event;
+        let record = Arc::new(record);
+        self.put(Arc::new(Snapshot {
+            record: record.clone(),
+            sealed: kept.sealed.clone(),
+        }));
+        Some(record)
     }
 
     /// Keeps `snapshot` unless a newer one of the same onboarding is kept already.
@@ -78,7 +111,12 @@ impl Snapshots {
         }
         let mut entries = self.entries();
         match entries.get(&snapshot.record.id) {
-            Some(kept) if kept.record.revision > snapshot.record.revision => return,
+            Some(kept)
+                if (kept.record.revision, kept.record.last_event)
+                    > (snapshot.record.revision, snapshot.record.last_event) =>
+            {
+                return;
+            }
             Some(_) => {}
             None if entries.len() >= self.capacity => {
                 // Any entry will do: a dropped one costs one read of the database.
@@ -121,49 +159,71 @@ type Key = (String, Environment);
 
 /// Reads onboarding rows for many callers at once (see the module's documentation).
 #[derive(Clone)]
-pub(super) struct Rows(Rounds<Key, Option<OnboardingRecord>>);
+pub(super) struct Rows(Rounds<Key, Option<Head>>);
 
 impl Rows {
-    /// Starts the task that answers row requests from `pool`.
+    /// Starts the task that answers row requests on a connection of its own from `pool`.
     pub fn start(pool: AnyPool) -> Self {
+        let link = Arc::new(tokio::sync::Mutex::new(Link {
+            pool,
+            connection: None,
+        }));
         Self(Rounds::start(READS_PER_ROUND, move |keys| {
-            read_round(pool.clone(), keys)
+            let link = link.clone();
+            async move { link.lock().await.read_round(keys).await }
         }))
     }
 
-    /// The onboarding's row as the database shows it now (children empty), read after this call.
-    pub async fn get(
-        &self,
-        tenant: &str,
-        environment: Environment,
-    ) -> Result<Option<OnboardingRecord>> {
+    /// The onboarding's head as the database shows it now, read after this call.
+    pub async fn get(&self, tenant: &str, environment: Environment) -> Result<Option<Head>> {
         self.0.ask((tenant.to_owned(), environment)).await
     }
 }
 
-/// The rows of `asked`, in its order: the distinct ones, a few per query, queries at once.
-async fn read_round(pool: AnyPool, asked: Vec<Key>) -> Result<Vec<Option<OnboardingRecord>>> {
-    let mut keys: Vec<&Key> = asked.iter().collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let found = futures::future::try_join_all(
-        keys.chunks(rows::ONBOARDINGS_PER_SELECT)
-            .map(|chunk| read_rows(&pool, chunk)),
-    )
-    .await?;
-    let rows: HashMap<Key, OnboardingRecord> = found
-        .into_iter()
-        .flatten()
-        .map(|record| ((record.tenant.clone(), record.environment), record))
-        .collect();
-    Ok(asked.iter().map(|key| rows.get(key).cloned()).collect())
+/// The rounds' connection: taken from the pool once and kept, so a round costs its query alone
+/// (a pooled connection is tested on the way out and again on the way back). One that fails is
+/// dropped and the round tried once more on a new one, so a database restart costs no reads.
+struct Link {
+    pool: AnyPool,
+    connection: Option<sqlx::AnyConnection>,
 }
 
-async fn read_rows(pool: &AnyPool, keys: &[&Key]) -> Result<Vec<OnboardingRecord>> {
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::select_onboardings(keys.len())));
-    for (tenant, environment) in keys {
-        query = query.bind(tenant.as_str()).bind(environment.as_str());
+impl Link {
+    /// The heads of `asked`, in its order.
+    async fn read_round(&mut self, asked: Vec<Key>) -> Result<Vec<Option<Head>>> {
+        let mut keys: Vec<&Key> = asked.iter().collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut heads = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(rows::ONBOARDINGS_PER_SELECT) {
+            heads.extend(self.read_rows(chunk).await?);
+        }
+        Ok(asked.iter().map(|key| heads.get(key).cloned()).collect())
     }
-    let found = query.fetch_all(pool).await.map_err(db_error)?;
-    found.iter().map(rows::onboarding).collect()
+
+    async fn read_rows(&mut self, keys: &[&Key]) -> Result<Vec<(Key, Head)>> {
+        let fresh = self.connection.is_none();
+        match self.try_read_rows(keys).await {
+            Err(_) if !fresh => self.try_read_rows(keys).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn try_read_rows(&mut self, keys: &[&Key]) -> Result<Vec<(Key, Head)>> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            empty => empty.insert(self.pool.acquire().await.map_err(db_error)?.detach()),
+        };
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::select_heads(keys.len())));
+        for (tenant, environment) in keys {
+            query = query.bind(tenant.as_str()).bind(environment.as_str());
+        }
+        match query.fetch_all(&mut *connection).await {
+            Ok(found) => found.iter().map(rows::head).collect(),
+            Err(error) => {
+                self.connection = None;
+                Err(db_error(error))
+            }
+        }
+    }
 }

@@ -228,25 +228,29 @@ impl Store {
     }
 
     /// One onboarding with its stages and creditors, as committed before this call (see [`fresh`]).
+    /// Shared with other reads of the same revision.
     pub async fn get_onboarding(
         &self,
         tenant: &TenantId,
         environment: Environment,
-    ) -> Result<Option<OnboardingRecord>> {
+    ) -> Result<Option<Arc<OnboardingRecord>>> {
         self.check_reachable()?;
-        match self.rows.get(tenant.as_str(), environment).await? {
-            Some(head) => self.complete(head).await,
-            None => Ok(None),
+        let Some(head) = self.rows.get(tenant.as_str(), environment).await? else {
+            return Ok(None);
+        };
+        if let Some(record) = self.snapshots.current(&head) {
+            return Ok(Some(record));
         }
+        self.load(tenant, environment).await
     }
 
-    /// A row read now, with its children: kept ones if they are of the row's revision, else all of
-    /// it read again in one snapshot (`None` if the onboarding went away meanwhile).
-    async fn complete(&self, head: OnboardingRecord) -> Result<Option<OnboardingRecord>> {
-        if let Some(snapshot) = self.snapshots.get(&head) {
-            return Ok(Some(snapshot.complete(head)));
-        }
-        let tenant = head.tenant.clone();
+    /// Reads an onboarding and everything it holds in one snapshot, and keeps it (`None` if it went
+    /// away meanwhile).
+    async fn load(
+        &self,
+        tenant: &TenantId,
+        environment: Environment,
+    ) -> Result<Option<Arc<OnboardingRecord>>> {
         let mut tx = match self.backend {
             // SQLite (WAL): a read transaction sees one snapshot from its first read on.
             Backend::Sqlite => self.reader()?.begin().await,
@@ -258,13 +262,13 @@ impl Store {
         }
         .map_err(db_error)?;
         let row = sqlx::query(rows::SELECT_ONBOARDING)
-            .bind(&tenant)
-            .bind(head.environment.as_str())
+            .bind(tenant.as_str())
+            .bind(environment.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
         let snapshot = match row {
-            Some(row) => load_children(&mut tx, &tenant, row).await?,
+            Some(row) => load_children(&mut tx, tenant.as_str(), row).await?,
             None => return Ok(None),
         };
         tx.commit().await.map_err(db_error)?;
@@ -301,8 +305,11 @@ impl Store {
             .map_err(db_error)?;
         let mut records = Vec::with_capacity(found.len());
         for row in &found {
-            if let Some(record) = self.complete(rows::onboarding(row)?).await? {
-                records.push(record);
+            let head = rows::onboarding(row)?;
+            if let Some(snapshot) = self.snapshots.get(&head) {
+                records.push(snapshot.complete(head));
+            } else if let Some(record) = self.load(&head.key().tenant, head.environment).await? {
+                records.push(Arc::unwrap_or_clone(record));
             }
         }
         Ok(records)
@@ -538,8 +545,10 @@ impl Store {
         }));
         let mut record = after.clone();
         in_stored_order(&mut record);
-        self.snapshots
-            .put(Arc::new(fresh::Snapshot { record, sealed }));
+        self.snapshots.put(Arc::new(fresh::Snapshot {
+            record: Arc::new(record),
+            sealed,
+        }));
     }
 
     /// Forgets what is kept of `record`'s onboarding, so the next read asks the database.
@@ -629,7 +638,10 @@ async fn load_children(
         }
     }
     in_stored_order(&mut record);
-    Ok(fresh::Snapshot { record, sealed })
+    Ok(fresh::Snapshot {
+        record: Arc::new(record),
+        sealed,
+    })
 }
 
 /// Puts what an onboarding holds in one order, however it was put together — read from the
@@ -712,7 +724,7 @@ impl WriteTx {
             return Ok(Some(snapshot.complete(head)));
         }
         let snapshot = load_children(&mut self.tx, tenant.as_str(), row).await?;
-        let record = snapshot.record.clone();
+        let record = OnboardingRecord::clone(&snapshot.record);
         if let Some(kept) = &self.snapshots {
             kept.put(Arc::new(snapshot));
         }

@@ -2,6 +2,7 @@
 //! PostgreSQL), and the mapping between rows and domain records.
 
 use super::db_error;
+use super::fresh::Head;
 use crate::crypto::Sealed;
 use crate::domain::onboarding::{
     CredentialRecord, CreditorRecord, EventRecord, Lease, OnboardingRecord, StageRecord,
@@ -24,12 +25,12 @@ macro_rules! onboarding_select {
 }
 
 pub const SELECT_ONBOARDING: &str = onboarding_select!("WHERE tenant = $1 AND environment = $2");
-/// Most onboardings [`select_onboardings`] asks for at once.
-pub const ONBOARDINGS_PER_SELECT: usize = 16;
+/// Most onboardings [`select_heads`] asks for at once.
+pub const ONBOARDINGS_PER_SELECT: usize = 32;
 
-/// The rows of `n` onboardings (1 ≤ n ≤ [`ONBOARDINGS_PER_SELECT`]), binding tenant and environment
-/// of each in turn.
-pub fn select_onboardings(n: usize) -> &'static str {
+/// The heads (see [`head`]) of `n` onboardings (1 ≤ n ≤ [`ONBOARDINGS_PER_SELECT`]), binding tenant
+/// and environment of each in turn.
+pub fn select_heads(n: usize) -> &'static str {
     static QUERIES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
         (0..=ONBOARDINGS_PER_SELECT)
             .map(|n| {
@@ -37,7 +38,9 @@ pub fn select_onboardings(n: usize) -> &'static str {
                     .map(|i| format!("(tenant = ${} AND environment = ${})", 2 * i + 1, 2 * i + 2))
                     .collect::<Vec<_>>()
                     .join(" OR ");
-                format!("{}WHERE {keys}", onboarding_select!())
+                format!(
+                    "SELECT id, tenant, environment, revision, last_event FROM onboardings WHERE {keys}"
+                )
             })
             .collect()
     });
@@ -177,6 +180,21 @@ fn stored<T>(row: &AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> Result
     let text: String = get(row, column)?;
     parse(&text)
         .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored {column} {text:?} is not known")))
+}
+
+/// A row of [`select_heads`]: the onboarding's key and head.
+pub fn head(row: &AnyRow) -> Result<((String, Environment), Head)> {
+    Ok((
+        (
+            get(row, "tenant")?,
+            stored(row, "environment", Environment::parse)?,
+        ),
+        Head {
+            id: get(row, "id")?,
+            revision: get(row, "revision")?,
+            last_event: get(row, "last_event")?,
+        },
+    ))
 }
 
 pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
