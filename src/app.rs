@@ -224,6 +224,7 @@ impl Application {
             shutdown.clone(),
             Duration::from_millis(config.watch_poll_interval_ms),
             config.max_watch_streams,
+            config.cached_onboardings,
         );
         let onboarding_service = OnboardingServiceServer::new(api)
             .max_decoding_message_size(config.max_message_bytes)

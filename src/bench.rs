@@ -30,6 +30,10 @@ pub struct LoadShape {
     pub connections: usize,
     pub warm_up: Duration,
     pub measure: Duration,
+    /// Calls per second in all, spread evenly over the streams; `None` for as many as are
+    /// answered (each stream calls again as soon as its answer is in). Paced, a call's latency runs
+    /// from when it was due, so a server that falls behind is not excused by calls it delayed.
+    pub pace: Option<f64>,
 }
 
 /// What one load measured.
@@ -86,11 +90,29 @@ where
         let call = call.clone();
         let measuring = measuring.clone();
         let stop = stop.clone();
+        // Paced: this stream's calls are due every `interval`, the streams' turns staggered.
+        let interval = shape
+            .pace
+            .map(|rate| Duration::from_secs_f64(shape.concurrency as f64 / rate.max(1.0)));
+        let mut due = interval.map(|interval| {
+            Instant::now() + interval.mul_f64(worker as f64 / shape.concurrency as f64)
+        });
         workers.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::with_capacity(64 * 1024);
             let mut errors = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
+                let mut started = Instant::now();
+                if let (Some(at), Some(interval)) = (due.as_mut(), interval) {
+                    if *at > started {
+                        // On time: the call starts when the timer lets it.
+                        tokio::time::sleep_until((*at).into()).await;
+                        started = Instant::now();
+                    } else {
+                        // Late, because the last answer was: count from when it was due.
+                        started = *at;
+                    }
+                    *at += interval;
+                }
                 let outcome = call(channel.clone()).await;
                 if measuring.load(Ordering::Relaxed) {
                     match outcome {
@@ -158,15 +180,75 @@ pub async fn bare_server() -> anyhow::Result<(SocketAddr, tokio_util::sync::Canc
     Ok((address, stop))
 }
 
-/// The bare handler's call: a health check.
+/// The bare handler's call: a health check, its answer not decoded.
 pub async fn bare_call(channel: Channel) -> Result<(), tonic::Status> {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
+    let request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    });
+    undecoded(channel, "/grpc.health.v1.Health/Check", request).await
+}
+
+/// A unary call to `path` whose answer is received whole but not decoded: the load generator's
+/// work is then the same whatever the answer holds, and the figures are of the server's work (a
+/// client decoding a large answer on the same cores would count its own work against the server).
+pub async fn undecoded<M>(
+    channel: Channel,
+    path: &'static str,
+    request: tonic::Request<M>,
+) -> Result<(), tonic::Status>
+where
+    M: prost::Message + Send + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
         .await
-        .map(drop)
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let answer = grpc
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static(path),
+            Undecoded::<M>(std::marker::PhantomData),
+        )
+        .await?;
+    if answer.into_inner() == 0 {
+        return Err(tonic::Status::internal("an empty answer"));
+    }
+    Ok(())
+}
+
+/// Encodes requests `M`; takes answers as their length.
+struct Undecoded<M>(std::marker::PhantomData<fn(M)>);
+
+impl<M: prost::Message + Send + 'static> tonic::codec::Codec for Undecoded<M> {
+    type Encode = M;
+    type Decode = usize;
+    type Encoder = tonic_prost::ProstEncoder<M>;
+    type Decoder = Length;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Length
+    }
+}
+
+struct Length;
+
+impl tonic::codec::Decoder for Length {
+    type Item = usize;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        source: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<usize>, tonic::Status> {
+        use prost::bytes::Buf;
+        let length = source.remaining();
+        source.advance(length);
+        Ok(Some(length))
+    }
 }
 
 /// A service started in-process in sandbox mode on `database`, with one tenant brought to READY in

@@ -5,7 +5,6 @@ use billecta_onboarding::bench::{self, LoadResult, LoadShape, ReadySetup};
 use billecta_onboarding::drill::{self, DrillDatabase, DrillSettings};
 use billecta_onboarding::proto;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
-use billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +22,9 @@ struct Args {
     /// HTTP/2 connections the streams share.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Calls per second of the paced read-path loads (latency at a steady load below saturation).
+    #[arg(long, default_value_t = 10_000.0)]
+    paced_rate: f64,
     /// Seconds each read-path load is measured (after one second of warm-up).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -82,15 +84,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()> {
-    let shape = LoadShape {
+    let saturated = LoadShape {
         concurrency: args.concurrency,
         connections: args.connections,
         warm_up: Duration::from_secs(1),
         measure: Duration::from_secs(args.seconds),
+        pace: None,
+    };
+    let paced = LoadShape {
+        pace: Some(args.paced_rate),
+        ..saturated
     };
     println!(
-        "\n== read path: {} concurrent streams over {} connections, {} s each",
-        shape.concurrency, shape.connections, args.seconds
+        "\n== read path: {} concurrent streams over {} connections, {} s each; answers received whole, not decoded",
+        saturated.concurrency, saturated.connections, args.seconds
     );
     let mut backends = vec![(
         "SQLite",
@@ -108,20 +115,58 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
     }
     for (label, database, cleanup) in backends {
         let (bare_address, bare_stop) = bench::bare_server().await?;
-        let bare_channels = bench::channels(bare_address, shape.connections).await?;
-        let bare = bench::load(&bare_channels, shape, bench::bare_call).await;
+        let bare_channels = bench::channels(bare_address, saturated.connections).await?;
+        let bare = bench::load(&bare_channels, saturated, bench::bare_call).await;
+        let bare_paced = bench::load(&bare_channels, paced, bench::bare_call).await;
         bare_stop.cancel();
-        println!("{label:<10} bare no-op handler        {bare}");
 
         let setup = ReadySetup::start(&database, |_| {}).await?;
-        let channels = bench::channels(setup.address, shape.connections).await?;
+        let channels = bench::channels(setup.address, saturated.connections).await?;
         let bearer = bench::sandbox_bearer();
+        let onboarding = {
+            let (name, bearer) = (setup.onboarding.clone(), bearer.clone());
+            move |channel| {
+                let mut request =
+                    tonic::Request::new(proto::GetOnboardingRequest { name: name.clone() });
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                bench::undecoded(
+                    channel,
+                    "/payway.billecta.onboarding.v1.OnboardingService/GetOnboarding",
+                    request,
+                )
+            }
+        };
+        let payments = {
+            let (name, bearer) = (setup.creditor.clone(), bearer.clone());
+            move |channel| {
+                let mut request = tonic::Request::new(proto::GetPaymentConfigurationRequest {
+                    name: name.clone(),
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                bench::undecoded(
+                    channel,
+                    "/payway.billecta.onboarding.v1.PaymentConfigurationService/GetPaymentConfiguration",
+                    request,
+                )
+            }
+        };
+        println!("{label:<10} at full load");
+        println!("{label:<10} bare no-op handler        {bare}");
+        let onboardings = bench::load(&channels, saturated, onboarding.clone()).await;
+        report(label, "GetOnboarding", onboardings, bare);
+        let payment_reads = bench::load(&channels, saturated, payments.clone()).await;
+        report(label, "GetPaymentConfiguration", payment_reads, bare);
         let name = setup.onboarding.clone();
-        let auth = bearer.clone();
-        let onboarding = bench::load(&channels, shape, move |channel| {
+        let decoding = bench::load(&channels, saturated, move |channel| {
             let mut request =
                 tonic::Request::new(proto::GetOnboardingRequest { name: name.clone() });
-            request.metadata_mut().insert("authorization", auth.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
             async move {
                 OnboardingServiceClient::new(channel)
                     .get_onboarding(request)
@@ -130,28 +175,21 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
             }
         })
         .await;
-        report(label, "GetOnboarding", onboarding, bare);
+        report(label, "GetOnboarding, decoded", decoding, bare);
         println!(
-            "{label:<10} (a GetOnboarding answer is {} bytes; the bare handler's is 2)",
+            "{label:<10} (an answer of GetOnboarding is {} bytes, the bare handler's 2; the decoding client parses each answer on the same cores)",
             setup.onboarding_bytes
         );
-        let creditor = setup.creditor.clone();
-        let payments = bench::load(&channels, shape, move |channel| {
-            let mut request = tonic::Request::new(proto::GetPaymentConfigurationRequest {
-                name: creditor.clone(),
-            });
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            async move {
-                PaymentConfigurationServiceClient::new(channel)
-                    .get_payment_configuration(request)
-                    .await
-                    .map(drop)
-            }
-        })
-        .await;
-        report(label, "GetPaymentConfiguration", payments, bare);
+        println!("{label:<10} at {:.0} calls/s", args.paced_rate);
+        println!("{label:<10} bare no-op handler        {bare_paced}");
+        println!(
+            "{label:<10} GetOnboarding             {}",
+            bench::load(&channels, paced, onboarding).await
+        );
+        println!(
+            "{label:<10} GetPaymentConfiguration   {}",
+            bench::load(&channels, paced, payments).await
+        );
         setup.stop().await;
         if let Some((admin_url, name)) = cleanup {
             drill::drop_database(&admin_url, &name).await?;

@@ -10,6 +10,7 @@ pub mod status;
 mod tokens;
 
 use crate::auth::{Caller, Permission};
+use crate::domain::onboarding::OnboardingRecord;
 use crate::domain::validate::{
     self, CreditorKey, FieldViolation, OnboardingKey, RequestId, TenantId, Violations,
 };
@@ -23,6 +24,7 @@ use call::CorrelationId;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,14 +48,18 @@ pub struct OnboardingApi {
     /// One permit per open WatchOnboarding stream.
     watch_streams: Arc<Semaphore>,
     max_watch_streams: usize,
+    answers: Arc<Answers>,
 }
 
 impl OnboardingApi {
+    /// `cached_onboardings` bounds the converted answers kept, as it bounds the onboardings the
+    /// store keeps.
     pub fn new(
         operations: Operations,
         shutdown: CancellationToken,
         watch_poll_interval: Duration,
         max_watch_streams: usize,
+        cached_onboardings: usize,
     ) -> Self {
         Self {
             operations,
@@ -61,7 +67,56 @@ impl OnboardingApi {
             watch_poll_interval,
             watch_streams: Arc::new(Semaphore::new(max_watch_streams)),
             max_watch_streams,
+            answers: Arc::new(Answers {
+                entries: std::sync::Mutex::new(HashMap::new()),
+                capacity: cached_onboardings,
+            }),
         }
+    }
+}
+
+/// Onboardings as answers, converted once per record: reads of an unchanged onboarding share one
+/// record (see `storage::fresh`), and an answer is reused only for the very record it was made
+/// from, which is kept beside it.
+struct Answers {
+    entries: std::sync::Mutex<HashMap<String, Answer>>,
+    capacity: usize,
+}
+
+/// An answer, and the record it was made from.
+type Answer = (Arc<OnboardingRecord>, Arc<proto::Onboarding>);
+
+impl Answers {
+    fn onboarding(&self, record: &Arc<OnboardingRecord>) -> proto::Onboarding {
+        let kept = self
+            .entries()
+            .get(&record.id)
+            .filter(|(from, _)| Arc::ptr_eq(from, record))
+            .map(|(_, answer)| answer.clone());
+        if let Some(answer) = kept {
+            return proto::Onboarding::clone(&answer);
+        }
+        let answer = convert::onboarding(record);
+        if self.capacity > 0 {
+            let mut entries = self.entries();
+            if entries.len() >= self.capacity && !entries.contains_key(&record.id) {
+                // Any entry will do: a dropped one costs one conversion.
+                if let Some(victim) = entries.keys().next().cloned() {
+                    entries.remove(&victim);
+                }
+            }
+            entries.insert(
+                record.id.clone(),
+                (record.clone(), Arc::new(answer.clone())),
+            );
+        }
+        answer
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Answer>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -306,7 +361,7 @@ impl OnboardingService for OnboardingApi {
         within(&caller, Permission::Read, &key)?;
         let record = self.operations.get_onboarding(&key).await?;
         Ok(Response::new(proto::GetOnboardingResponse {
-            onboarding: Some(convert::onboarding(&record)),
+            onboarding: Some(self.answers.onboarding(&record)),
         }))
     }
 
@@ -669,7 +724,7 @@ struct Watch {
 impl Watch {
     async fn run(
         self,
-        first: Arc<crate::domain::onboarding::OnboardingRecord>,
+        first: Arc<OnboardingRecord>,
         after: Option<i64>,
         mut changes: broadcast::Receiver<crate::operations::Change>,
     ) {

@@ -15,7 +15,7 @@
 //! onboarding is kept shares it rather than copying it.
 
 use super::rounds::Rounds;
-use super::{db_error, rows};
+use super::{Backend, db_error, rows};
 use crate::crypto::Sealed;
 use crate::domain::onboarding::OnboardingRecord;
 use crate::domain::{CredentialField, Environment};
@@ -163,8 +163,9 @@ pub(super) struct Rows(Rounds<Key, Option<Head>>);
 
 impl Rows {
     /// Starts the task that answers row requests on a connection of its own from `pool`.
-    pub fn start(pool: AnyPool) -> Self {
+    pub fn start(backend: Backend, pool: AnyPool) -> Self {
         let link = Arc::new(tokio::sync::Mutex::new(Link {
+            backend,
             pool,
             connection: None,
         }));
@@ -184,6 +185,7 @@ impl Rows {
 /// (a pooled connection is tested on the way out and again on the way back). One that fails is
 /// dropped and the round tried once more on a new one, so a database restart costs no reads.
 struct Link {
+    backend: Backend,
     pool: AnyPool,
     connection: Option<sqlx::AnyConnection>,
 }
@@ -214,7 +216,10 @@ impl Link {
             Some(connection) => connection,
             empty => empty.insert(self.pool.acquire().await.map_err(db_error)?.detach()),
         };
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::select_heads(keys.len())));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::select_heads(
+            self.backend,
+            keys.len(),
+        )));
         for (tenant, environment) in keys {
             query = query.bind(tenant.as_str()).bind(environment.as_str());
         }

@@ -11,6 +11,7 @@ mod fresh;
 mod rounds;
 mod rows;
 mod trail;
+mod writes;
 
 pub use trail::AuditedRead;
 
@@ -52,7 +53,7 @@ pub struct StoreOptions {
 pub struct Store {
     backend: Backend,
     reader: AnyPool,
-    writer: AnyPool,
+    writes: writes::Writes,
     /// False while the health check cannot reach the database: calls are refused at once with
     /// UNAVAILABLE instead of each waiting out the pool's acquire timeout.
     reachable: Arc<AtomicBool>,
@@ -154,12 +155,13 @@ impl Store {
             Backend::Sqlite => pool_options().max_connections(1).connect(&url).await?,
             Backend::Postgres => reader.clone(),
         };
+        let writes = writes::Writes::new(backend, writer, options.acquire_timeout);
         Ok(Self {
             backend,
-            rows: fresh::Rows::start(reader.clone()),
-            trail: trail::Trail::start(backend, writer.clone()),
+            rows: fresh::Rows::start(backend, reader.clone()),
+            trail: trail::Trail::start(backend, writes.clone()),
             reader,
-            writer,
+            writes,
             reachable: Arc::new(AtomicBool::new(true)),
             snapshots: Arc::new(fresh::Snapshots::new(options.cached_onboardings)),
         })
@@ -172,7 +174,7 @@ impl Store {
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         sqlx::migrate!()
-            .run(&self.writer)
+            .run(self.writes.pool())
             .await
             .context("applying database migrations")?;
         Ok(())
@@ -198,10 +200,10 @@ impl Store {
         Ok(&self.reader)
     }
 
-    /// The pool for writes, unless the database is known to be unreachable.
-    fn writer(&self) -> Result<&AnyPool> {
+    /// Where writes run, unless the database is known to be unreachable.
+    fn writer(&self) -> Result<&writes::Writes> {
         self.check_reachable()?;
-        Ok(&self.writer)
+        Ok(&self.writes)
     }
 
     fn check_reachable(&self) -> Result<()> {
@@ -218,7 +220,7 @@ impl Store {
 
     /// Waits for connections in use to be returned, then closes them.
     pub async fn close(&self) {
-        self.writer.close().await;
+        self.writes.close().await;
         self.reader.close().await;
     }
 
@@ -383,11 +385,10 @@ impl Store {
 
     /// Gives each READY or BROKEN onboarding that has no scheduled live check one at `first`.
     pub async fn schedule_validations(&self, first: i64) -> Result<u64> {
-        let updated = sqlx::query(rows::SCHEDULE_VALIDATIONS)
-            .bind(first)
-            .execute(self.writer()?)
-            .await
-            .map_err(db_error)?;
+        let updated = self
+            .writer()?
+            .execute(sqlx::query(rows::SCHEDULE_VALIDATIONS).bind(first))
+            .await?;
         Ok(updated.rows_affected())
     }
 
@@ -415,25 +416,29 @@ impl Store {
     /// Takes a due check for this replica by moving it to `next`: `false` when another replica
     /// took it first.
     pub async fn take_validation(&self, due: &ValidationDue, next: i64) -> Result<bool> {
-        let updated = sqlx::query(rows::TAKE_VALIDATION)
-            .bind(next)
-            .bind(&due.tenant)
-            .bind(due.environment.as_str())
-            .bind(due.due)
-            .execute(self.writer()?)
-            .await
-            .map_err(db_error)?;
+        let updated = self
+            .writer()?
+            .execute(
+                sqlx::query(rows::TAKE_VALIDATION)
+                    .bind(next)
+                    .bind(&due.tenant)
+                    .bind(due.environment.as_str())
+                    .bind(due.due),
+            )
+            .await?;
         Ok(updated.rows_affected() == 1)
     }
 
     /// Deletes up to `limit` results stored under request_ids before `before`; how many it deleted.
     pub async fn expire_results(&self, before: i64, limit: i64) -> Result<u64> {
-        let deleted = sqlx::query(rows::DELETE_EXPIRED_RESULTS)
-            .bind(before)
-            .bind(limit)
-            .execute(self.writer()?)
-            .await
-            .map_err(db_error)?;
+        let deleted = self
+            .writer()?
+            .execute(
+                sqlx::query(rows::DELETE_EXPIRED_RESULTS)
+                    .bind(before)
+                    .bind(limit),
+            )
+            .await?;
         Ok(deleted.rows_affected())
     }
 
@@ -462,19 +467,21 @@ impl Store {
     /// Replaces a stored ciphertext, but only if it is still `old`: a secret written meanwhile (by a
     /// call of the running service) is left as it is. Says whether it replaced it.
     pub async fn replace_sealed(&self, secret: &StoredSecret, new: &Sealed) -> Result<bool> {
-        let updated = sqlx::query(rows::REPLACE_SEALED)
-            .bind(&new.key_id)
-            .bind(&new.nonce)
-            .bind(&new.ciphertext)
-            .bind(&secret.onboarding_id)
-            .bind(&secret.scope)
-            .bind(&secret.field)
-            .bind(&secret.tenant)
-            .bind(&secret.sealed.key_id)
-            .bind(&secret.sealed.nonce)
-            .execute(self.writer()?)
-            .await
-            .map_err(db_error)?;
+        let updated = self
+            .writer()?
+            .execute(
+                sqlx::query(rows::REPLACE_SEALED)
+                    .bind(&new.key_id)
+                    .bind(&new.nonce)
+                    .bind(&new.ciphertext)
+                    .bind(&secret.onboarding_id)
+                    .bind(&secret.scope)
+                    .bind(&secret.field)
+                    .bind(&secret.tenant)
+                    .bind(&secret.sealed.key_id)
+                    .bind(&secret.sealed.nonce),
+            )
+            .await?;
         Ok(updated.rows_affected() == 1)
     }
 
@@ -673,7 +680,7 @@ fn creditor_row_changed(before: &CreditorRecord, after: &CreditorRecord) -> bool
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
 pub struct WriteTx {
     backend: Backend,
-    tx: sqlx::Transaction<'static, sqlx::Any>,
+    tx: writes::Tx,
     /// What is kept of onboardings in memory, for [`WriteTx::lock_onboarding`].
     snapshots: Option<Arc<fresh::Snapshots>>,
 }
@@ -681,20 +688,12 @@ pub struct WriteTx {
 impl WriteTx {
     async fn begin(
         backend: Backend,
-        pool: &AnyPool,
+        writes: &writes::Writes,
         snapshots: Option<Arc<fresh::Snapshots>>,
     ) -> Result<Self> {
-        // SQLite: take the write lock at the start, so that writers in other processes on the same
-        // file wait (busy_timeout) instead of reading a version another writer is about to replace.
-        // PostgreSQL locks the onboarding's row instead (`lock_onboarding`).
-        let tx = match backend {
-            Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => pool.begin().await,
-        }
-        .map_err(db_error)?;
         Ok(Self {
             backend,
-            tx,
+            tx: writes.begin().await?,
             snapshots,
         })
     }
@@ -1023,7 +1022,10 @@ impl WriteTx {
         events: &[EventRecord],
     ) -> Result<()> {
         for chunk in events.chunks(rows::EVENTS_PER_INSERT) {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::insert_events(chunk.len())));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::insert_events(
+                self.backend,
+                chunk.len(),
+            )));
             for event in chunk {
                 query = query
                     .bind(onboarding_id)
@@ -1044,7 +1046,7 @@ impl WriteTx {
     }
 
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(db_error)
+        self.tx.commit().await
     }
 }
 

@@ -1,8 +1,9 @@
 //! The SQL of the store, written once for both engines (`$n` placeholders work in SQLite and
-//! PostgreSQL), and the mapping between rows and domain records.
+//! PostgreSQL), and the mapping between rows and domain records. The statements that bind many
+//! values are built per engine (see [`placeholder`]).
 
-use super::db_error;
 use super::fresh::Head;
+use super::{Backend, db_error};
 use crate::crypto::Sealed;
 use crate::domain::onboarding::{
     CredentialRecord, CreditorRecord, EventRecord, Lease, OnboardingRecord, StageRecord,
@@ -30,21 +31,57 @@ pub const ONBOARDINGS_PER_SELECT: usize = 32;
 
 /// The heads (see [`head`]) of `n` onboardings (1 ≤ n ≤ [`ONBOARDINGS_PER_SELECT`]), binding tenant
 /// and environment of each in turn.
-pub fn select_heads(n: usize) -> &'static str {
-    static QUERIES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        (0..=ONBOARDINGS_PER_SELECT)
-            .map(|n| {
-                let keys = (0..n)
-                    .map(|i| format!("(tenant = ${} AND environment = ${})", 2 * i + 1, 2 * i + 2))
-                    .collect::<Vec<_>>()
-                    .join(" OR ");
+pub fn select_heads(backend: Backend, n: usize) -> &'static str {
+    static QUERIES: Built = Built::new(ONBOARDINGS_PER_SELECT, |backend, n| {
+        let keys = (0..n)
+            .map(|i| {
                 format!(
-                    "SELECT id, tenant, environment, revision, last_event FROM onboardings WHERE {keys}"
+                    "(tenant = {} AND environment = {})",
+                    placeholder(backend, 2 * i + 1),
+                    placeholder(backend, 2 * i + 2)
                 )
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        format!(
+            "SELECT id, tenant, environment, revision, last_event FROM onboardings WHERE {keys}"
+        )
     });
-    &QUERIES[n.clamp(1, ONBOARDINGS_PER_SELECT)]
+    QUERIES.get(backend, n)
+}
+
+/// The placeholder of the `index`th value bound (from 1). SQLite finds a numbered placeholder's
+/// value by looking its name up among all of the statement's names, so binding n of them costs n²:
+/// a few milliseconds for an INSERT of hundreds of values. Its plain `?`, bound in order, costs
+/// nothing to look up.
+fn placeholder(backend: Backend, index: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".to_owned(),
+        Backend::Postgres => format!("${index}"),
+    }
+}
+
+/// Statements of 1 to `most` items, built for an engine when it first uses them.
+struct Built {
+    most: usize,
+    build: fn(Backend, usize) -> String,
+    built: [std::sync::OnceLock<Vec<String>>; 2],
+}
+
+impl Built {
+    const fn new(most: usize, build: fn(Backend, usize) -> String) -> Self {
+        Self {
+            most,
+            build,
+            built: [std::sync::OnceLock::new(), std::sync::OnceLock::new()],
+        }
+    }
+
+    fn get(&self, backend: Backend, n: usize) -> &str {
+        let built = self.built[usize::from(backend == Backend::Postgres)]
+            .get_or_init(|| (0..=self.most).map(|n| (self.build)(backend, n)).collect());
+        &built[n.clamp(1, self.most)]
+    }
 }
 pub const SELECT_ONBOARDING_FOR_UPDATE: &str =
     onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE");
@@ -120,27 +157,23 @@ const EVENT_VALUES: usize = 11;
 /// The INSERT of `n` events (1 ≤ n ≤ [`EVENTS_PER_INSERT`]), [`EVENT_VALUES`] values each, in the
 /// order of `INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method,
 /// request_id, correlation_id, outcome, summary, transitions)`.
-pub fn insert_events(n: usize) -> &'static str {
-    static QUERIES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        (0..=EVENTS_PER_INSERT)
-            .map(|n| {
-                let rows = (0..n)
-                    .map(|row| {
-                        let values = (1..=EVENT_VALUES)
-                            .map(|column| format!("${}", row * EVENT_VALUES + column))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        format!("({values})")
-                    })
+pub fn insert_events(backend: Backend, n: usize) -> &'static str {
+    static QUERIES: Built = Built::new(EVENTS_PER_INSERT, |backend, n| {
+        let rows = (0..n)
+            .map(|row| {
+                let values = (1..=EVENT_VALUES)
+                    .map(|column| placeholder(backend, row * EVENT_VALUES + column))
                     .collect::<Vec<_>>()
                     .join(", ");
-                format!(
-                    "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) VALUES {rows}"
-                )
+                format!("({values})")
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) VALUES {rows}"
+        )
     });
-    &QUERIES[n.clamp(1, EVENTS_PER_INSERT)]
+    QUERIES.get(backend, n)
 }
 pub const LIST_EVENTS: &str = "SELECT sequence, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions FROM events \
      WHERE onboarding_id = $1 AND tenant = $2 AND sequence > $3 ORDER BY sequence LIMIT $4";

@@ -7,10 +7,11 @@
 //! otherwise the caller is told, and reads again.
 
 use super::rounds::Rounds;
+use super::writes::Writes;
 use super::{Backend, WriteTx, db_error, rows};
 use crate::domain::onboarding::EventRecord;
 use crate::error::Result;
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 use std::collections::BTreeMap;
 
 /// An answered read and the event that records it.
@@ -33,10 +34,10 @@ pub(super) struct Trail(Rounds<AuditedRead, Option<i64>>);
 
 impl Trail {
     /// Starts the task that writes events through `pool`.
-    pub fn start(backend: Backend, pool: AnyPool) -> Self {
+    pub fn start(backend: Backend, writes: Writes) -> Self {
         Self(Rounds::start(EVENTS_PER_ROUND, move |reads| {
-            let pool = pool.clone();
-            async move { write_round(backend, &pool, &reads).await }
+            let writes = writes.clone();
+            async move { write_round(backend, &writes, &reads).await }
         }))
     }
 
@@ -52,7 +53,7 @@ impl Trail {
 /// them.
 async fn write_round(
     backend: Backend,
-    pool: &AnyPool,
+    writes: &Writes,
     reads: &[AuditedRead],
 ) -> Result<Vec<Option<i64>>> {
     let mut groups: BTreeMap<(&str, &str, i64), Vec<usize>> = BTreeMap::new();
@@ -63,7 +64,7 @@ async fn write_round(
             .push(index);
     }
     let mut sequences = vec![None; reads.len()];
-    let mut tx = WriteTx::begin(backend, pool, None).await?;
+    let mut tx = WriteTx::begin(backend, writes, None).await?;
     for ((onboarding_id, tenant, revision), members) in groups {
         let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
         let moved = sqlx::query(rows::COUNT_AUDITED_READS)
