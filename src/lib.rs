@@ -24,6 +24,7 @@ pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod billecta;
+pub mod bounded;
 pub mod config;
 pub mod crypto;
 pub mod desired;

@@ -10,6 +10,7 @@ pub mod status;
 mod tokens;
 
 use crate::auth::{Caller, Permission};
+use crate::bounded::Bounded;
 use crate::domain::onboarding::OnboardingRecord;
 use crate::domain::validate::{
     self, CreditorKey, FieldViolation, OnboardingKey, RequestId, TenantId, Violations,
@@ -24,9 +25,8 @@ use call::CorrelationId;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_stream::Stream;
@@ -67,56 +67,29 @@ impl OnboardingApi {
             watch_poll_interval,
             watch_streams: Arc::new(Semaphore::new(max_watch_streams)),
             max_watch_streams,
-            answers: Arc::new(Answers {
-                entries: std::sync::Mutex::new(HashMap::new()),
-                capacity: cached_onboardings,
-            }),
+            answers: Arc::new(Answers(Bounded::new(cached_onboardings))),
         }
     }
 }
 
 /// Onboardings as answers, converted once per record: reads of an unchanged onboarding share one
 /// record (see `storage::fresh`), and an answer is reused only for the very record it was made
-/// from, which is kept beside it.
-struct Answers {
-    entries: std::sync::Mutex<HashMap<String, Answer>>,
-    capacity: usize,
-}
-
-/// An answer, and the record it was made from.
-type Answer = (Arc<OnboardingRecord>, Arc<proto::Onboarding>);
+/// from. The record is held weakly — its allocation, not its contents — so that no other record
+/// can take its address while the answer is kept.
+struct Answers(Bounded<(Weak<OnboardingRecord>, Arc<proto::Onboarding>)>);
 
 impl Answers {
     fn onboarding(&self, record: &Arc<OnboardingRecord>) -> proto::Onboarding {
-        let kept = self
-            .entries()
-            .get(&record.id)
-            .filter(|(from, _)| Arc::ptr_eq(from, record))
-            .map(|(_, answer)| answer.clone());
-        if let Some(answer) = kept {
+        let same = |(from, _): &(Weak<OnboardingRecord>, _)| {
+            std::ptr::eq(from.as_ptr(), Arc::as_ptr(record))
+        };
+        if let Some((_, answer)) = self.0.get(&record.id, same) {
             return proto::Onboarding::clone(&answer);
         }
         let answer = convert::onboarding(record);
-        if self.capacity > 0 {
-            let mut entries = self.entries();
-            if entries.len() >= self.capacity && !entries.contains_key(&record.id) {
-                // Any entry will do: a dropped one costs one conversion.
-                if let Some(victim) = entries.keys().next().cloned() {
-                    entries.remove(&victim);
-                }
-            }
-            entries.insert(
-                record.id.clone(),
-                (record.clone(), Arc::new(answer.clone())),
-            );
-        }
+        let kept = (Arc::downgrade(record), Arc::new(answer.clone()));
+        self.0.put(&record.id, kept, |_| false);
         answer
-    }
-
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Answer>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

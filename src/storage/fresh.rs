@@ -15,14 +15,15 @@
 //! onboarding is kept shares it rather than copying it.
 
 use super::rounds::Rounds;
+use super::writes::{KeptConnection, held_connection};
 use super::{Backend, db_error, rows};
+use crate::bounded::Bounded;
 use crate::crypto::Sealed;
 use crate::domain::onboarding::OnboardingRecord;
 use crate::domain::{CredentialField, Environment};
-use crate::error::Result;
-use sqlx::AnyPool;
+use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// An onboarding as read at one revision, with its stored ciphertexts.
 #[derive(Debug)]
@@ -51,24 +52,11 @@ impl Snapshot {
 }
 
 /// Snapshots by onboarding id, at most `capacity` of them.
-pub(super) struct Snapshots {
-    entries: Mutex<HashMap<String, Arc<Snapshot>>>,
-    capacity: usize,
-}
+pub(super) struct Snapshots(Bounded<Arc<Snapshot>>);
 
 impl Snapshots {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            entries: Mutex::new(HashMap::new()),
-            capacity,
-        }
-    }
-
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Snapshot>>> {
-        // A panic elsewhere while holding the lock leaves a map that is still whole.
-        self.entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        Self(Bounded::new(capacity))
     }
 
     /// The snapshot of `head`'s onboarding at `head`'s revision, if one is kept.
@@ -77,13 +65,8 @@ impl Snapshots {
     }
 
     fn at(&self, id: &str, revision: i64) -> Option<Arc<Snapshot>> {
-        if self.capacity == 0 {
-            return None;
-        }
-        self.entries()
-            .get(id)
-            .filter(|snapshot| snapshot.record.revision == revision)
-            .cloned()
+        self.0
+            .get(id, |snapshot| snapshot.record.revision == revision)
     }
 
     /// The onboarding as `head` (a row read now) shows it, if what is kept is of `head`'s revision.
@@ -106,27 +89,10 @@ impl Snapshots {
 
     /// Keeps `snapshot` unless a newer one of the same onboarding is kept already.
     pub fn put(&self, snapshot: Arc<Snapshot>) {
-        if self.capacity == 0 {
-            return;
-        }
-        let mut entries = self.entries();
-        match entries.get(&snapshot.record.id) {
-            Some(kept)
-                if (kept.record.revision, kept.record.last_event)
-                    > (snapshot.record.revision, snapshot.record.last_event) =>
-            {
-                return;
-            }
-            Some(_) => {}
-            None if entries.len() >= self.capacity => {
-                // Any entry will do: a dropped one costs one read of the database.
-                if let Some(victim) = entries.keys().next().cloned() {
-                    entries.remove(&victim);
-                }
-            }
-            None => {}
-        }
-        entries.insert(snapshot.record.id.clone(), snapshot);
+        let newest = (snapshot.record.revision, snapshot.record.last_event);
+        self.0.put(&snapshot.record.id.clone(), snapshot, |kept| {
+            (kept.record.revision, kept.record.last_event) > newest
+        });
     }
 
     /// The ciphertext of a secret of `record`, if the snapshot of its revision is kept.
@@ -148,7 +114,7 @@ impl Snapshots {
 
     /// Forgets the snapshot of an onboarding (its ciphertext did not open).
     pub fn forget(&self, record: &OnboardingRecord) {
-        self.entries().remove(&record.id);
+        self.0.remove(&record.id);
     }
 }
 
@@ -162,16 +128,12 @@ type Key = (String, Environment);
 pub(super) struct Rows(Rounds<Key, Option<Head>>);
 
 impl Rows {
-    /// Starts the task that answers row requests on a connection of its own from `pool`.
-    pub fn start(backend: Backend, pool: AnyPool) -> Self {
-        let link = Arc::new(tokio::sync::Mutex::new(Link {
-            backend,
-            pool,
-            connection: None,
-        }));
+    /// Starts the task that answers row requests on `connection`.
+    pub fn start(backend: Backend, connection: KeptConnection) -> Self {
+        let connection = Arc::new(connection);
         Self(Rounds::start(READS_PER_ROUND, move |keys| {
-            let link = link.clone();
-            async move { link.lock().await.read_round(keys).await }
+            let connection = connection.clone();
+            async move { read_round(backend, &connection, keys).await }
         }))
     }
 
@@ -181,54 +143,62 @@ impl Rows {
     }
 }
 
-/// The rounds' connection: taken from the pool once and kept, so a round costs its query alone
-/// (a pooled connection is tested on the way out and again on the way back). One that fails is
-/// dropped and the round tried once more on a new one, so a database restart costs no reads.
-struct Link {
+/// The heads of `asked`, in its order. The rounds keep their connection (a pooled one is tested on
+/// the way out and again on the way back); one that fails is dropped and the query tried once
+/// more on a new one, so a database restart costs no reads.
+async fn read_round(
     backend: Backend,
-    pool: AnyPool,
-    connection: Option<sqlx::AnyConnection>,
+    connection: &KeptConnection,
+    asked: Vec<Key>,
+) -> Result<Vec<Option<Head>>> {
+    let mut keys: Vec<&Key> = asked.iter().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut heads = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(rows::ONBOARDINGS_PER_SELECT) {
+        let found = match read_rows(backend, connection, chunk).await {
+            Err(Failed::Query(_)) => read_rows(backend, connection, chunk).await,
+            outcome => outcome,
+        };
+        heads.extend(found.map_err(Failed::into_error)?);
+    }
+    Ok(asked.iter().map(|key| heads.get(key).cloned()).collect())
 }
 
-impl Link {
-    /// The heads of `asked`, in its order.
-    async fn read_round(&mut self, asked: Vec<Key>) -> Result<Vec<Option<Head>>> {
-        let mut keys: Vec<&Key> = asked.iter().collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut heads = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(rows::ONBOARDINGS_PER_SELECT) {
-            heads.extend(self.read_rows(chunk).await?);
-        }
-        Ok(asked.iter().map(|key| heads.get(key).cloned()).collect())
-    }
+/// Why the rows were not read: the query failed on the connection (which is then dropped: worth
+/// one more try on a new one), or anything else (no connection could be had, a row did not read).
+enum Failed {
+    Other(Error),
+    Query(Error),
+}
 
-    async fn read_rows(&mut self, keys: &[&Key]) -> Result<Vec<(Key, Head)>> {
-        let fresh = self.connection.is_none();
-        match self.try_read_rows(keys).await {
-            Err(_) if !fresh => self.try_read_rows(keys).await,
-            outcome => outcome,
+impl Failed {
+    fn into_error(self) -> Error {
+        match self {
+            Self::Other(error) | Self::Query(error) => error,
         }
     }
+}
 
-    async fn try_read_rows(&mut self, keys: &[&Key]) -> Result<Vec<(Key, Head)>> {
-        let connection = match &mut self.connection {
-            Some(connection) => connection,
-            empty => empty.insert(self.pool.acquire().await.map_err(db_error)?.detach()),
-        };
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::select_heads(
-            self.backend,
-            keys.len(),
-        )));
-        for (tenant, environment) in keys {
-            query = query.bind(tenant.as_str()).bind(environment.as_str());
-        }
-        match query.fetch_all(&mut *connection).await {
-            Ok(found) => found.iter().map(rows::head).collect(),
-            Err(error) => {
-                self.connection = None;
-                Err(db_error(error))
-            }
+async fn read_rows(
+    backend: Backend,
+    connection: &KeptConnection,
+    keys: &[&Key],
+) -> std::result::Result<Vec<(Key, Head)>, Failed> {
+    let mut held = connection.take().await.map_err(Failed::Other)?;
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::select_heads(backend, keys.len())));
+    for (tenant, environment) in keys {
+        query = query.bind(tenant.as_str()).bind(environment.as_str());
+    }
+    match query.fetch_all(held_connection(&mut held)).await {
+        Ok(found) => found
+            .iter()
+            .map(rows::head)
+            .collect::<Result<_>>()
+            .map_err(Failed::Other),
+        Err(error) => {
+            held.take();
+            Err(Failed::Query(db_error(error)))
         }
     }
 }

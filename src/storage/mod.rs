@@ -158,7 +158,10 @@ impl Store {
         let writes = writes::Writes::new(backend, writer, options.acquire_timeout);
         Ok(Self {
             backend,
-            rows: fresh::Rows::start(backend, reader.clone()),
+            rows: fresh::Rows::start(
+                backend,
+                writes::KeptConnection::new(reader.clone(), options.acquire_timeout),
+            ),
             trail: trail::Trail::start(backend, writes.clone()),
             reader,
             writes,

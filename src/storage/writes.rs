@@ -3,7 +3,8 @@
 //! PostgreSQL writes run side by side on pooled connections. SQLite allows one writer at a time, so
 //! its writes take turns on one connection kept for them: a pooled connection would be tested with a
 //! round trip to the database when it is taken and again when it is given back — two of the dozen
-//! round trips of a typical write transaction, made while every other writer waits.
+//! round trips of a typical write transaction, made while every other writer waits. The read rounds
+//! (`fresh`) keep a connection of their own the same way.
 
 use super::{Backend, db_error};
 use crate::error::{Error, Result};
@@ -17,7 +18,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 #[derive(Clone)]
 pub(super) enum Writes {
     Pooled(AnyPool),
-    Turns(Arc<Turns>),
+    Turns(Arc<KeptConnection>),
 }
 
 impl Writes {
@@ -26,11 +27,7 @@ impl Writes {
     pub fn new(backend: Backend, pool: AnyPool, wait: Duration) -> Self {
         match backend {
             Backend::Postgres => Self::Pooled(pool),
-            Backend::Sqlite => Self::Turns(Arc::new(Turns {
-                pool,
-                held: Arc::new(Mutex::new(None)),
-                wait,
-            })),
+            Backend::Sqlite => Self::Turns(Arc::new(KeptConnection::new(pool, wait))),
         }
     }
 
@@ -89,16 +86,27 @@ impl Writes {
     }
 }
 
-/// SQLite's writers' connection, one writer at a time.
-pub(super) struct Turns {
+/// A connection taken from a pool once and kept, used by one task at a time (SQLite's writers,
+/// the read rounds). A user that finds it broken empties the slot; the next one takes a new
+/// connection from the pool.
+pub(super) struct KeptConnection {
     pool: AnyPool,
     held: Arc<Mutex<Option<AnyConnection>>>,
     wait: Duration,
 }
 
-impl Turns {
+impl KeptConnection {
+    /// Each user waits at most `wait` for its turn.
+    pub fn new(pool: AnyPool, wait: Duration) -> Self {
+        Self {
+            pool,
+            held: Arc::new(Mutex::new(None)),
+            wait,
+        }
+    }
+
     /// Waits for the turn, with a connection taken from the pool if there is none yet.
-    async fn take(&self) -> Result<OwnedMutexGuard<Option<AnyConnection>>> {
+    pub async fn take(&self) -> Result<OwnedMutexGuard<Option<AnyConnection>>> {
         let mut held = tokio::time::timeout(self.wait, self.held.clone().lock_owned())
             .await
             .map_err(|_| Error::Unavailable {
@@ -114,7 +122,8 @@ impl Turns {
     }
 }
 
-fn held_connection(held: &mut Option<AnyConnection>) -> &mut AnyConnection {
+/// The connection of a turn [`KeptConnection::take`] gave.
+pub(super) fn held_connection(held: &mut Option<AnyConnection>) -> &mut AnyConnection {
     held.as_mut().expect("a turn is given with a connection")
 }
 
