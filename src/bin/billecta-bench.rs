@@ -279,6 +279,18 @@ async fn provision(
         ideal.as_secs_f64(),
         report.wall.as_secs_f64() / ideal.as_secs_f64().max(f64::EPSILON)
     );
+    if let (Some(server), Some(driver)) = (report.server_cpu, report.driver_cpu) {
+        let machine = report.wall.as_secs_f64()
+            * std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        println!(
+            "{label:<10} CPU: service {:.1} s ({:.0} % of the machine; {:.0} µs per Billecta call), callers and simulator {:.1} s ({:.0} %)",
+            server.as_secs_f64(),
+            100.0 * server.as_secs_f64() / machine,
+            server.as_secs_f64() * 1e6 / report.billecta_requests.max(1) as f64,
+            driver.as_secs_f64(),
+            100.0 * driver.as_secs_f64() / machine,
+        );
+    }
     if let Some(kib) = report.server_resident_kib {
         println!(
             "{label:<10} server resident memory after the run: {:.1} MiB",

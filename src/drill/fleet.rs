@@ -128,6 +128,22 @@ impl Fleet {
             .and_then(|value| value.split_whitespace().next()?.parse().ok())
     }
 
+    /// The CPU time replica `index` has used so far (user and system, Linux), if it runs.
+    pub async fn cpu_time(&self, index: usize) -> Option<Duration> {
+        let replica = self.replicas[index].lock().await;
+        let pid = replica.child.as_ref()?.id()?;
+        process_cpu_time(&pid.to_string())
+    }
+
+    /// The CPU time all running replicas have used so far.
+    pub async fn cpu_time_total(&self) -> Option<Duration> {
+        let mut total = Duration::ZERO;
+        for index in 0..self.len() {
+            total += self.cpu_time(index).await?;
+        }
+        Some(total)
+    }
+
     /// `kill -9` of replica `index`: no shutdown of any kind, as a crash or an OOM kill.
     pub async fn kill(&self, index: usize) -> anyhow::Result<()> {
         let mut replica = self.replicas[index].lock().await;
@@ -275,4 +291,17 @@ impl Drop for CuttableProxy {
             .connections
             .cancel();
     }
+}
+
+/// The CPU time (user and system) process `pid` has used, from `/proc/<pid>/stat` (Linux; `self`
+/// for this process).
+pub fn process_cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    // utime and stime are fields 14 and 15: the 12th and 13th after the name.
+    let user: u64 = fields.nth(11)?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    // In USER_HZ ticks, which Linux fixes at 100 per second for user space.
+    Some(Duration::from_millis((user + system) * 10))
 }

@@ -204,6 +204,10 @@ pub struct DrillReport {
     pub start_to_serving: Duration,
     /// The largest replica's resident memory at the end, in KiB.
     pub server_resident_kib: Option<u64>,
+    /// CPU time the replicas used during the run (Linux; only for runs without kills).
+    pub server_cpu: Option<Duration>,
+    /// CPU time this process (the callers and the simulator) used during the run (Linux).
+    pub driver_cpu: Option<Duration>,
     /// The SQLite file the replicas used, kept for later runs.
     pub sqlite_file: Option<PathBuf>,
     pub outage: Option<OutageReport>,
@@ -554,7 +558,18 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
     for index in 0..fleet.len() {
         start_to_serving = start_to_serving.max(fleet.start(index).await?);
     }
+    let server_cpu_before = fleet.cpu_time_total().await;
+    let driver_cpu_before = fleet::process_cpu_time("self");
     let result = drive(&settings, &fleet, &simulator, &database, &api_key).await;
+    let driver_cpu = fleet::process_cpu_time("self")
+        .zip(driver_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let server_cpu = fleet
+        .cpu_time_total()
+        .await
+        .zip(server_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before))
+        .filter(|_| settings.kills == 0);
     let mut resident = None;
     for index in 0..fleet.len() {
         resident = resident.max(fleet.resident_kib(index).await);
@@ -563,6 +578,8 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
     let mut report = result?;
     report.start_to_serving = start_to_serving;
     report.server_resident_kib = resident;
+    report.server_cpu = server_cpu;
+    report.driver_cpu = driver_cpu;
     report.sqlite_file = database
         .postgres
         .is_none()

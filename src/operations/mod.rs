@@ -201,11 +201,13 @@ impl Operations {
     ) -> Result<OnboardingRecord> {
         let now = now_micros();
         let mut tx = self.store.begin().await?;
-        let existing = tx.lock_onboarding(&key.tenant, key.environment).await?;
-        if let Some(replayed) = replay(&mut tx, &key.tenant, mutation).await? {
+        let locked = tx
+            .lock_onboarding(&key.tenant, key.environment, replayable(mutation))
+            .await?;
+        if let Some(replayed) = replay(locked.result, mutation)? {
             return Ok(replayed);
         }
-        if existing.is_some() {
+        if locked.record.is_some() {
             return Err(Error::AlreadyExists {
                 resource: key.name(),
             });
@@ -308,13 +310,17 @@ impl Operations {
     ) -> Result<Committed> {
         let now = now_micros();
         let mut tx = self.store.begin().await?;
-        let Some(before) = tx.lock_onboarding(&key.tenant, key.environment).await? else {
+        let result_of = replayable(mutation).filter(|_| conventions.first_write);
+        let locked = tx
+            .lock_onboarding(&key.tenant, key.environment, result_of)
+            .await?;
+        let Some(before) = locked.record else {
             return Err(Error::NotFound {
                 resource: key.name(),
             });
         };
         if conventions.first_write {
-            if let Some(replayed) = replay(&mut tx, &key.tenant, mutation).await? {
+            if let Some(replayed) = replay(locked.result, mutation)? {
                 return Ok(Committed::Replayed(replayed));
             }
             if mutation
@@ -390,26 +396,24 @@ impl Operations {
     }
 }
 
-/// The first result of a retried call, or `None` for a new request_id. The same id with another
-/// request is [`Error::RequestIdReused`].
-async fn replay(
-    tx: &mut crate::storage::WriteTx,
-    tenant: &TenantId,
-    mutation: &Mutation,
-) -> Result<Option<OnboardingRecord>> {
-    let Some(request_id) = mutation
+/// The request_id whose stored result replays a call, if any (a validate_only call stores none).
+fn replayable(mutation: &Mutation) -> Option<&str> {
+    mutation
         .request_id
         .as_ref()
         .filter(|_| !mutation.validate_only)
-    else {
-        return Ok(None);
-    };
-    let Some(stored) = tx.find_result(tenant, request_id.as_str()).await? else {
+        .map(|id| id.as_str())
+}
+
+/// The first result of a retried call, from what is `stored` under its request_id, or `None` for a
+/// new request_id. The same id with another request is [`Error::RequestIdReused`].
+fn replay(stored: Option<StoredResult>, mutation: &Mutation) -> Result<Option<OnboardingRecord>> {
+    let (Some(stored), Some(request_id)) = (stored, replayable(mutation)) else {
         return Ok(None);
     };
     if stored.method != mutation.method || stored.request_hash != mutation.request_hash {
         return Err(Error::RequestIdReused {
-            request_id: request_id.as_str().to_owned(),
+            request_id: request_id.to_owned(),
         });
     }
     let record = serde_json::from_str(&stored.response).map_err(|e| {

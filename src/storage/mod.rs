@@ -28,6 +28,7 @@ use sqlx::{AnyPool, Executor, Row};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use writes::Expect;
 
 /// Which database engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -680,6 +681,14 @@ fn creditor_row_changed(before: &CreditorRecord, after: &CreditorRecord) -> bool
         || before.webhooks != after.webhooks
 }
 
+/// What [`WriteTx::lock_onboarding`] read.
+#[derive(Debug)]
+pub struct Locked {
+    pub record: Option<OnboardingRecord>,
+    /// The stored result asked for, if there is one.
+    pub result: Option<StoredResult>,
+}
+
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
 pub struct WriteTx {
     backend: Backend,
@@ -702,57 +711,75 @@ impl WriteTx {
     }
 
     /// Reads an onboarding for update: on PostgreSQL the row stays locked until the transaction ends,
-    /// so concurrent writers of one onboarding take turns and none loses an update.
+    /// so concurrent writers of one onboarding take turns and none loses an update. With
+    /// `result_of`, also the stored result of an earlier call of the tenant with that request_id
+    /// (read together, in one round trip on SQLite).
     pub async fn lock_onboarding(
         &mut self,
         tenant: &TenantId,
         environment: Environment,
-    ) -> Result<Option<OnboardingRecord>> {
+        result_of: Option<&str>,
+    ) -> Result<Locked> {
         let query = match self.backend {
             Backend::Sqlite => rows::SELECT_ONBOARDING,
             Backend::Postgres => rows::SELECT_ONBOARDING_FOR_UPDATE,
         };
-        let row = sqlx::query(query)
+        let onboarding = self
+            .tx
+            .statement(query)
             .bind(tenant.as_str())
             .bind(environment.as_str())
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db_error)?;
-        let Some(row) = row else { return Ok(None) };
+            .later()
+            .await?;
+        let result = match result_of {
+            Some(request_id) => Some(
+                self.tx
+                    .statement(rows::SELECT_RESULT)
+                    .bind(tenant.as_str())
+                    .bind(request_id)
+                    .later()
+                    .await?,
+            ),
+            None => None,
+        };
+        let onboarding = self.tx.rows(onboarding).await?.into_iter().next();
+        let result = match result {
+            Some(read) => self.tx.rows(read).await?.into_iter().next(),
+            None => None,
+        };
+        let result = result
+            .map(|row| -> Result<StoredResult> {
+                Ok(StoredResult {
+                    method: row.try_get("method").map_err(db_error)?,
+                    request_hash: row.try_get("request_hash").map_err(db_error)?,
+                    response: row.try_get("response").map_err(db_error)?,
+                })
+            })
+            .transpose()?;
+        let Some(row) = onboarding else {
+            return Ok(Locked {
+                record: None,
+                result,
+            });
+        };
         // The row is locked (PostgreSQL) or the database is (SQLite): nothing it holds can change
         // until this transaction ends, so what is kept of its revision is what the database holds.
         let head = rows::onboarding(&row)?;
         if let Some(snapshot) = self.snapshots.as_ref().and_then(|kept| kept.get(&head)) {
-            return Ok(Some(snapshot.complete(head)));
+            return Ok(Locked {
+                record: Some(snapshot.complete(head)),
+                result,
+            });
         }
-        let snapshot = load_children(&mut self.tx, tenant.as_str(), row).await?;
+        let snapshot = load_children(self.tx.connection().await?, tenant.as_str(), row).await?;
         let record = OnboardingRecord::clone(&snapshot.record);
         if let Some(kept) = &self.snapshots {
             kept.put(Arc::new(snapshot));
         }
-        Ok(Some(record))
-    }
-
-    /// The stored result of an earlier call with this request_id, if any.
-    pub async fn find_result(
-        &mut self,
-        tenant: &TenantId,
-        request_id: &str,
-    ) -> Result<Option<StoredResult>> {
-        let row = sqlx::query(rows::SELECT_RESULT)
-            .bind(tenant.as_str())
-            .bind(request_id)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(db_error)?;
-        row.map(|row| {
-            Ok(StoredResult {
-                method: row.try_get("method").map_err(db_error)?,
-                request_hash: row.try_get("request_hash").map_err(db_error)?,
-                response: row.try_get("response").map_err(db_error)?,
-            })
+        Ok(Locked {
+            record: Some(record),
+            result,
         })
-        .transpose()
     }
 
     /// Stores a call's result under its request_id.
@@ -763,31 +790,30 @@ impl WriteTx {
         result: &StoredResult,
         now: i64,
     ) -> Result<()> {
-        let saved = sqlx::query(rows::INSERT_RESULT)
+        self.tx
+            .statement(rows::INSERT_RESULT)
             .bind(tenant.as_str())
             .bind(request_id)
             .bind(&result.method)
             .bind(&result.request_hash)
             .bind(&result.response)
             .bind(now)
-            .execute(&mut *self.tx)
-            .await;
-        match saved {
-            // Another call of this tenant stored a result under the same id meanwhile (the same call
-            // is serialised by the onboarding lock, so this one is a different request).
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                Err(Error::RequestIdReused {
+            .run(Expect {
+                // Another call of this tenant stored a result under the same id meanwhile (the same
+                // call is serialised by the onboarding lock, so this one is a different request).
+                conflict: Some(Error::RequestIdReused {
                     request_id: request_id.to_owned(),
-                })
-            }
-            other => other.map(drop).map_err(db_error),
-        }
+                }),
+                changes: None,
+            })
+            .await
     }
 
     /// Inserts a new onboarding with its stages. A second onboarding for the same tenant and
     /// environment is [`Error::AlreadyExists`], even when created concurrently.
     pub async fn insert_onboarding(&mut self, record: &OnboardingRecord) -> Result<()> {
-        let inserted = sqlx::query(rows::INSERT_ONBOARDING)
+        self.tx
+            .statement(rows::INSERT_ONBOARDING)
             .bind(&record.id)
             .bind(&record.tenant)
             .bind(record.environment.as_str())
@@ -800,16 +826,13 @@ impl WriteTx {
             .bind(record.create_time)
             .bind(record.update_time)
             .bind(record.revision)
-            .execute(&mut *self.tx)
-            .await;
-        match inserted {
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                return Err(Error::AlreadyExists {
+            .run(Expect {
+                conflict: Some(Error::AlreadyExists {
                     resource: record.key().name(),
-                });
-            }
-            other => other.map_err(db_error)?,
-        };
+                }),
+                changes: None,
+            })
+            .await?;
         for stage in &record.stages {
             self.upsert_stage(record, "", stage).await?;
         }
@@ -836,7 +859,8 @@ impl WriteTx {
                 after.id
             )));
         }
-        let updated = sqlx::query(rows::UPDATE_ONBOARDING)
+        self.tx
+            .statement(rows::UPDATE_ONBOARDING)
             .bind(after.state.as_str())
             .bind(after.blocked_on.as_str())
             .bind(after.version)
@@ -849,15 +873,14 @@ impl WriteTx {
             .bind(&after.tenant)
             .bind(before.version)
             .bind(before.revision)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db_error)?;
-        if updated.rows_affected() != 1 {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "onboarding {} changed underneath a locked update",
-                after.id
-            )));
-        }
+            .run(Expect {
+                conflict: None,
+                changes: Some((
+                    1,
+                    format!("onboarding {} changed underneath a locked update", after.id),
+                )),
+            })
+            .await?;
         for stage in &after.stages {
             if !before.stages.contains(stage) {
                 self.upsert_stage(after, "", stage).await?;
@@ -888,7 +911,8 @@ impl WriteTx {
         creditor: &CreditorRecord,
     ) -> Result<()> {
         let resource_id = creditor.name.rsplit('/').next().unwrap_or_default();
-        let inserted = sqlx::query(rows::INSERT_CREDITOR)
+        self.tx
+            .statement(rows::INSERT_CREDITOR)
             .bind(&creditor.id)
             .bind(&record.id)
             .bind(&record.tenant)
@@ -902,16 +926,14 @@ impl WriteTx {
             .bind(rows::json_opt(&creditor.api_access)?)
             .bind(rows::json_opt(&creditor.webhooks)?)
             .bind(record.update_time)
-            .execute(&mut *self.tx)
-            .await;
-        match inserted {
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                Err(Error::AlreadyExists {
+            .bind(record.update_time)
+            .run(Expect {
+                conflict: Some(Error::AlreadyExists {
                     resource: creditor.name.clone(),
-                })
-            }
-            other => other.map(drop).map_err(db_error),
-        }
+                }),
+                changes: None,
+            })
+            .await
     }
 
     async fn update_creditor(
@@ -919,7 +941,8 @@ impl WriteTx {
         record: &OnboardingRecord,
         creditor: &CreditorRecord,
     ) -> Result<()> {
-        sqlx::query(rows::UPDATE_CREDITOR)
+        self.tx
+            .statement(rows::UPDATE_CREDITOR)
             .bind(&creditor.company_name)
             .bind(&creditor.title)
             .bind(&creditor.creditor_public_id)
@@ -930,10 +953,8 @@ impl WriteTx {
             .bind(record.update_time)
             .bind(&creditor.id)
             .bind(&record.tenant)
-            .execute(&mut *self.tx)
+            .run(Expect::default())
             .await
-            .map_err(db_error)?;
-        Ok(())
     }
 
     /// Stores a secret's ciphertext with what reads show of it, replacing the previous one.
@@ -943,7 +964,8 @@ impl WriteTx {
         credential: &CredentialRecord,
         sealed: &Sealed,
     ) -> Result<()> {
-        sqlx::query(rows::UPSERT_CREDENTIAL)
+        self.tx
+            .statement(rows::UPSERT_CREDENTIAL)
             .bind(&record.id)
             .bind(&credential.scope)
             .bind(credential.field.as_str())
@@ -956,10 +978,8 @@ impl WriteTx {
             .bind(&credential.set_by)
             .bind(credential.set_time)
             .bind(credential.verify_time)
-            .execute(&mut *self.tx)
+            .run(Expect::default())
             .await
-            .map_err(db_error)?;
-        Ok(())
     }
 
     /// Forgets a stored secret (one that no longer belongs with the others).
@@ -969,15 +989,14 @@ impl WriteTx {
         scope: &str,
         field: CredentialField,
     ) -> Result<()> {
-        sqlx::query(rows::DELETE_CREDENTIAL)
+        self.tx
+            .statement(rows::DELETE_CREDENTIAL)
             .bind(&record.id)
             .bind(scope)
             .bind(field.as_str())
             .bind(&record.tenant)
-            .execute(&mut *self.tx)
+            .run(Expect::default())
             .await
-            .map_err(db_error)?;
-        Ok(())
     }
 
     async fn upsert_stage(
@@ -986,7 +1005,8 @@ impl WriteTx {
         creditor_id: &str,
         stage: &StageRecord,
     ) -> Result<()> {
-        sqlx::query(rows::UPSERT_STAGE)
+        self.tx
+            .statement(rows::UPSERT_STAGE)
             .bind(&record.id)
             .bind(creditor_id)
             .bind(stage.stage.as_str())
@@ -1001,10 +1021,8 @@ impl WriteTx {
             .bind(stage.lease.as_ref().map(|lease| lease.expire_time))
             .bind(stage.attempts)
             .bind(stage.next_attempt_time)
-            .execute(&mut *self.tx)
+            .run(Expect::default())
             .await
-            .map_err(db_error)?;
-        Ok(())
     }
 
     /// Appends an event to an onboarding's audit trail.
@@ -1025,10 +1043,9 @@ impl WriteTx {
         events: &[EventRecord],
     ) -> Result<()> {
         for chunk in events.chunks(rows::EVENTS_PER_INSERT) {
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(rows::insert_events(
-                self.backend,
-                chunk.len(),
-            )));
+            let mut query = self
+                .tx
+                .statement(rows::insert_events(self.backend, chunk.len()));
             for event in chunk {
                 query = query
                     .bind(onboarding_id)
@@ -1043,7 +1060,7 @@ impl WriteTx {
                     .bind(&event.summary)
                     .bind(rows::json(&event.transitions)?);
             }
-            query.execute(&mut *self.tx).await.map_err(db_error)?;
+            query.run(Expect::default()).await?;
         }
         Ok(())
     }

@@ -108,7 +108,7 @@ pub const UPSERT_STAGE: &str = "INSERT INTO stages (onboarding_id, creditor_id, 
 pub const SELECT_CREDITORS: &str = "SELECT id, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings, api_access, webhooks FROM creditors \
      WHERE onboarding_id = $1 AND tenant = $2 ORDER BY creditor";
 pub const INSERT_CREDITOR: &str = "INSERT INTO creditors (id, onboarding_id, tenant, creditor, organisation_number, company_name, title, creditor_public_id, company_settings, invoice_settings, api_access, webhooks, create_time, update_time) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 pub const UPDATE_CREDITOR: &str = "UPDATE creditors SET company_name = $1, title = $2, creditor_public_id = $3, company_settings = $4, invoice_settings = $5, api_access = $6, webhooks = $7, update_time = $8 \
      WHERE id = $9 AND tenant = $10";
 

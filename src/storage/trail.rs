@@ -67,14 +67,15 @@ async fn write_round(
     let mut tx = WriteTx::begin(backend, writes, None).await?;
     for ((onboarding_id, tenant, revision), members) in groups {
         let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
-        let moved = sqlx::query(rows::COUNT_AUDITED_READS)
+        let moved = tx
+            .tx
+            .statement(rows::COUNT_AUDITED_READS)
             .bind(count)
             .bind(onboarding_id)
             .bind(tenant)
             .bind(revision)
-            .fetch_optional(&mut *tx.tx)
-            .await
-            .map_err(db_error)?;
+            .fetch_optional()
+            .await?;
         let Some(row) = moved else { continue };
         let last: i64 = row.try_get("last_event").map_err(db_error)?;
         let mut events = Vec::with_capacity(members.len());

@@ -8,8 +8,9 @@
 
 use super::{Backend, db_error};
 use crate::error::{Error, Result};
-use sqlx::{AnyConnection, AnyPool, Executor};
-use std::ops::{Deref, DerefMut};
+use futures::StreamExt;
+use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Arguments, AssertSqlSafe, Either, Encode, Executor, Type};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -31,23 +32,14 @@ impl Writes {
         }
     }
 
-    /// Starts a transaction. SQLite takes the write lock at the start, so that writers in other
-    /// processes on the same file wait (busy_timeout) instead of reading a version another writer
-    /// is about to replace; PostgreSQL locks rows as they are read for update.
+    /// Starts a transaction. SQLite takes the write lock at the start (BEGIN IMMEDIATE, sent with the
+    /// first read), so that writers in other processes on the same file wait (busy_timeout) instead
+    /// of reading a version another writer is about to replace; PostgreSQL locks rows as they are
+    /// read for update.
     pub async fn begin(&self) -> Result<Tx> {
         match self {
             Self::Pooled(pool) => Ok(Tx::Pooled(pool.begin().await.map_err(db_error)?)),
-            Self::Turns(turns) => {
-                let mut turn = Turn {
-                    held: turns.take().await?,
-                    open: true,
-                };
-                if let Err(error) = turn.execute("BEGIN IMMEDIATE").await {
-                    turn.open = false;
-                    return Err(db_error(error));
-                }
-                Ok(Tx::Turn(turn))
-            }
+            Self::Turns(turns) => Ok(Tx::Turn(Turn::new(turns.take().await?)?)),
         }
     }
 
@@ -128,6 +120,12 @@ pub(super) fn held_connection(held: &mut Option<AnyConnection>) -> &mut AnyConne
 }
 
 /// A write transaction's connection.
+///
+/// Statements go through [`Tx::statement`]. On PostgreSQL each runs when asked. On SQLite, where
+/// every write waits for the one in progress, a transaction's statements are sent together: BEGIN
+/// with the first reads, the writes with COMMIT (or with the next read), each group one round trip
+/// to sqlx's SQLite worker thread instead of one per statement. What a write's outcome means
+/// ([`Expect`]) is checked either way, and on SQLite before COMMIT runs.
 pub(super) enum Tx {
     /// Rolled back by sqlx if dropped uncommitted.
     Pooled(sqlx::Transaction<'static, sqlx::Any>),
@@ -135,11 +133,55 @@ pub(super) enum Tx {
 }
 
 impl Tx {
+    /// A statement of this transaction; its values are bound in order with [`Statement::bind`].
+    pub fn statement(&mut self, sql: &'static str) -> Statement<'_> {
+        let error = match self {
+            Self::Pooled(_) => None,
+            Self::Turn(turn) => turn.pending.add(sql).err(),
+        };
+        Statement {
+            tx: self,
+            sql,
+            values: AnyArguments::default(),
+            error,
+            queued: false,
+        }
+    }
+
+    /// The rows of a read asked for with [`Statement::later`] (sending what waits, on SQLite).
+    pub async fn rows(&mut self, read: Later) -> Result<Vec<AnyRow>> {
+        match (self, read) {
+            (_, Later::Rows(rows)) => Ok(rows),
+            (Self::Turn(turn), Later::Queued(id)) => {
+                if !turn.answers.contains_key(&id) {
+                    turn.send().await?;
+                }
+                Ok(turn.answers.remove(&id).unwrap_or_default())
+            }
+            (Self::Pooled(_), Later::Queued(_)) => Err(Error::Internal(anyhow::anyhow!(
+                "a queued read on a pooled transaction"
+            ))),
+        }
+    }
+
+    /// The connection, with every statement asked for so far run (for reads made by other code).
+    pub async fn connection(&mut self) -> Result<&mut AnyConnection> {
+        match self {
+            Self::Pooled(tx) => Ok(&mut **tx),
+            Self::Turn(turn) => {
+                turn.send().await?;
+                Ok(held_connection(&mut turn.held))
+            }
+        }
+    }
+
     pub async fn commit(self) -> Result<()> {
         match self {
             Self::Pooled(tx) => tx.commit().await.map_err(db_error),
             Self::Turn(mut turn) => {
-                turn.execute("COMMIT").await.map_err(db_error)?;
+                turn.pending.add("COMMIT")?;
+                turn.pending.checks.push(Check::Plain);
+                turn.send().await?;
                 turn.open = false;
                 Ok(())
             }
@@ -147,36 +189,250 @@ impl Tx {
     }
 }
 
-impl Deref for Tx {
-    type Target = AnyConnection;
+/// What a write's outcome means beyond success or failure.
+#[derive(Debug, Default)]
+pub(super) struct Expect {
+    /// The error a unique-constraint violation by this statement stands for.
+    pub conflict: Option<Error>,
+    /// The number of rows it must change, and what another number means.
+    pub changes: Option<(u64, String)>,
+}
 
-    fn deref(&self) -> &AnyConnection {
-        match self {
-            Self::Pooled(tx) => tx,
-            Self::Turn(turn) => turn.held.as_ref().expect("a turn holds a connection"),
+impl Expect {
+    fn check(self, outcome: sqlx::Result<AnyQueryResult>) -> Result<()> {
+        match outcome {
+            Ok(result) => match self.changes {
+                Some((rows, meaning)) if result.rows_affected() != rows => {
+                    Err(Error::Internal(anyhow::anyhow!(meaning)))
+                }
+                _ => Ok(()),
+            },
+            Err(error) => Err(self.failed(error)),
+        }
+    }
+
+    fn failed(self, error: sqlx::Error) -> Error {
+        if let sqlx::Error::Database(database) = &error
+            && database.is_unique_violation()
+            && let Some(conflict) = self.conflict
+        {
+            return conflict;
+        }
+        db_error(error)
+    }
+}
+
+/// A read asked for with [`Statement::later`].
+pub(super) enum Later {
+    /// Already run (PostgreSQL).
+    Rows(Vec<AnyRow>),
+    /// Queued in SQLite's batch under this number.
+    Queued(usize),
+}
+
+/// One statement of a [`Tx`], its values bound in order; run with [`Statement::run`] (a write),
+/// [`Statement::fetch_all`] or [`Statement::later`] (a read).
+pub(super) struct Statement<'t> {
+    tx: &'t mut Tx,
+    sql: &'static str,
+    /// PostgreSQL's values; SQLite's go straight into the transaction's batch.
+    values: AnyArguments,
+    error: Option<Error>,
+    /// Given to SQLite's batch whole: dropped before that, the batch is broken.
+    queued: bool,
+}
+
+impl Statement<'_> {
+    pub fn bind<'q, T: Encode<'q, sqlx::Any> + Type<sqlx::Any> + 'q>(mut self, value: T) -> Self {
+        let values = match &mut *self.tx {
+            Tx::Pooled(_) => &mut self.values,
+            Tx::Turn(turn) => &mut turn.pending.values,
+        };
+        if let Err(error) = values.add(value) {
+            self.error.get_or_insert_with(|| {
+                Error::Internal(anyhow::anyhow!("binding a value of a statement: {error}"))
+            });
+        }
+        self
+    }
+
+    /// Runs a write: now on PostgreSQL, with the transaction's next round trip on SQLite.
+    pub async fn run(mut self, expect: Expect) -> Result<()> {
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        match &mut *self.tx {
+            Tx::Pooled(tx) => {
+                let values = std::mem::take(&mut self.values);
+                expect.check(sqlx::query_with(self.sql, values).execute(&mut **tx).await)
+            }
+            Tx::Turn(turn) => {
+                let Expect { conflict, changes } = expect;
+                turn.pending.checks.push(Check::Write(conflict));
+                self.queued = true;
+                if let Some((rows, meaning)) = changes {
+                    // The batch runs to its end (COMMIT included) before its outcomes are read,
+                    // so the number of rows changed is checked inside it, by the next statement.
+                    turn.pending.add(CHANGES_GUARD)?;
+                    if let Err(error) = turn.pending.values.add(i64::try_from(rows).unwrap_or(-1)) {
+                        turn.pending.broken = true;
+                        return Err(Error::Internal(anyhow::anyhow!("{error}")));
+                    }
+                    turn.pending.checks.push(Check::Changes(meaning));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks for a read's rows, to be had with [`Tx::rows`]: PostgreSQL runs it now, SQLite with
+    /// the transaction's next round trip (so several reads can go in one).
+    pub async fn later(mut self) -> Result<Later> {
+        self.queue().await
+    }
+
+    /// Runs a read (with every statement before it, on SQLite) and returns its rows.
+    pub async fn fetch_all(mut self) -> Result<Vec<AnyRow>> {
+        let read = self.queue().await?;
+        self.tx.rows(read).await
+    }
+
+    /// Runs a read of at most one row.
+    pub async fn fetch_optional(self) -> Result<Option<AnyRow>> {
+        Ok(self.fetch_all().await?.into_iter().next())
+    }
+
+    async fn queue(&mut self) -> Result<Later> {
+        if let Some(error) = self.error.take() {
+            return Err(error);
+        }
+        match &mut *self.tx {
+            Tx::Pooled(tx) => {
+                let values = std::mem::take(&mut self.values);
+                let rows = sqlx::query_with(self.sql, values)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                Ok(Later::Rows(rows))
+            }
+            Tx::Turn(turn) => {
+                let id = turn.reads;
+                turn.reads += 1;
+                turn.pending.checks.push(Check::Read(id));
+                self.queued = true;
+                Ok(Later::Queued(id))
+            }
         }
     }
 }
 
-impl DerefMut for Tx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match self {
-            Self::Pooled(tx) => tx,
-            Self::Turn(turn) => held_connection(&mut turn.held),
+impl Drop for Statement<'_> {
+    /// Not queued (an error while binding its values): SQLite's batch holds part of a statement, so
+    /// the transaction can only fail from here on.
+    fn drop(&mut self) {
+        if let Tx::Turn(turn) = &mut *self.tx
+            && !self.queued
+        {
+            turn.pending.broken = true;
         }
     }
+}
+
+/// Fails its batch when the write before it did not change the number of rows bound to it: SQLite's
+/// json() throws on text that is not JSON, which stops the batch before COMMIT.
+const CHANGES_GUARD: &str =
+    "SELECT CASE WHEN changes() = $1 THEN 0 ELSE json('changed another number of rows') END";
+
+/// What a statement in SQLite's batch is, for reading its outcome.
+enum Check {
+    /// BEGIN or COMMIT.
+    Plain,
+    /// A write, and the error a unique-constraint violation by it stands for.
+    Write(Option<Error>),
+    /// The [`CHANGES_GUARD`] after a write, and what its failure means.
+    Changes(String),
+    /// A read whose rows are kept under this number.
+    Read(usize),
 }
 
 /// A transaction on SQLite's writers' connection, the turn held until dropped.
 pub(super) struct Turn {
     held: OwnedMutexGuard<Option<AnyConnection>>,
-    /// Inside BEGIN, not yet committed.
+    /// BEGIN may have run, COMMIT has not.
     open: bool,
+    /// Statements not sent yet.
+    pending: Batch,
+    /// Reads queued so far (numbering them).
+    reads: usize,
+    /// Rows of sent reads not yet taken.
+    answers: std::collections::HashMap<usize, Vec<AnyRow>>,
 }
 
 impl Turn {
-    async fn execute(&mut self, statement: &'static str) -> sqlx::Result<()> {
-        held_connection(&mut self.held).execute(statement).await?;
+    fn new(held: OwnedMutexGuard<Option<AnyConnection>>) -> Result<Self> {
+        let mut pending = Batch::default();
+        pending.add("BEGIN IMMEDIATE")?;
+        pending.checks.push(Check::Plain);
+        Ok(Self {
+            held,
+            open: false,
+            pending,
+            reads: 0,
+            answers: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Sends the pending statements in one round trip, checks each outcome, and keeps the rows of
+    /// the reads.
+    async fn send(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.pending);
+        if batch.broken {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "a statement of this transaction was left half built"
+            )));
+        }
+        if batch.checks.is_empty() {
+            return Ok(());
+        }
+        self.open = true;
+        let statements = batch.checks.len();
+        let mut checks = batch.checks.into_iter();
+        let mut current = checks.next();
+        let mut done = 0;
+        let mut steps = held_connection(&mut self.held)
+            .fetch_many(sqlx::query_with(AssertSqlSafe(batch.sql), batch.values));
+        while let Some(step) = steps.next().await {
+            match (step, current.take()) {
+                (Ok(Either::Right(row)), Some(Check::Read(id))) => {
+                    self.answers.entry(id).or_default().push(row);
+                    current = Some(Check::Read(id));
+                }
+                (Ok(Either::Right(_)), check) => current = check,
+                (Ok(Either::Left(_)), check) => {
+                    if let Some(Check::Read(id)) = check {
+                        self.answers.entry(id).or_default();
+                    }
+                    done += 1;
+                    current = checks.next();
+                }
+                (Err(error), Some(Check::Write(Some(conflict)))) => {
+                    return Err(Expect {
+                        conflict: Some(conflict),
+                        changes: None,
+                    }
+                    .failed(error));
+                }
+                (Err(error), Some(Check::Changes(meaning))) => {
+                    return Err(Error::Internal(anyhow::Error::new(error).context(meaning)));
+                }
+                (Err(error), _) => return Err(db_error(error)),
+            }
+        }
+        if done != statements {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "{done} of {statements} statements ran"
+            )));
+        }
         Ok(())
     }
 }
@@ -191,23 +447,54 @@ impl Drop for Turn {
     }
 }
 
+/// Statements of a SQLite transaction to send together, their values bound in order.
+#[derive(Default)]
+struct Batch {
+    sql: String,
+    values: AnyArguments,
+    checks: Vec<Check>,
+    /// A statement was added but not completed.
+    broken: bool,
+}
+
+impl Batch {
+    /// Appends `sql`, its numbered placeholders (`$1`, `$2`, … in that order, as the store writes
+    /// them for both engines) made plain `?`, which SQLite binds in order across the statements of
+    /// one query.
+    fn add(&mut self, sql: &str) -> Result<()> {
+        if !self.sql.is_empty() {
+            self.sql.push_str(";\n");
+        }
+        let mut expected = 1usize;
+        let mut rest = sql;
+        while let Some(at) = rest.find(['$', '?']) {
+            self.sql.push_str(&rest[..at]);
+            let digits = rest[at + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len() - at - 1);
+            let number = &rest[at + 1..at + 1 + digits];
+            if rest[at..].starts_with('$') && number.parse() != Ok(expected)
+                || rest[at..].starts_with('?') && !number.is_empty()
+            {
+                self.broken = true;
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "a statement's placeholders are not $1, $2, … in order: {sql}"
+                )));
+            }
+            self.sql.push('?');
+            expected += 1;
+            rest = &rest[at + 1 + digits..];
+        }
+        self.sql.push_str(rest);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn count(writes: &Writes) -> i64 {
-        let mut held = match writes {
-            Writes::Turns(turns) => turns.take().await.unwrap(),
-            Writes::Pooled(_) => unreachable!("SQLite takes turns"),
-        };
-        sqlx::query_scalar("SELECT COUNT(*) FROM notes")
-            .fetch_one(held_connection(&mut held))
-            .await
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn sqlite_writes_take_turns_and_an_uncommitted_one_leaves_nothing() {
+    async fn sqlite_writes(table: &str) -> (tempfile::TempDir, Writes) {
         sqlx::any::install_default_drivers();
         let dir = tempfile::tempdir().unwrap();
         let url = format!(
@@ -221,28 +508,152 @@ mod tests {
             .unwrap();
         let writes = Writes::new(Backend::Sqlite, pool, Duration::from_millis(200));
         writes
-            .execute(sqlx::query("CREATE TABLE notes (text TEXT NOT NULL)"))
+            .execute(sqlx::query(AssertSqlSafe(table.to_owned())))
             .await
             .unwrap();
+        (dir, writes)
+    }
 
-        // Dropped uncommitted: rolled back, and the next writer gets its turn on a new connection.
+    async fn texts(writes: &Writes) -> Vec<String> {
+        let mut held = match writes {
+            Writes::Turns(turns) => turns.take().await.unwrap(),
+            Writes::Pooled(_) => unreachable!("SQLite takes turns"),
+        };
+        sqlx::query_scalar("SELECT text FROM notes ORDER BY text")
+            .fetch_all(held_connection(&mut held))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sqlite_writes_take_turns_and_an_uncommitted_one_leaves_nothing() {
+        let (_dir, writes) = sqlite_writes("CREATE TABLE notes (text TEXT NOT NULL)").await;
+
+        // Dropped uncommitted after its statements ran: rolled back, and the next writer gets its
+        // turn on a new connection.
         let mut dropped = writes.begin().await.unwrap();
-        sqlx::query("INSERT INTO notes (text) VALUES ('lost')")
-            .execute(&mut *dropped)
+        let returned = dropped
+            .statement("INSERT INTO notes (text) VALUES ($1) RETURNING text")
+            .bind("lost")
+            .fetch_all()
             .await
             .unwrap();
+        assert_eq!(returned.len(), 1);
         drop(dropped);
-        assert_eq!(count(&writes).await, 0);
+        assert!(texts(&writes).await.is_empty());
 
         let mut kept = writes.begin().await.unwrap();
-        sqlx::query("INSERT INTO notes (text) VALUES ('kept')")
-            .execute(&mut *kept)
+        kept.statement("INSERT INTO notes (text) VALUES ($1)")
+            .bind("kept")
+            .run(Expect::default())
             .await
             .unwrap();
         // Another writer waits for its turn, and gives up after the wait with UNAVAILABLE.
         let waited = writes.begin().await.err().expect("the turn is taken");
         assert!(matches!(waited, Error::Unavailable { .. }), "{waited:?}");
         kept.commit().await.unwrap();
-        assert_eq!(count(&writes).await, 1);
+        assert_eq!(texts(&writes).await, ["kept"]);
+    }
+
+    #[tokio::test]
+    async fn statements_sent_together_keep_their_values_and_their_meaning() {
+        let (_dir, writes) =
+            sqlite_writes("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)")
+                .await;
+        let insert = "INSERT INTO notes (id, text) VALUES ($1, $2)";
+
+        // Values land in their own statements, a read sees the writes before it, and one round
+        // trip commits the rest.
+        let mut tx = writes.begin().await.unwrap();
+        for (id, text) in [(1, "a"), (2, "b")] {
+            tx.statement(insert)
+                .bind(id)
+                .bind(text)
+                .run(Expect::default())
+                .await
+                .unwrap();
+        }
+        let seen = tx
+            .statement("SELECT text FROM notes WHERE id = $1")
+            .bind(2)
+            .fetch_optional()
+            .await
+            .unwrap()
+            .map(|row| sqlx::Row::get::<String, _>(&row, "text"));
+        assert_eq!(seen.as_deref(), Some("b"));
+        tx.statement("UPDATE notes SET text = $1 WHERE id = $2")
+            .bind("c")
+            .bind(1)
+            .run(Expect {
+                conflict: None,
+                changes: Some((1, "note 1 is gone".into())),
+            })
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(texts(&writes).await, ["b", "c"]);
+
+        // A unique violation is the error its statement said it stands for, and the transaction's
+        // other writes are undone.
+        let mut tx = writes.begin().await.unwrap();
+        tx.statement(insert)
+            .bind(3)
+            .bind("d")
+            .run(Expect::default())
+            .await
+            .unwrap();
+        tx.statement(insert)
+            .bind(4)
+            .bind("b")
+            .run(Expect {
+                conflict: Some(Error::AlreadyExists {
+                    resource: "notes/b".into(),
+                }),
+                changes: None,
+            })
+            .await
+            .unwrap();
+        let failed = tx.commit().await.unwrap_err();
+        assert!(
+            matches!(&failed, Error::AlreadyExists { resource } if resource == "notes/b"),
+            "{failed:?}"
+        );
+        assert_eq!(texts(&writes).await, ["b", "c"]);
+
+        // A write that must change one row and changes none fails the transaction.
+        let mut tx = writes.begin().await.unwrap();
+        tx.statement(insert)
+            .bind(5)
+            .bind("e")
+            .run(Expect::default())
+            .await
+            .unwrap();
+        tx.statement("UPDATE notes SET text = $1 WHERE id = $2")
+            .bind("f")
+            .bind(99)
+            .run(Expect {
+                conflict: None,
+                changes: Some((1, "note 99 is gone".into())),
+            })
+            .await
+            .unwrap();
+        let failed = tx.commit().await.unwrap_err();
+        assert!(
+            format!("{failed:?}").contains("note 99 is gone"),
+            "{failed:?}"
+        );
+        assert_eq!(texts(&writes).await, ["b", "c"]);
+
+        // Placeholders out of order cannot be sent in order: refused, nothing written.
+        let mut tx = writes.begin().await.unwrap();
+        let refused = tx
+            .statement("INSERT INTO notes (text, id) VALUES ($2, $1)")
+            .bind(6)
+            .bind("g")
+            .run(Expect::default())
+            .await;
+        assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
+        assert!(tx.commit().await.is_err());
+        assert_eq!(texts(&writes).await, ["b", "c"]);
     }
 }
