@@ -1031,25 +1031,27 @@ impl WriteTx {
         record: &OnboardingRecord,
         event: &EventRecord,
     ) -> Result<()> {
-        self.insert_events(&record.id, &record.tenant, std::slice::from_ref(event))
+        self.insert_events(&record.id, &record.tenant, &[(event.sequence, event)])
             .await
     }
 
-    /// Appends events to an onboarding's audit trail, many per statement.
+    /// Appends events to an onboarding's audit trail (each under the sequence number paired with
+    /// it), many per statement.
     async fn insert_events(
         &mut self,
         onboarding_id: &str,
         tenant: &str,
-        events: &[EventRecord],
+        events: &[(i64, &EventRecord)],
     ) -> Result<()> {
         for chunk in events.chunks(rows::EVENTS_PER_INSERT) {
             let mut query = self
                 .tx
-                .statement(rows::insert_events(self.backend, chunk.len()));
-            for event in chunk {
+                .statement(rows::insert_events(self.backend, chunk.len()))
+                .reserve(chunk.len() * rows::EVENT_VALUES);
+            for (sequence, event) in chunk {
                 query = query
                     .bind(onboarding_id)
-                    .bind(event.sequence)
+                    .bind(*sequence)
                     .bind(tenant)
                     .bind(event.event_time)
                     .bind(&event.actor)

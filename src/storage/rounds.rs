@@ -36,6 +36,18 @@ impl<Q: Send + 'static, A: Send + 'static> Rounds<Q, A> {
         tokio::spawn(async move {
             let mut waiting = Vec::new();
             while receiver.recv_many(&mut waiting, per_round).await > 0 {
+                // Before the round starts, the tasks that are ready to run get their turn: under
+                // load many of them are about to ask, and join this round instead of each waiting
+                // for one of their own. Idle, nothing else is ready and the round starts at once.
+                if waiting.len() < per_round {
+                    tokio::task::yield_now().await;
+                    while waiting.len() < per_round {
+                        match receiver.try_recv() {
+                            Ok(request) => waiting.push(request),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 let (asked, replies): (Vec<Q>, Vec<_>) = waiting
                     .drain(..)
                     .map(|waiting| (waiting.request, waiting.reply))
@@ -85,5 +97,46 @@ fn shared(error: &Error) -> Error {
             source: anyhow::anyhow!(chain),
         },
         _ => Error::Internal(anyhow::anyhow!(chain)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn callers_ready_when_a_round_is_due_join_it() {
+        let rounds_run = Arc::new(AtomicUsize::new(0));
+        let counter = rounds_run.clone();
+        let rounds = Rounds::start(64, move |asked: Vec<u32>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(asked.into_iter().map(|n| n * 2).collect()) }
+        });
+        // The first caller asks (the round task is now due), and only then do 20 more become ready.
+        let (go, gate) = tokio::sync::watch::channel(false);
+        let others = (1..=20u32)
+            .map(|n| {
+                let (rounds, mut gate) = (rounds.clone(), gate.clone());
+                tokio::spawn(async move {
+                    gate.wait_for(|open| *open).await.unwrap();
+                    rounds.ask(n).await.unwrap()
+                })
+            })
+            .collect::<Vec<_>>();
+        tokio::task::yield_now().await;
+        let mut first = std::pin::pin!(rounds.ask(100));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        go.send(true).unwrap();
+        assert_eq!(first.await.unwrap(), 200);
+        for (n, other) in (1..=20u32).zip(others) {
+            assert_eq!(other.await.unwrap(), n * 2);
+        }
+        assert_eq!(
+            rounds_run.load(Ordering::SeqCst),
+            1,
+            "one round answered all 21"
+        );
     }
 }

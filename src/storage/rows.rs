@@ -152,7 +152,7 @@ pub const COUNT_AUDITED_READS: &str = "UPDATE onboardings SET last_event = last_
 /// Most events one INSERT writes.
 pub const EVENTS_PER_INSERT: usize = 64;
 /// Values bound per event by [`insert_events`].
-const EVENT_VALUES: usize = 11;
+pub const EVENT_VALUES: usize = 11;
 
 /// The INSERT of `n` events (1 ≤ n ≤ [`EVENTS_PER_INSERT`]), [`EVENT_VALUES`] values each, in the
 /// order of `INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method,

@@ -80,10 +80,9 @@ async fn write_round(
         let last: i64 = row.try_get("last_event").map_err(db_error)?;
         let mut events = Vec::with_capacity(members.len());
         for (offset, index) in (0..).zip(members) {
-            let mut event = reads[index].event.clone();
-            event.sequence = last - count + 1 + offset;
-            sequences[index] = Some(event.sequence);
-            events.push(event);
+            let sequence = last - count + 1 + offset;
+            sequences[index] = Some(sequence);
+            events.push((sequence, &reads[index].event));
         }
         tx.insert_events(onboarding_id, tenant, &events).await?;
     }

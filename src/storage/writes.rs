@@ -256,6 +256,15 @@ impl Statement<'_> {
         self
     }
 
+    /// Makes room for `values` more values (a statement of many rows).
+    pub fn reserve(mut self, values: usize) -> Self {
+        match &mut *self.tx {
+            Tx::Pooled(_) => self.values.reserve(values, 0),
+            Tx::Turn(turn) => turn.pending.values.reserve(values, 0),
+        }
+        self
+    }
+
     /// Runs a write: now on PostgreSQL, with the transaction's next round trip on SQLite.
     pub async fn run(mut self, expect: Expect) -> Result<()> {
         if let Some(error) = self.error.take() {
