@@ -569,18 +569,31 @@ mod tests {
         let (_dir, writes) =
             sqlite_writes("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE)")
                 .await;
-        let insert = "INSERT INTO notes (id, text) VALUES ($1, $2)";
+        /// Renames note `id`, which must exist.
+        async fn rename(tx: &mut Tx, id: i64, text: &str) -> Result<()> {
+            tx.statement("UPDATE notes SET text = $1 WHERE id = $2")
+                .bind(text.to_owned())
+                .bind(id)
+                .run(Expect {
+                    conflict: None,
+                    changes: Some((1, format!("note {id} is gone"))),
+                })
+                .await
+        }
+
+        async fn insert(tx: &mut Tx, id: i64, text: &str, expect: Expect) -> Result<()> {
+            tx.statement("INSERT INTO notes (id, text) VALUES ($1, $2)")
+                .bind(id)
+                .bind(text.to_owned())
+                .run(expect)
+                .await
+        }
 
         // Values land in their own statements, a read sees the writes before it, and one round
         // trip commits the rest.
         let mut tx = writes.begin().await.unwrap();
         for (id, text) in [(1, "a"), (2, "b")] {
-            tx.statement(insert)
-                .bind(id)
-                .bind(text)
-                .run(Expect::default())
-                .await
-                .unwrap();
+            insert(&mut tx, id, text, Expect::default()).await.unwrap();
         }
         let seen = tx
             .statement("SELECT text FROM notes WHERE id = $1")
@@ -590,38 +603,21 @@ mod tests {
             .unwrap()
             .map(|row| sqlx::Row::get::<String, _>(&row, "text"));
         assert_eq!(seen.as_deref(), Some("b"));
-        tx.statement("UPDATE notes SET text = $1 WHERE id = $2")
-            .bind("c")
-            .bind(1)
-            .run(Expect {
-                conflict: None,
-                changes: Some((1, "note 1 is gone".into())),
-            })
-            .await
-            .unwrap();
+        rename(&mut tx, 1, "c").await.unwrap();
         tx.commit().await.unwrap();
         assert_eq!(texts(&writes).await, ["b", "c"]);
 
         // A unique violation is the error its statement said it stands for, and the transaction's
         // other writes are undone.
         let mut tx = writes.begin().await.unwrap();
-        tx.statement(insert)
-            .bind(3)
-            .bind("d")
-            .run(Expect::default())
-            .await
-            .unwrap();
-        tx.statement(insert)
-            .bind(4)
-            .bind("b")
-            .run(Expect {
-                conflict: Some(Error::AlreadyExists {
-                    resource: "notes/b".into(),
-                }),
-                changes: None,
-            })
-            .await
-            .unwrap();
+        insert(&mut tx, 3, "d", Expect::default()).await.unwrap();
+        let conflict = Expect {
+            conflict: Some(Error::AlreadyExists {
+                resource: "notes/b".into(),
+            }),
+            changes: None,
+        };
+        insert(&mut tx, 4, "b", conflict).await.unwrap();
         let failed = tx.commit().await.unwrap_err();
         assert!(
             matches!(&failed, Error::AlreadyExists { resource } if resource == "notes/b"),
@@ -631,21 +627,8 @@ mod tests {
 
         // A write that must change one row and changes none fails the transaction.
         let mut tx = writes.begin().await.unwrap();
-        tx.statement(insert)
-            .bind(5)
-            .bind("e")
-            .run(Expect::default())
-            .await
-            .unwrap();
-        tx.statement("UPDATE notes SET text = $1 WHERE id = $2")
-            .bind("f")
-            .bind(99)
-            .run(Expect {
-                conflict: None,
-                changes: Some((1, "note 99 is gone".into())),
-            })
-            .await
-            .unwrap();
+        insert(&mut tx, 5, "e", Expect::default()).await.unwrap();
+        rename(&mut tx, 99, "f").await.unwrap();
         let failed = tx.commit().await.unwrap_err();
         assert!(
             format!("{failed:?}").contains("note 99 is gone"),
