@@ -726,7 +726,7 @@ impl WriteTx {
         };
         let onboarding = self
             .tx
-            .statement(query)
+            .read(query)
             .bind(tenant.as_str())
             .bind(environment.as_str())
             .later()
@@ -734,7 +734,7 @@ impl WriteTx {
         let result = match result_of {
             Some(request_id) => Some(
                 self.tx
-                    .statement(rows::SELECT_RESULT)
+                    .read(rows::SELECT_RESULT)
                     .bind(tenant.as_str())
                     .bind(request_id)
                     .later()
@@ -791,7 +791,7 @@ impl WriteTx {
         now: i64,
     ) -> Result<()> {
         self.tx
-            .statement(rows::INSERT_RESULT)
+            .write(rows::INSERT_RESULT)
             .bind(tenant.as_str())
             .bind(request_id)
             .bind(&result.method)
@@ -813,7 +813,7 @@ impl WriteTx {
     /// environment is [`Error::AlreadyExists`], even when created concurrently.
     pub async fn insert_onboarding(&mut self, record: &OnboardingRecord) -> Result<()> {
         self.tx
-            .statement(rows::INSERT_ONBOARDING)
+            .write(rows::INSERT_ONBOARDING)
             .bind(&record.id)
             .bind(&record.tenant)
             .bind(record.environment.as_str())
@@ -860,7 +860,7 @@ impl WriteTx {
             )));
         }
         self.tx
-            .statement(rows::UPDATE_ONBOARDING)
+            .write(rows::UPDATE_ONBOARDING)
             .bind(after.state.as_str())
             .bind(after.blocked_on.as_str())
             .bind(after.version)
@@ -912,7 +912,7 @@ impl WriteTx {
     ) -> Result<()> {
         let resource_id = creditor.name.rsplit('/').next().unwrap_or_default();
         self.tx
-            .statement(rows::INSERT_CREDITOR)
+            .write(rows::INSERT_CREDITOR)
             .bind(&creditor.id)
             .bind(&record.id)
             .bind(&record.tenant)
@@ -942,7 +942,7 @@ impl WriteTx {
         creditor: &CreditorRecord,
     ) -> Result<()> {
         self.tx
-            .statement(rows::UPDATE_CREDITOR)
+            .write(rows::UPDATE_CREDITOR)
             .bind(&creditor.company_name)
             .bind(&creditor.title)
             .bind(&creditor.creditor_public_id)
@@ -965,7 +965,7 @@ impl WriteTx {
         sealed: &Sealed,
     ) -> Result<()> {
         self.tx
-            .statement(rows::UPSERT_CREDENTIAL)
+            .write(rows::UPSERT_CREDENTIAL)
             .bind(&record.id)
             .bind(&credential.scope)
             .bind(credential.field.as_str())
@@ -990,7 +990,7 @@ impl WriteTx {
         field: CredentialField,
     ) -> Result<()> {
         self.tx
-            .statement(rows::DELETE_CREDENTIAL)
+            .write(rows::DELETE_CREDENTIAL)
             .bind(&record.id)
             .bind(scope)
             .bind(field.as_str())
@@ -1006,7 +1006,7 @@ impl WriteTx {
         stage: &StageRecord,
     ) -> Result<()> {
         self.tx
-            .statement(rows::UPSERT_STAGE)
+            .write(rows::UPSERT_STAGE)
             .bind(&record.id)
             .bind(creditor_id)
             .bind(stage.stage.as_str())
@@ -1046,7 +1046,7 @@ impl WriteTx {
         for chunk in events.chunks(rows::EVENTS_PER_INSERT) {
             let mut query = self
                 .tx
-                .statement(rows::insert_events(self.backend, chunk.len()))
+                .write(rows::insert_events(self.backend, chunk.len()))
                 .reserve(chunk.len() * rows::EVENT_VALUES);
             for (sequence, event) in chunk {
                 query = query

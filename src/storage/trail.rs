@@ -69,7 +69,7 @@ async fn write_round(
         let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
         let moved = tx
             .tx
-            .statement(rows::COUNT_AUDITED_READS)
+            .read(rows::COUNT_AUDITED_READS)
             .bind(count)
             .bind(onboarding_id)
             .bind(tenant)
