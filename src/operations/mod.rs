@@ -358,6 +358,18 @@ impl Operations {
         if conventions.first_write && mutation.validate_only {
             return Ok(Committed::Stored(record));
         }
+        // Each row is written once per transaction (see storage::writes): a change may not both
+        // store and remove one credential.
+        if written.removed.iter().any(|(scope, field)| {
+            written
+                .secrets
+                .iter()
+                .any(|(c, _)| c.scope == *scope && c.field == *field)
+        }) {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "a change both stored and removed one credential"
+            )));
+        }
         tx.update_onboarding(&before, &record).await?;
         for (credential, sealed) in &written.secrets {
             tx.put_credential(&record, credential, sealed).await?;

@@ -218,6 +218,8 @@ impl Tx {
 }
 
 /// A PostgreSQL transaction on a pooled connection (rolled back by sqlx if dropped uncommitted).
+/// The parts of one statement must not write the same row twice (PostgreSQL would apply one of them):
+/// the store writes each row at most once per transaction.
 pub(super) struct Pooled {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     /// Writes not sent yet, their placeholders numbered on from those before them.
@@ -543,12 +545,13 @@ impl Turn {
     /// Sends the pending statements in one round trip, checks each outcome, and keeps the rows of
     /// the reads.
     async fn send(&mut self) -> Result<()> {
-        let batch = std::mem::take(&mut self.pending);
-        if batch.broken {
+        if self.pending.broken {
+            // Stays broken: what waits is not sent, and the transaction can never commit.
             return Err(Error::Internal(anyhow::anyhow!(
                 "a statement of this transaction was left half built"
             )));
         }
+        let batch = std::mem::take(&mut self.pending);
         if batch.checks.is_empty() {
             return Ok(());
         }
@@ -820,6 +823,21 @@ mod tests {
             format!("{failed:?}").contains("note 99 is gone"),
             "{failed:?}"
         );
+        assert_eq!(texts(writes).await, ["b", "c"]);
+
+        // A statement left unfinished (bound, then dropped instead of run: an error while building
+        // it) fails the transaction for good: not even the writes queued before it are committed.
+        let mut tx = writes.begin().await.unwrap();
+        insert(&mut tx, 7, "h", Expect::default()).await.unwrap();
+        let unfinished = tx.write("UPDATE notes SET text = $1 WHERE id = $2");
+        drop(unfinished.bind("z").bind(99));
+        let read = tx
+            .read("SELECT text FROM notes")
+            .fetch_all()
+            .await
+            .map(|rows| rows.len());
+        assert!(matches!(read, Err(Error::Internal(_))), "{read:?}");
+        assert!(tx.commit().await.is_err());
         assert_eq!(texts(writes).await, ["b", "c"]);
     }
 }
