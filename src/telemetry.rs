@@ -11,6 +11,8 @@ use crate::config::LogFormat;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
@@ -59,7 +61,9 @@ pub fn init(
 ) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_new(filter)?;
     let logs = match format {
+        // Colours only for a terminal: a log file or collector gets plain text.
         LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -76,14 +80,26 @@ pub fn init(
             .with_tracer(provider.tracer("billecta-onboarding"))
             .with_tracked_inactivity(false)
     });
+    let tracing = traces.is_some();
     let installed = tracing_subscriber::registry()
         .with(filter)
         .with(logs)
         .with(traces)
         .try_init();
     // Already installed (a second server in one test process): keep the first.
-    drop(installed);
+    if installed.is_ok() {
+        EXPORTING.store(tracing, Ordering::Relaxed);
+    }
     Ok(Telemetry { provider })
+}
+
+/// Whether spans go to a collector (the installed subscriber exports them).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: fields that only a trace shows (`otel.*`, the call's status on its
+/// span) are given only then, since the log formatter renders every field it is given.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
 }
 
 fn tracer_provider(export: &TraceExport) -> anyhow::Result<SdkTracerProvider> {

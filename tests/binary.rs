@@ -34,13 +34,18 @@ impl Service {
     }
 
     fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_logging("json", extra_args)
+    }
+
+    /// Started with its logs in `format` (`json` or `human`).
+    fn start_logging(format: &str, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(BINARY)
             .args([
                 "--listen",
                 "127.0.0.1:0",
                 "--log-format",
-                "json",
+                format,
                 "--log",
                 "debug,sqlx=warn,h2=warn,tower=warn,hyper=warn",
             ])
@@ -64,9 +69,14 @@ impl Service {
         let deadline = Instant::now() + Duration::from_secs(20);
         let address = loop {
             let found = logs.lock().unwrap().iter().find_map(|line| {
-                let entry: serde_json::Value = serde_json::from_str(line).ok()?;
-                (entry["message"] == "serving gRPC")
-                    .then(|| entry["address"].as_str().unwrap().to_owned())
+                if let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) {
+                    return (entry["message"] == "serving gRPC")
+                        .then(|| entry["address"].as_str().unwrap().to_owned());
+                }
+                // The human format: `… serving gRPC address=127.0.0.1:…`.
+                let (_, after) = line.split_once("serving gRPC")?;
+                let (_, address) = after.split_once("address=")?;
+                Some(address.split_whitespace().next()?.to_owned())
             });
             if let Some(address) = found {
                 break address;
@@ -490,4 +500,63 @@ fn reencrypt_runs_against_the_configured_database() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("re-encrypted 0 secret(s)"), "{stdout}");
+}
+
+#[test]
+fn human_logs_are_plain_text_and_name_the_call_on_each_line() {
+    let service = Service::start_logging("human", &[]);
+    service.wait_for_serving();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use billecta_onboarding::proto;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", service.address))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        let mut client = proto::onboarding_service_client::OnboardingServiceClient::new(channel);
+        let mut request = tonic::Request::new(proto::GetOnboardingRequest {
+            name: "tenants/gp/environments/test".into(),
+        });
+        let metadata = request.metadata_mut();
+        metadata.insert("x-request-id", "plain-text-7".parse().unwrap());
+        metadata.insert(
+            "authorization",
+            format!("Bearer {TEST_API_KEY}").parse().unwrap(),
+        );
+        let status = client.get_onboarding(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = service.logs.lock().unwrap().clone();
+        let finished = lines
+            .iter()
+            .find(|line| line.contains("plain-text-7") && line.contains("call finished"));
+        if let Some(line) = finished {
+            // The call's span: its request id, method and caller; its status on the line.
+            for part in [
+                "request_id=plain-text-7",
+                "method=GetOnboarding",
+                "caller=\"binary-tests\"",
+                "grpc_status=NotFound",
+            ] {
+                assert!(line.contains(part), "{part} missing from {line}");
+            }
+            // Fields only a trace needs stay out of the logs when no traces are exported.
+            assert!(!line.contains("otel."), "{line}");
+            // Not a terminal: no colour codes in the file an operator reads.
+            assert!(
+                lines.iter().all(|line| !line.contains('\u{1b}')),
+                "{lines:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line of the call's end: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -91,37 +91,12 @@ where
             .and_then(|value| value.to_str().ok())
             .filter(|value| is_acceptable_id(value))
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %request.uri().path().trim_start_matches('/'),
-            otel.kind = "server",
-            request_id = %correlation_id,
-            method = %method,
-            caller = tracing::field::Empty,
-            tenant = tracing::field::Empty,
-            environment = tracing::field::Empty,
-            stage = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            grpc_status = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        continue_trace(&span, request.headers());
-        request
-            .extensions_mut()
-            .insert(CorrelationId(correlation_id.clone()));
         let path = request.uri().path();
-        let full_path = path.to_owned();
+        let method = path.rsplit('/').next().unwrap_or_default();
         let public = path.starts_with("/grpc.health.v1.Health/")
             || (self.public_reflection && path.starts_with("/grpc.reflection."));
-        let refused = if public {
-            None
+        let (caller, refused) = if public {
+            (None, None)
         } else {
             let by_key = bearer(request.headers()).map(|key| self.callers.authenticate(key));
             let by_certificate = || {
@@ -134,17 +109,45 @@ where
                 self.callers.authenticate_certificate(first.as_ref())
             };
             match by_key.unwrap_or_else(by_certificate).cloned() {
-                Some(caller) => {
-                    span.record("caller", caller.name.as_str());
-                    request.extensions_mut().insert(caller);
-                    None
-                }
-                None if by_key.is_some() => Some("the API key is not valid"),
-                None => Some(
-                    "a credential is required: send \"authorization: Bearer <API key>\" or a client certificate",
+                Some(caller) => (Some(caller), None),
+                None if by_key.is_some() => (None, Some("the API key is not valid")),
+                None => (
+                    None,
+                    Some(
+                        "a credential is required: send \"authorization: Bearer <API key>\" or a client certificate",
+                    ),
                 ),
             }
         };
+        // Fields are rendered for the logs as they are given: what only a trace needs is given only
+        // when traces are exported, and the rest at once rather than recorded one by one.
+        let exporting = crate::telemetry::exporting();
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            request_id = %correlation_id,
+            method = %method,
+            caller = caller.as_ref().map(|caller| caller.name.as_str()),
+            tenant = tracing::field::Empty,
+            environment = tracing::field::Empty,
+            stage = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            grpc_status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if exporting {
+            span.record("otel.name", path.trim_start_matches('/'));
+            span.record("otel.kind", "server");
+        }
+        continue_trace(&span, request.headers());
+        let full_path = path.to_owned();
+        request
+            .extensions_mut()
+            .insert(CorrelationId(correlation_id.clone()));
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(caller);
+        }
         let permit = self.admission.clone().try_acquire_owned();
         // The service that was polled ready is the one to call; leave a fresh clone behind.
         let fresh = self.inner.clone();
@@ -177,22 +180,24 @@ where
                     .and_then(|code| code.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from);
                 crate::metrics::metrics().rpc(&full_path, status, started.elapsed());
-                let span = tracing::Span::current();
-                span.record("grpc_status", format_args!("{status:?}"));
-                if !matches!(
-                    status,
-                    tonic::Code::Ok
-                        | tonic::Code::NotFound
-                        | tonic::Code::AlreadyExists
-                        | tonic::Code::InvalidArgument
-                        | tonic::Code::FailedPrecondition
-                        | tonic::Code::Aborted
-                ) {
-                    span.record("otel.status_code", "ERROR");
+                if exporting {
+                    let span = tracing::Span::current();
+                    span.record("grpc_status", format_args!("{status:?}"));
+                    if !matches!(
+                        status,
+                        tonic::Code::Ok
+                            | tonic::Code::NotFound
+                            | tonic::Code::AlreadyExists
+                            | tonic::Code::InvalidArgument
+                            | tonic::Code::FailedPrecondition
+                            | tonic::Code::Aborted
+                    ) {
+                        span.record("otel.status_code", "ERROR");
+                    }
                 }
                 let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
                 if status == tonic::Code::Ok {
-                    tracing::debug!(elapsed_ms, "call finished");
+                    tracing::debug!(elapsed_ms, grpc_status = ?status, "call finished");
                 } else {
                     tracing::info!(elapsed_ms, grpc_status = ?status, "call finished");
                 }
