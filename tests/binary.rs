@@ -110,6 +110,15 @@ impl Service {
         }
     }
 
+    /// A gRPC channel to it.
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     fn log_lines(&self) -> Vec<serde_json::Value> {
         self.logs
             .lock()
@@ -235,12 +244,7 @@ fn json_logs_carry_the_request_id_and_sigterm_drains_cleanly() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         use billecta_onboarding::proto;
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", service.address))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+        let channel = service.channel().await;
         let mut client =
             proto::onboarding_service_client::OnboardingServiceClient::with_interceptor(
                 channel,
@@ -509,12 +513,7 @@ fn human_logs_are_plain_text_and_name_the_call_on_each_line() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         use billecta_onboarding::proto;
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{}", service.address))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+        let channel = service.channel().await;
         let mut client = proto::onboarding_service_client::OnboardingServiceClient::new(channel);
         let mut request = tonic::Request::new(proto::GetOnboardingRequest {
             name: "tenants/gp/environments/test".into(),
