@@ -397,9 +397,9 @@ async fn watch_database(
 
 /// SERVING when the database answers within the check interval (at least 500 ms).
 async fn database_status(store: &Store, interval: Duration) -> ServingStatus {
-    match tokio::time::timeout(interval.max(Duration::from_millis(500)), store.ping()).await {
-        Ok(Ok(())) => ServingStatus::Serving,
-        _ => ServingStatus::NotServing,
+    match store.ping(interval.max(Duration::from_millis(500))).await {
+        Ok(()) => ServingStatus::Serving,
+        Err(_) => ServingStatus::NotServing,
     }
 }
 

@@ -58,6 +58,8 @@ pub struct Store {
     /// False while the health check cannot reach the database: calls are refused at once with
     /// UNAVAILABLE instead of each waiting out the pool's acquire timeout.
     reachable: Arc<AtomicBool>,
+    /// The health check's own connection: a pool busy with calls is not a database away.
+    health: Arc<writes::KeptConnection>,
     snapshots: Arc<fresh::Snapshots>,
     rows: fresh::Rows,
     trail: trail::Trail,
@@ -164,6 +166,10 @@ impl Store {
                 writes::KeptConnection::new(reader.clone(), options.acquire_timeout),
             ),
             trail: trail::Trail::start(backend, writes.clone()),
+            health: Arc::new(writes::KeptConnection::new(
+                reader.clone(),
+                options.acquire_timeout,
+            )),
             reader,
             writes,
             reachable: Arc::new(AtomicBool::new(true)),
@@ -184,13 +190,34 @@ impl Store {
         Ok(())
     }
 
-    /// Checks that the database answers, whatever the last check said.
-    pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+    /// Whether the database answers `SELECT 1` within `within`, on a connection kept for this (taken
+    /// from the pool only at first and after a failure), so that a pool whose connections are all
+    /// busy with calls is not taken for a database that cannot be reached. A connection that failed
+    /// or did not answer in time is dropped.
+    pub async fn ping(&self, within: Duration) -> Result<()> {
+        let answered = tokio::time::timeout(within, async {
+            let mut held = self.health.take().await?;
+            let outcome = sqlx::query("SELECT 1")
+                .execute(writes::held_connection(&mut held))
+                .await;
+            if outcome.is_err() {
+                *held = None;
+            }
+            outcome.map(|_| ()).map_err(db_error)
+        })
+        .await;
+        match answered {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                // Abandoned mid-query: the connection's state is unknown.
+                self.health.forget();
+                Err(Error::Unavailable {
+                    what: "the database",
+                    retry_after: Duration::from_secs(1),
+                    source: anyhow::anyhow!("no answer to the health check within {within:?}"),
+                })
+            }
+        }
     }
 
     /// Records what the health check found: while unreachable, every call is refused at once.
@@ -1115,4 +1142,35 @@ fn database_url(database: &str) -> anyhow::Result<(Backend, String)> {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok((Backend::Sqlite, format!("sqlite://{database}?mode=rwc")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pool_busy_with_calls_is_not_a_database_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&StoreOptions {
+            database: dir.path().join("busy.sqlite3").display().to_string(),
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            cached_onboardings: 0,
+        })
+        .await
+        .unwrap();
+        let within = Duration::from_millis(300);
+        store.ping(within).await.unwrap();
+        // Every pooled connection taken by calls, and held longer than the check waits.
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            busy.push(store.reader.acquire().await.unwrap());
+        }
+        store
+            .ping(within)
+            .await
+            .expect("the database still answers");
+        drop(busy);
+        store.close().await;
+    }
 }

@@ -120,6 +120,15 @@ impl KeptConnection {
     }
 }
 
+impl KeptConnection {
+    /// Drops the kept connection, if no one holds it now; the next user takes a new one.
+    pub fn forget(&self) {
+        if let Ok(mut held) = self.held.try_lock() {
+            *held = None;
+        }
+    }
+}
+
 /// The connection of a turn [`KeptConnection::take`] gave.
 pub(super) fn held_connection(held: &mut Option<AnyConnection>) -> &mut AnyConnection {
     held.as_mut().expect("a turn is given with a connection")
