@@ -825,14 +825,13 @@ impl WriteTx {
             .bind(&result.request_hash)
             .bind(&result.response)
             .bind(now)
-            .run(Expect {
+            .run(Expect::conflict(
                 // Another call of this tenant stored a result under the same id meanwhile (the same
                 // call is serialised by the onboarding lock, so this one is a different request).
-                conflict: Some(Error::RequestIdReused {
+                Error::RequestIdReused {
                     request_id: request_id.to_owned(),
-                }),
-                changes: None,
-            })
+                },
+            ))
             .await
     }
 
@@ -853,12 +852,9 @@ impl WriteTx {
             .bind(record.create_time)
             .bind(record.update_time)
             .bind(record.revision)
-            .run(Expect {
-                conflict: Some(Error::AlreadyExists {
-                    resource: record.key().name(),
-                }),
-                changes: None,
-            })
+            .run(Expect::conflict(Error::AlreadyExists {
+                resource: record.key().name(),
+            }))
             .await?;
         for stage in &record.stages {
             self.upsert_stage(record, "", stage).await?;
@@ -900,13 +896,10 @@ impl WriteTx {
             .bind(&after.tenant)
             .bind(before.version)
             .bind(before.revision)
-            .run(Expect {
-                conflict: None,
-                changes: Some((
-                    1,
-                    format!("onboarding {} changed underneath a locked update", after.id),
-                )),
-            })
+            .run(Expect::changes(
+                1,
+                format!("onboarding {} changed underneath a locked update", after.id),
+            ))
             .await?;
         for stage in &after.stages {
             if !before.stages.contains(stage) {
@@ -954,12 +947,9 @@ impl WriteTx {
             .bind(rows::json_opt(&creditor.webhooks)?)
             .bind(record.update_time)
             .bind(record.update_time)
-            .run(Expect {
-                conflict: Some(Error::AlreadyExists {
-                    resource: creditor.name.clone(),
-                }),
-                changes: None,
-            })
+            .run(Expect::conflict(Error::AlreadyExists {
+                resource: creditor.name.clone(),
+            }))
             .await
     }
 

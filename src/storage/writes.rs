@@ -118,9 +118,7 @@ impl KeptConnection {
         }
         Ok(held)
     }
-}
 
-impl KeptConnection {
     /// Drops the kept connection, if no one holds it now; the next user takes a new one.
     pub fn forget(&self) {
         if let Ok(mut held) = self.held.try_lock() {
@@ -325,22 +323,44 @@ fn renumber(sql: &'static str, offset: usize) -> Result<Cow<'static, str>> {
         return Ok(Cow::Borrowed(sql));
     }
     let mut numbered = String::with_capacity(sql.len() + 16);
+    copy_placeholders(sql, &mut numbered, |out, number| {
+        match number {
+            Some(number) => out.push_str(&format!("${}", number + offset)),
+            None => out.push('?'),
+        }
+        Ok(())
+    })?;
+    Ok(Cow::Owned(numbered))
+}
+
+/// Copies `sql` to `out`, each placeholder written by `write` from its number (`$n`), or `None` for
+/// a plain `?`; a placeholder that is neither is an error.
+fn copy_placeholders(
+    sql: &str,
+    out: &mut String,
+    mut write: impl FnMut(&mut String, Option<usize>) -> Result<()>,
+) -> Result<()> {
     let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        numbered.push_str(&rest[..at]);
+    while let Some(at) = rest.find(['$', '?']) {
+        out.push_str(&rest[..at]);
         let digits = rest[at + 1..]
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len() - at - 1);
-        let number: usize = rest[at + 1..at + 1 + digits].parse().map_err(|_| {
-            Error::Internal(anyhow::anyhow!(
-                "a statement's placeholder is not $n: {sql}"
-            ))
-        })?;
-        numbered.push_str(&format!("${}", number + offset));
+        let number = &rest[at + 1..at + 1 + digits];
+        let number = match (&rest[at..at + 1], number.parse()) {
+            ("$", Ok(number)) => Some(number),
+            ("?", _) if number.is_empty() => None,
+            _ => {
+                return Err(Error::Internal(anyhow::anyhow!(
+                    "a statement's placeholder is neither $n nor ?: {sql}"
+                )));
+            }
+        };
+        write(out, number)?;
         rest = &rest[at + 1 + digits..];
     }
-    numbered.push_str(rest);
-    Ok(Cow::Owned(numbered))
+    out.push_str(rest);
+    Ok(())
 }
 
 /// What a write's outcome means beyond success or failure.
@@ -353,6 +373,22 @@ pub(super) struct Expect {
 }
 
 impl Expect {
+    /// A write whose unique-constraint violation stands for `error`.
+    pub fn conflict(error: Error) -> Self {
+        Self {
+            conflict: Some(error),
+            changes: None,
+        }
+    }
+
+    /// A write that must change `rows` rows; another number is an internal error saying `meaning`.
+    pub fn changes(rows: u64, meaning: String) -> Self {
+        Self {
+            conflict: None,
+            changes: Some((rows, meaning)),
+        }
+    }
+
     fn check(self, outcome: sqlx::Result<AnyQueryResult>) -> Result<()> {
         match outcome {
             Ok(result) => self.changed(result.rows_affected()),
@@ -595,11 +631,7 @@ impl Turn {
                     current = checks.next();
                 }
                 (Err(error), Some(Check::Write(Some(conflict)))) => {
-                    return Err(Expect {
-                        conflict: Some(conflict),
-                        changes: None,
-                    }
-                    .failed(error));
+                    return Err(Expect::conflict(conflict).failed(error));
                 }
                 (Err(error), Some(Check::Changes(meaning))) => {
                     return Err(Error::Internal(anyhow::Error::new(error).context(meaning)));
@@ -645,27 +677,20 @@ impl Batch {
             self.sql.push_str(";\n");
         }
         let mut expected = 1usize;
-        let mut rest = sql;
-        while let Some(at) = rest.find(['$', '?']) {
-            self.sql.push_str(&rest[..at]);
-            let digits = rest[at + 1..]
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len() - at - 1);
-            let number = &rest[at + 1..at + 1 + digits];
-            if rest[at..].starts_with('$') && number.parse() != Ok(expected)
-                || rest[at..].starts_with('?') && !number.is_empty()
-            {
-                self.broken = true;
+        let added = copy_placeholders(sql, &mut self.sql, |out, number| {
+            if number.is_some_and(|number| number != expected) {
                 return Err(Error::Internal(anyhow::anyhow!(
                     "a statement's placeholders are not $1, $2, … in order: {sql}"
                 )));
             }
-            self.sql.push('?');
+            out.push('?');
             expected += 1;
-            rest = &rest[at + 1 + digits..];
+            Ok(())
+        });
+        if added.is_err() {
+            self.broken = true;
         }
-        self.sql.push_str(rest);
-        Ok(())
+        added
     }
 }
 
@@ -781,10 +806,7 @@ mod tests {
             tx.write("UPDATE notes SET text = $1 WHERE id = $2")
                 .bind(text.to_owned())
                 .bind(id)
-                .run(Expect {
-                    conflict: None,
-                    changes: Some((1, format!("note {id} is gone"))),
-                })
+                .run(Expect::changes(1, format!("note {id} is gone")))
                 .await
         }
 
@@ -818,12 +840,9 @@ mod tests {
         // other writes are undone.
         let mut tx = writes.begin().await.unwrap();
         insert(&mut tx, 3, "d", Expect::default()).await.unwrap();
-        let conflict = Expect {
-            conflict: Some(Error::AlreadyExists {
-                resource: "notes/b".into(),
-            }),
-            changes: None,
-        };
+        let conflict = Expect::conflict(Error::AlreadyExists {
+            resource: "notes/b".into(),
+        });
         insert(&mut tx, 4, "b", conflict).await.unwrap();
         let failed = tx.commit().await.unwrap_err();
         assert!(
