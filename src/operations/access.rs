@@ -343,6 +343,7 @@ impl Operations {
                 .append_read_event(AuditedRead {
                     onboarding_id: record.id.clone(),
                     tenant: record.tenant.clone(),
+                    environment: record.environment,
                     revision: record.revision,
                     event,
                 })

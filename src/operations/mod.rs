@@ -24,7 +24,7 @@ use crate::domain::onboarding::{
 use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
 use crate::domain::{CredentialField, Micros, now_micros};
 use crate::error::{Error, Result};
-use crate::storage::{Store, StoredResult};
+use crate::storage::{Stamps, Store, StoredResult};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -378,13 +378,18 @@ impl Operations {
             tx.delete_credential(&record, scope, *field).await?;
         }
         tx.append_event(&record, &event).await?;
-        if conventions.save_result {
-            finish(tx, &key.tenant, mutation, &record, now).await?;
+        let stamps = if conventions.save_result {
+            finish(tx, &key.tenant, mutation, &record, now).await?
         } else {
-            tx.commit().await?;
-        }
-        self.store
-            .remember_write(&before, &record, &written.secrets, &written.removed);
+            tx.commit().await?
+        };
+        self.store.remember_write(
+            &before,
+            &record,
+            &written.secrets,
+            &written.removed,
+            &stamps,
+        );
         self.announce(&record.id, record.last_event);
         Ok(Committed::Stored(record))
     }
@@ -441,7 +446,7 @@ async fn finish(
     mutation: &Mutation,
     record: &OnboardingRecord,
     now: Micros,
-) -> Result<()> {
+) -> Result<Stamps> {
     if let Some(request_id) = &mutation.request_id {
         let stored = StoredResult {
             method: mutation.method.to_owned(),

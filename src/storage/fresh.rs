@@ -13,7 +13,12 @@
 //! current — the revision, and the audit trail's last event (audited reads move it on without
 //! changing anything else) — so under load many reads cost one small query, and a read whose
 //! onboarding is kept shares it rather than copying it.
+//!
+//! On SQLite the replicas are processes on one machine, and they share write generations
+//! ([`generations`](super::generations)): a read answers from what is kept without asking the database while no write
+//! of the onboarding has begun, in any of them, since what is kept was known to be current.
 
+use super::generations::{Generations, Slot};
 use super::rounds::Rounds;
 use super::writes::{KeptConnection, held_connection};
 use super::{Backend, db_error, rows};
@@ -24,6 +29,7 @@ use crate::domain::{CredentialField, Environment};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An onboarding as read at one revision, with its stored ciphertexts.
 #[derive(Debug)]
@@ -31,6 +37,9 @@ pub(super) struct Snapshot {
     pub record: Arc<OnboardingRecord>,
     /// (creditor id or '' for the environment, field, ciphertext).
     pub sealed: Vec<(String, CredentialField, Sealed)>,
+    /// The write generation it is known to be current at (SQLite; see [`generations`](super::generations)), or
+    /// [`UNSTAMPED`](super::generations::UNSTAMPED).
+    stamp: AtomicU64,
 }
 
 /// What a read asks of an onboarding's row: enough to tell whether what is kept is current.
@@ -42,6 +51,19 @@ pub(super) struct Head {
 }
 
 impl Snapshot {
+    /// `record` with its ciphertexts, current at generation `stamp`.
+    pub fn new(
+        record: Arc<OnboardingRecord>,
+        sealed: Vec<(String, CredentialField, Sealed)>,
+        stamp: u64,
+    ) -> Self {
+        Self {
+            record,
+            sealed,
+            stamp: AtomicU64::new(stamp),
+        }
+    }
+
     /// `head` (a row read now) with the children kept here.
     pub fn complete(&self, mut head: OnboardingRecord) -> OnboardingRecord {
         head.stages.clone_from(&self.record.stages);
@@ -51,8 +73,13 @@ impl Snapshot {
     }
 }
 
-/// Snapshots by onboarding id, at most `capacity` of them.
+/// Snapshots by onboarding (tenant and environment), at most `capacity` of them.
 pub(super) struct Snapshots(Bounded<Arc<Snapshot>>);
+
+/// The key of an onboarding's snapshot.
+fn key(tenant: &str, environment: Environment) -> String {
+    format!("{}/{tenant}", environment.as_str())
+}
 
 impl Snapshots {
     pub fn new(capacity: usize) -> Self {
@@ -61,36 +88,93 @@ impl Snapshots {
 
     /// The snapshot of `head`'s onboarding at `head`'s revision, if one is kept.
     pub fn get(&self, head: &OnboardingRecord) -> Option<Arc<Snapshot>> {
-        self.at(&head.id, head.revision)
+        self.at(&head.tenant, head.environment, &head.id, head.revision)
     }
 
-    fn at(&self, id: &str, revision: i64) -> Option<Arc<Snapshot>> {
+    fn at(
+        &self,
+        tenant: &str,
+        environment: Environment,
+        id: &str,
+        revision: i64,
+    ) -> Option<Arc<Snapshot>> {
+        self.0.get(&key(tenant, environment), |snapshot| {
+            snapshot.record.id == id && snapshot.record.revision == revision
+        })
+    }
+
+    /// The onboarding as kept, if no write of it can have begun since it was current: its slot is
+    /// still settled at the snapshot's stamp (see [`generations`](super::generations)).
+    pub fn settled(
+        &self,
+        tenant: &str,
+        environment: Environment,
+        generations: &Generations,
+    ) -> Option<Arc<OnboardingRecord>> {
+        let settled = generations.settled(Slot::of(tenant, environment))?;
         self.0
-            .get(id, |snapshot| snapshot.record.revision == revision)
+            .get(&key(tenant, environment), |snapshot| {
+                snapshot.stamp.load(Ordering::Acquire) == settled
+            })
+            .map(|snapshot| snapshot.record.clone())
     }
 
-    /// The onboarding as `head` (a row read now) shows it, if what is kept is of `head`'s revision.
-    /// Its audit trail may have moved on since (audited reads): then a copy with the new last event
-    /// is kept and given.
-    pub fn current(&self, head: &Head) -> Option<Arc<OnboardingRecord>> {
-        let kept = self.at(&head.id, head.revision)?;
+    /// The onboarding as `head` (a row read now) shows it, if what is kept is of `head`'s revision;
+    /// what is given is then current at `observed`, a generation its slot was settled at before the
+    /// row was read. Its audit trail may have moved on since (audited reads): then a copy with the
+    /// new last event is kept and given.
+    pub fn current(
+        &self,
+        tenant: &str,
+        environment: Environment,
+        head: &Head,
+        observed: u64,
+    ) -> Option<Arc<OnboardingRecord>> {
+        let kept = self.at(tenant, environment, &head.id, head.revision)?;
         if kept.record.last_event >= head.last_event {
+            kept.stamp.store(observed, Ordering::Release);
             return Some(kept.record.clone());
         }
         let mut record = OnboardingRecord::clone(&kept.record);
         record.last_event = head.last_event;
         let record = Arc::new(record);
-        self.put(Arc::new(Snapshot {
-            record: record.clone(),
-            sealed: kept.sealed.clone(),
-        }));
+        self.put(Arc::new(Snapshot::new(
+            record.clone(),
+            kept.sealed.clone(),
+            observed,
+        )));
         Some(record)
+    }
+
+    /// After audited reads moved an onboarding's trail on to `last_event` in a write stamped
+    /// `stamp`: what is kept of it, if of `revision`, with the trail's new end.
+    pub fn advance(
+        &self,
+        tenant: &str,
+        environment: Environment,
+        id: &str,
+        revision: i64,
+        last_event: i64,
+        stamp: u64,
+    ) {
+        let Some(kept) = self.at(tenant, environment, id, revision) else {
+            return;
+        };
+        let mut record = OnboardingRecord::clone(&kept.record);
+        record.last_event = record.last_event.max(last_event);
+        self.put(Arc::new(Snapshot::new(
+            Arc::new(record),
+            kept.sealed.clone(),
+            stamp,
+        )));
     }
 
     /// Keeps `snapshot` unless a newer one of the same onboarding is kept already.
     pub fn put(&self, snapshot: Arc<Snapshot>) {
-        let newest = (snapshot.record.revision, snapshot.record.last_event);
-        self.0.put(&snapshot.record.id.clone(), snapshot, |kept| {
+        let record = &snapshot.record;
+        let newest = (record.revision, record.last_event);
+        let key = key(&record.tenant, record.environment);
+        self.0.put(&key, snapshot, |kept| {
             (kept.record.revision, kept.record.last_event) > newest
         });
     }
@@ -114,7 +198,7 @@ impl Snapshots {
 
     /// Forgets the snapshot of an onboarding (its ciphertext did not open).
     pub fn forget(&self, record: &OnboardingRecord) {
-        self.0.remove(&record.id);
+        self.0.remove(&key(&record.tenant, record.environment));
     }
 }
 

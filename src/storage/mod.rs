@@ -8,11 +8,13 @@
 //! connection, which gives the same serialisation within the process.
 
 mod fresh;
+mod generations;
 mod rounds;
 mod rows;
 mod trail;
 mod writes;
 
+pub use generations::Stamps;
 pub use trail::AuditedRead;
 
 use crate::crypto::Sealed;
@@ -25,6 +27,7 @@ use crate::error::{Error, Result};
 use anyhow::Context;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -61,6 +64,9 @@ pub struct Store {
     /// The health check's own connection: a pool busy with calls is not a database away.
     health: Arc<writes::KeptConnection>,
     snapshots: Arc<fresh::Snapshots>,
+    /// Write generations shared by the processes on one SQLite file: reads of a kept onboarding
+    /// that none of them has written since need not ask the database (see [`fresh`]).
+    generations: Option<Arc<generations::Generations>>,
     rows: fresh::Rows,
     trail: trail::Trail,
 }
@@ -125,7 +131,7 @@ impl Store {
     /// Connects, creating the SQLite file (and its folder) if it does not exist.
     pub async fn connect(options: &StoreOptions) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
-        let (backend, url) = database_url(&options.database)?;
+        let (backend, url, file) = database_url(&options.database)?;
         let pool_options = || {
             AnyPoolOptions::new()
                 .acquire_timeout(options.acquire_timeout)
@@ -159,13 +165,29 @@ impl Store {
             Backend::Postgres => reader.clone(),
         };
         let writes = writes::Writes::new(backend, writer, options.acquire_timeout);
+        let generations = file.and_then(|file| match generations::Generations::open(&file) {
+            Ok(generations) => Some(Arc::new(generations)),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "write generations unavailable: every read asks the database"
+                );
+                None
+            }
+        });
+        let snapshots = Arc::new(fresh::Snapshots::new(options.cached_onboardings));
         Ok(Self {
             backend,
             rows: fresh::Rows::start(
                 backend,
                 writes::KeptConnection::new(reader.clone(), options.acquire_timeout),
             ),
-            trail: trail::Trail::start(backend, writes.clone()),
+            trail: trail::Trail::start(
+                backend,
+                writes.clone(),
+                snapshots.clone(),
+                generations.clone(),
+            ),
             health: Arc::new(writes::KeptConnection::new(
                 reader.clone(),
                 options.acquire_timeout,
@@ -173,7 +195,8 @@ impl Store {
             reader,
             writes,
             reachable: Arc::new(AtomicBool::new(true)),
-            snapshots: Arc::new(fresh::Snapshots::new(options.cached_onboardings)),
+            snapshots,
+            generations,
         })
     }
 
@@ -257,7 +280,13 @@ impl Store {
 
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<WriteTx> {
-        WriteTx::begin(self.backend, self.writer()?, Some(self.snapshots.clone())).await
+        WriteTx::begin(
+            self.backend,
+            self.writer()?,
+            Some(self.snapshots.clone()),
+            self.generations.clone(),
+        )
+        .await
     }
 
     /// One onboarding with its stages and creditors, as committed before this call (see [`fresh`]).
@@ -268,21 +297,38 @@ impl Store {
         environment: Environment,
     ) -> Result<Option<Arc<OnboardingRecord>>> {
         self.check_reachable()?;
+        let observed = match &self.generations {
+            Some(generations) => {
+                if let Some(record) =
+                    self.snapshots
+                        .settled(tenant.as_str(), environment, generations)
+                {
+                    return Ok(Some(record));
+                }
+                generations.settled(generations::Slot::of(tenant.as_str(), environment))
+            }
+            None => None,
+        }
+        .unwrap_or(generations::UNSTAMPED);
         let Some(head) = self.rows.get(tenant.as_str(), environment).await? else {
             return Ok(None);
         };
-        if let Some(record) = self.snapshots.current(&head) {
+        if let Some(record) = self
+            .snapshots
+            .current(tenant.as_str(), environment, &head, observed)
+        {
             return Ok(Some(record));
         }
-        self.load(tenant, environment).await
+        self.load(tenant, environment, observed).await
     }
 
     /// Reads an onboarding and everything it holds in one snapshot, and keeps it (`None` if it went
-    /// away meanwhile).
+    /// away meanwhile), current at `observed`: a generation its slot was settled at before.
     async fn load(
         &self,
         tenant: &TenantId,
         environment: Environment,
+        observed: u64,
     ) -> Result<Option<Arc<OnboardingRecord>>> {
         let mut tx = match self.backend {
             // SQLite (WAL): a read transaction sees one snapshot from its first read on.
@@ -301,7 +347,7 @@ impl Store {
             .await
             .map_err(db_error)?;
         let snapshot = match row {
-            Some(row) => load_children(&mut tx, tenant.as_str(), row).await?,
+            Some(row) => load_children(&mut tx, tenant.as_str(), row, observed).await?,
             None => return Ok(None),
         };
         tx.commit().await.map_err(db_error)?;
@@ -341,7 +387,10 @@ impl Store {
             let head = rows::onboarding(row)?;
             if let Some(snapshot) = self.snapshots.get(&head) {
                 records.push(snapshot.complete(head));
-            } else if let Some(record) = self.load(&head.key().tenant, head.environment).await? {
+            } else if let Some(record) = self
+                .load(&head.key().tenant, head.environment, generations::UNSTAMPED)
+                .await?
+            {
                 records.push(Arc::unwrap_or_clone(record));
             }
         }
@@ -549,15 +598,16 @@ impl Store {
     }
 
     /// Keeps what a committed write left: `after`, written over `before` (as read under the write's
-    /// lock) with `secrets` stored and `removed` deleted. Kept only if what `before` was read from
-    /// is kept, so the ciphertexts the write did not touch are known; the next read or write of the
-    /// onboarding then need not read it back.
+    /// lock) with `secrets` stored and `removed` deleted, current at the write's `stamps`. Kept only
+    /// if what `before` was read from is kept, so the ciphertexts the write did not touch are known;
+    /// the next read or write of the onboarding then need not read it back.
     pub fn remember_write(
         &self,
         before: &OnboardingRecord,
         after: &OnboardingRecord,
         secrets: &[(CredentialRecord, Sealed)],
         removed: &[(String, CredentialField)],
+        stamps: &Stamps,
     ) {
         let Some(previous) = self.snapshots.get(before) else {
             return;
@@ -583,10 +633,12 @@ impl Store {
         }));
         let mut record = after.clone();
         in_stored_order(&mut record);
-        self.snapshots.put(Arc::new(fresh::Snapshot {
-            record: Arc::new(record),
+        let stamp = stamps.of(&record.tenant, record.environment);
+        self.snapshots.put(Arc::new(fresh::Snapshot::new(
+            Arc::new(record),
             sealed,
-        }));
+            stamp,
+        )));
     }
 
     /// Forgets what is kept of `record`'s onboarding, so the next read asks the database.
@@ -641,6 +693,7 @@ async fn load_children(
     connection: &mut sqlx::AnyConnection,
     tenant: &str,
     row: AnyRow,
+    stamp: u64,
 ) -> Result<fresh::Snapshot> {
     let mut record = rows::onboarding(&row)?;
     let stage_rows = children(connection, rows::SELECT_STAGES, &record.id, tenant).await?;
@@ -676,10 +729,7 @@ async fn load_children(
         }
     }
     in_stored_order(&mut record);
-    Ok(fresh::Snapshot {
-        record: Arc::new(record),
-        sealed,
-    })
+    Ok(fresh::Snapshot::new(Arc::new(record), sealed, stamp))
 }
 
 /// Puts what an onboarding holds in one order, however it was put together — read from the
@@ -722,6 +772,10 @@ pub struct WriteTx {
     tx: writes::Tx,
     /// What is kept of onboardings in memory, for [`WriteTx::lock_onboarding`].
     snapshots: Option<Arc<fresh::Snapshots>>,
+    /// The write generations to move for the onboardings this transaction writes (SQLite).
+    generations: Option<Arc<generations::Generations>>,
+    /// Their slots.
+    written: Vec<generations::Slot>,
 }
 
 impl WriteTx {
@@ -729,12 +783,26 @@ impl WriteTx {
         backend: Backend,
         writes: &writes::Writes,
         snapshots: Option<Arc<fresh::Snapshots>>,
+        generations: Option<Arc<generations::Generations>>,
     ) -> Result<Self> {
         Ok(Self {
             backend,
             tx: writes.begin().await?,
             snapshots,
+            generations,
+            written: Vec::new(),
         })
+    }
+
+    /// Notes that this transaction writes the onboarding of `tenant` in `environment` (its revision
+    /// or its audit trail), so that its COMMIT moves the onboarding's write generation.
+    pub(super) fn writes_onboarding(&mut self, tenant: &str, environment: Environment) {
+        if self.generations.is_some() {
+            let slot = generations::Slot::of(tenant, environment);
+            if !self.written.contains(&slot) {
+                self.written.push(slot);
+            }
+        }
     }
 
     /// Reads an onboarding for update: on PostgreSQL the row stays locked until the transaction ends,
@@ -798,7 +866,13 @@ impl WriteTx {
                 result,
             });
         }
-        let snapshot = load_children(self.tx.connection().await?, tenant.as_str(), row).await?;
+        let snapshot = load_children(
+            self.tx.connection().await?,
+            tenant.as_str(),
+            row,
+            generations::UNSTAMPED,
+        )
+        .await?;
         let record = OnboardingRecord::clone(&snapshot.record);
         if let Some(kept) = &self.snapshots {
             kept.put(Arc::new(snapshot));
@@ -838,6 +912,7 @@ impl WriteTx {
     /// Inserts a new onboarding with its stages. A second onboarding for the same tenant and
     /// environment is [`Error::AlreadyExists`], even when created concurrently.
     pub async fn insert_onboarding(&mut self, record: &OnboardingRecord) -> Result<()> {
+        self.writes_onboarding(&record.tenant, record.environment);
         self.tx
             .write(rows::INSERT_ONBOARDING)
             .bind(&record.id)
@@ -882,6 +957,7 @@ impl WriteTx {
                 after.id
             )));
         }
+        self.writes_onboarding(&after.tenant, after.environment);
         self.tx
             .write(rows::UPDATE_ONBOARDING)
             .bind(after.state.as_str())
@@ -1084,8 +1160,24 @@ impl WriteTx {
         Ok(())
     }
 
-    pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await
+    /// Commits; what the transaction wrote is current at the returned stamps. On SQLite the COMMIT of
+    /// a write of onboardings runs to its end even if the caller goes away meanwhile, since their
+    /// write generations must not settle before the outcome is known.
+    pub async fn commit(self) -> Result<Stamps> {
+        let Self {
+            tx,
+            generations,
+            written,
+            ..
+        } = self;
+        match generations.filter(|_| !written.is_empty()) {
+            None => tx.commit(None).await,
+            Some(generations) => {
+                tokio::spawn(async move { tx.commit(Some((&generations, written))).await })
+                    .await
+                    .map_err(|e| Error::Internal(e.into()))?
+            }
+        }
     }
 }
 
@@ -1118,20 +1210,28 @@ pub fn db_error(error: sqlx::Error) -> Error {
 
 /// The sqlx URL and backend for a `database` setting: a `postgres://` URL, a `sqlite:` URL, or a
 /// plain file path for SQLite.
-fn database_url(database: &str) -> anyhow::Result<(Backend, String)> {
+fn database_url(database: &str) -> anyhow::Result<(Backend, String, Option<PathBuf>)> {
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        return Ok((Backend::Postgres, database.to_owned()));
+        return Ok((Backend::Postgres, database.to_owned(), None));
     }
-    if database.starts_with("sqlite:") {
-        return Ok((Backend::Sqlite, database.to_owned()));
+    if let Some(rest) = database.strip_prefix("sqlite:") {
+        let (path, parameters) = rest.split_once('?').unwrap_or((rest, ""));
+        let path = path.strip_prefix("//").unwrap_or(path);
+        let in_memory = path.is_empty() || path == ":memory:" || parameters.contains("mode=memory");
+        let file = (!in_memory).then(|| PathBuf::from(path));
+        return Ok((Backend::Sqlite, database.to_owned(), file));
     }
     anyhow::ensure!(!database.is_empty(), "the database setting is empty");
-    let path = std::path::Path::new(database);
+    let path = Path::new(database);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    Ok((Backend::Sqlite, format!("sqlite://{database}?mode=rwc")))
+    Ok((
+        Backend::Sqlite,
+        format!("sqlite://{database}?mode=rwc"),
+        Some(path.to_owned()),
+    ))
 }
 
 #[cfg(test)]

@@ -6,19 +6,24 @@
 //! An event is written only if the onboarding is still at the revision the read was answered from;
 //! otherwise the caller is told, and reads again.
 
+use super::fresh::Snapshots;
+use super::generations::Generations;
 use super::rounds::Rounds;
 use super::writes::Writes;
 use super::{Backend, WriteTx, db_error, rows};
+use crate::domain::Environment;
 use crate::domain::onboarding::EventRecord;
 use crate::error::Result;
 use sqlx::Row;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// An answered read and the event that records it.
 #[derive(Debug, Clone)]
 pub struct AuditedRead {
     pub onboarding_id: String,
     pub tenant: String,
+    pub environment: Environment,
     /// The revision the answer was read at.
     pub revision: i64,
     /// Its sequence number is given when it is written.
@@ -33,11 +38,19 @@ const EVENTS_PER_ROUND: usize = 256;
 pub(super) struct Trail(Rounds<AuditedRead, Option<i64>>);
 
 impl Trail {
-    /// Starts the task that writes events through `pool`.
-    pub fn start(backend: Backend, writes: Writes) -> Self {
+    /// Starts the task that writes events through `writes`; what is kept in `snapshots` moves on
+    /// with the trails it writes.
+    pub fn start(
+        backend: Backend,
+        writes: Writes,
+        snapshots: Arc<Snapshots>,
+        generations: Option<Arc<Generations>>,
+    ) -> Self {
         Self(Rounds::start(EVENTS_PER_ROUND, move |reads| {
             let writes = writes.clone();
-            async move { write_round(backend, &writes, &reads).await }
+            let snapshots = snapshots.clone();
+            let generations = generations.clone();
+            async move { write_round(backend, &writes, &snapshots, generations, &reads).await }
         }))
     }
 
@@ -54,18 +67,26 @@ impl Trail {
 async fn write_round(
     backend: Backend,
     writes: &Writes,
+    snapshots: &Snapshots,
+    generations: Option<Arc<Generations>>,
     reads: &[AuditedRead],
 ) -> Result<Vec<Option<i64>>> {
-    let mut groups: BTreeMap<(&str, &str, i64), Vec<usize>> = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, &str, Environment, i64), Vec<usize>> = BTreeMap::new();
     for (index, read) in reads.iter().enumerate() {
         groups
-            .entry((&read.onboarding_id, &read.tenant, read.revision))
+            .entry((
+                &read.onboarding_id,
+                &read.tenant,
+                read.environment,
+                read.revision,
+            ))
             .or_default()
             .push(index);
     }
     let mut sequences = vec![None; reads.len()];
-    let mut tx = WriteTx::begin(backend, writes, None).await?;
-    for ((onboarding_id, tenant, revision), members) in groups {
+    let mut moved_on = Vec::new();
+    let mut tx = WriteTx::begin(backend, writes, None, generations).await?;
+    for ((onboarding_id, tenant, environment, revision), members) in groups {
         let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
         let moved = tx
             .tx
@@ -78,6 +99,8 @@ async fn write_round(
             .await?;
         let Some(row) = moved else { continue };
         let last: i64 = row.try_get("last_event").map_err(db_error)?;
+        tx.writes_onboarding(tenant, environment);
+        moved_on.push((onboarding_id, tenant, environment, revision, last));
         let mut events = Vec::with_capacity(members.len());
         for (offset, index) in (0..).zip(members) {
             let sequence = last - count + 1 + offset;
@@ -86,6 +109,10 @@ async fn write_round(
         }
         tx.insert_events(onboarding_id, tenant, &events).await?;
     }
-    tx.commit().await?;
+    let stamps = tx.commit().await?;
+    for (onboarding_id, tenant, environment, revision, last) in moved_on {
+        let stamp = stamps.of(tenant, environment);
+        snapshots.advance(tenant, environment, onboarding_id, revision, last, stamp);
+    }
     Ok(sequences)
 }

@@ -6,6 +6,7 @@
 //! round trips of a typical write transaction, made while every other writer waits. The read rounds
 //! (`fresh`) keep a connection of their own the same way.
 
+use super::generations::{Generations, Slot, Stamps};
 use super::{Backend, db_error};
 use crate::error::{Error, Result};
 use futures::StreamExt;
@@ -208,18 +209,31 @@ impl Tx {
         }
     }
 
-    pub async fn commit(self) -> Result<()> {
+    /// Commits. With `counted` (SQLite), the write generations of those slots move around the
+    /// COMMIT, their tickets taken while the write lock is held (see `generations`).
+    pub async fn commit(self, counted: Option<(&Generations, Vec<Slot>)>) -> Result<Stamps> {
         match self {
             Self::Pooled(mut pooled) => {
                 pooled.send().await?;
-                pooled.tx.commit().await.map_err(db_error)
+                pooled.tx.commit().await.map_err(db_error)?;
+                Ok(Stamps::default())
             }
             Self::Turn(mut turn) => {
+                let writing = match counted {
+                    Some((generations, slots)) => {
+                        if !turn.open {
+                            // BEGIN IMMEDIATE has not run yet: take the write lock first.
+                            turn.send().await?;
+                        }
+                        Some(generations.begin(slots))
+                    }
+                    None => None,
+                };
                 turn.pending.add("COMMIT")?;
                 turn.pending.checks.push(Check::Plain);
                 turn.send().await?;
                 turn.open = false;
-                Ok(())
+                Ok(writing.map(|writing| writing.stamps()).unwrap_or_default())
             }
         }
     }
@@ -774,7 +788,7 @@ mod tests {
         // Another writer waits for its turn, and gives up after the wait with UNAVAILABLE.
         let waited = writes.begin().await.err().expect("the turn is taken");
         assert!(matches!(waited, Error::Unavailable { .. }), "{waited:?}");
-        kept.commit().await.unwrap();
+        kept.commit(None).await.unwrap();
         assert_eq!(texts(&writes).await, ["kept"]);
     }
 
@@ -792,7 +806,7 @@ mod tests {
             .run(Expect::default())
             .await;
         assert!(matches!(refused, Err(Error::Internal(_))), "{refused:?}");
-        assert!(tx.commit().await.is_err());
+        assert!(tx.commit(None).await.is_err());
         assert_eq!(texts(&writes).await, ["b", "c"]);
 
         if let Some(writes) = postgres_writes(table).await {
@@ -833,7 +847,7 @@ mod tests {
             .map(|row| sqlx::Row::get::<String, _>(&row, "text"));
         assert_eq!(seen.as_deref(), Some("b"));
         rename(&mut tx, 1, "c").await.unwrap();
-        tx.commit().await.unwrap();
+        tx.commit(None).await.unwrap();
         assert_eq!(texts(writes).await, ["b", "c"]);
 
         // A unique violation is the error its statement said it stands for, and the transaction's
@@ -844,7 +858,7 @@ mod tests {
             resource: "notes/b".into(),
         });
         insert(&mut tx, 4, "b", conflict).await.unwrap();
-        let failed = tx.commit().await.unwrap_err();
+        let failed = tx.commit(None).await.unwrap_err();
         assert!(
             matches!(&failed, Error::AlreadyExists { resource } if resource == "notes/b"),
             "{failed:?}"
@@ -855,7 +869,7 @@ mod tests {
         let mut tx = writes.begin().await.unwrap();
         insert(&mut tx, 5, "e", Expect::default()).await.unwrap();
         rename(&mut tx, 99, "f").await.unwrap();
-        let failed = tx.commit().await.unwrap_err();
+        let failed = tx.commit(None).await.unwrap_err();
         assert!(
             format!("{failed:?}").contains("note 99 is gone"),
             "{failed:?}"
@@ -874,7 +888,7 @@ mod tests {
             .await
             .map(|rows| rows.len());
         assert!(matches!(read, Err(Error::Internal(_))), "{read:?}");
-        assert!(tx.commit().await.is_err());
+        assert!(tx.commit(None).await.is_err());
         assert_eq!(texts(writes).await, ["b", "c"]);
     }
 }
