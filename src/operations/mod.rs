@@ -228,7 +228,8 @@ impl Operations {
         }
         tx.insert_onboarding(&record).await?;
         tx.append_event(&record, &event).await?;
-        finish(tx, &key.tenant, mutation, &record, now).await?;
+        let stamps = finish(tx, &key.tenant, mutation, &record, now).await?;
+        self.store.remember_created(&record, &stamps);
         self.announce(&record.id, record.last_event);
         Ok(record)
     }

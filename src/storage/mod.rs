@@ -184,9 +184,17 @@ impl Store {
             ),
             trail: trail::Trail::start(
                 backend,
-                writes.clone(),
+                match backend {
+                    Backend::Sqlite => trail::Appends::Transaction {
+                        writes: writes.clone(),
+                        generations: generations.clone(),
+                    },
+                    Backend::Postgres => trail::Appends::statements(writes::KeptConnection::new(
+                        reader.clone(),
+                        options.acquire_timeout,
+                    )),
+                },
                 snapshots.clone(),
-                generations.clone(),
             ),
             health: Arc::new(writes::KeptConnection::new(
                 reader.clone(),
@@ -631,7 +639,22 @@ impl Store {
                 ciphertext.clone(),
             )
         }));
-        let mut record = after.clone();
+        self.keep(after, sealed, stamps);
+    }
+
+    /// Keeps an onboarding a committed write created (it has no secrets yet), current at the
+    /// write's `stamps`: its next write need not read it back.
+    pub fn remember_created(&self, record: &OnboardingRecord, stamps: &Stamps) {
+        self.keep(record, Vec::new(), stamps);
+    }
+
+    fn keep(
+        &self,
+        record: &OnboardingRecord,
+        sealed: Vec<(String, CredentialField, Sealed)>,
+        stamps: &Stamps,
+    ) {
+        let mut record = record.clone();
         in_stored_order(&mut record);
         let stamp = stamps.of(&record.tenant, record.environment);
         self.snapshots.put(Arc::new(fresh::Snapshot::new(
@@ -815,19 +838,24 @@ impl WriteTx {
         environment: Environment,
         result_of: Option<&str>,
     ) -> Result<Locked> {
-        let query = match self.backend {
-            Backend::Sqlite => rows::SELECT_ONBOARDING,
-            Backend::Postgres => rows::SELECT_ONBOARDING_FOR_UPDATE,
+        // On PostgreSQL the stored result comes in the same statement, as columns beside the row.
+        let beside = self.backend == Backend::Postgres && result_of.is_some();
+        let query = match (self.backend, beside) {
+            (Backend::Sqlite, _) => rows::SELECT_ONBOARDING,
+            (Backend::Postgres, false) => rows::SELECT_ONBOARDING_FOR_UPDATE,
+            (Backend::Postgres, true) => rows::SELECT_ONBOARDING_FOR_UPDATE_WITH_RESULT,
         };
-        let onboarding = self
+        let mut onboarding = self
             .tx
             .read(query)
             .bind(tenant.as_str())
-            .bind(environment.as_str())
-            .later()
-            .await?;
+            .bind(environment.as_str());
+        if beside {
+            onboarding = onboarding.bind(result_of);
+        }
+        let onboarding = onboarding.later().await?;
         let result = match result_of {
-            Some(request_id) => Some(
+            Some(request_id) if !beside => Some(
                 self.tx
                     .read(rows::SELECT_RESULT)
                     .bind(tenant.as_str())
@@ -835,22 +863,31 @@ impl WriteTx {
                     .later()
                     .await?,
             ),
-            None => None,
+            _ => None,
         };
         let onboarding = self.tx.rows(onboarding).await?.into_iter().next();
-        let result = match result {
-            Some(read) => self.tx.rows(read).await?.into_iter().next(),
-            None => None,
+        let result = match (result, &onboarding, result_of) {
+            (Some(read), _, _) => match self.tx.rows(read).await?.first() {
+                Some(row) => rows::stored_result(row)?,
+                None => None,
+            },
+            (None, Some(row), Some(_)) => rows::stored_result(row)?,
+            // No onboarding to find the result beside: the result alone.
+            (None, None, Some(request_id)) => {
+                let row = self
+                    .tx
+                    .read(rows::SELECT_RESULT)
+                    .bind(tenant.as_str())
+                    .bind(request_id)
+                    .fetch_optional()
+                    .await?;
+                match row {
+                    Some(row) => rows::stored_result(&row)?,
+                    None => None,
+                }
+            }
+            (None, _, None) => None,
         };
-        let result = result
-            .map(|row| -> Result<StoredResult> {
-                Ok(StoredResult {
-                    method: row.try_get("method").map_err(db_error)?,
-                    request_hash: row.try_get("request_hash").map_err(db_error)?,
-                    response: row.try_get("response").map_err(db_error)?,
-                })
-            })
-            .transpose()?;
         let Some(row) = onboarding else {
             return Ok(Locked {
                 record: None,

@@ -83,7 +83,7 @@ impl<Q: Send + 'static, A: Send + 'static> Rounds<Q, A> {
 }
 
 /// One error told to every caller of the round that failed.
-fn shared(error: &Error) -> Error {
+pub(super) fn shared(error: &Error) -> Error {
     let chain = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
         .map(ToString::to_string)
         .collect::<Vec<_>>()

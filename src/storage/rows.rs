@@ -3,7 +3,7 @@
 //! values are built per engine (see [`placeholder`]).
 
 use super::fresh::Head;
-use super::{Backend, db_error};
+use super::{Backend, StoredResult, db_error};
 use crate::crypto::Sealed;
 use crate::domain::onboarding::{
     CredentialRecord, CreditorRecord, EventRecord, Lease, OnboardingRecord, StageRecord,
@@ -85,6 +85,13 @@ impl Built {
 }
 pub const SELECT_ONBOARDING_FOR_UPDATE: &str =
     onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE");
+/// PostgreSQL: [`SELECT_ONBOARDING_FOR_UPDATE`] with the columns of [`SELECT_RESULT`] beside it, for
+/// the tenant's request_id $3 (NULL when no result is stored under it): one round trip.
+pub const SELECT_ONBOARDING_FOR_UPDATE_WITH_RESULT: &str = concat!(
+    "SELECT o.*, r.method, r.request_hash, r.response FROM (",
+    onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE"),
+    ") o LEFT JOIN idempotency_keys r ON r.tenant = $1 AND r.request_id = $3"
+);
 pub const LIST_ONBOARDINGS: &str = onboarding_select!(
     "WHERE (tenant > $1 OR (tenant = $1 AND environment > $2)) "
     "AND ($3 = '' OR environment = $3) AND ($4 = '' OR state = $4) AND ($5 = '' OR blocked_on = $5) "
@@ -149,6 +156,18 @@ pub const DELETE_CREDENTIAL: &str = "DELETE FROM credentials WHERE onboarding_id
 /// Moves an onboarding's event count on by $1 audited reads, if it is still at revision $4.
 pub const COUNT_AUDITED_READS: &str = "UPDATE onboardings SET last_event = last_event + $1 \
      WHERE id = $2 AND tenant = $3 AND revision = $4 RETURNING last_event";
+/// PostgreSQL: the events of audited reads of one onboarding, in one statement that commits on its
+/// own. Moves `last_event` on by $1 if onboarding $2 of tenant $3 is still at revision $4, and
+/// inserts the events of $5 — a JSON array of objects with the columns below and `k`, the event's
+/// place from 0 — under the sequence numbers that frees. No row when the revision has moved
+/// (nothing is written).
+pub const APPEND_AUDITED_READS: &str = "WITH moved AS (UPDATE onboardings SET last_event = last_event + $1 \
+     WHERE id = $2 AND tenant = $3 AND revision = $4 RETURNING last_event), \
+     written AS (INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \
+     SELECT $2, moved.last_event - $1 + 1 + e.k, $3, e.event_time, e.actor, e.method, e.request_id, e.correlation_id, e.outcome, e.summary, e.transitions \
+     FROM moved CROSS JOIN json_to_recordset($5::json) AS e(k bigint, event_time bigint, actor text, method text, request_id text, \
+     correlation_id text, outcome text, summary text, transitions text)) \
+     SELECT last_event FROM moved";
 /// Most events one INSERT writes.
 pub const EVENTS_PER_INSERT: usize = 64;
 /// Values bound per event by [`insert_events`].
@@ -182,6 +201,20 @@ pub const LIST_EVENTS: &str = "SELECT sequence, event_time, actor, method, reque
 pub const DELETE_EXPIRED_RESULTS: &str = "DELETE FROM idempotency_keys WHERE (tenant, request_id) IN \
      (SELECT tenant, request_id FROM idempotency_keys WHERE create_time < $1 ORDER BY create_time LIMIT $2)";
 pub const SELECT_RESULT: &str = "SELECT method, request_hash, response FROM idempotency_keys WHERE tenant = $1 AND request_id = $2";
+/// The stored result in a row of [`SELECT_RESULT`] (or beside an onboarding, where it may be NULL).
+pub fn stored_result(row: &AnyRow) -> Result<Option<StoredResult>> {
+    let Some(method) = row
+        .try_get::<Option<String>, _>("method")
+        .map_err(db_error)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(StoredResult {
+        method,
+        request_hash: row.try_get("request_hash").map_err(db_error)?,
+        response: row.try_get("response").map_err(db_error)?,
+    }))
+}
 pub const INSERT_RESULT: &str = "INSERT INTO idempotency_keys (tenant, request_id, method, request_hash, response, create_time) \
      VALUES ($1, $2, $3, $4, $5, $6)";
 

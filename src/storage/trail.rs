@@ -1,22 +1,25 @@
 //! Audit events of reads, written together.
 //!
 //! A read that must be audited (a payment configuration, which includes credentials) is answered only
-//! after its event is committed. Reads that arrive while one transaction is committing wait for the
-//! next, which writes all of their events at once: one transaction per round instead of one per read.
-//! An event is written only if the onboarding is still at the revision the read was answered from;
+//! after its event is committed. Reads that arrive while one round is committing wait for the next,
+//! which writes all of their events at once: on SQLite one transaction per round, on PostgreSQL one
+//! statement per onboarding of the round (the trail's end moved and the events inserted together,
+//! one round trip), instead of one transaction per read. An event is written only if the onboarding is still at the revision the read was answered from;
 //! otherwise the caller is told, and reads again.
 
 use super::fresh::Snapshots;
-use super::generations::Generations;
-use super::rounds::Rounds;
-use super::writes::Writes;
+use super::generations::{Generations, UNSTAMPED};
+use super::rounds::{Rounds, shared};
+use super::writes::{KeptConnection, Writes, held_connection};
 use super::{Backend, WriteTx, db_error, rows};
 use crate::domain::Environment;
 use crate::domain::onboarding::EventRecord;
-use crate::error::Result;
-use sqlx::Row;
+use crate::error::{Error, Result};
+use serde::Serialize;
+use sqlx::{Connection, Row};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// An answered read and the event that records it.
 #[derive(Debug, Clone)]
@@ -30,48 +33,91 @@ pub struct AuditedRead {
     pub event: EventRecord,
 }
 
-/// Most events one transaction writes.
+/// Most events one round writes.
 const EVENTS_PER_ROUND: usize = 256;
+
+/// How a round's events reach the database.
+pub(super) enum Appends {
+    /// SQLite: one transaction per round, in the writers' turns, moving the write generations of
+    /// the onboardings it writes.
+    Transaction {
+        writes: Writes,
+        generations: Option<Arc<Generations>>,
+    },
+    /// PostgreSQL: one statement per onboarding (its own transaction: the trail end moved and the
+    /// events inserted together), on a connection kept for this.
+    Statements(KeptConnection, Mutex<Instant>),
+}
+
+impl Appends {
+    /// PostgreSQL's statements on `connection`.
+    pub fn statements(connection: KeptConnection) -> Self {
+        Self::Statements(connection, Mutex::new(Instant::now()))
+    }
+}
+
+/// A kept connection idle this long is tested before a round's statements go on it: a statement that
+/// fails cannot be sent again (it may have committed), so one that would fail on a connection the
+/// database dropped meanwhile (a restart) is not sent on it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// A read's answer from a round: its sequence number, `None` if the onboarding had moved past the
+/// read's revision, or why its event was not written.
+type Appended = Result<Option<i64>>;
 
 /// Writes audited reads' events for many callers at once (see the module's documentation).
 #[derive(Clone)]
-pub(super) struct Trail(Rounds<AuditedRead, Option<i64>>);
+pub(super) struct Trail(Rounds<AuditedRead, Appended>);
 
 impl Trail {
-    /// Starts the task that writes events through `writes`; what is kept in `snapshots` moves on
+    /// Starts the task that writes events as `appends` says; what is kept in `snapshots` moves on
     /// with the trails it writes.
-    pub fn start(
-        backend: Backend,
-        writes: Writes,
-        snapshots: Arc<Snapshots>,
-        generations: Option<Arc<Generations>>,
-    ) -> Self {
+    pub fn start(backend: Backend, appends: Appends, snapshots: Arc<Snapshots>) -> Self {
+        let appends = Arc::new(appends);
         Self(Rounds::start(EVENTS_PER_ROUND, move |reads| {
-            let writes = writes.clone();
+            let appends = appends.clone();
             let snapshots = snapshots.clone();
-            let generations = generations.clone();
-            async move { write_round(backend, &writes, &snapshots, generations, &reads).await }
+            async move {
+                match &*appends {
+                    Appends::Transaction {
+                        writes,
+                        generations,
+                    } => {
+                        transaction_round(backend, writes, &snapshots, generations.clone(), &reads)
+                            .await
+                    }
+                    Appends::Statements(connection, used) => {
+                        let idle = used.lock().map(|used| used.elapsed()).unwrap_or_default();
+                        if idle >= IDLE_CHECK {
+                            let mut held = connection.take().await?;
+                            if held_connection(&mut held).ping().await.is_err() {
+                                held.take();
+                            }
+                        }
+                        let answers = statements_round(connection, &snapshots, &reads).await;
+                        if let Ok(mut used) = used.lock() {
+                            *used = Instant::now();
+                        }
+                        Ok(answers)
+                    }
+                }
+            }
         }))
     }
 
     /// Writes `read`'s event: its sequence number, or `None` if the onboarding has moved past the
     /// read's revision (nothing was written).
     pub async fn append(&self, read: AuditedRead) -> Result<Option<i64>> {
-        self.0.ask(read).await
+        self.0.ask(read).await?
     }
 }
 
-/// One transaction: per onboarding (in id order, so concurrent rounds of several replicas cannot
-/// deadlock), moves `last_event` on by its reads' events if the revision still matches, then inserts
-/// them.
-async fn write_round(
-    backend: Backend,
-    writes: &Writes,
-    snapshots: &Snapshots,
-    generations: Option<Arc<Generations>>,
-    reads: &[AuditedRead],
-) -> Result<Vec<Option<i64>>> {
-    let mut groups: BTreeMap<(&str, &str, Environment, i64), Vec<usize>> = BTreeMap::new();
+/// The reads of a round by onboarding and revision, in id order (so that concurrent rounds of
+/// several replicas lock onboardings in one order and cannot deadlock).
+type Groups<'a> = BTreeMap<(&'a str, &'a str, Environment, i64), Vec<usize>>;
+
+fn groups(reads: &[AuditedRead]) -> Groups<'_> {
+    let mut groups = Groups::new();
     for (index, read) in reads.iter().enumerate() {
         groups
             .entry((
@@ -83,10 +129,22 @@ async fn write_round(
             .or_default()
             .push(index);
     }
+    groups
+}
+
+/// One transaction: per onboarding, moves `last_event` on by its reads' events if the revision
+/// still matches, then inserts them.
+async fn transaction_round(
+    backend: Backend,
+    writes: &Writes,
+    snapshots: &Snapshots,
+    generations: Option<Arc<Generations>>,
+    reads: &[AuditedRead],
+) -> Result<Vec<Appended>> {
     let mut sequences = vec![None; reads.len()];
     let mut moved_on = Vec::new();
     let mut tx = WriteTx::begin(backend, writes, None, generations).await?;
-    for ((onboarding_id, tenant, environment, revision), members) in groups {
+    for ((onboarding_id, tenant, environment, revision), members) in groups(reads) {
         let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
         let moved = tx
             .tx
@@ -114,5 +172,114 @@ async fn write_round(
         let stamp = stamps.of(tenant, environment);
         snapshots.advance(tenant, environment, onboarding_id, revision, last, stamp);
     }
-    Ok(sequences)
+    Ok(sequences.into_iter().map(Ok).collect())
+}
+
+/// One statement per onboarding, each committed on its own: a read is answered once its own
+/// onboarding's statement has committed. After a statement fails, the reads of the onboardings not
+/// yet written are told the same error (nothing of theirs was written).
+async fn statements_round(
+    connection: &KeptConnection,
+    snapshots: &Snapshots,
+    reads: &[AuditedRead],
+) -> Vec<Appended> {
+    let mut answers: Vec<Appended> = reads.iter().map(|_| Ok(None)).collect();
+    let mut failure: Option<Error> = None;
+    for ((onboarding_id, tenant, environment, revision), members) in groups(reads) {
+        let outcome = match &failure {
+            Some(error) => Err(shared(error)),
+            None => {
+                append_onboarding(connection, onboarding_id, tenant, revision, reads, &members)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(last)) => {
+                let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
+                for (offset, index) in (0..).zip(members) {
+                    answers[index] = Ok(Some(last - count + 1 + offset));
+                }
+                snapshots.advance(
+                    tenant,
+                    environment,
+                    onboarding_id,
+                    revision,
+                    last,
+                    UNSTAMPED,
+                );
+            }
+            Err(error) => {
+                for index in members {
+                    answers[index] = Err(shared(&error));
+                }
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    answers
+}
+
+/// An event's columns, as [`rows::APPEND_AUDITED_READS`] reads them.
+#[derive(Serialize)]
+struct EventValues<'a> {
+    k: i64,
+    event_time: i64,
+    actor: &'a str,
+    method: &'a str,
+    request_id: &'a str,
+    correlation_id: &'a str,
+    outcome: &'a str,
+    summary: &'a str,
+    transitions: String,
+}
+
+/// Writes the events of `members` (reads of one onboarding at one revision): the trail's new end,
+/// or `None` if the onboarding has moved past the revision.
+async fn append_onboarding(
+    connection: &KeptConnection,
+    onboarding_id: &str,
+    tenant: &str,
+    revision: i64,
+    reads: &[AuditedRead],
+    members: &[usize],
+) -> Result<Option<i64>> {
+    let events = (0..)
+        .zip(members)
+        .map(|(k, &index)| {
+            let event = &reads[index].event;
+            Ok(EventValues {
+                k,
+                event_time: event.event_time,
+                actor: &event.actor,
+                method: &event.method,
+                request_id: &event.request_id,
+                correlation_id: &event.correlation_id,
+                outcome: &event.outcome,
+                summary: &event.summary,
+                transitions: rows::json(&event.transitions)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let events = rows::json(&events)?;
+    let mut held = connection.take().await?;
+    let moved = sqlx::query(rows::APPEND_AUDITED_READS)
+        .bind(count)
+        .bind(onboarding_id)
+        .bind(tenant)
+        .bind(revision)
+        .bind(events)
+        .fetch_optional(held_connection(&mut held))
+        .await;
+    match moved {
+        Ok(row) => row
+            .map(|row| row.try_get("last_event").map_err(db_error))
+            .transpose(),
+        Err(error) => {
+            // Whatever broke, the next statement starts on a new connection.
+            held.take();
+            Err(db_error(error))
+        }
+    }
 }
