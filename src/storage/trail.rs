@@ -283,3 +283,130 @@ async fn append_onboarding(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::AssertSqlSafe;
+
+    fn read(onboarding_id: &str, revision: i64, actor: &str) -> AuditedRead {
+        AuditedRead {
+            onboarding_id: onboarding_id.to_owned(),
+            tenant: format!("tenant-{onboarding_id}"),
+            environment: Environment::Test,
+            revision,
+            event: EventRecord {
+                sequence: 0,
+                event_time: 1_000,
+                actor: actor.to_owned(),
+                method: "GetPaymentConfiguration".to_owned(),
+                request_id: format!("request-{actor}"),
+                correlation_id: String::new(),
+                outcome: "OK".to_owned(),
+                summary: "payment configuration read".to_owned(),
+                transitions: Vec::new(),
+            },
+        }
+    }
+
+    /// On PostgreSQL each onboarding of a round is its own statement: one written before a failure
+    /// keeps its events and its readers are answered; the one that fails, and those after it, have
+    /// nothing written and their readers are told; one that moved on is answered with `None`.
+    #[tokio::test]
+    async fn postgres_rounds_answer_each_onboarding_by_its_own_statement() {
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            return;
+        };
+        sqlx::any::install_default_drivers();
+        // Tables of a schema of this test's own (a failed statement drops its connection, so they
+        // cannot be temporary ones).
+        let schema = format!("trail_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let search_path = format!("SET search_path TO {schema}");
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |connection, _| {
+                let search_path = search_path.clone();
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(search_path))
+                        .execute(connection)
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+        for statement in [
+            "CREATE TABLE onboardings (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, \
+             revision BIGINT NOT NULL, last_event BIGINT NOT NULL)",
+            "CREATE TABLE events (onboarding_id TEXT NOT NULL, sequence BIGINT NOT NULL, \
+             tenant TEXT NOT NULL, event_time BIGINT NOT NULL, actor TEXT NOT NULL, method TEXT NOT NULL, \
+             request_id TEXT NOT NULL, correlation_id TEXT NOT NULL, outcome TEXT NOT NULL, \
+             summary TEXT NOT NULL, transitions TEXT NOT NULL, PRIMARY KEY (onboarding_id, sequence))",
+            "INSERT INTO onboardings VALUES ('a', 'tenant-a', 1, 1), ('b', 'tenant-b', 2, 5), \
+             ('c', 'tenant-c', 1, 1), ('d', 'tenant-d', 1, 1)",
+            // An event already at the number c's next read would take: c's statement fails.
+            "INSERT INTO events VALUES ('c', 2, 'tenant-c', 0, 'x', 'm', 'r', '', 'OK', 's', '[]')",
+        ] {
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let connection = KeptConnection::new(pool.clone(), Duration::from_secs(5));
+        let snapshots = Snapshots::new(8);
+        let reads = [
+            read("d", 1, "after-the-failure"),
+            read("a", 1, "first"),
+            read("c", 1, "failing"),
+            read("b", 1, "overtaken"),
+            read("a", 1, "second"),
+        ];
+
+        let answers = statements_round(&connection, &snapshots, &reads).await;
+
+        assert!(matches!(answers[0], Err(Error::Internal(_))), "{answers:?}");
+        assert_eq!(answers[1].as_ref().unwrap(), &Some(2));
+        assert!(matches!(answers[2], Err(Error::Internal(_))), "{answers:?}");
+        assert_eq!(answers[3].as_ref().unwrap(), &None);
+        assert_eq!(answers[4].as_ref().unwrap(), &Some(3));
+        drop(connection);
+        let trails: Vec<(String, i64)> =
+            sqlx::query_as("SELECT id, last_event FROM onboardings ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let moved: Vec<(&str, i64)> = trails.iter().map(|(id, n)| (id.as_str(), *n)).collect();
+        assert_eq!(moved, [("a", 3), ("b", 5), ("c", 1), ("d", 1)]);
+        let events: Vec<(String, i64, String, String)> = sqlx::query_as(
+            "SELECT onboarding_id, sequence, actor, transitions FROM events ORDER BY onboarding_id, sequence",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let events: Vec<(&str, i64, &str, &str)> = events
+            .iter()
+            .map(|(id, sequence, actor, transitions)| {
+                (id.as_str(), *sequence, actor.as_str(), transitions.as_str())
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("a", 2, "first", "[]"),
+                ("a", 3, "second", "[]"),
+                ("c", 2, "x", "[]")
+            ]
+        );
+        pool.close().await;
+        sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+}
