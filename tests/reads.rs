@@ -103,6 +103,16 @@ async fn a_replica_reads_every_write_another_replica_committed() {
                 .await
                 .unwrap();
 
+            // The reader, which still keeps the onboarding as it was before both writes, answers a
+            // payment read with the new token.
+            let paid = read_payment_configuration(&reader, &creditor).await;
+            assert_eq!(paid.secure_token, issued.expose(), "round {round}");
+            assert_ne!(paid.secure_token, paid_before.secure_token, "round {round}");
+            assert_eq!(
+                paid.password, "",
+                "round {round}: a token given alone drops the password"
+            );
+
             // The reader sees both writes at once.
             let after = read_onboarding(&reader, &name).await;
             assert_ne!(after.etag, before.etag, "round {round}");
@@ -115,13 +125,6 @@ async fn a_replica_reads_every_write_another_replica_committed() {
                 .as_ref()
                 .expect("webhooks recorded");
             assert_eq!(hooks.target_url, target_url, "round {round}");
-            let paid = read_payment_configuration(&reader, &creditor).await;
-            assert_eq!(paid.secure_token, issued.expose(), "round {round}");
-            assert_ne!(paid.secure_token, paid_before.secure_token, "round {round}");
-            assert_eq!(
-                paid.password, "",
-                "round {round}: a token given alone drops the password"
-            );
             // The read completed PAYMENT_CONFIGURATION; both replicas agree on every field.
             let reread = read_onboarding(&reader, &name).await;
             assert_eq!(reread.state, proto::OnboardingState::Ready as i32);

@@ -325,11 +325,23 @@ impl Operations {
         call: &CallContext,
         key: &CreditorKey,
     ) -> Result<PaymentConfiguration> {
+        // What is kept of the onboarding is answered from as it is: the read's event is written
+        // only if the onboarding is still at that revision when it commits, after the read arrived
+        // (otherwise nothing is written and the onboarding is read as every other read reads it).
         // An onboarding that keeps changing under the reads gets the ordinary write.
-        let mut record = self.get_onboarding(&key.onboarding).await?;
+        let kept = self
+            .store()
+            .kept_onboarding(&key.onboarding.tenant, key.onboarding.environment);
+        let mut checked = kept.is_none();
+        let mut record = match kept {
+            Some(record) => record,
+            None => self.get_onboarding(&key.onboarding).await?,
+        };
         for _ in 0..3 {
-            let read_before = find_creditor(&record, key)?.stages.iter().any(|s| {
-                s.stage == Stage::PaymentConfiguration && s.state == StageState::Completed
+            let read_before = find_creditor(&record, key).is_ok_and(|creditor| {
+                creditor.stages.iter().any(|s| {
+                    s.stage == Stage::PaymentConfiguration && s.state == StageState::Completed
+                })
             });
             if !read_before {
                 break;
@@ -352,6 +364,11 @@ impl Operations {
                 self.announce(&record.id, sequence);
                 return Ok(configuration);
             }
+            record = self.get_onboarding(&key.onboarding).await?;
+            checked = true;
+        }
+        // The ordinary write answers from the onboarding as every other read sees it.
+        if !checked {
             record = self.get_onboarding(&key.onboarding).await?;
         }
         let (configuration, token_set_time) = self.payment_configuration(&record, key).await?;

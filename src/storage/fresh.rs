@@ -119,6 +119,18 @@ impl Snapshots {
             .map(|snapshot| snapshot.record.clone())
     }
 
+    /// The onboarding as kept, of whatever revision: only for a read whose answer a later write
+    /// confirms by checking that revision (an audited read, see [`trail`](super::trail)).
+    pub fn unconfirmed(
+        &self,
+        tenant: &str,
+        environment: Environment,
+    ) -> Option<Arc<OnboardingRecord>> {
+        self.0
+            .get(&key(tenant, environment), |_| true)
+            .map(|snapshot| snapshot.record.clone())
+    }
+
     /// The onboarding as `head` (a row read now) shows it, if what is kept is of `head`'s revision;
     /// what is given is then current at `observed`, a generation its slot was settled at before the
     /// row was read. Its audit trail may have moved on since (audited reads): then a copy with the

@@ -669,6 +669,17 @@ impl Store {
         self.snapshots.forget(record);
     }
 
+    /// What is kept of an onboarding, of whatever revision, without asking the database: only for a
+    /// read whose answer is confirmed afterwards by [`Store::append_read_event`], which writes the
+    /// read's event only if the onboarding is still at the revision the answer was read at.
+    pub fn kept_onboarding(
+        &self,
+        tenant: &TenantId,
+        environment: Environment,
+    ) -> Option<Arc<OnboardingRecord>> {
+        self.snapshots.unconfirmed(tenant.as_str(), environment)
+    }
+
     /// Writes the audit event of an answered read (see [`trail`]): its sequence number, or `None`
     /// when the onboarding changed after the read (nothing is written; read again).
     pub async fn append_read_event(&self, read: AuditedRead) -> Result<Option<i64>> {
