@@ -18,7 +18,6 @@
 //! ([`generations`](super::generations)): a read answers from what is kept without asking the database while no write
 //! of the onboarding has begun, in any of them, since what is kept was known to be current.
 
-use super::generations::{Generations, Slot};
 use super::rounds::Rounds;
 use super::writes::{KeptConnection, held_connection};
 use super::{Backend, db_error, rows};
@@ -104,14 +103,14 @@ impl Snapshots {
     }
 
     /// The onboarding as kept, if no write of it can have begun since it was current: its slot is
-    /// still settled at the snapshot's stamp (see [`generations`](super::generations)).
+    /// settled at `settled` (read just now, see [`generations`](super::generations)), the snapshot's
+    /// stamp.
     pub fn settled(
         &self,
         tenant: &str,
         environment: Environment,
-        generations: &Generations,
+        settled: u64,
     ) -> Option<Arc<OnboardingRecord>> {
-        let settled = generations.settled(Slot::of(tenant, environment))?;
         self.0
             .get(&key(tenant, environment), |snapshot| {
                 snapshot.stamp.load(Ordering::Acquire) == settled

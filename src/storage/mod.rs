@@ -305,19 +305,17 @@ impl Store {
         environment: Environment,
     ) -> Result<Option<Arc<OnboardingRecord>>> {
         self.check_reachable()?;
-        let observed = match &self.generations {
-            Some(generations) => {
-                if let Some(record) =
-                    self.snapshots
-                        .settled(tenant.as_str(), environment, generations)
-                {
-                    return Ok(Some(record));
-                }
-                generations.settled(generations::Slot::of(tenant.as_str(), environment))
-            }
-            None => None,
+        let settled = self.generations.as_ref().and_then(|generations| {
+            generations.settled(generations::Slot::of(tenant.as_str(), environment))
+        });
+        if let Some(settled) = settled
+            && let Some(record) = self
+                .snapshots
+                .settled(tenant.as_str(), environment, settled)
+        {
+            return Ok(Some(record));
         }
-        .unwrap_or(generations::UNSTAMPED);
+        let observed = settled.unwrap_or(generations::UNSTAMPED);
         let Some(head) = self.rows.get(tenant.as_str(), environment).await? else {
             return Ok(None);
         };
@@ -866,14 +864,9 @@ impl WriteTx {
         }
         let onboarding = onboarding.later().await?;
         let result = match result_of {
-            Some(request_id) if !beside => Some(
-                self.tx
-                    .read(rows::SELECT_RESULT)
-                    .bind(tenant.as_str())
-                    .bind(request_id)
-                    .later()
-                    .await?,
-            ),
+            Some(request_id) if !beside => {
+                Some(self.result_read(tenant, request_id).later().await?)
+            }
             _ => None,
         };
         let onboarding = self.tx.rows(onboarding).await?.into_iter().next();
@@ -885,14 +878,11 @@ impl WriteTx {
             (None, Some(row), Some(_)) => rows::stored_result(row)?,
             // No onboarding to find the result beside: the result alone.
             (None, None, Some(request_id)) => {
-                let row = self
-                    .tx
-                    .read(rows::SELECT_RESULT)
-                    .bind(tenant.as_str())
-                    .bind(request_id)
+                match self
+                    .result_read(tenant, request_id)
                     .fetch_optional()
-                    .await?;
-                match row {
+                    .await?
+                {
                     Some(row) => rows::stored_result(&row)?,
                     None => None,
                 }
@@ -929,6 +919,14 @@ impl WriteTx {
             record: Some(record),
             result,
         })
+    }
+
+    /// The read of the stored result of the tenant's `request_id`.
+    fn result_read(&mut self, tenant: &TenantId, request_id: &str) -> writes::Statement<'_> {
+        self.tx
+            .read(rows::SELECT_RESULT)
+            .bind(tenant.as_str())
+            .bind(request_id)
     }
 
     /// Stores a call's result under its request_id.

@@ -54,6 +54,35 @@ impl Appends {
     pub fn statements(connection: KeptConnection) -> Self {
         Self::Statements(connection, Mutex::new(Instant::now()))
     }
+
+    /// Writes the events of one round's `reads`.
+    async fn round(
+        &self,
+        backend: Backend,
+        snapshots: &Snapshots,
+        reads: &[AuditedRead],
+    ) -> Result<Vec<Appended>> {
+        match self {
+            Self::Transaction {
+                writes,
+                generations,
+            } => transaction_round(backend, writes, snapshots, generations.clone(), reads).await,
+            Self::Statements(connection, used) => {
+                let idle = used.lock().map(|used| used.elapsed()).unwrap_or_default();
+                if idle >= IDLE_CHECK {
+                    let mut held = connection.take().await?;
+                    if held_connection(&mut held).ping().await.is_err() {
+                        held.take();
+                    }
+                }
+                let answers = statements_round(connection, snapshots, reads).await;
+                if let Ok(mut used) = used.lock() {
+                    *used = Instant::now();
+                }
+                Ok(answers)
+            }
+        }
+    }
 }
 
 /// A kept connection idle this long is tested before a round's statements go on it: a statement that
@@ -77,31 +106,7 @@ impl Trail {
         Self(Rounds::start(EVENTS_PER_ROUND, move |reads| {
             let appends = appends.clone();
             let snapshots = snapshots.clone();
-            async move {
-                match &*appends {
-                    Appends::Transaction {
-                        writes,
-                        generations,
-                    } => {
-                        transaction_round(backend, writes, &snapshots, generations.clone(), &reads)
-                            .await
-                    }
-                    Appends::Statements(connection, used) => {
-                        let idle = used.lock().map(|used| used.elapsed()).unwrap_or_default();
-                        if idle >= IDLE_CHECK {
-                            let mut held = connection.take().await?;
-                            if held_connection(&mut held).ping().await.is_err() {
-                                held.take();
-                            }
-                        }
-                        let answers = statements_round(connection, &snapshots, &reads).await;
-                        if let Ok(mut used) = used.lock() {
-                            *used = Instant::now();
-                        }
-                        Ok(answers)
-                    }
-                }
-            }
+            async move { appends.round(backend, &snapshots, &reads).await }
         }))
     }
 
@@ -132,6 +137,15 @@ fn groups(reads: &[AuditedRead]) -> Groups<'_> {
     groups
 }
 
+/// The reads `members` of one onboarding with the sequence numbers their events took, in order,
+/// the last of them `last` (the trail's new end).
+fn numbered(members: &[usize], last: i64) -> impl Iterator<Item = (usize, i64)> + '_ {
+    let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
+    (0..)
+        .zip(members)
+        .map(move |(offset, &index)| (index, last - count + 1 + offset))
+}
+
 /// One transaction: per onboarding, moves `last_event` on by its reads' events if the revision
 /// still matches, then inserts them.
 async fn transaction_round(
@@ -160,8 +174,7 @@ async fn transaction_round(
         tx.writes_onboarding(tenant, environment);
         moved_on.push((onboarding_id, tenant, environment, revision, last));
         let mut events = Vec::with_capacity(members.len());
-        for (offset, index) in (0..).zip(members) {
-            let sequence = last - count + 1 + offset;
+        for (index, sequence) in numbered(&members, last) {
             sequences[index] = Some(sequence);
             events.push((sequence, &reads[index].event));
         }
@@ -196,9 +209,8 @@ async fn statements_round(
         match outcome {
             Ok(None) => {}
             Ok(Some(last)) => {
-                let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
-                for (offset, index) in (0..).zip(members) {
-                    answers[index] = Ok(Some(last - count + 1 + offset));
+                for (index, sequence) in numbered(&members, last) {
+                    answers[index] = Ok(Some(sequence));
                 }
                 snapshots.advance(
                     tenant,
