@@ -472,6 +472,81 @@ async fn concurrent_writers_lose_no_update() {
 }
 
 #[tokio::test]
+async fn replicas_writing_one_onboarding_lose_no_update_and_replay_each_others_results() {
+    for backend in backends() {
+        eprintln!("backend: {backend:?}");
+        let server = TestServer::start_with(&backend, |config| {
+            config.encryption_keys = SHARED_ENCRYPTION_KEYS.into();
+        })
+        .await;
+        let replica = server.replica().await;
+        let created = create(&server, "gp", Environment::Test).await;
+        let client = |i: usize| match i % 2 {
+            0 => server.client.clone(),
+            _ => replica.client.clone(),
+        };
+        let agreement = |i: usize| proto::RecordAgreementRequest {
+            reference: format!("REF-{i}"),
+            ..agreement_request(&created.name)
+        };
+
+        // The replicas write in turn, each after the other's write made what it keeps stale.
+        for i in 0..6 {
+            let written = client(i)
+                .record_agreement(agreement(i))
+                .await
+                .unwrap()
+                .into_inner()
+                .onboarding
+                .unwrap();
+            assert_eq!(written.etag, format!("\"{}\"", i + 2), "write {i}");
+            assert_eq!(written.agreement.unwrap().reference, format!("REF-{i}"));
+        }
+        // And at once.
+        let writers = (6..22).map(|i| {
+            let mut client = client(i);
+            let request = agreement(i);
+            tokio::spawn(async move { client.record_agreement(request).await })
+        });
+        for result in futures::future::join_all(writers).await {
+            result.unwrap().unwrap();
+        }
+        let trail = events(&server, &created.name).await;
+        let names: Vec<String> = trail.iter().map(|e| e.name.clone()).collect();
+        let expected: Vec<String> = (1..=23)
+            .map(|n| format!("{}/events/{n}", created.name))
+            .collect();
+        assert_eq!(
+            names, expected,
+            "one event per write, numbered without gaps"
+        );
+        let last = get(&server, &created.name).await.unwrap();
+        assert_eq!(
+            last.etag, "\"23\"",
+            "every write applied on top of the one before"
+        );
+        assert!(
+            trail[22]
+                .summary
+                .contains(&last.agreement.as_ref().unwrap().reference)
+        );
+        assert_eq!(get_via(&replica.client, &created.name).await.unwrap(), last);
+
+        // A retried request_id answers with its first result through the other replica, which has
+        // read the onboarding since and keeps it as it is.
+        let request = proto::RecordAgreementRequest {
+            request_id: "agreement-once".into(),
+            ..agreement(99)
+        };
+        let first = client(0).record_agreement(request.clone()).await.unwrap();
+        get_via(&replica.client, &created.name).await.unwrap();
+        let again = client(1).record_agreement(request).await.unwrap();
+        assert_eq!(again.into_inner(), first.into_inner());
+        assert_eq!(events(&server, &created.name).await.len(), 24);
+    }
+}
+
+#[tokio::test]
 async fn list_filters_and_pages_stay_correct_while_rows_are_inserted() {
     for_each_backend(|server| async move {
         let test_tenants = ["b-tenant", "d-tenant", "f-tenant", "h-tenant"];

@@ -760,14 +760,20 @@ async fn credentials_webhooks_and_terms_are_checked_field_by_field() {
     .await;
 }
 
+/// A server and a second replica on its database.
+async fn server_and_replica(backend: &common::Backend) -> (TestServer, common::Replica) {
+    let server = TestServer::start_with(backend, |config| {
+        config.encryption_keys = common::SHARED_ENCRYPTION_KEYS.into();
+    })
+    .await;
+    let replica = server.replica().await;
+    (server, replica)
+}
+
 #[tokio::test]
 async fn two_replicas_racing_to_create_one_creditor_make_one() {
     for backend in common::backends() {
-        let server = TestServer::start_with(&backend, |config| {
-            config.encryption_keys = common::SHARED_ENCRYPTION_KEYS.into();
-        })
-        .await;
-        let replica = server.replica().await;
+        let (server, replica) = server_and_replica(&backend).await;
         let simulator = server.simulator(Environment::Test);
         let name = activated(&server, Environment::Test).await;
         // The create takes a while in Billecta, so the two calls overlap.
@@ -801,5 +807,53 @@ async fn two_replicas_racing_to_create_one_creditor_make_one() {
             "one creditor in Billecta"
         );
         assert_eq!(simulator.request_count("POST /v1/creditors/creditor"), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_retry_through_another_replica_that_has_read_the_onboarding_since_replays() {
+    for backend in common::backends() {
+        eprintln!("backend: {backend:?}");
+        let (server, replica) = server_and_replica(&backend).await;
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        let creditor = common::create_creditor(&server, creditor_request(&name)).await;
+        // Invoice settings may be set again once set: only the request_id tells a retry apart.
+        let request = proto::UpdateInvoiceSettingsRequest {
+            name: creditor.name.clone(),
+            invoice_settings: Some(proto::InvoiceSettings {
+                next_invoice_number: 1023,
+                ..Default::default()
+            }),
+            request_id: "gp-invoice-settings-once".into(),
+            ..Default::default()
+        };
+        let first = server
+            .client
+            .clone()
+            .update_invoice_settings(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let sent = simulator.request_count("PUT /v1/creditors/creditor");
+        // The replica reads the onboarding as it now is (and keeps it), then gets the retry: the
+        // onboarding has not changed since, but the request_id has its result.
+        let read = common::get_via(&replica.client, &name).await.unwrap();
+        let retried = replica
+            .client
+            .clone()
+            .update_invoice_settings(request)
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(retried, first);
+        assert_eq!(
+            simulator.request_count("PUT /v1/creditors/creditor"),
+            sent,
+            "Billecta is not asked again"
+        );
+        let after = common::get(&server, &name).await.unwrap();
+        assert_eq!(after, read, "the retry wrote nothing");
+        assert_eq!(common::get_via(&replica.client, &name).await.unwrap(), read);
     }
 }

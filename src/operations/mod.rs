@@ -228,7 +228,8 @@ impl Operations {
         }
         tx.insert_onboarding(&record).await?;
         tx.append_event(&record, &event).await?;
-        let stamps = finish(tx, &key.tenant, mutation, &record, now).await?;
+        store_result(&mut tx, &key.tenant, mutation, &record, now).await?;
+        let stamps = tx.commit().await?;
         self.store.remember_created(&record, &stamps);
         self.announce(&record.id, record.last_event);
         Ok(record)
@@ -246,9 +247,9 @@ impl Operations {
     ) -> Result<OnboardingRecord> {
         self.mutate(call, key, mutation, |record, now| {
             let agreement = Agreement {
-                attested_by,
+                attested_by: attested_by.clone(),
                 agreement_time,
-                reference,
+                reference: reference.clone(),
                 record_time: now,
             };
             Ok(record.record_agreement(agreement, now))
@@ -268,9 +269,9 @@ impl Operations {
     ) -> Result<OnboardingRecord> {
         self.mutate(call, key, mutation, |record, now| {
             let account = Account {
-                full_name,
-                company_name,
-                email,
+                full_name: full_name.clone(),
+                company_name: company_name.clone(),
+                email: email.clone(),
                 register_time: now,
                 username: None,
                 activate_time: None,
@@ -287,7 +288,7 @@ impl Operations {
         call: &CallContext,
         key: &OnboardingKey,
         mutation: &Mutation,
-        change: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<String>,
+        mut change: impl FnMut(&mut OnboardingRecord, Micros) -> Result<String>,
     ) -> Result<OnboardingRecord> {
         let written = self
             .transact(call, key, mutation, Conventions::WHOLE, |record, now| {
@@ -299,17 +300,31 @@ impl Operations {
         })
     }
 
-    /// One write transaction on an existing onboarding: lock it, apply `change`, write the record,
-    /// the secrets the change produced and one audit event, commit, and tell watchers.
+    /// One write on an existing onboarding: apply `change` to it, write the record, the secrets
+    /// the change produced and one audit event, commit, and tell watchers.
+    ///
+    /// Where the store keeps the onboarding and guards writes (PostgreSQL), the change is first
+    /// applied to what is kept and written as one guarded statement, made only if the onboarding
+    /// is still at the kept revision (and, for a first write, no result is stored under the
+    /// request_id): one round trip. Otherwise — nothing kept, a guard failed, or the change or
+    /// its etag refused what is kept, which may be stale — the onboarding is locked and read, and
+    /// `change` runs again on that: it must not assume it runs once.
     async fn transact(
         &self,
         call: &CallContext,
         key: &OnboardingKey,
         mutation: &Mutation,
         conventions: Conventions,
-        change: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<Written>,
+        mut change: impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
     ) -> Result<Committed> {
         let now = now_micros();
+        if !(conventions.first_write && mutation.validate_only)
+            && let Some(committed) = self
+                .write_kept(call, key, mutation, conventions, &mut change, now)
+                .await?
+        {
+            return Ok(committed);
+        }
         let mut tx = self.store.begin().await?;
         let result_of = replayable(mutation).filter(|_| conventions.first_write);
         let locked = tx
@@ -324,75 +339,72 @@ impl Operations {
             if let Some(replayed) = replay(locked.result, mutation)? {
                 return Ok(Committed::Replayed(replayed));
             }
-            if mutation
-                .etag
-                .as_ref()
-                .is_some_and(|etag| *etag != before.etag())
-            {
+            if etag_refuses(mutation, &before) {
                 return Err(Error::EtagMismatch {
                     resource: key.name(),
                 });
             }
         }
-        let mut record = before.clone();
-        let written = change(&mut record, now)?;
-        for (credential, _) in &written.secrets {
-            record
-                .credentials
-                .retain(|c| !(c.scope == credential.scope && c.field == credential.field));
-            record.credentials.push(credential.clone());
-        }
-        for (scope, field) in &written.removed {
-            record
-                .credentials
-                .retain(|c| !(c.scope == *scope && c.field == *field));
-        }
-        record.refresh();
-        if conventions.bump_version && record != before {
-            record.version += 1;
-        }
-        record.last_event += 1;
-        record.revision += 1;
-        record.update_time = now;
-        let mut event = event(call, mutation, &record, &before, now, written.summary);
-        event.outcome = conventions.outcome.to_owned();
+        let change = apply(call, mutation, conventions, &before, &mut change, now)?;
         if conventions.first_write && mutation.validate_only {
-            return Ok(Committed::Stored(record));
+            return Ok(Committed::Stored(change.record));
         }
-        // Each row is written once per transaction (see storage::writes): a change may not both
-        // store and remove one credential.
-        if written.removed.iter().any(|(scope, field)| {
-            written
-                .secrets
-                .iter()
-                .any(|(c, _)| c.scope == *scope && c.field == *field)
-        }) {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "a change both stored and removed one credential"
-            )));
+        change.write(&mut tx, &before).await?;
+        if conventions.save_result {
+            store_result(&mut tx, &key.tenant, mutation, &change.record, now).await?;
         }
-        tx.update_onboarding(&before, &record).await?;
-        for (credential, sealed) in &written.secrets {
-            tx.put_credential(&record, credential, sealed).await?;
-        }
-        for (scope, field) in &written.removed {
-            tx.delete_credential(&record, scope, *field).await?;
-        }
-        tx.append_event(&record, &event).await?;
-        let stamps = if conventions.save_result {
-            finish(tx, &key.tenant, mutation, &record, now).await?
-        } else {
-            tx.commit().await?
+        let stamps = tx.commit().await?;
+        Ok(self.committed(&before, change, &stamps))
+    }
+
+    /// The write of [`Operations::transact`] made from what the store keeps, as a guarded write:
+    /// `None` when it was not made.
+    async fn write_kept(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        conventions: Conventions,
+        change: &mut impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
+        now: Micros,
+    ) -> Result<Option<Committed>> {
+        let Some((kept, mut tx)) = self.store.kept_for_write(&key.tenant, key.environment)? else {
+            return Ok(None);
         };
-        self.store.remember_write(
-            &before,
-            &record,
-            &written.secrets,
-            &written.removed,
-            &stamps,
-        );
+        let before: &OnboardingRecord = &kept;
+        if conventions.first_write && etag_refuses(mutation, before) {
+            return Ok(None);
+        }
+        let Ok(change) = apply(call, mutation, conventions, before, change, now) else {
+            return Ok(None);
+        };
+        // The onboarding's row first: it is the guard that goes first (see `storage::writes`).
+        change.write(&mut tx, before).await?;
+        if let Some(request_id) = replayable(mutation).filter(|_| conventions.first_write) {
+            tx.guard_no_result(&key.tenant, request_id).await?;
+        }
+        if conventions.save_result {
+            store_result(&mut tx, &key.tenant, mutation, &change.record, now).await?;
+        }
+        let Some(stamps) = tx.commit_guarded().await? else {
+            tracing::debug!(
+                onboarding = %change.record.id,
+                "the onboarding was written meanwhile: writing again under its lock"
+            );
+            return Ok(None);
+        };
+        Ok(Some(self.committed(before, change, &stamps)))
+    }
+
+    /// Keeps what a committed `change` of `before` left and tells watchers.
+    fn committed(&self, before: &OnboardingRecord, change: Applied, stamps: &Stamps) -> Committed {
+        let Applied {
+            record, written, ..
+        } = change;
+        self.store
+            .remember_write(before, &record, &written.secrets, &written.removed, stamps);
         self.announce(&record.id, record.last_event);
-        Ok(Committed::Stored(record))
+        Committed::Stored(record)
     }
 
     /// Tells this process's watchers that an onboarding's event `sequence` is committed.
@@ -412,6 +424,14 @@ impl Operations {
                 resource: key.name(),
             })
     }
+}
+
+/// Whether the call's etag, if it gave one, is not `record`'s.
+fn etag_refuses(mutation: &Mutation, record: &OnboardingRecord) -> bool {
+    mutation
+        .etag
+        .as_ref()
+        .is_some_and(|etag| *etag != record.etag())
 }
 
 /// The request_id whose stored result replays a call, if any (a validate_only call stores none).
@@ -440,14 +460,14 @@ fn replay(stored: Option<StoredResult>, mutation: &Mutation) -> Result<Option<On
     Ok(Some(record))
 }
 
-/// Stores the result under the request_id, if any, and commits.
-async fn finish(
-    mut tx: crate::storage::WriteTx,
+/// Stores the result under the request_id, if any.
+async fn store_result(
+    tx: &mut crate::storage::WriteTx,
     tenant: &TenantId,
     mutation: &Mutation,
     record: &OnboardingRecord,
     now: Micros,
-) -> Result<Stamps> {
+) -> Result<()> {
     if let Some(request_id) = &mutation.request_id {
         let stored = StoredResult {
             method: mutation.method.to_owned(),
@@ -457,7 +477,90 @@ async fn finish(
         tx.save_result(tenant, request_id.as_str(), &stored, now)
             .await?;
     }
-    tx.commit().await
+    Ok(())
+}
+
+/// A change of an onboarding, ready to write: the record it leaves, what it wrote, its event.
+struct Applied {
+    record: OnboardingRecord,
+    written: Written,
+    event: EventRecord,
+}
+
+/// Applies `change` to `before` with the shared conventions: the secrets it wrote, the version,
+/// the revision and the audit trail moved on.
+fn apply(
+    call: &CallContext,
+    mutation: &Mutation,
+    conventions: Conventions,
+    before: &OnboardingRecord,
+    change: &mut impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
+    now: Micros,
+) -> Result<Applied> {
+    let mut record = before.clone();
+    let written = change(&mut record, now)?;
+    // Each row is written once per transaction (see storage::writes): a change may not both store
+    // and remove one credential.
+    if written.removed.iter().any(|(scope, field)| {
+        written
+            .secrets
+            .iter()
+            .any(|(c, _)| c.scope == *scope && c.field == *field)
+    }) {
+        return Err(Error::Internal(anyhow::anyhow!(
+            "a change both stored and removed one credential"
+        )));
+    }
+    for (credential, _) in &written.secrets {
+        record
+            .credentials
+            .retain(|c| !(c.scope == credential.scope && c.field == credential.field));
+        record.credentials.push(credential.clone());
+    }
+    for (scope, field) in &written.removed {
+        record
+            .credentials
+            .retain(|c| !(c.scope == *scope && c.field == *field));
+    }
+    record.refresh();
+    if conventions.bump_version && record != *before {
+        record.version += 1;
+    }
+    record.last_event += 1;
+    record.revision += 1;
+    record.update_time = now;
+    let mut event = event(
+        call,
+        mutation,
+        &record,
+        before,
+        now,
+        written.summary.clone(),
+    );
+    event.outcome = conventions.outcome.to_owned();
+    Ok(Applied {
+        record,
+        written,
+        event,
+    })
+}
+
+impl Applied {
+    /// Queues the change's writes in `tx`: the onboarding's row first, then its secrets and event.
+    async fn write(
+        &self,
+        tx: &mut crate::storage::WriteTx,
+        before: &OnboardingRecord,
+    ) -> Result<()> {
+        tx.update_onboarding(before, &self.record).await?;
+        for (credential, sealed) in &self.written.secrets {
+            tx.put_credential(&self.record, credential, sealed).await?;
+        }
+        for (scope, field) in &self.written.removed {
+            tx.delete_credential(&self.record, scope, *field).await?;
+        }
+        tx.append_event(&self.record, &self.event).await
+    }
 }
 
 fn event(

@@ -225,7 +225,7 @@ impl Operations {
         call: &CallContext,
         key: &OnboardingKey,
         mutation: &Mutation,
-        prepare: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<(String, StageRef)>,
+        mut prepare: impl FnMut(&mut OnboardingRecord, Micros) -> Result<(String, StageRef)>,
     ) -> Result<Claim> {
         let owner = uuid::Uuid::new_v4().to_string();
         let lease_micros = i64::try_from(self.timing.lease.as_micros()).unwrap_or(i64::MAX);
@@ -291,7 +291,7 @@ impl Operations {
         mutation: &Mutation,
         claimed: &Claimed,
         outcome: &'static str,
-        apply: impl FnOnce(&mut OnboardingRecord, Micros) -> Result<Written>,
+        mut apply: impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
     ) -> Result<OnboardingRecord> {
         let conventions = Conventions {
             first_write: false,
@@ -801,7 +801,7 @@ impl Operations {
                     now,
                 )?;
                 // Without settings in the request, the ones asked for before (or promoted) apply.
-                let desired = match requested.or_else(|| creditor.company_settings.clone()) {
+                let desired = match requested.clone().or_else(|| creditor.company_settings.clone()) {
                     Some(desired) => CompanySettings {
                         bankgiro_payments_approved: false,
                         ..desired

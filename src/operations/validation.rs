@@ -240,7 +240,7 @@ impl Operations {
         let updated = self
             .mutate(call, key, &mutation, |record, now| {
                 apply_checks(record, &checks, &seen, now);
-                Ok(summary)
+                Ok(summary.clone())
             })
             .await?;
         for stage in newly_broken(&record, &updated) {
@@ -529,7 +529,7 @@ impl Operations {
         self.mutate(call, &production, mutation, |record, now| {
             ready()?;
             copy_desired(record, &test, now);
-            Ok(summary)
+            Ok(summary.clone())
         })
         .await
     }

@@ -14,6 +14,9 @@ mod rows;
 mod trail;
 mod writes;
 
+#[cfg(test)]
+mod test_schema;
+
 pub use generations::Stamps;
 pub use trail::AuditedRead;
 
@@ -295,6 +298,34 @@ impl Store {
             self.generations.clone(),
         )
         .await
+    }
+
+    /// What is kept of an onboarding, of whatever revision, with a guarded write to make from it:
+    /// a write whose first statement is [`WriteTx::update_onboarding`] from the record given, and
+    /// which [`WriteTx::commit_guarded`] makes only if the onboarding is still as kept. `None` where
+    /// writes are not guarded (SQLite, whose writes take turns on one connection anyway) or nothing
+    /// is kept.
+    pub fn kept_for_write(
+        &self,
+        tenant: &TenantId,
+        environment: Environment,
+    ) -> Result<Option<(Arc<OnboardingRecord>, WriteTx)>> {
+        let Some(tx) = self.writer()?.begin_guarded() else {
+            return Ok(None);
+        };
+        let Some(record) = self.snapshots.unconfirmed(tenant.as_str(), environment) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            record,
+            WriteTx {
+                backend: self.backend,
+                tx,
+                snapshots: None,
+                generations: None,
+                written: Vec::new(),
+            },
+        )))
     }
 
     /// One onboarding with its stages and creditors, as committed before this call (see [`fresh`]).
@@ -921,6 +952,26 @@ impl WriteTx {
         })
     }
 
+    /// Guards a guarded write (see [`Store::kept_for_write`]): made only if no result is stored
+    /// under the tenant's `request_id`.
+    pub async fn guard_no_result(&mut self, tenant: &TenantId, request_id: &str) -> Result<()> {
+        self.tx
+            .guard(rows::SELECT_RESULT)
+            .bind(tenant.as_str())
+            .bind(request_id)
+            .run(Expect::changes(
+                0,
+                format!("a result is stored under request_id {request_id}"),
+            ))
+            .await
+    }
+
+    /// Commits a guarded write (see [`Store::kept_for_write`]): `None` when a guard failed and
+    /// nothing was written (make the write again under the onboarding's lock).
+    pub async fn commit_guarded(self) -> Result<Option<Stamps>> {
+        Ok(self.tx.commit_guarded().await?.then(Stamps::default))
+    }
+
     /// The read of the stored result of the tenant's `request_id`.
     fn result_read(&mut self, tenant: &TenantId, request_id: &str) -> writes::Statement<'_> {
         self.tx
@@ -989,8 +1040,8 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Writes a changed onboarding: the row (only if still at `before`'s version) and the stages
-    /// that changed.
+    /// Writes a changed onboarding: the row (only if still at `before`'s version, revision and last
+    /// event) and the stages that changed. In a guarded write this is the guard, and comes first.
     pub async fn update_onboarding(
         &mut self,
         before: &OnboardingRecord,
@@ -1018,9 +1069,10 @@ impl WriteTx {
             .bind(&after.tenant)
             .bind(before.version)
             .bind(before.revision)
+            .bind(before.last_event)
             .run(Expect::changes(
                 1,
-                format!("onboarding {} changed underneath a locked update", after.id),
+                format!("onboarding {} changed underneath its update", after.id),
             ))
             .await?;
         for stage in &after.stages {

@@ -101,7 +101,7 @@ pub const LIST_ONBOARDINGS: &str = onboarding_select!(
 pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time, revision) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7, revision = $8 \
-     WHERE id = $9 AND tenant = $10 AND version = $11 AND revision = $12";
+     WHERE id = $9 AND tenant = $10 AND version = $11 AND revision = $12 AND last_event = $13";
 
 pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time, attempts, next_attempt_time FROM stages \
      WHERE onboarding_id = $1 AND tenant = $2";

@@ -10,7 +10,7 @@
 use super::fresh::Snapshots;
 use super::generations::{Generations, UNSTAMPED};
 use super::rounds::{Rounds, shared};
-use super::writes::{KeptConnection, Writes, held_connection};
+use super::writes::{IDLE_CHECK, KeptConnection, Writes, held_connection};
 use super::{Backend, WriteTx, db_error, rows};
 use crate::domain::Environment;
 use crate::domain::onboarding::EventRecord;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use sqlx::{Connection, Row};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// An answered read and the event that records it.
 #[derive(Debug, Clone)]
@@ -84,11 +84,6 @@ impl Appends {
         }
     }
 }
-
-/// A kept connection idle this long is tested before a round's statements go on it: a statement that
-/// fails cannot be sent again (it may have committed), so one that would fail on a connection the
-/// database dropped meanwhile (a restart) is not sent on it.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A read's answer from a round: its sequence number, `None` if the onboarding had moved past the
 /// read's revision, or why its event was not written.
@@ -326,33 +321,11 @@ mod tests {
     /// nothing written and their readers are told; one that moved on is answered with `None`.
     #[tokio::test]
     async fn postgres_rounds_answer_each_onboarding_by_its_own_statement() {
-        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        let Some(schema) = super::super::test_schema::TestSchema::create("trail_test", 1).await
+        else {
             return;
         };
-        sqlx::any::install_default_drivers();
-        // Tables of a schema of this test's own (a failed statement drops its connection, so they
-        // cannot be temporary ones).
-        let schema = format!("trail_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::AnyPool::connect(&url).await.unwrap();
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let search_path = format!("SET search_path TO {schema}");
-        let pool = sqlx::any::AnyPoolOptions::new()
-            .max_connections(1)
-            .after_connect(move |connection, _| {
-                let search_path = search_path.clone();
-                Box::pin(async move {
-                    sqlx::query(AssertSqlSafe(search_path))
-                        .execute(connection)
-                        .await
-                        .map(drop)
-                })
-            })
-            .connect(&url)
-            .await
-            .unwrap();
+        let pool = schema.pool.clone();
         for statement in [
             "CREATE TABLE onboardings (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, \
              revision BIGINT NOT NULL, last_event BIGINT NOT NULL)",
@@ -370,7 +343,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let connection = KeptConnection::new(pool.clone(), Duration::from_secs(5));
+        let connection = KeptConnection::new(pool.clone(), std::time::Duration::from_secs(5));
         let snapshots = Snapshots::new(8);
         let reads = [
             read("d", 1, "after-the-failure"),
@@ -415,10 +388,6 @@ mod tests {
                 ("c", 2, "x", "[]")
             ]
         );
-        pool.close().await;
-        sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .execute(&admin)
-            .await
-            .unwrap();
+        schema.remove().await;
     }
 }

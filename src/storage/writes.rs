@@ -1,35 +1,47 @@
 //! Where writes run.
 //!
-//! PostgreSQL writes run side by side on pooled connections. SQLite allows one writer at a time, so
-//! its writes take turns on one connection kept for them: a pooled connection would be tested with a
-//! round trip to the database when it is taken and again when it is given back — two of the dozen
-//! round trips of a typical write transaction, made while every other writer waits. The read rounds
-//! (`fresh`) keep a connection of their own the same way.
+//! A pooled connection is tested with a round trip to the database when it is taken and again when
+//! it is given back, so writes keep their connections. PostgreSQL writes run side by side on
+//! connections taken from the pool once and kept between writes ([`Connections`]): a guarded write
+//! is one round trip instead of three. SQLite allows one writer at a time, so its writes take turns
+//! on one connection kept for them (the pool's tests would be two of the dozen round trips of a
+//! typical write transaction, made while every other writer waits). The read rounds (`fresh`) keep
+//! a connection of their own the same way.
 
 use super::generations::{Generations, Slot, Stamps};
 use super::{Backend, db_error};
 use crate::error::{Error, Result};
 use futures::StreamExt;
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
+use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool, Arguments, AssertSqlSafe, Either, Encode, Executor, Row, Type};
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// The connections writes run on.
 #[derive(Clone)]
 pub(super) enum Writes {
-    Pooled(AnyPool),
+    Pooled(Arc<Connections>),
     Turns(Arc<KeptConnection>),
 }
 
 impl Writes {
-    /// Writes on `pool`: pooled for PostgreSQL, in turns on one of its connections for SQLite,
-    /// each waiting at most `wait` for its turn.
+    /// Writes on `pool`: side by side on connections kept from it for PostgreSQL (at most half the
+    /// pool kept idle, so that reads and other writers always find connections), in turns on one of its connections
+    /// for SQLite, each waiting at most `wait` for its turn.
     pub fn new(backend: Backend, pool: AnyPool, wait: Duration) -> Self {
         match backend {
-            Backend::Postgres => Self::Pooled(pool),
+            Backend::Postgres => {
+                // A writer that finds none kept waits for the pool, so a pool of one keeps none.
+                let keep = usize::try_from(pool.options().get_max_connections() / 2).unwrap_or(0);
+                Self::Pooled(Arc::new(Connections {
+                    pool,
+                    idle: std::sync::Mutex::new(Vec::new()),
+                    keep,
+                }))
+            }
             Backend::Sqlite => Self::Turns(Arc::new(KeptConnection::new(pool, wait))),
         }
     }
@@ -40,13 +52,22 @@ impl Writes {
     /// read for update.
     pub async fn begin(&self) -> Result<Tx> {
         match self {
-            Self::Pooled(pool) => Ok(Tx::Pooled(Pooled {
-                tx: pool.begin().await.map_err(db_error)?,
-                writes: Vec::new(),
-                values: AnyArguments::default(),
-                broken: false,
+            Self::Pooled(connections) => Ok(Tx::Pooled(Pooled {
+                held: connections.begin().await?,
+                parts: Parts::default(),
             })),
             Self::Turns(turns) => Ok(Tx::Turn(Turn::new(turns.take().await?)?)),
+        }
+    }
+
+    /// A guarded write (see [`Guarded`]), where the backend has them: PostgreSQL.
+    pub fn begin_guarded(&self) -> Option<Tx> {
+        match self {
+            Self::Pooled(connections) => Some(Tx::Guarded(Guarded {
+                connections: connections.clone(),
+                parts: Parts::default(),
+            })),
+            Self::Turns(_) => None,
         }
     }
 
@@ -56,7 +77,11 @@ impl Writes {
         query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     ) -> Result<sqlx::any::AnyQueryResult> {
         match self {
-            Self::Pooled(pool) => query.execute(pool).await,
+            Self::Pooled(connections) => {
+                let mut held = connections.take().await?;
+                let outcome = query.execute(held.connection()).await;
+                held.check(outcome)
+            }
             Self::Turns(turns) => {
                 let mut held = turns.take().await?;
                 query.execute(held_connection(&mut held)).await
@@ -68,7 +93,10 @@ impl Writes {
     /// Closes the connections once the writes in progress are done.
     pub async fn close(&self) {
         match self {
-            Self::Pooled(pool) => pool.close().await,
+            Self::Pooled(connections) => {
+                connections.idle().clear();
+                connections.pool.close().await;
+            }
             Self::Turns(turns) => {
                 turns.held.lock().await.take();
                 turns.pool.close().await;
@@ -79,11 +107,147 @@ impl Writes {
     /// The pool writes come from (migrations run on it).
     pub fn pool(&self) -> &AnyPool {
         match self {
-            Self::Pooled(pool) => pool,
+            Self::Pooled(connections) => &connections.pool,
             Self::Turns(turns) => &turns.pool,
         }
     }
 }
+
+/// PostgreSQL's write connections: taken from the pool, and kept when given back, up to `keep` of
+/// them idle (more go back to the pool). A connection idle for [`IDLE_CHECK`] is tested before it is
+/// used again, as the pool would; a write that finds its connection broken is not sent again (it
+/// may have committed) but fails, and the connection is closed.
+pub(super) struct Connections {
+    pool: AnyPool,
+    idle: std::sync::Mutex<Vec<(PoolConnection<sqlx::Any>, Instant)>>,
+    keep: usize,
+}
+
+impl Connections {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<sqlx::Any>, Instant)>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection: a kept one (tested first if it has been idle long), or one from the pool.
+    async fn take(self: &Arc<Self>) -> Result<Held> {
+        loop {
+            let Some((mut connection, since)) = self.idle().pop() else {
+                break;
+            };
+            if since.elapsed() < IDLE_CHECK
+                || sqlx::Connection::ping(&mut *connection).await.is_ok()
+            {
+                return Ok(self.hold(connection));
+            }
+            connection.close_on_drop();
+        }
+        Ok(self.hold(self.pool.acquire().await.map_err(db_error)?))
+    }
+
+    fn hold(self: &Arc<Self>, connection: PoolConnection<sqlx::Any>) -> Held {
+        Held {
+            connection: Some(connection),
+            home: self.clone(),
+            open: false,
+        }
+    }
+
+    /// A connection with a transaction begun. BEGIN does nothing, so when it fails (a connection
+    /// the database dropped since it was last tested) it is sent again on one the pool tests.
+    async fn begin(self: &Arc<Self>) -> Result<Held> {
+        let mut held = self.take().await?;
+        if let Err(error) = held.connection().execute("BEGIN").await {
+            tracing::debug!(%error, "BEGIN failed on a kept connection: taking another");
+            held.discard();
+            held = self.hold(self.pool.acquire().await.map_err(db_error)?);
+            let outcome = held.connection().execute("BEGIN").await;
+            held.check(outcome).map_err(db_error)?;
+        }
+        held.open = true;
+        Ok(held)
+    }
+
+    /// Keeps `connection` for the next write, unless enough are kept.
+    fn give_back(&self, connection: PoolConnection<sqlx::Any>) {
+        let mut idle = self.idle();
+        if idle.len() < self.keep {
+            idle.push((connection, Instant::now()));
+        }
+    }
+}
+
+/// A connection of [`Connections`], given back when dropped: rolled back first if a transaction is
+/// still open on it (a write that failed or was given up), closed if it broke.
+pub(super) struct Held {
+    connection: Option<PoolConnection<sqlx::Any>>,
+    home: Arc<Connections>,
+    /// BEGIN has run, and neither COMMIT nor ROLLBACK.
+    open: bool,
+}
+
+impl Held {
+    fn connection(&mut self) -> &mut AnyConnection {
+        self.connection
+            .as_deref_mut()
+            .expect("a held connection is there until dropped")
+    }
+
+    /// Passes `outcome` on; a connection that failed other than with the database's error (it
+    /// broke, or the protocol did) is closed rather than kept.
+    fn check<T>(&mut self, outcome: sqlx::Result<T>) -> sqlx::Result<T> {
+        if let Err(error) = &outcome
+            && error.as_database_error().is_none()
+        {
+            self.discard();
+        }
+        outcome
+    }
+
+    /// Closes the connection instead of keeping it.
+    fn discard(&mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            connection.close_on_drop();
+        }
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let outcome = self.connection().execute("COMMIT").await;
+        self.check(outcome).map_err(db_error)?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        if !self.open {
+            self.home.give_back(connection);
+            return;
+        }
+        let home = self.home.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    match connection.execute("ROLLBACK").await {
+                        Ok(_) => home.give_back(connection),
+                        Err(_) => connection.close_on_drop(),
+                    }
+                });
+            }
+            Err(_) => connection.close_on_drop(),
+        }
+    }
+}
+
+/// A kept connection idle this long is tested before a statement goes on it: a statement that fails
+/// cannot always be sent again (it may have committed), so one that would fail on a connection the
+/// database dropped meanwhile (a restart) is not sent on it.
+pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A connection taken from a pool once and kept, used by one task at a time (SQLite's writers,
 /// the read rounds). A user that finds it broken empties the slot; the next one takes a new
@@ -140,34 +304,58 @@ pub(super) fn held_connection(held: &mut Option<AnyConnection>) -> &mut AnyConne
 /// the one in progress, BEGIN goes with the first reads too: a transaction is two round trips to
 /// sqlx's SQLite worker thread instead of one per statement. On PostgreSQL the writes that wait go
 /// as one statement (each a part of a WITH). What a write's outcome means ([`Expect`]) is checked
-/// either way, before COMMIT runs.
+/// either way, before COMMIT runs. A [`Guarded`] write is one such statement without a transaction
+/// around it.
 pub(super) enum Tx {
     Pooled(Pooled),
     Turn(Turn),
+    Guarded(Guarded),
+}
+
+/// What a statement of a [`Tx`] is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    /// A read that guards a [`Guarded`] write: the rows it must find (none, as a rule) are bound
+    /// with [`Statement::run`]'s [`Expect::changes`].
+    Guard,
 }
 
 impl Tx {
     /// A read of this transaction; its values are bound in order with [`Statement::bind`].
     pub fn read(&mut self, sql: &'static str) -> Statement<'_> {
-        self.statement(sql, false)
+        self.statement(sql, Kind::Read)
     }
 
     /// A write of this transaction; its values are bound in order with [`Statement::bind`].
     pub fn write(&mut self, sql: &'static str) -> Statement<'_> {
-        self.statement(sql, true)
+        self.statement(sql, Kind::Write)
     }
 
-    fn statement(&mut self, sql: &'static str, write: bool) -> Statement<'_> {
-        let (error, batched) = match self {
-            Self::Pooled(pooled) if write => match renumber(sql, pooled.values.len()) {
-                Ok(numbered) => {
-                    pooled.writes.push((numbered, Expect::default()));
-                    (None, true)
+    /// A read that guards a [`Guarded`] write, queued like a write: the write is made only if the
+    /// read finds as many rows as [`Statement::run`] is told.
+    pub fn guard(&mut self, sql: &'static str) -> Statement<'_> {
+        self.statement(sql, Kind::Guard)
+    }
+
+    fn statement(&mut self, sql: &'static str, kind: Kind) -> Statement<'_> {
+        let (error, batched) = match (&mut *self, kind) {
+            (Self::Pooled(Pooled { parts, .. }), Kind::Write)
+            | (Self::Guarded(Guarded { parts, .. }), Kind::Write | Kind::Guard) => {
+                match parts.add(sql, kind == Kind::Write) {
+                    Ok(()) => (None, true),
+                    Err(error) => (Some(error), false),
                 }
-                Err(error) => (Some(error), false),
-            },
-            Self::Pooled(_) => (None, false),
-            Self::Turn(turn) => (turn.pending.add(sql).err(), true),
+            }
+            (Self::Pooled(_), Kind::Read) => (None, false),
+            (Self::Turn(turn), Kind::Read | Kind::Write) => (turn.pending.add(sql).err(), true),
+            (_, Kind::Read | Kind::Guard) => (
+                Some(Error::Internal(anyhow::anyhow!(
+                    "a statement this transaction cannot run: {sql}"
+                ))),
+                false,
+            ),
         };
         Statement {
             tx: self,
@@ -189,9 +377,9 @@ impl Tx {
                 }
                 Ok(turn.answers.remove(&id).unwrap_or_default())
             }
-            (Self::Pooled(_), Later::Queued(_)) => Err(Error::Internal(anyhow::anyhow!(
-                "a queued read on a pooled transaction"
-            ))),
+            (Self::Pooled(_) | Self::Guarded(_), Later::Queued(_)) => Err(Error::Internal(
+                anyhow::anyhow!("a queued read on a PostgreSQL transaction"),
+            )),
         }
     }
 
@@ -200,12 +388,15 @@ impl Tx {
         match self {
             Self::Pooled(pooled) => {
                 pooled.send().await?;
-                Ok(&mut *pooled.tx)
+                Ok(pooled.held.connection())
             }
             Self::Turn(turn) => {
                 turn.send().await?;
                 Ok(held_connection(&mut turn.held))
             }
+            Self::Guarded(_) => Err(Error::Internal(anyhow::anyhow!(
+                "a guarded write has no connection to read on"
+            ))),
         }
     }
 
@@ -215,7 +406,7 @@ impl Tx {
         match self {
             Self::Pooled(mut pooled) => {
                 pooled.send().await?;
-                pooled.tx.commit().await.map_err(db_error)?;
+                pooled.held.commit().await?;
                 Ok(Stamps::default())
             }
             Self::Turn(mut turn) => {
@@ -235,6 +426,22 @@ impl Tx {
                 turn.open = false;
                 Ok(writing.map(|writing| writing.stamps()).unwrap_or_default())
             }
+            Self::Guarded(guarded) => match guarded.commit().await? {
+                true => Ok(Stamps::default()),
+                false => Err(Error::Internal(anyhow::anyhow!(
+                    "a guarded write's guard failed"
+                ))),
+            },
+        }
+    }
+
+    /// Commits a [`Guarded`] write: `false` when a guard failed and nothing was written.
+    pub async fn commit_guarded(self) -> Result<bool> {
+        match self {
+            Self::Guarded(guarded) => guarded.commit().await,
+            Self::Pooled(_) | Self::Turn(_) => Err(Error::Internal(anyhow::anyhow!(
+                "a transaction committed as a guarded write"
+            ))),
         }
     }
 }
@@ -243,13 +450,10 @@ impl Tx {
 /// The parts of one statement must not write the same row twice (PostgreSQL would apply one of them):
 /// the store writes each row at most once per transaction.
 pub(super) struct Pooled {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
-    /// Writes not sent yet, their placeholders numbered on from those before them.
-    writes: Vec<(Cow<'static, str>, Expect)>,
-    /// Their values, in order.
-    values: AnyArguments,
-    /// A write was begun but not queued whole.
-    broken: bool,
+    /// The connection, a transaction open on it.
+    held: Held,
+    /// Writes not sent yet.
+    parts: Parts,
 }
 
 impl Pooled {
@@ -257,45 +461,36 @@ impl Pooled {
     /// each changed (PostgreSQL runs the parts of a WITH together and checks foreign keys at the
     /// end of the statement).
     async fn send(&mut self) -> Result<()> {
-        if self.broken {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "a statement of this transaction was left half built"
-            )));
-        }
-        let mut writes = std::mem::take(&mut self.writes);
-        let values = std::mem::take(&mut self.values);
+        let (mut writes, values) = self.parts.take()?;
         if writes.len() <= 1 {
-            let Some((sql, expect)) = writes.pop() else {
+            let Some(Part { sql, expect, .. }) = writes.pop() else {
                 return Ok(());
             };
             let outcome = match sql {
-                Cow::Borrowed(sql) => sqlx::query_with(sql, values).execute(&mut *self.tx).await,
+                Cow::Borrowed(sql) => {
+                    sqlx::query_with(sql, values)
+                        .execute(self.held.connection())
+                        .await
+                }
                 Cow::Owned(sql) => {
                     sqlx::query_with(AssertSqlSafe(sql), values)
-                        .execute(&mut *self.tx)
+                        .execute(self.held.connection())
                         .await
                 }
             };
-            return expect.check(outcome);
-        }
-        let mut sql = String::from("WITH ");
-        for (index, (write, _)) in writes.iter().enumerate() {
-            if index > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("w{index} AS ({write} RETURNING 1)"));
+            return expect.check(self.held.check(outcome));
         }
         let counts = (0..writes.len())
-            .map(|index| format!("(SELECT count(*) FROM w{index})"))
+            .map(count_of)
             .collect::<Vec<_>>()
             .join(", ");
-        sql.push_str(&format!(" SELECT {counts}"));
-        match sqlx::query_with(AssertSqlSafe(sql), values)
-            .fetch_one(&mut *self.tx)
-            .await
-        {
+        let sql = format!("{} SELECT {counts}", with_parts(&writes));
+        let outcome = sqlx::query_with(AssertSqlSafe(sql), values)
+            .fetch_one(self.held.connection())
+            .await;
+        match self.held.check(outcome) {
             Ok(row) => {
-                for (index, (_, expect)) in writes.into_iter().enumerate() {
+                for (index, Part { expect, .. }) in writes.into_iter().enumerate() {
                     let changed: i64 = row.try_get(index).map_err(db_error)?;
                     expect.changed(u64::try_from(changed).unwrap_or(0))?;
                 }
@@ -308,17 +503,151 @@ impl Pooled {
                     .filter(|e| e.is_unique_violation())
                     .and_then(|e| e.table().map(str::to_owned));
                 let culprit = table.and_then(|table| {
-                    writes.into_iter().find(|(write, expect)| {
-                        expect.conflict.is_some() && target_table(write) == Some(table.as_str())
+                    writes.into_iter().find(|part| {
+                        part.expect.conflict.is_some()
+                            && target_table(&part.sql) == Some(table.as_str())
                     })
                 });
                 Err(match culprit {
-                    Some((_, expect)) => expect.failed(error),
+                    Some(part) => part.expect.failed(error),
                     None => db_error(error),
                 })
             }
         }
     }
+}
+
+/// A PostgreSQL write without a transaction around it: its writes, and the reads that guard them,
+/// go at commit as one statement — one round trip, instead of BEGIN, a read that locks the row,
+/// the writes and COMMIT — that writes nothing unless every write changed, and every guard found,
+/// the number of rows it was told to ([`Expect::changes`]). The store guards a write made from what
+/// it keeps of an onboarding by the revision it kept (the onboarding's row must still show it):
+/// an optimistic write, which the caller makes again under the row's lock when a guard fails.
+///
+/// The statement's answer checks the guards in order, so its first guard runs first: a write that
+/// guards on the onboarding's row locks that row before anything the row holds, as a locked
+/// transaction does, and when the row has moved on nothing else is touched. A failed guard aborts
+/// the statement with a cast error naming it (PostgreSQL runs every part of a WITH, so only an
+/// error undoes the others); the statement was its own transaction, so nothing stays behind.
+pub(super) struct Guarded {
+    connections: Arc<Connections>,
+    parts: Parts,
+}
+
+impl Guarded {
+    /// Sends the statement: `true` if it committed, `false` if a guard failed (or a unique
+    /// constraint or a deadlock stopped it, which the locked write tells apart) and nothing was
+    /// written.
+    async fn commit(mut self) -> Result<bool> {
+        let (parts, values) = self.parts.take()?;
+        let guards: Vec<String> = parts
+            .iter()
+            .enumerate()
+            .filter_map(|(index, part)| {
+                let (rows, _) = part.expect.changes.as_ref()?;
+                Some(format!("{} = {rows}", count_of(index)))
+            })
+            .collect();
+        if guards.is_empty() {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "a guarded write without a guard"
+            )));
+        }
+        // The ELSE arm reads a count, so PostgreSQL cannot fold it into a constant (and fail) while
+        // planning; it runs only when a guard failed.
+        let sql = format!(
+            "{} SELECT CASE WHEN {} THEN 0 ELSE CAST('{GUARD_FAILED}' || {} AS bigint) END",
+            with_parts(&parts),
+            guards.join(" AND "),
+            count_of(0),
+        );
+        let mut held = self.connections.take().await?;
+        let outcome = sqlx::query_with(AssertSqlSafe(sql), values)
+            .execute(held.connection())
+            .await;
+        match held.check(outcome) {
+            Ok(_) => Ok(true),
+            Err(error) if stopped_by_guard(&error) => Ok(false),
+            Err(error) => Err(db_error(error)),
+        }
+    }
+}
+
+/// The text of a failed guard's error (in PostgreSQL's log as an invalid bigint).
+const GUARD_FAILED: &str = "guarded write not made, its onboarding was written meanwhile; rows: ";
+
+/// Whether a guarded write stopped without writing anything for a reason the write made under lock
+/// resolves: a failed guard, a unique constraint (a row written meanwhile), a deadlock.
+fn stopped_by_guard(error: &sqlx::Error) -> bool {
+    let Some(database) = error.as_database_error() else {
+        return false;
+    };
+    let code = database.code();
+    database.is_unique_violation()
+        || matches!(code.as_deref(), Some("40P01" | "40001"))
+        || (code.as_deref() == Some("22P02") && database.message().contains(GUARD_FAILED))
+}
+
+/// PostgreSQL writes (and a guarded write's guards) waiting to go as one statement.
+#[derive(Default)]
+struct Parts {
+    parts: Vec<Part>,
+    /// Their values, in order.
+    values: AnyArguments,
+    /// A part was begun but not queued whole.
+    broken: bool,
+}
+
+/// One part of a PostgreSQL statement, its placeholders numbered on from those before it.
+struct Part {
+    sql: Cow<'static, str>,
+    expect: Expect,
+    /// A write (whose rows are counted through RETURNING), not a read.
+    write: bool,
+}
+
+impl Parts {
+    fn add(&mut self, sql: &'static str, write: bool) -> Result<()> {
+        let sql = renumber(sql, self.values.len())?;
+        self.parts.push(Part {
+            sql,
+            expect: Expect::default(),
+            write,
+        });
+        Ok(())
+    }
+
+    /// The parts and their values, leaving none.
+    fn take(&mut self) -> Result<(Vec<Part>, AnyArguments)> {
+        if self.broken {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "a statement of this transaction was left half built"
+            )));
+        }
+        Ok((
+            std::mem::take(&mut self.parts),
+            std::mem::take(&mut self.values),
+        ))
+    }
+}
+
+/// `WITH w0 AS (…), w1 AS (…), …`: each part a row per row it changed (a write) or found (a read).
+/// PostgreSQL runs the parts of a WITH together and checks foreign keys at the end of the statement.
+fn with_parts(parts: &[Part]) -> String {
+    let mut sql = String::from("WITH ");
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            sql.push_str(", ");
+        }
+        let returning = if part.write { " RETURNING 1" } else { "" };
+        sql.push_str(&format!("w{index} AS ({}{returning})", part.sql));
+    }
+    sql
+}
+
+/// The number of rows part `index` of [`with_parts`] changed or found.
+fn count_of(index: usize) -> String {
+    format!("(SELECT count(*) FROM w{index})")
 }
 
 /// The table an INSERT, UPDATE or DELETE writes to.
@@ -456,8 +785,12 @@ impl Statement<'_> {
     /// Where this statement's values go.
     fn values(&mut self) -> &mut AnyArguments {
         match &mut *self.tx {
-            Tx::Pooled(pooled) if self.batched => &mut pooled.values,
-            Tx::Pooled(_) => &mut self.values,
+            Tx::Pooled(Pooled { parts, .. }) | Tx::Guarded(Guarded { parts, .. })
+                if self.batched =>
+            {
+                &mut parts.values
+            }
+            Tx::Pooled(_) | Tx::Guarded(_) => &mut self.values,
             Tx::Turn(turn) => &mut turn.pending.values,
         }
     }
@@ -484,9 +817,9 @@ impl Statement<'_> {
             return Err(error);
         }
         match &mut *self.tx {
-            Tx::Pooled(pooled) => {
-                if let Some(last) = pooled.writes.last_mut() {
-                    last.1 = expect;
+            Tx::Pooled(Pooled { parts, .. }) | Tx::Guarded(Guarded { parts, .. }) => {
+                if let Some(last) = parts.parts.last_mut() {
+                    last.expect = expect;
                 }
                 self.queued = true;
                 Ok(())
@@ -536,12 +869,15 @@ impl Statement<'_> {
             Tx::Pooled(pooled) => {
                 pooled.send().await?;
                 let values = std::mem::take(&mut self.values);
-                let rows = sqlx::query_with(self.sql, values)
-                    .fetch_all(&mut *pooled.tx)
-                    .await
-                    .map_err(db_error)?;
+                let outcome = sqlx::query_with(self.sql, values)
+                    .fetch_all(pooled.held.connection())
+                    .await;
+                let rows = pooled.held.check(outcome).map_err(db_error)?;
                 Ok(Later::Rows(rows))
             }
+            Tx::Guarded(_) => Err(Error::Internal(anyhow::anyhow!(
+                "a guarded write cannot read"
+            ))),
             Tx::Turn(turn) => {
                 let id = turn.reads;
                 turn.reads += 1;
@@ -559,7 +895,9 @@ impl Drop for Statement<'_> {
     fn drop(&mut self) {
         if self.batched && !self.queued {
             match &mut *self.tx {
-                Tx::Pooled(pooled) => pooled.broken = true,
+                Tx::Pooled(Pooled { parts, .. }) | Tx::Guarded(Guarded { parts, .. }) => {
+                    parts.broken = true;
+                }
                 Tx::Turn(turn) => turn.pending.broken = true,
             }
         }
@@ -710,6 +1048,7 @@ impl Batch {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_schema::TestSchema;
     use super::*;
 
     async fn sqlite_writes(table: &str) -> (tempfile::TempDir, Writes) {
@@ -758,7 +1097,18 @@ mod tests {
                 let mut held = turns.take().await.unwrap();
                 query.fetch_all(held_connection(&mut held)).await.unwrap()
             }
-            Writes::Pooled(pool) => query.fetch_all(pool).await.unwrap(),
+            Writes::Pooled(_) => {
+                let mut tx = writes.begin().await.unwrap();
+                let rows = tx
+                    .read("SELECT text FROM notes ORDER BY text")
+                    .fetch_all()
+                    .await
+                    .unwrap();
+                tx.commit(None).await.unwrap();
+                rows.iter()
+                    .map(|row| sqlx::Row::get::<String, _>(row, "text"))
+                    .collect()
+            }
         }
     }
 
@@ -890,5 +1240,100 @@ mod tests {
         assert!(matches!(read, Err(Error::Internal(_))), "{read:?}");
         assert!(tx.commit(None).await.is_err());
         assert_eq!(texts(writes).await, ["b", "c"]);
+    }
+
+    /// Writes on `TEST_POSTGRES_URL`'s server, if it is set, with a pool of two connections (one kept
+    /// by the writes) in a schema of their own holding `notes`.
+    async fn postgres_kept_writes() -> Option<(TestSchema, Writes)> {
+        let schema = TestSchema::create("writes_test", 2).await?;
+        let writes = Writes::new(
+            Backend::Postgres,
+            schema.pool.clone(),
+            Duration::from_millis(500),
+        );
+        writes
+            .execute(sqlx::query(
+                "CREATE TABLE notes (id BIGINT PRIMARY KEY, text TEXT NOT NULL UNIQUE, \
+                 version BIGINT NOT NULL DEFAULT 0)",
+            ))
+            .await
+            .unwrap();
+        Some((schema, writes))
+    }
+
+    #[tokio::test]
+    async fn postgres_kept_connections_leave_no_transaction_open_and_guarded_writes_are_all_or_nothing()
+     {
+        let Some((schema, writes)) = postgres_kept_writes().await else {
+            return;
+        };
+        async fn insert(tx: &mut Tx, id: i64, text: &str) {
+            tx.write("INSERT INTO notes (id, text) VALUES ($1, $2)")
+                .bind(id)
+                .bind(text.to_owned())
+                .run(Expect::default())
+                .await
+                .unwrap();
+        }
+
+        // A transaction given up after its write ran: rolled back before its connection is kept
+        // for the next one, which commits only its own write.
+        let mut given_up = writes.begin().await.unwrap();
+        insert(&mut given_up, 1, "lost").await;
+        given_up.read("SELECT 1").fetch_all().await.unwrap();
+        drop(given_up);
+        let Writes::Pooled(connections) = &writes else {
+            unreachable!("PostgreSQL writes are pooled")
+        };
+        for _ in 0..100 {
+            if !connections.idle().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(connections.idle().len(), 1, "rolled back and kept");
+        let mut kept = writes.begin().await.unwrap();
+        insert(&mut kept, 2, "b").await;
+        kept.commit(None).await.unwrap();
+        assert_eq!(texts(&writes).await, ["b"]);
+
+        /// A guarded write: note 2 renamed if still at `version`, and note `id` inserted, unless a
+        /// note says "forbidden".
+        async fn guarded(writes: &Writes, version: i64, id: i64, text: &str) -> Result<bool> {
+            let mut tx = writes.begin_guarded().expect("PostgreSQL guards writes");
+            tx.write(
+                "UPDATE notes SET text = $1, version = version + 1 WHERE id = 2 AND version = $2",
+            )
+            .bind(format!("b{id}"))
+            .bind(version)
+            .run(Expect::changes(1, "note 2 moved on".into()))
+            .await?;
+            tx.write("INSERT INTO notes (id, text) VALUES ($1, $2)")
+                .bind(id)
+                .bind(text.to_owned())
+                .run(Expect::default())
+                .await?;
+            tx.guard("SELECT 1 FROM notes WHERE text = $1")
+                .bind("forbidden")
+                .run(Expect::changes(0, "a forbidden note".into()))
+                .await?;
+            tx.commit_guarded().await
+        }
+
+        assert!(guarded(&writes, 0, 3, "c").await.unwrap());
+        assert_eq!(texts(&writes).await, ["b3", "c"]);
+        // The guard on note 2 fails: nothing is written, not even the insert beside it.
+        assert!(!guarded(&writes, 0, 4, "d").await.unwrap());
+        // A unique constraint stops it: nothing is written.
+        assert!(!guarded(&writes, 1, 5, "c").await.unwrap());
+        assert_eq!(texts(&writes).await, ["b3", "c"]);
+        // A guard that must find no rows finds one: nothing is written.
+        let mut tx = writes.begin().await.unwrap();
+        insert(&mut tx, 6, "forbidden").await;
+        tx.commit(None).await.unwrap();
+        assert!(!guarded(&writes, 1, 7, "g").await.unwrap());
+        assert_eq!(texts(&writes).await, ["b3", "c", "forbidden"]);
+        writes.close().await;
+        schema.remove().await;
     }
 }
