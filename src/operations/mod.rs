@@ -193,6 +193,9 @@ impl Operations {
         }
     }
 
+    /// One attempt at a create: where writes are guarded (PostgreSQL), first as one guarded
+    /// statement, made only if no onboarding of the key exists and no result is stored under the
+    /// request_id; otherwise, or when that was not made, in a transaction that first reads both.
     async fn try_create(
         &self,
         call: &CallContext,
@@ -200,6 +203,21 @@ impl Operations {
         mutation: &Mutation,
     ) -> Result<OnboardingRecord> {
         let now = now_micros();
+        let (record, event) = created(call, key, mutation, now);
+        if !mutation.validate_only
+            && let Some(mut tx) = self.store.begin_guarded()?
+        {
+            // The insert fails on the key's unique index if the onboarding exists.
+            tx.insert_onboarding(&record).await?;
+            tx.append_event(&record, &event).await?;
+            if let Some(request_id) = replayable(mutation) {
+                tx.guard_no_result(&key.tenant, request_id).await?;
+            }
+            store_result(&mut tx, &key.tenant, mutation, &record, now).await?;
+            if let Some(stamps) = tx.commit_guarded().await? {
+                return Ok(self.keep_created(record, &stamps));
+            }
+        }
         let mut tx = self.store.begin().await?;
         let locked = tx
             .lock_onboarding(&key.tenant, key.environment, replayable(mutation))
@@ -212,17 +230,6 @@ impl Operations {
                 resource: key.name(),
             });
         }
-        let mut record = OnboardingRecord::new(uuid::Uuid::new_v4().to_string(), key, now);
-        let before = record.clone();
-        record.last_event = 1;
-        let event = event(
-            call,
-            mutation,
-            &record,
-            &before,
-            now,
-            format!("onboarding created for {key}"),
-        );
         if mutation.validate_only {
             return Ok(record);
         }
@@ -230,9 +237,14 @@ impl Operations {
         tx.append_event(&record, &event).await?;
         store_result(&mut tx, &key.tenant, mutation, &record, now).await?;
         let stamps = tx.commit().await?;
-        self.store.remember_created(&record, &stamps);
+        Ok(self.keep_created(record, &stamps))
+    }
+
+    /// Keeps a committed new onboarding and tells watchers.
+    fn keep_created(&self, record: OnboardingRecord, stamps: &Stamps) -> OnboardingRecord {
+        self.store.remember_created(&record, stamps);
         self.announce(&record.id, record.last_event);
-        Ok(record)
+        record
     }
 
     /// Attests the AGREEMENT stage.
@@ -424,6 +436,27 @@ impl Operations {
                 resource: key.name(),
             })
     }
+}
+
+/// A new onboarding of `key` and the event of its creation.
+fn created(
+    call: &CallContext,
+    key: &OnboardingKey,
+    mutation: &Mutation,
+    now: Micros,
+) -> (OnboardingRecord, EventRecord) {
+    let mut record = OnboardingRecord::new(uuid::Uuid::new_v4().to_string(), key, now);
+    let before = record.clone();
+    record.last_event = 1;
+    let event = event(
+        call,
+        mutation,
+        &record,
+        &before,
+        now,
+        format!("onboarding created for {key}"),
+    );
+    (record, event)
 }
 
 /// Whether the call's etag, if it gave one, is not `record`'s.

@@ -310,22 +310,26 @@ impl Store {
         tenant: &TenantId,
         environment: Environment,
     ) -> Result<Option<(Arc<OnboardingRecord>, WriteTx)>> {
-        let Some(tx) = self.writer()?.begin_guarded() else {
+        let Some(tx) = self.begin_guarded()? else {
             return Ok(None);
         };
         let Some(record) = self.snapshots.unconfirmed(tenant.as_str(), environment) else {
             return Ok(None);
         };
-        Ok(Some((
-            record,
-            WriteTx {
-                backend: self.backend,
-                tx,
-                snapshots: None,
-                generations: None,
-                written: Vec::new(),
-            },
-        )))
+        Ok(Some((record, tx)))
+    }
+
+    /// A guarded write: its writes go at [`WriteTx::commit_guarded`] as one statement, made only if
+    /// every write that must change a number of rows changes that many, every guard holds and no
+    /// unique constraint stops it. `None` where writes are not guarded (SQLite).
+    pub fn begin_guarded(&self) -> Result<Option<WriteTx>> {
+        Ok(self.writer()?.begin_guarded().map(|tx| WriteTx {
+            backend: self.backend,
+            tx,
+            snapshots: None,
+            generations: None,
+            written: Vec::new(),
+        }))
     }
 
     /// One onboarding with its stages and creditors, as committed before this call (see [`fresh`]).

@@ -548,17 +548,16 @@ impl Guarded {
                 Some(format!("{} = {rows}", count_of(index)))
             })
             .collect();
-        if guards.is_empty() {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "a guarded write without a guard"
-            )));
-        }
         // The ELSE arm reads a count, so PostgreSQL cannot fold it into a constant (and fail) while
-        // planning; it runs only when a guard failed.
+        // planning; it runs only when a guard failed. Without guards the parts are still made
+        // together or not at all (a unique constraint stops them all).
+        let guards = match guards.is_empty() {
+            true => "true".to_owned(),
+            false => guards.join(" AND "),
+        };
         let sql = format!(
-            "{} SELECT CASE WHEN {} THEN 0 ELSE CAST('{GUARD_FAILED}' || {} AS bigint) END",
+            "{} SELECT CASE WHEN {guards} THEN 0 ELSE CAST('{GUARD_FAILED}' || {} AS bigint) END",
             with_parts(&parts),
-            guards.join(" AND "),
             count_of(0),
         );
         let mut held = self.connections.take().await?;
