@@ -301,6 +301,17 @@ impl Operations {
         };
         let written = self
             .transact(call, key, mutation, conventions, |record, now| {
+                let target = &claimed.target;
+                if !target.creditor.is_empty()
+                    && !record.creditors.iter().any(|c| c.id == target.creditor)
+                {
+                    // Only a copy older than the claim lacks the creditor (what a replica keeps
+                    // may be one): refused, the write is made again on the onboarding as locked.
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "the claimed creditor {} is not in the onboarding",
+                        target.creditor
+                    )));
+                }
                 let stage = stage_mut(record, &claimed.target);
                 if stage.lease.as_ref() != Some(&claimed.lease) {
                     return Err(Error::Busy {

@@ -1,5 +1,6 @@
 //! PostgreSQL for the storage modules' own tests: a schema of a test's own on `TEST_POSTGRES_URL`'s
 //! server (a statement that fails can drop its connection, so tables cannot be temporary ones).
+//! With `CI=true` a missing `TEST_POSTGRES_URL` is an error, as in the integration tests.
 
 use sqlx::{AnyPool, AssertSqlSafe};
 
@@ -13,7 +14,7 @@ pub struct TestSchema {
 impl TestSchema {
     /// A new schema and a pool of `connections` in it, or `None` when `TEST_POSTGRES_URL` is not set.
     pub async fn create(prefix: &str, connections: u32) -> Option<Self> {
-        let url = std::env::var("TEST_POSTGRES_URL").ok()?;
+        let url = postgres_url()?;
         sqlx::any::install_default_drivers();
         let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         let admin = AnyPool::connect(&url).await.unwrap();
@@ -46,5 +47,16 @@ impl TestSchema {
             .execute(&self.admin)
             .await
             .unwrap();
+    }
+}
+
+/// `TEST_POSTGRES_URL`, or `None` when it is not set (outside CI).
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|ci| ci == "true") => {
+            panic!("CI=true but TEST_POSTGRES_URL is not set: a PostgreSQL test would be skipped")
+        }
+        _ => None,
     }
 }

@@ -17,6 +17,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AnyConnection, AnyPool, Arguments, AssertSqlSafe, Either, Encode, Executor, Row, Type};
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -28,20 +29,12 @@ pub(super) enum Writes {
 }
 
 impl Writes {
-    /// Writes on `pool`: side by side on connections kept from it for PostgreSQL (at most half the
-    /// pool kept idle, so that reads and other writers always find connections), in turns on one of its connections
-    /// for SQLite, each waiting at most `wait` for its turn.
+    /// Writes on `pool`: side by side on connections kept from it for PostgreSQL (see
+    /// [`Connections`]), in turns on one of its connections for SQLite, each waiting at most `wait`
+    /// for its turn.
     pub fn new(backend: Backend, pool: AnyPool, wait: Duration) -> Self {
         match backend {
-            Backend::Postgres => {
-                // A writer that finds none kept waits for the pool, so a pool of one keeps none.
-                let keep = usize::try_from(pool.options().get_max_connections() / 2).unwrap_or(0);
-                Self::Pooled(Arc::new(Connections {
-                    pool,
-                    idle: std::sync::Mutex::new(Vec::new()),
-                    keep,
-                }))
-            }
+            Backend::Postgres => Self::Pooled(Connections::start(pool)),
             Backend::Sqlite => Self::Turns(Arc::new(KeptConnection::new(pool, wait))),
         }
     }
@@ -79,7 +72,9 @@ impl Writes {
         match self {
             Self::Pooled(connections) => {
                 let mut held = connections.take().await?;
+                held.busy = true;
                 let outcome = query.execute(held.connection()).await;
+                held.busy = false;
                 held.check(outcome)
             }
             Self::Turns(turns) => {
@@ -94,6 +89,7 @@ impl Writes {
     pub async fn close(&self) {
         match self {
             Self::Pooled(connections) => {
+                connections.closed.store(true, Ordering::SeqCst);
                 connections.idle().clear();
                 connections.pool.close().await;
             }
@@ -114,36 +110,73 @@ impl Writes {
 }
 
 /// PostgreSQL's write connections: taken from the pool, and kept when given back, up to `keep` of
-/// them idle (more go back to the pool). A connection idle for [`IDLE_CHECK`] is tested before it is
-/// used again, as the pool would; a write that finds its connection broken is not sent again (it
-/// may have committed) but fails, and the connection is closed.
+/// them idle (half the pool, so that reads always find connections; more go back to the pool). A
+/// kept connection idle for [`IDLE_CHECK`] goes back to the pool (a task sweeps them), and a writer
+/// that finds none kept takes one from the pool, which tests it: under load writes reuse their
+/// connections without the pool's round trips, and when writes pause the pool has its connections
+/// back. A write that finds its connection broken is not sent again (it may have committed) but
+/// fails, and the connection is closed.
 pub(super) struct Connections {
     pool: AnyPool,
     idle: std::sync::Mutex<Vec<(PoolConnection<sqlx::Any>, Instant)>>,
     keep: usize,
+    /// Set by [`Writes::close`]: connections given back from then on go back to the pool.
+    closed: AtomicBool,
 }
 
 impl Connections {
+    /// Connections on `pool`, and the task that gives idle ones back to it.
+    fn start(pool: AnyPool) -> Arc<Self> {
+        // A writer that finds none kept waits for the pool, so a pool of one keeps none.
+        let keep = usize::try_from(pool.options().get_max_connections() / 2).unwrap_or(0);
+        let connections = Arc::new(Self {
+            pool,
+            idle: std::sync::Mutex::new(Vec::new()),
+            keep,
+            closed: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&connections);
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(IDLE_CHECK);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                sweep.tick().await;
+                let Some(connections) = weak.upgrade() else {
+                    return;
+                };
+                // Dropped outside the lock: each goes back to the pool.
+                let stale = connections.stale();
+                drop(stale);
+            }
+        });
+        connections
+    }
+
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<sqlx::Any>, Instant)>> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A connection: a kept one (tested first if it has been idle long), or one from the pool.
+    /// Takes the kept connections idle for [`IDLE_CHECK`] or longer out of the idle list.
+    fn stale(&self) -> Vec<PoolConnection<sqlx::Any>> {
+        let mut idle = self.idle();
+        // Oldest first: the list is in the order connections were given back.
+        let fresh = idle.partition_point(|(_, since)| since.elapsed() >= IDLE_CHECK);
+        idle.drain(..fresh)
+            .map(|(connection, _)| connection)
+            .collect()
+    }
+
+    /// The connection given back last, if it has not been idle long; otherwise one from the pool.
     async fn take(self: &Arc<Self>) -> Result<Held> {
-        loop {
-            let Some((mut connection, since)) = self.idle().pop() else {
-                break;
-            };
-            if since.elapsed() < IDLE_CHECK
-                || sqlx::Connection::ping(&mut *connection).await.is_ok()
-            {
-                return Ok(self.hold(connection));
-            }
-            connection.close_on_drop();
-        }
-        Ok(self.hold(self.pool.acquire().await.map_err(db_error)?))
+        drop(self.stale());
+        let kept = self.idle().pop().map(|(connection, _)| connection);
+        let connection = match kept {
+            Some(connection) => connection,
+            None => self.pool.acquire().await.map_err(db_error)?,
+        };
+        Ok(self.hold(connection))
     }
 
     fn hold(self: &Arc<Self>, connection: PoolConnection<sqlx::Any>) -> Held {
@@ -151,40 +184,48 @@ impl Connections {
             connection: Some(connection),
             home: self.clone(),
             open: false,
+            busy: false,
         }
     }
 
-    /// A connection with a transaction begun. BEGIN does nothing, so when it fails (a connection
-    /// the database dropped since it was last tested) it is sent again on one the pool tests.
+    /// A connection with a transaction begun. BEGIN does nothing, so when it fails (a kept
+    /// connection the database dropped within the last second) it is sent again on one the pool
+    /// tests.
     async fn begin(self: &Arc<Self>) -> Result<Held> {
         let mut held = self.take().await?;
+        // Open from the moment BEGIN is sent: a call given up meanwhile leaves it to be rolled back.
+        held.open = true;
         if let Err(error) = held.connection().execute("BEGIN").await {
             tracing::debug!(%error, "BEGIN failed on a kept connection: taking another");
             held.discard();
             held = self.hold(self.pool.acquire().await.map_err(db_error)?);
+            held.open = true;
             let outcome = held.connection().execute("BEGIN").await;
             held.check(outcome).map_err(db_error)?;
         }
-        held.open = true;
         Ok(held)
     }
 
-    /// Keeps `connection` for the next write, unless enough are kept.
+    /// Keeps `connection` for the next write, unless enough are kept or the writes are closed
+    /// (then it goes back to the pool).
     fn give_back(&self, connection: PoolConnection<sqlx::Any>) {
         let mut idle = self.idle();
-        if idle.len() < self.keep {
+        if idle.len() < self.keep && !self.closed.load(Ordering::SeqCst) {
             idle.push((connection, Instant::now()));
         }
     }
 }
 
 /// A connection of [`Connections`], given back when dropped: rolled back first if a transaction is
-/// still open on it (a write that failed or was given up), closed if it broke.
+/// still open on it (a write that failed or was given up), closed if it broke or a statement on it
+/// was given up without a transaction around it (its answer would be read by the next user).
 pub(super) struct Held {
     connection: Option<PoolConnection<sqlx::Any>>,
     home: Arc<Connections>,
-    /// BEGIN has run, and neither COMMIT nor ROLLBACK.
+    /// BEGIN has been sent, and neither COMMIT nor ROLLBACK has completed.
     open: bool,
+    /// A statement outside a transaction has been sent and its answer not read yet.
+    busy: bool,
 }
 
 impl Held {
@@ -194,13 +235,21 @@ impl Held {
             .expect("a held connection is there until dropped")
     }
 
-    /// Passes `outcome` on; a connection that failed other than with the database's error (it
-    /// broke, or the protocol did) is closed rather than kept.
+    /// Passes `outcome` on; a connection that failed other than with an ordinary error of a
+    /// statement (it broke, the protocol did, or the database is ending the session) is closed
+    /// rather than kept.
     fn check<T>(&mut self, outcome: sqlx::Result<T>) -> sqlx::Result<T> {
-        if let Err(error) = &outcome
-            && error.as_database_error().is_none()
-        {
-            self.discard();
+        if let Err(error) = &outcome {
+            let session_ended = match error.as_database_error() {
+                None => true,
+                // Class 08: connection exception; 57P0x: the server shutting down or restarting.
+                Some(database) => database
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            };
+            if session_ended {
+                self.discard();
+            }
         }
         outcome
     }
@@ -225,10 +274,15 @@ impl Drop for Held {
         let Some(mut connection) = self.connection.take() else {
             return;
         };
+        if self.busy {
+            connection.close_on_drop();
+            return;
+        }
         if !self.open {
             self.home.give_back(connection);
             return;
         }
+        // The ROLLBACK first reads whatever answers are still due (a statement given up).
         let home = self.home.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -244,9 +298,10 @@ impl Drop for Held {
     }
 }
 
-/// A kept connection idle this long is tested before a statement goes on it: a statement that fails
-/// cannot always be sent again (it may have committed), so one that would fail on a connection the
-/// database dropped meanwhile (a restart) is not sent on it.
+/// A kept connection idle this long is tested (or given back to the pool, which tests it) before a
+/// statement goes on it: a statement that fails cannot always be sent again (it may have committed),
+/// so one that would fail on a connection the database dropped meanwhile (a restart) is not sent on
+/// it.
 pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A connection taken from a pool once and kept, used by one task at a time (SQLite's writers,
@@ -548,22 +603,30 @@ impl Guarded {
                 Some(format!("{} = {rows}", count_of(index)))
             })
             .collect();
-        // The ELSE arm reads a count, so PostgreSQL cannot fold it into a constant (and fail) while
-        // planning; it runs only when a guard failed. Without guards the parts are still made
-        // together or not at all (a unique constraint stops them all).
+        // The guards run first; when they hold, the THEN arm runs the other parts in their order
+        // (as a locked transaction would make them: no deadlock between the two). The ELSE arm
+        // reads a count, so PostgreSQL cannot fold it into a constant (and fail) while planning; it
+        // runs only when a guard failed. Without guards the parts are still made together or not at
+        // all (a unique constraint stops them all).
         let guards = match guards.is_empty() {
             true => "true".to_owned(),
             false => guards.join(" AND "),
         };
+        let all = (0..parts.len())
+            .map(count_of)
+            .collect::<Vec<_>>()
+            .join(" + ");
         let sql = format!(
-            "{} SELECT CASE WHEN {guards} THEN 0 ELSE CAST('{GUARD_FAILED}' || {} AS bigint) END",
+            "{} SELECT CASE WHEN {guards} THEN {all} ELSE CAST('{GUARD_FAILED}' || {} AS bigint) END",
             with_parts(&parts),
             count_of(0),
         );
         let mut held = self.connections.take().await?;
+        held.busy = true;
         let outcome = sqlx::query_with(AssertSqlSafe(sql), values)
             .execute(held.connection())
             .await;
+        held.busy = false;
         match held.check(outcome) {
             Ok(_) => Ok(true),
             Err(error) if stopped_by_guard(&error) => Ok(false),
@@ -1073,7 +1136,7 @@ mod tests {
     /// Writes on one connection to `TEST_POSTGRES_URL`'s server, if it is set, with `table` made a
     /// temporary table of that connection.
     async fn postgres_writes(table: &str) -> Option<Writes> {
-        let url = std::env::var("TEST_POSTGRES_URL").ok()?;
+        let url = super::super::test_schema::postgres_url()?;
         sqlx::any::install_default_drivers();
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
@@ -1296,6 +1359,40 @@ mod tests {
         kept.commit(None).await.unwrap();
         assert_eq!(texts(&writes).await, ["b"]);
 
+        // Calls given up while BEGIN is on the way (the future dropped after one poll) or just
+        // after it: each connection is rolled back before it is used again, so the next write on it
+        // commits, as another connection sees.
+        for attempt in 0..10 {
+            let mut beginning = Box::pin(writes.begin());
+            if let std::task::Poll::Ready(begun) = futures::poll!(&mut beginning) {
+                drop(begun.unwrap());
+            }
+            drop(beginning);
+            for _ in 0..100 {
+                if !connections.idle().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut tx = writes.begin_guarded().expect("PostgreSQL guards writes");
+            tx.write("INSERT INTO notes (id, text) VALUES ($1, $2)")
+                .bind(100 + attempt)
+                .bind(format!("after given-up call {attempt}"))
+                .run(Expect::default())
+                .await
+                .unwrap();
+            assert!(tx.commit_guarded().await.unwrap());
+            let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE id >= 100")
+                .fetch_one(&schema.pool)
+                .await
+                .unwrap();
+            assert_eq!(seen, attempt + 1, "attempt {attempt}");
+        }
+        sqlx::query("DELETE FROM notes WHERE id >= 100")
+            .execute(&schema.pool)
+            .await
+            .unwrap();
+
         /// A guarded write: note 2 renamed if still at `version`, and note `id` inserted, unless a
         /// note says "forbidden".
         async fn guarded(writes: &Writes, version: i64, id: i64, text: &str) -> Result<bool> {
@@ -1332,7 +1429,20 @@ mod tests {
         tx.commit(None).await.unwrap();
         assert!(!guarded(&writes, 1, 7, "g").await.unwrap());
         assert_eq!(texts(&writes).await, ["b3", "c", "forbidden"]);
-        writes.close().await;
+
+        // Closing waits for the writes in progress; a connection they give back then goes straight
+        // back to the pool (not to be kept until the sweep finds it idle), so the close ends at once.
+        let in_progress = writes.begin().await.unwrap();
+        let closing = tokio::spawn({
+            let writes = writes.clone();
+            async move { writes.close().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(in_progress);
+        tokio::time::timeout(IDLE_CHECK / 2, closing)
+            .await
+            .expect("the close ends")
+            .unwrap();
         schema.remove().await;
     }
 }
