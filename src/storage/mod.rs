@@ -187,16 +187,7 @@ impl Store {
             ),
             trail: trail::Trail::start(
                 backend,
-                match backend {
-                    Backend::Sqlite => trail::Appends::Transaction {
-                        writes: writes.clone(),
-                        generations: generations.clone(),
-                    },
-                    Backend::Postgres => trail::Appends::statements(writes::KeptConnection::new(
-                        reader.clone(),
-                        options.acquire_timeout,
-                    )),
-                },
+                trail::Appends::of(&writes, generations.clone()),
                 snapshots.clone(),
             ),
             health: Arc::new(writes::KeptConnection::new(
@@ -313,7 +304,7 @@ impl Store {
         let Some(tx) = self.begin_guarded()? else {
             return Ok(None);
         };
-        let Some(record) = self.snapshots.unconfirmed(tenant.as_str(), environment) else {
+        let Some(record) = self.kept_onboarding(tenant, environment) else {
             return Ok(None);
         };
         Ok(Some((record, tx)))

@@ -4,22 +4,22 @@
 //! after its event is committed. Reads that arrive while one round is committing wait for the next,
 //! which writes all of their events at once: on SQLite one transaction per round, on PostgreSQL one
 //! statement per onboarding of the round (the trail's end moved and the events inserted together,
-//! one round trip), instead of one transaction per read. An event is written only if the onboarding is still at the revision the read was answered from;
-//! otherwise the caller is told, and reads again.
+//! one round trip), instead of one transaction per read. An event is written only if the
+//! onboarding is still at the revision the read was answered from; otherwise the caller is told, and
+//! reads again.
 
 use super::fresh::Snapshots;
 use super::generations::{Generations, UNSTAMPED};
 use super::rounds::{Rounds, shared};
-use super::writes::{IDLE_CHECK, KeptConnection, Writes, held_connection};
+use super::writes::{Connections, Writes};
 use super::{Backend, WriteTx, db_error, rows};
 use crate::domain::Environment;
 use crate::domain::onboarding::EventRecord;
 use crate::error::{Error, Result};
 use serde::Serialize;
-use sqlx::{Connection, Row};
+use sqlx::Row;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 /// An answered read and the event that records it.
 #[derive(Debug, Clone)]
@@ -45,14 +45,20 @@ pub(super) enum Appends {
         generations: Option<Arc<Generations>>,
     },
     /// PostgreSQL: one statement per onboarding (its own transaction: the trail end moved and the
-    /// events inserted together), on a connection kept for this.
-    Statements(KeptConnection, Mutex<Instant>),
+    /// events inserted together), on the writes' connections.
+    Statements(Arc<Connections>),
 }
 
 impl Appends {
-    /// PostgreSQL's statements on `connection`.
-    pub fn statements(connection: KeptConnection) -> Self {
-        Self::Statements(connection, Mutex::new(Instant::now()))
+    /// As `writes` make them: a transaction where they take turns, statements where they are kept.
+    pub fn of(writes: &Writes, generations: Option<Arc<Generations>>) -> Self {
+        match writes {
+            Writes::Turns(_) => Self::Transaction {
+                writes: writes.clone(),
+                generations,
+            },
+            Writes::Pooled(connections) => Self::Statements(connections.clone()),
+        }
     }
 
     /// Writes the events of one round's `reads`.
@@ -67,19 +73,8 @@ impl Appends {
                 writes,
                 generations,
             } => transaction_round(backend, writes, snapshots, generations.clone(), reads).await,
-            Self::Statements(connection, used) => {
-                let idle = used.lock().map(|used| used.elapsed()).unwrap_or_default();
-                if idle >= IDLE_CHECK {
-                    let mut held = connection.take().await?;
-                    if held_connection(&mut held).ping().await.is_err() {
-                        held.take();
-                    }
-                }
-                let answers = statements_round(connection, snapshots, reads).await;
-                if let Ok(mut used) = used.lock() {
-                    *used = Instant::now();
-                }
-                Ok(answers)
+            Self::Statements(connections) => {
+                Ok(statements_round(connections, snapshots, reads).await)
             }
         }
     }
@@ -187,7 +182,7 @@ async fn transaction_round(
 /// onboarding's statement has committed. After a statement fails, the reads of the onboardings not
 /// yet written are told the same error (nothing of theirs was written).
 async fn statements_round(
-    connection: &KeptConnection,
+    connections: &Arc<Connections>,
     snapshots: &Snapshots,
     reads: &[AuditedRead],
 ) -> Vec<Appended> {
@@ -197,8 +192,15 @@ async fn statements_round(
         let outcome = match &failure {
             Some(error) => Err(shared(error)),
             None => {
-                append_onboarding(connection, onboarding_id, tenant, revision, reads, &members)
-                    .await
+                append_onboarding(
+                    connections,
+                    onboarding_id,
+                    tenant,
+                    revision,
+                    reads,
+                    &members,
+                )
+                .await
             }
         };
         match outcome {
@@ -244,7 +246,7 @@ struct EventValues<'a> {
 /// Writes the events of `members` (reads of one onboarding at one revision): the trail's new end,
 /// or `None` if the onboarding has moved past the revision.
 async fn append_onboarding(
-    connection: &KeptConnection,
+    connections: &Arc<Connections>,
     onboarding_id: &str,
     tenant: &str,
     revision: i64,
@@ -270,25 +272,19 @@ async fn append_onboarding(
         .collect::<Result<Vec<_>>>()?;
     let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
     let events = rows::json(&events)?;
-    let mut held = connection.take().await?;
+    let mut held = connections.take().await?;
     let moved = sqlx::query(rows::APPEND_AUDITED_READS)
         .bind(count)
         .bind(onboarding_id)
         .bind(tenant)
         .bind(revision)
         .bind(events)
-        .fetch_optional(held_connection(&mut held))
+        .fetch_optional(held.alone())
         .await;
-    match moved {
-        Ok(row) => row
-            .map(|row| row.try_get("last_event").map_err(db_error))
-            .transpose(),
-        Err(error) => {
-            // Whatever broke, the next statement starts on a new connection.
-            held.take();
-            Err(db_error(error))
-        }
-    }
+    held.finish(moved)
+        .map_err(db_error)?
+        .map(|row| row.try_get("last_event").map_err(db_error))
+        .transpose()
 }
 
 #[cfg(test)]
@@ -343,7 +339,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let connection = KeptConnection::new(pool.clone(), std::time::Duration::from_secs(5));
+        let connections = Connections::start(pool.clone());
         let snapshots = Snapshots::new(8);
         let reads = [
             read("d", 1, "after-the-failure"),
@@ -353,14 +349,14 @@ mod tests {
             read("a", 1, "second"),
         ];
 
-        let answers = statements_round(&connection, &snapshots, &reads).await;
+        let answers = statements_round(&connections, &snapshots, &reads).await;
 
         assert!(matches!(answers[0], Err(Error::Internal(_))), "{answers:?}");
         assert_eq!(answers[1].as_ref().unwrap(), &Some(2));
         assert!(matches!(answers[2], Err(Error::Internal(_))), "{answers:?}");
         assert_eq!(answers[3].as_ref().unwrap(), &None);
         assert_eq!(answers[4].as_ref().unwrap(), &Some(3));
-        drop(connection);
+        drop(connections);
         let trails: Vec<(String, i64)> =
             sqlx::query_as("SELECT id, last_event FROM onboardings ORDER BY id")
                 .fetch_all(&pool)

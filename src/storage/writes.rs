@@ -72,10 +72,8 @@ impl Writes {
         match self {
             Self::Pooled(connections) => {
                 let mut held = connections.take().await?;
-                held.busy = true;
-                let outcome = query.execute(held.connection()).await;
-                held.busy = false;
-                held.check(outcome)
+                let outcome = query.execute(held.alone()).await;
+                held.finish(outcome)
             }
             Self::Turns(turns) => {
                 let mut held = turns.take().await?;
@@ -126,7 +124,7 @@ pub(super) struct Connections {
 
 impl Connections {
     /// Connections on `pool`, and the task that gives idle ones back to it.
-    fn start(pool: AnyPool) -> Arc<Self> {
+    pub fn start(pool: AnyPool) -> Arc<Self> {
         // A writer that finds none kept waits for the pool, so a pool of one keeps none.
         let keep = usize::try_from(pool.options().get_max_connections() / 2).unwrap_or(0);
         let connections = Arc::new(Self {
@@ -169,7 +167,7 @@ impl Connections {
     }
 
     /// The connection given back last, if it has not been idle long; otherwise one from the pool.
-    async fn take(self: &Arc<Self>) -> Result<Held> {
+    pub async fn take(self: &Arc<Self>) -> Result<Held> {
         drop(self.stale());
         let kept = self.idle().pop().map(|(connection, _)| connection);
         let connection = match kept {
@@ -235,6 +233,19 @@ impl Held {
             .expect("a held connection is there until dropped")
     }
 
+    /// The connection, for one statement outside a transaction, whose outcome goes through
+    /// [`Held::finish`]: given up before then, the connection is closed.
+    pub fn alone(&mut self) -> &mut AnyConnection {
+        self.busy = true;
+        self.connection()
+    }
+
+    /// The outcome of the statement [`Held::alone`] was for, as [`Held::check`] passes it on.
+    pub fn finish<T>(&mut self, outcome: sqlx::Result<T>) -> sqlx::Result<T> {
+        self.busy = false;
+        self.check(outcome)
+    }
+
     /// Passes `outcome` on; a connection that failed other than with an ordinary error of a
     /// statement (it broke, the protocol did, or the database is ending the session) is closed
     /// rather than kept.
@@ -298,11 +309,10 @@ impl Drop for Held {
     }
 }
 
-/// A kept connection idle this long is tested (or given back to the pool, which tests it) before a
-/// statement goes on it: a statement that fails cannot always be sent again (it may have committed),
-/// so one that would fail on a connection the database dropped meanwhile (a restart) is not sent on
-/// it.
-pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A kept connection idle this long is given back to the pool, which tests it before it gives it out
+/// again: a statement that fails cannot always be sent again (it may have committed), so one that
+/// would fail on a connection the database dropped meanwhile (a restart) is not sent on it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A connection taken from a pool once and kept, used by one task at a time (SQLite's writers,
 /// the read rounds). A user that finds it broken empties the slot; the next one takes a new
@@ -622,12 +632,10 @@ impl Guarded {
             count_of(0),
         );
         let mut held = self.connections.take().await?;
-        held.busy = true;
         let outcome = sqlx::query_with(AssertSqlSafe(sql), values)
-            .execute(held.connection())
+            .execute(held.alone())
             .await;
-        held.busy = false;
-        match held.check(outcome) {
+        match held.finish(outcome) {
             Ok(_) => Ok(true),
             Err(error) if stopped_by_guard(&error) => Ok(false),
             Err(error) => Err(db_error(error)),
