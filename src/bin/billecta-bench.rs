@@ -336,3 +336,6 @@ async fn startup(
     fleet.stop().await;
     Ok(took)
 }
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -9,6 +9,7 @@
 
 mod fresh;
 mod generations;
+mod own_connection;
 mod rounds;
 mod rows;
 mod trail;
@@ -168,16 +169,18 @@ impl Store {
             Backend::Postgres => reader.clone(),
         };
         let writes = writes::Writes::new(backend, writer, options.acquire_timeout);
-        let generations = file.and_then(|file| match generations::Generations::open(&file) {
-            Ok(generations) => Some(Arc::new(generations)),
-            Err(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "write generations unavailable: every read asks the database"
-                );
-                None
-            }
-        });
+        let generations =
+            file.as_ref()
+                .and_then(|file| match generations::Generations::open(file) {
+                    Ok(generations) => Some(Arc::new(generations)),
+                    Err(error) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "write generations unavailable: every read asks the database"
+                        );
+                        None
+                    }
+                });
         let snapshots = Arc::new(fresh::Snapshots::new(options.cached_onboardings));
         Ok(Self {
             backend,
@@ -187,7 +190,7 @@ impl Store {
             ),
             trail: trail::Trail::start(
                 backend,
-                trail::Appends::of(&writes, generations.clone()),
+                trail::Appends::of(&writes, generations.clone(), file),
                 snapshots.clone(),
             ),
             health: Arc::new(writes::KeptConnection::new(
@@ -1290,6 +1293,11 @@ pub fn db_error(error: sqlx::Error) -> Error {
         }),
         _ => false,
     };
+    classified(error, unavailable)
+}
+
+/// A database's error as the service's: UNAVAILABLE if `unavailable`, internal otherwise.
+fn classified<E: std::error::Error + Send + Sync + 'static>(error: E, unavailable: bool) -> Error {
     if unavailable {
         Error::Unavailable {
             what: "the database",

@@ -10,6 +10,7 @@
 
 use super::fresh::Snapshots;
 use super::generations::{Generations, UNSTAMPED};
+use super::own_connection::OwnConnection;
 use super::rounds::{Rounds, shared};
 use super::writes::{Connections, Writes};
 use super::{Backend, WriteTx, db_error, rows};
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// An answered read and the event that records it.
@@ -39,10 +41,11 @@ const EVENTS_PER_ROUND: usize = 256;
 /// How a round's events reach the database.
 pub(super) enum Appends {
     /// SQLite: one transaction per round, in the writers' turns, moving the write generations of
-    /// the onboardings it writes.
+    /// the onboardings it writes; on a connection of its own when the database is a file.
     Transaction {
         writes: Writes,
         generations: Option<Arc<Generations>>,
+        own: Option<OwnConnection>,
     },
     /// PostgreSQL: one statement per onboarding (its own transaction: the trail end moved and the
     /// events inserted together), on the writes' connections.
@@ -50,12 +53,18 @@ pub(super) enum Appends {
 }
 
 impl Appends {
-    /// As `writes` make them: a transaction where they take turns, statements where they are kept.
-    pub fn of(writes: &Writes, generations: Option<Arc<Generations>>) -> Self {
+    /// As `writes` make them: a transaction where they take turns (on a connection of its own to
+    /// `file`, if the database is one), statements where they are kept.
+    pub fn of(
+        writes: &Writes,
+        generations: Option<Arc<Generations>>,
+        file: Option<PathBuf>,
+    ) -> Self {
         match writes {
             Writes::Turns(_) => Self::Transaction {
                 writes: writes.clone(),
                 generations,
+                own: file.map(OwnConnection::new),
             },
             Writes::Pooled(connections) => Self::Statements(connections.clone()),
         }
@@ -72,6 +81,34 @@ impl Appends {
             Self::Transaction {
                 writes,
                 generations,
+                own: Some(own),
+            } => {
+                // The whole transaction runs here, in the writers' turn, without awaiting. It
+                // does not wait for another process's write lock: the round then goes through
+                // sqlx's thread, which does.
+                let turn = writes.turn().await?;
+                let written = own.write(generations.as_deref(), reads, groups(reads))?;
+                drop(turn);
+                let Some(written) = written else {
+                    return transaction_round(
+                        backend,
+                        writes,
+                        snapshots,
+                        generations.clone(),
+                        reads,
+                    )
+                    .await;
+                };
+                for (onboarding_id, tenant, environment, revision, last) in written.moved_on {
+                    let stamp = written.stamps.of(tenant, environment);
+                    snapshots.advance(tenant, environment, onboarding_id, revision, last, stamp);
+                }
+                Ok(written.sequences.into_iter().map(Ok).collect())
+            }
+            Self::Transaction {
+                writes,
+                generations,
+                own: None,
             } => transaction_round(backend, writes, snapshots, generations.clone(), reads).await,
             Self::Statements(connections) => {
                 Ok(statements_round(connections, snapshots, reads).await)
@@ -109,9 +146,9 @@ impl Trail {
 
 /// The reads of a round by onboarding and revision, in id order (so that concurrent rounds of
 /// several replicas lock onboardings in one order and cannot deadlock).
-type Groups<'a> = BTreeMap<(&'a str, &'a str, Environment, i64), Vec<usize>>;
+pub(super) type Groups<'a> = BTreeMap<(&'a str, &'a str, Environment, i64), Vec<usize>>;
 
-fn groups(reads: &[AuditedRead]) -> Groups<'_> {
+pub(super) fn groups(reads: &[AuditedRead]) -> Groups<'_> {
     let mut groups = Groups::new();
     for (index, read) in reads.iter().enumerate() {
         groups
@@ -129,7 +166,7 @@ fn groups(reads: &[AuditedRead]) -> Groups<'_> {
 
 /// The reads `members` of one onboarding with the sequence numbers their events took, in order,
 /// the last of them `last` (the trail's new end).
-fn numbered(members: &[usize], last: i64) -> impl Iterator<Item = (usize, i64)> + '_ {
+pub(super) fn numbered(members: &[usize], last: i64) -> impl Iterator<Item = (usize, i64)> + '_ {
     let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
     (0..)
         .zip(members)
@@ -288,11 +325,11 @@ async fn append_onboarding(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use sqlx::AssertSqlSafe;
 
-    fn read(onboarding_id: &str, revision: i64, actor: &str) -> AuditedRead {
+    pub(in crate::storage) fn read(onboarding_id: &str, revision: i64, actor: &str) -> AuditedRead {
         AuditedRead {
             onboarding_id: onboarding_id.to_owned(),
             tenant: format!("tenant-{onboarding_id}"),

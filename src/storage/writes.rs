@@ -53,6 +53,16 @@ impl Writes {
         }
     }
 
+    /// Waits for the writers' turn (SQLite) for a write made on a connection of its own.
+    pub async fn turn(&self) -> Result<OwnedMutexGuard<Option<AnyConnection>>> {
+        match self {
+            Self::Turns(turns) => turns.turn().await,
+            Self::Pooled(_) => Err(Error::Internal(anyhow::anyhow!(
+                "PostgreSQL's writers take no turns"
+            ))),
+        }
+    }
+
     /// A guarded write (see [`Guarded`]), where the backend has them: PostgreSQL.
     pub fn begin_guarded(&self) -> Option<Tx> {
         match self {
@@ -335,18 +345,23 @@ impl KeptConnection {
 
     /// Waits for the turn, with a connection taken from the pool if there is none yet.
     pub async fn take(&self) -> Result<OwnedMutexGuard<Option<AnyConnection>>> {
-        let mut held = tokio::time::timeout(self.wait, self.held.clone().lock_owned())
-            .await
-            .map_err(|_| Error::Unavailable {
-                what: "the database",
-                retry_after: Duration::from_secs(1),
-                source: anyhow::anyhow!("no turn to write within {:?}", self.wait),
-            })?;
+        let mut held = self.turn().await?;
         if held.is_none() {
             let connection = self.pool.acquire().await.map_err(db_error)?;
             *held = Some(connection.detach());
         }
         Ok(held)
+    }
+
+    /// Waits for the turn, without a connection: for a write made on a connection of its own.
+    pub async fn turn(&self) -> Result<OwnedMutexGuard<Option<AnyConnection>>> {
+        tokio::time::timeout(self.wait, self.held.clone().lock_owned())
+            .await
+            .map_err(|_| Error::Unavailable {
+                what: "the database",
+                retry_after: Duration::from_secs(1),
+                source: anyhow::anyhow!("no turn to write within {:?}", self.wait),
+            })
     }
 
     /// Drops the kept connection, if no one holds it now; the next user takes a new one.
