@@ -3,6 +3,12 @@
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /build
 
+# jemalloc, the service's allocator, is built from source with make (the image has the C compiler).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies change far less often than the service, so they get their own cached layer:
 # build them against placeholder sources first.
 COPY Cargo.toml Cargo.lock build.rs ./
