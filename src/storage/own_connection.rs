@@ -8,10 +8,9 @@
 //! write lock another process holds (that would hold up the runtime's thread): such a round is left
 //! to sqlx's thread.
 
-use super::generations::{Generations, Slot, Stamps};
+use super::generations::Generations;
 use super::rows;
-use super::trail::{AuditedRead, Groups, numbered};
-use crate::domain::Environment;
+use super::trail::{AuditedRead, Groups, Written};
 use crate::error::{Error, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::path::PathBuf;
@@ -22,15 +21,6 @@ use std::time::Duration;
 pub(super) struct OwnConnection {
     file: PathBuf,
     connection: Mutex<Option<Connection>>,
-}
-
-/// What a round wrote: each read's sequence number (`None` if its onboarding had moved past the
-/// read's revision), the onboardings whose trails moved on (id, tenant, environment, revision, the
-/// trail's new end), and the stamps their write generations settle at.
-pub(super) struct Written<'a> {
-    pub sequences: Vec<Option<i64>>,
-    pub moved_on: Vec<(&'a str, &'a str, Environment, i64, i64)>,
-    pub stamps: Stamps,
 }
 
 impl OwnConnection {
@@ -104,15 +94,14 @@ fn transaction<'a>(
     reads: &'a [AuditedRead],
     groups: Groups<'a>,
 ) -> std::result::Result<Option<Written<'a>>, Failure> {
-    let mut sequences = vec![None; reads.len()];
-    let mut moved_on = Vec::new();
-    let mut slots = Vec::new();
+    let mut written = Written::new(reads);
     // Rolled back when dropped uncommitted.
     let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Err(error) if busy(&error) => return Ok(None),
         begun => begun?,
     };
-    for ((onboarding_id, tenant, environment, revision), members) in groups {
+    for (group, members) in groups {
+        let (onboarding_id, tenant, _, revision) = group;
         let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
         let last: Option<i64> = tx
             .prepare_cached(rows::COUNT_AUDITED_READS)?
@@ -121,14 +110,8 @@ fn transaction<'a>(
             })
             .optional()?;
         let Some(last) = last else { continue };
-        let slot = Slot::of(tenant, environment);
-        if !slots.contains(&slot) {
-            slots.push(slot);
-        }
-        moved_on.push((onboarding_id, tenant, environment, revision, last));
         let mut insert = tx.prepare_cached(rows::insert_events(super::Backend::Sqlite, 1))?;
-        for (index, sequence) in numbered(&members, last) {
-            sequences[index] = Some(sequence);
+        for (index, sequence) in written.moved(group, &members, last) {
             let event = &reads[index].event;
             let transitions = rows::json(&event.transitions).map_err(Failure::Service)?;
             insert.execute(params![
@@ -146,15 +129,15 @@ fn transaction<'a>(
             ])?;
         }
     }
+    let slots = written.slots();
     let writing = generations
         .filter(|_| !slots.is_empty())
         .map(|generations| generations.begin(slots));
     tx.commit()?;
-    Ok(Some(Written {
-        sequences,
-        moved_on,
-        stamps: writing.map(|writing| writing.stamps()).unwrap_or_default(),
-    }))
+    if let Some(writing) = writing {
+        written.stamps = writing.stamps();
+    }
+    Ok(Some(written))
 }
 
 /// SQLite's "busy" or "locked": another connection holds the lock.
@@ -181,7 +164,8 @@ fn sqlite_error(error: rusqlite::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::generations::UNSTAMPED;
+    use crate::domain::Environment;
+    use crate::storage::generations::{Slot, UNSTAMPED};
     use crate::storage::trail::groups;
     use crate::storage::trail::tests::read;
 

@@ -9,7 +9,7 @@
 //! reads again.
 
 use super::fresh::Snapshots;
-use super::generations::{Generations, UNSTAMPED};
+use super::generations::{Generations, Slot, Stamps, UNSTAMPED};
 use super::own_connection::OwnConnection;
 use super::rounds::{Rounds, shared};
 use super::writes::{Connections, Writes};
@@ -89,27 +89,21 @@ impl Appends {
                 let turn = writes.turn().await?;
                 let written = own.write(generations.as_deref(), reads, groups(reads))?;
                 drop(turn);
-                let Some(written) = written else {
-                    return transaction_round(
-                        backend,
-                        writes,
-                        snapshots,
-                        generations.clone(),
-                        reads,
-                    )
-                    .await;
+                let written = match written {
+                    Some(written) => written,
+                    None => transaction_round(backend, writes, generations.clone(), reads).await?,
                 };
-                for (onboarding_id, tenant, environment, revision, last) in written.moved_on {
-                    let stamp = written.stamps.of(tenant, environment);
-                    snapshots.advance(tenant, environment, onboarding_id, revision, last, stamp);
-                }
-                Ok(written.sequences.into_iter().map(Ok).collect())
+                Ok(written.answers(snapshots))
             }
             Self::Transaction {
                 writes,
                 generations,
                 own: None,
-            } => transaction_round(backend, writes, snapshots, generations.clone(), reads).await,
+            } => Ok(
+                transaction_round(backend, writes, generations.clone(), reads)
+                    .await?
+                    .answers(snapshots),
+            ),
             Self::Statements(connections) => {
                 Ok(statements_round(connections, snapshots, reads).await)
             }
@@ -166,26 +160,82 @@ pub(super) fn groups(reads: &[AuditedRead]) -> Groups<'_> {
 
 /// The reads `members` of one onboarding with the sequence numbers their events took, in order,
 /// the last of them `last` (the trail's new end).
-pub(super) fn numbered(members: &[usize], last: i64) -> impl Iterator<Item = (usize, i64)> + '_ {
+fn numbered(members: &[usize], last: i64) -> impl Iterator<Item = (usize, i64)> + '_ {
     let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
     (0..)
         .zip(members)
         .map(move |(offset, &index)| (index, last - count + 1 + offset))
 }
 
-/// One transaction: per onboarding, moves `last_event` on by its reads' events if the revision
-/// still matches, then inserts them.
-async fn transaction_round(
+/// What a SQLite round wrote: each read's sequence number (`None` if its onboarding had moved past
+/// the read's revision), the onboardings whose trails moved on, and the stamps their write
+/// generations settle at.
+pub(super) struct Written<'a> {
+    pub sequences: Vec<Option<i64>>,
+    /// Id, tenant, environment, revision, and the trail's new end.
+    pub moved_on: Vec<(&'a str, &'a str, Environment, i64, i64)>,
+    pub stamps: Stamps,
+}
+
+impl<'a> Written<'a> {
+    pub fn new(reads: &[AuditedRead]) -> Self {
+        Self {
+            sequences: vec![None; reads.len()],
+            moved_on: Vec::new(),
+            stamps: Stamps::default(),
+        }
+    }
+
+    /// Notes that the reads `members` of the onboarding `group` names took the numbers up to `last`;
+    /// each read's index and number.
+    pub fn moved<'m>(
+        &mut self,
+        (onboarding_id, tenant, environment, revision): (&'a str, &'a str, Environment, i64),
+        members: &'m [usize],
+        last: i64,
+    ) -> impl Iterator<Item = (usize, i64)> + 'm {
+        self.moved_on
+            .push((onboarding_id, tenant, environment, revision, last));
+        for (index, sequence) in numbered(members, last) {
+            self.sequences[index] = Some(sequence);
+        }
+        numbered(members, last)
+    }
+
+    /// The slots of the onboardings written.
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        for &(_, tenant, environment, ..) in &self.moved_on {
+            let slot = Slot::of(tenant, environment);
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
+        }
+        slots
+    }
+
+    /// Moves what is kept of the onboardings written on, and answers the reads.
+    fn answers(self, snapshots: &Snapshots) -> Vec<Appended> {
+        for (onboarding_id, tenant, environment, revision, last) in self.moved_on {
+            let stamp = self.stamps.of(tenant, environment);
+            snapshots.advance(tenant, environment, onboarding_id, revision, last, stamp);
+        }
+        self.sequences.into_iter().map(Ok).collect()
+    }
+}
+
+/// One transaction through sqlx: per onboarding, moves `last_event` on by its reads' events if the
+/// revision still matches, then inserts them.
+async fn transaction_round<'a>(
     backend: Backend,
     writes: &Writes,
-    snapshots: &Snapshots,
     generations: Option<Arc<Generations>>,
-    reads: &[AuditedRead],
-) -> Result<Vec<Appended>> {
-    let mut sequences = vec![None; reads.len()];
-    let mut moved_on = Vec::new();
+    reads: &'a [AuditedRead],
+) -> Result<Written<'a>> {
+    let mut written = Written::new(reads);
     let mut tx = WriteTx::begin(backend, writes, None, generations).await?;
-    for ((onboarding_id, tenant, environment, revision), members) in groups(reads) {
+    for (group, members) in groups(reads) {
+        let (onboarding_id, tenant, environment, revision) = group;
         let count = i64::try_from(members.len()).unwrap_or(i64::MAX);
         let moved = tx
             .tx
@@ -199,20 +249,14 @@ async fn transaction_round(
         let Some(row) = moved else { continue };
         let last: i64 = row.try_get("last_event").map_err(db_error)?;
         tx.writes_onboarding(tenant, environment);
-        moved_on.push((onboarding_id, tenant, environment, revision, last));
-        let mut events = Vec::with_capacity(members.len());
-        for (index, sequence) in numbered(&members, last) {
-            sequences[index] = Some(sequence);
-            events.push((sequence, &reads[index].event));
-        }
+        let events: Vec<_> = written
+            .moved(group, &members, last)
+            .map(|(index, sequence)| (sequence, &reads[index].event))
+            .collect();
         tx.insert_events(onboarding_id, tenant, &events).await?;
     }
-    let stamps = tx.commit().await?;
-    for (onboarding_id, tenant, environment, revision, last) in moved_on {
-        let stamp = stamps.of(tenant, environment);
-        snapshots.advance(tenant, environment, onboarding_id, revision, last, stamp);
-    }
-    Ok(sequences.into_iter().map(Ok).collect())
+    written.stamps = tx.commit().await?;
+    Ok(written)
 }
 
 /// One statement per onboarding, each committed on its own: a read is answered once its own
