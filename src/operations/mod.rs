@@ -207,13 +207,9 @@ impl Operations {
         if !mutation.validate_only
             && let Some(mut tx) = self.store.begin_guarded()?
         {
-            // The insert fails on the key's unique index if the onboarding exists.
-            tx.insert_onboarding(&record).await?;
-            tx.append_event(&record, &event).await?;
-            if let Some(request_id) = replayable(mutation) {
-                tx.guard_no_result(&key.tenant, request_id).await?;
-            }
-            store_result(&mut tx, &key.tenant, mutation, &record, now).await?;
+            // The inserts fail on their unique indexes if the onboarding exists or the request_id
+            // has a stored result: nothing is written, and the locked transaction below answers.
+            write_created(&mut tx, key, mutation, &record, &event, now).await?;
             if let Some(stamps) = tx.commit_guarded().await? {
                 return Ok(self.keep_created(record, &stamps));
             }
@@ -233,9 +229,7 @@ impl Operations {
         if mutation.validate_only {
             return Ok(record);
         }
-        tx.insert_onboarding(&record).await?;
-        tx.append_event(&record, &event).await?;
-        store_result(&mut tx, &key.tenant, mutation, &record, now).await?;
+        write_created(&mut tx, key, mutation, &record, &event, now).await?;
         let stamps = tx.commit().await?;
         Ok(self.keep_created(record, &stamps))
     }
@@ -392,7 +386,12 @@ impl Operations {
         };
         // The onboarding's row first: it is the guard that goes first (see `storage::writes`).
         change.write(&mut tx, before).await?;
-        if let Some(request_id) = replayable(mutation).filter(|_| conventions.first_write) {
+        // A call's first write must find no result stored under its request_id. Storing its own
+        // result checks that already (the insert fails on the key), so only a write that stores
+        // none asks.
+        if let Some(request_id) =
+            replayable(mutation).filter(|_| conventions.first_write && !conventions.save_result)
+        {
             tx.guard_no_result(&key.tenant, request_id).await?;
         }
         if conventions.save_result {
@@ -494,6 +493,20 @@ fn replay(stored: Option<StoredResult>, mutation: &Mutation) -> Result<Option<On
 }
 
 /// Stores the result under the request_id, if any.
+/// The writes of a create: the onboarding, its first event, and the call's result.
+async fn write_created(
+    tx: &mut crate::storage::WriteTx,
+    key: &OnboardingKey,
+    mutation: &Mutation,
+    record: &OnboardingRecord,
+    event: &EventRecord,
+    now: Micros,
+) -> Result<()> {
+    tx.insert_onboarding(record).await?;
+    tx.append_event(record, event).await?;
+    store_result(tx, &key.tenant, mutation, record, now).await
+}
+
 async fn store_result(
     tx: &mut crate::storage::WriteTx,
     tenant: &TenantId,
@@ -531,7 +544,7 @@ fn apply(
     now: Micros,
 ) -> Result<Applied> {
     let mut record = before.clone();
-    let written = change(&mut record, now)?;
+    let mut written = change(&mut record, now)?;
     // Each row is written once per transaction (see storage::writes): a change may not both store
     // and remove one credential.
     if written.removed.iter().any(|(scope, field)| {
@@ -562,14 +575,8 @@ fn apply(
     record.last_event += 1;
     record.revision += 1;
     record.update_time = now;
-    let mut event = event(
-        call,
-        mutation,
-        &record,
-        before,
-        now,
-        written.summary.clone(),
-    );
+    let summary = std::mem::take(&mut written.summary);
+    let mut event = event(call, mutation, &record, before, now, summary);
     event.outcome = conventions.outcome.to_owned();
     Ok(Applied {
         record,

@@ -1287,13 +1287,19 @@ pub fn db_error(error: sqlx::Error) -> Error {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
-        // PostgreSQL: connection exceptions (08…), shutdown (57P…), and SQLite's "busy"/"locked".
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P") || code == "5" || code == "6"
-        }),
+        // PostgreSQL ending the session, and SQLite's "busy"/"locked".
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| session_ending(&code) || code == "5" || code == "6"),
         _ => false,
     };
     classified(error, unavailable)
+}
+
+/// PostgreSQL's codes for a session that is ending: class 08 (connection exception) and 57P0x (the
+/// server shutting down or restarting).
+fn session_ending(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P")
 }
 
 /// A database's error as the service's: UNAVAILABLE if `unavailable`, internal otherwise.

@@ -9,7 +9,7 @@
 //! a connection of their own the same way.
 
 use super::generations::{Generations, Slot, Stamps};
-use super::{Backend, db_error};
+use super::{Backend, db_error, session_ending};
 use crate::error::{Error, Result};
 use futures::StreamExt;
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
@@ -178,11 +178,16 @@ impl Connections {
 
     /// The connection given back last, if it has not been idle long; otherwise one from the pool.
     pub async fn take(self: &Arc<Self>) -> Result<Held> {
-        drop(self.stale());
-        let kept = self.idle().pop().map(|(connection, _)| connection);
-        let connection = match kept {
-            Some(connection) => connection,
-            None => self.pool.acquire().await.map_err(db_error)?,
+        let newest = self.idle().pop();
+        let connection = match newest {
+            Some((connection, since)) if since.elapsed() < IDLE_CHECK => connection,
+            stale => {
+                // The one given back last has been idle long, so have the others: all go back to
+                // the pool (dropped outside the lock).
+                drop(stale);
+                drop(self.stale());
+                self.pool.acquire().await.map_err(db_error)?
+            }
         };
         Ok(self.hold(connection))
     }
@@ -263,10 +268,7 @@ impl Held {
         if let Err(error) = &outcome {
             let session_ended = match error.as_database_error() {
                 None => true,
-                // Class 08: connection exception; 57P0x: the server shutting down or restarting.
-                Some(database) => database
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+                Some(database) => database.code().is_some_and(|code| session_ending(&code)),
             };
             if session_ended {
                 self.discard();
