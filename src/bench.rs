@@ -81,7 +81,101 @@ where
     F: Fn(Channel) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send,
 {
+    measure(channels, shape, Arc::new(call)).await.result()
+}
+
+/// Turns of at most this long, each preceded by [`TURN_WARM_UP`], in [`load_beside_bare`].
+pub const TURN: Duration = Duration::from_secs(1);
+
+/// The load before each turn of [`load_beside_bare`] after the first (whose warm-up is the shape's).
+pub const TURN_WARM_UP: Duration = Duration::from_millis(200);
+
+/// `call` on `channels` and [`bare_call`] on `bare_channels`, loaded in turns of [`TURN`] (the bare
+/// handler first, then the call, then the call first), `shape.measure` of each in all: what else
+/// the machine is doing meanwhile falls on both alike, so their ratio holds on a shared machine
+/// where two loads run one after the other would not. The call's figures, then the bare handler's.
+pub async fn load_beside_bare<F, Fut>(
+    channels: &[Channel],
+    bare_channels: &[Channel],
+    shape: LoadShape,
+    call: F,
+) -> (LoadResult, LoadResult)
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
     let call = Arc::new(call);
+    let bare = Arc::new(bare_call);
+    let turns = shape.measure.div_duration_f64(TURN).ceil().max(1.0) as u32;
+    let turn = LoadShape {
+        warm_up: TURN_WARM_UP,
+        measure: shape.measure / turns,
+        ..shape
+    };
+    let (mut called, mut bared) = (Measured::default(), Measured::default());
+    for index in 0..turns {
+        let shape = if index == 0 {
+            LoadShape {
+                warm_up: shape.warm_up,
+                ..turn
+            }
+        } else {
+            turn
+        };
+        if index % 2 == 0 {
+            bared.add(measure(bare_channels, shape, bare.clone()).await);
+            called.add(measure(channels, shape, call.clone()).await);
+        } else {
+            called.add(measure(channels, shape, call.clone()).await);
+            bared.add(measure(bare_channels, shape, bare.clone()).await);
+        }
+    }
+    (called.result(), bared.result())
+}
+
+/// The latencies (µs) of the calls answered while a load was measured, its errors, and how long.
+#[derive(Default)]
+struct Measured {
+    latencies: Vec<u32>,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Measured {
+    fn add(&mut self, other: Measured) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+
+    fn result(mut self) -> LoadResult {
+        self.latencies.sort_unstable();
+        let latencies = &self.latencies;
+        let at = |share: f64| {
+            latencies
+                .get(
+                    ((latencies.len() as f64 * share) as usize)
+                        .min(latencies.len().saturating_sub(1)),
+                )
+                .map_or(Duration::ZERO, |micros| {
+                    Duration::from_micros(u64::from(*micros))
+                })
+        };
+        LoadResult {
+            calls: latencies.len() as u64,
+            errors: self.errors,
+            per_second: latencies.len() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+}
+
+async fn measure<F, Fut>(channels: &[Channel], shape: LoadShape, call: Arc<F>) -> Measured
+where
+    F: Fn(Channel) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), tonic::Status>> + Send,
+{
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::with_capacity(shape.concurrency);
@@ -132,29 +226,17 @@ where
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
-    let mut errors = 0;
+    let mut measured = Measured {
+        elapsed,
+        ..Measured::default()
+    };
     for worker in workers {
-        if let Ok((worker_latencies, worker_errors)) = worker.await {
-            latencies.extend(worker_latencies);
-            errors += worker_errors;
+        if let Ok((latencies, errors)) = worker.await {
+            measured.latencies.extend(latencies);
+            measured.errors += errors;
         }
     }
-    latencies.sort_unstable();
-    let at = |share: f64| {
-        latencies
-            .get(((latencies.len() as f64 * share) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(Duration::ZERO, |micros| {
-                Duration::from_micros(u64::from(*micros))
-            })
-    };
-    LoadResult {
-        calls: latencies.len() as u64,
-        errors,
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    measured
 }
 
 /// A tonic server with nothing but the health service, no layers: the cost of gRPC itself.

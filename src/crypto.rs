@@ -197,18 +197,31 @@ pub enum CryptoError {
     NotUtf8,
 }
 
-/// One 256-bit key and its id. The bytes are overwritten when it is dropped.
+/// One 256-bit key, its id, and its cipher. The bytes, and the cipher's expanded key schedule, are
+/// overwritten when it is dropped.
 struct KeyEntry {
     id: String,
     bytes: [u8; KEY_LEN],
+    /// Made once: every read of a payment configuration opens two secrets, and the schedule holds
+    /// nothing the bytes beside it do not.
+    cipher: Aes256Gcm,
 }
 
 impl KeyEntry {
-    /// A cipher for this key. Made per call rather than kept, so the expanded key schedule lives only
-    /// as long as one encryption or decryption. `new_from_slice` borrows the bytes, where
-    /// `new(&bytes.into())` would leave an unwiped copy of the key on the stack.
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new_from_slice(&self.bytes).expect("an AES-256 key is 32 bytes, as KEY_LEN says")
+    fn new(id: &str, bytes: [u8; KEY_LEN]) -> Self {
+        // `new_from_slice` borrows the bytes, where `new(&bytes.into())` would leave an unwiped copy
+        // of the key on the stack.
+        let cipher =
+            Aes256Gcm::new_from_slice(&bytes).expect("an AES-256 key is 32 bytes, as KEY_LEN says");
+        Self {
+            id: id.to_owned(),
+            bytes,
+            cipher,
+        }
+    }
+
+    fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
     }
 }
 
@@ -266,10 +279,7 @@ impl Keyring {
                 return Err(KeyringError::DuplicateId { id: id.to_owned() });
             }
             let bytes = decode_key(id, encoded.trim())?;
-            keys.push(KeyEntry {
-                id: id.to_owned(),
-                bytes,
-            });
+            keys.push(KeyEntry::new(id, bytes));
         }
         let active_index = match active {
             None => 0,
@@ -295,10 +305,7 @@ impl Keyring {
         getrandom::fill(&mut bytes)
             .expect("the operating system's random number generator must work to make a key");
         let keyring = Keyring {
-            keys: vec![KeyEntry {
-                id: EPHEMERAL_KEY_ID.to_owned(),
-                bytes,
-            }],
+            keys: vec![KeyEntry::new(EPHEMERAL_KEY_ID, bytes)],
             active: 0,
         };
         // `bytes` is a copy of the key on the stack; the keyring holds its own.

@@ -99,6 +99,11 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
         "\n== read path: {} concurrent streams over {} connections, {} s each; answers received whole, not decoded",
         saturated.concurrency, saturated.connections, args.seconds
     );
+    println!(
+        "   at full load each call is loaded in turns with the bare handler (turns of {:.1} s, each after {:.1} s of warm-up), so both meet the machine as it is at the time",
+        bench::TURN.as_secs_f64(),
+        bench::TURN_WARM_UP.as_secs_f64()
+    );
     let mut backends = vec![(
         "SQLite",
         work_dir.join("read.sqlite3").display().to_string(),
@@ -116,9 +121,7 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
     for (label, database, cleanup) in backends {
         let (bare_address, bare_stop) = bench::bare_server().await?;
         let bare_channels = bench::channels(bare_address, saturated.connections).await?;
-        let bare = bench::load(&bare_channels, saturated, bench::bare_call).await;
         let bare_paced = bench::load(&bare_channels, paced, bench::bare_call).await;
-        bare_stop.cancel();
 
         let setup = ReadySetup::start(&database, |_| {}).await?;
         let channels = bench::channels(setup.address, saturated.connections).await?;
@@ -155,27 +158,33 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
             }
         };
         println!("{label:<10} at full load");
-        println!("{label:<10} bare no-op handler        {bare}");
-        let onboardings = bench::load(&channels, saturated, onboarding.clone()).await;
-        report(label, "GetOnboarding", onboardings, bare);
-        let payment_reads = bench::load(&channels, saturated, payments.clone()).await;
-        report(label, "GetPaymentConfiguration", payment_reads, bare);
+        report(
+            label,
+            "GetOnboarding",
+            bench::load_beside_bare(&channels, &bare_channels, saturated, onboarding.clone()).await,
+        );
+        report(
+            label,
+            "GetPaymentConfiguration",
+            bench::load_beside_bare(&channels, &bare_channels, saturated, payments.clone()).await,
+        );
         let name = setup.onboarding.clone();
-        let decoding = bench::load(&channels, saturated, move |channel| {
-            let mut request =
-                tonic::Request::new(proto::GetOnboardingRequest { name: name.clone() });
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            async move {
-                OnboardingServiceClient::new(channel)
-                    .get_onboarding(request)
-                    .await
-                    .map(drop)
-            }
-        })
-        .await;
-        report(label, "GetOnboarding, decoded", decoding, bare);
+        let decoding =
+            bench::load_beside_bare(&channels, &bare_channels, saturated, move |channel| {
+                let mut request =
+                    tonic::Request::new(proto::GetOnboardingRequest { name: name.clone() });
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                async move {
+                    OnboardingServiceClient::new(channel)
+                        .get_onboarding(request)
+                        .await
+                        .map(drop)
+                }
+            })
+            .await;
+        report(label, "GetOnboarding, decoded", decoding);
         println!(
             "{label:<10} (an answer of GetOnboarding is {} bytes, the bare handler's 2; the decoding client parses each answer on the same cores)",
             setup.onboarding_bytes
@@ -191,6 +200,7 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
             bench::load(&channels, paced, payments).await
         );
         setup.stop().await;
+        bare_stop.cancel();
         if let Some((admin_url, name)) = cleanup {
             drill::drop_database(&admin_url, &name).await?;
         }
@@ -198,11 +208,14 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
     Ok(())
 }
 
-fn report(backend: &str, method: &str, result: LoadResult, bare: LoadResult) {
+/// A call's figures at full load, its ratio to the bare handler's, and the bare handler's (loaded
+/// in turns with it).
+fn report(backend: &str, method: &str, (result, bare): (LoadResult, LoadResult)) {
     println!(
         "{backend:<10} {method:<25} {result}  ratio to bare {:.2}",
         result.per_second / bare.per_second.max(f64::EPSILON)
     );
+    println!("{backend:<10}   bare, in turns with it  {bare}");
 }
 
 async fn provisioning(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()> {

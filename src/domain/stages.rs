@@ -215,9 +215,8 @@ pub fn require_done(
     required: &[Stage],
     action: &str,
 ) -> Result<(), Error> {
-    let name = record.key().name();
     let stages = required.iter().map(|stage| record.stage(*stage));
-    unmet_error(&name, &name, stages, action)
+    unmet_error(record, None, stages, action)
 }
 
 /// The same for stages of a creditor (after the environment's own, which every creditor stage needs).
@@ -232,34 +231,37 @@ pub fn require_creditor_done(
         .stages
         .iter()
         .filter(|stage| required.contains(&stage.stage));
-    unmet_error(&record.key().name(), &creditor.name, stages, action)
+    unmet_error(record, Some(&creditor.name), stages, action)
 }
 
+/// The error naming `stages` of `record` that are not done, if any; `owner` is the resource they
+/// belong to (the onboarding's own name if `None`). Names are made only for an error.
 fn unmet_error<'a>(
-    resource: &str,
-    owner: &str,
+    record: &OnboardingRecord,
+    owner: Option<&str>,
     stages: impl Iterator<Item = &'a StageRecord>,
     action: &str,
 ) -> Result<(), Error> {
-    let name = resource.to_owned();
-    let unmet: Vec<UnmetStage> = stages
-        .filter(|stage| !stage.state.is_done())
+    let mut unmet_stages = stages.filter(|stage| !stage.state.is_done()).peekable();
+    if unmet_stages.peek().is_none() {
+        return Ok(());
+    }
+    let name = record.key().name();
+    let owner = owner.unwrap_or(&name);
+    let unmet: Vec<UnmetStage> = unmet_stages
         .map(|stage| UnmetStage {
             subject: format!("{owner}/stages/{}", stage.stage),
             stage: stage.stage,
             state: stage.state,
         })
         .collect();
-    if unmet.is_empty() {
-        return Ok(());
-    }
     let list: Vec<&str> = unmet.iter().map(|u| u.stage.as_str()).collect();
     Err(Error::StagesNotDone {
-        resource: name,
         message: format!(
             "{action} needs these stages completed first: {}",
             list.join(", ")
         ),
+        resource: name,
         unmet,
     })
 }

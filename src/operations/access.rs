@@ -373,7 +373,9 @@ impl Operations {
         }
         let (configuration, token_set_time) = self.payment_configuration(&record, key).await?;
         let reader = call.actor.clone();
-        self.transact(
+        // Boxed: an ordinary write's future is several times the size of the rest of this one,
+        // which every read would otherwise carry and move.
+        Box::pin(self.transact(
             call,
             &key.onboarding,
             &read_mutation(),
@@ -396,7 +398,7 @@ impl Operations {
                 }
                 Ok(Written::from(summary))
             },
-        )
+        ))
         .await?;
         Ok(configuration)
     }

@@ -80,6 +80,22 @@ fn key(tenant: &str, environment: Environment) -> String {
     format!("{}/{tenant}", environment.as_str())
 }
 
+/// `look_up` given the key of an onboarding's snapshot, made on the stack (a tenant's id is at
+/// most 63 characters) rather than allocated: lookups are on every read's path.
+fn with_key<R>(tenant: &str, environment: Environment, look_up: impl FnOnce(&str) -> R) -> R {
+    let prefix = environment.as_str().as_bytes();
+    let length = prefix.len() + 1 + tenant.len();
+    let mut buffer = [0u8; 96];
+    let Some(made) = buffer.get_mut(..length) else {
+        return look_up(&key(tenant, environment));
+    };
+    let (start, rest) = made.split_at_mut(prefix.len());
+    start.copy_from_slice(prefix);
+    rest[0] = b'/';
+    rest[1..].copy_from_slice(tenant.as_bytes());
+    look_up(std::str::from_utf8(made).expect("two strings joined by an ASCII character"))
+}
+
 impl Snapshots {
     pub fn new(capacity: usize) -> Self {
         Self(Bounded::new(capacity))
@@ -97,8 +113,10 @@ impl Snapshots {
         id: &str,
         revision: i64,
     ) -> Option<Arc<Snapshot>> {
-        self.0.get(&key(tenant, environment), |snapshot| {
-            snapshot.record.id == id && snapshot.record.revision == revision
+        with_key(tenant, environment, |key| {
+            self.0.get(key, |snapshot| {
+                snapshot.record.id == id && snapshot.record.revision == revision
+            })
         })
     }
 
@@ -111,11 +129,12 @@ impl Snapshots {
         environment: Environment,
         settled: u64,
     ) -> Option<Arc<OnboardingRecord>> {
-        self.0
-            .get(&key(tenant, environment), |snapshot| {
+        with_key(tenant, environment, |key| {
+            self.0.get(key, |snapshot| {
                 snapshot.stamp.load(Ordering::Acquire) == settled
             })
-            .map(|snapshot| snapshot.record.clone())
+        })
+        .map(|snapshot| snapshot.record.clone())
     }
 
     /// The onboarding as kept, of whatever revision: only for a read whose answer a later write
@@ -125,8 +144,7 @@ impl Snapshots {
         tenant: &str,
         environment: Environment,
     ) -> Option<Arc<OnboardingRecord>> {
-        self.0
-            .get(&key(tenant, environment), |_| true)
+        with_key(tenant, environment, |key| self.0.get(key, |_| true))
             .map(|snapshot| snapshot.record.clone())
     }
 
@@ -294,6 +312,21 @@ async fn read_rows(
         Err(error) => {
             held.take();
             Err(Failed::Query(db_error(error)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_made_on_the_stack_is_the_allocated_one() {
+        for tenant in ["acme", &"t".repeat(63), &"long".repeat(40)] {
+            for environment in [Environment::Test, Environment::Production] {
+                let made = with_key(tenant, environment, str::to_owned);
+                assert_eq!(made, key(tenant, environment));
+            }
         }
     }
 }

@@ -344,6 +344,18 @@ impl Store {
         {
             return Ok(Some(record));
         }
+        // Boxed: the futures of the database's reads are many times the size of the rest, which
+        // every caller's future would otherwise carry (and move) whether it reads or not.
+        Box::pin(self.read_through(tenant, environment, settled)).await
+    }
+
+    /// `get_onboarding` when what is kept of the onboarding is not known to be current.
+    async fn read_through(
+        &self,
+        tenant: &TenantId,
+        environment: Environment,
+        settled: Option<u64>,
+    ) -> Result<Option<Arc<OnboardingRecord>>> {
         let observed = settled.unwrap_or(generations::UNSTAMPED);
         let Some(head) = self.rows.get(tenant.as_str(), environment).await? else {
             return Ok(None);

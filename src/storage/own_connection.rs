@@ -7,56 +7,195 @@
 //! the end of COMMIT, so that nothing can leave it half done. The connection does not wait for a
 //! write lock another process holds (that would hold up the runtime's thread): such a round is left
 //! to sqlx's thread.
+//!
+//! Nor does that connection checkpoint the log (copy what it holds into the database file and sync
+//! both, which SQLite does after a commit that leaves the log longer than 1,000 pages, stopping the
+//! writes and the runtime's thread for milliseconds): its commits start a checkpoint on a blocking
+//! thread instead, which runs beside the writes. As long as writes keep coming such checkpoints
+//! cannot catch up with the end of the log, which then grows; past four times that length one
+//! checkpoint holds the writers' turn, so that it copies the whole log and the next write starts it
+//! over.
 
 use super::generations::Generations;
 use super::rows;
 use super::trail::{AuditedRead, Groups, Written};
+use super::writes::Writes;
 use crate::error::{Error, Result};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::hooks::Wal;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, TransactionBehavior, params};
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// The connection (opened when first needed, and again after it failed) to the database file.
+/// Pages the log may gain before a checkpoint starts (SQLite's own default).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// Pages in the log past which a checkpoint holds the writers' turn.
+const CATCH_UP_PAGES: i32 = 4 * CHECKPOINT_PAGES;
+
+thread_local! {
+    /// Pages in the log after the last commit on this thread of a connection [`open`] opened.
+    static LOG_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// SQLite's call after each commit of a connection [`open`] opened (instead of its checkpoint).
+fn note_log_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    LOG_PAGES.set(pages);
+    Ok(())
+}
+
+/// The round's connection to the database file, and the checkpoints its commits start.
 pub(super) struct OwnConnection {
-    file: PathBuf,
-    connection: Mutex<Option<Connection>>,
+    kept: Kept,
+    /// Pages in the log after this connection's last commit.
+    log_pages: AtomicI32,
+    checkpoints: Arc<Checkpoints>,
 }
 
 impl OwnConnection {
     pub fn new(file: PathBuf) -> Self {
         Self {
-            file,
-            connection: Mutex::new(None),
+            checkpoints: Arc::new(Checkpoints {
+                kept: Kept::new(file.clone()),
+                running: AtomicBool::new(false),
+                copied: AtomicI32::new(0),
+            }),
+            kept: Kept::new(file),
+            log_pages: AtomicI32::new(0),
         }
     }
 
     /// Writes the events of `reads`, grouped as `groups`, in one transaction; `None` (nothing
-    /// written) if another process holds SQLite's write lock. Call only in the writers' turn.
+    /// written) if another process holds SQLite's write lock. Call only in the writers' turn, and
+    /// [`checkpoint`](Self::checkpoint) after it.
     pub fn write<'a>(
         &self,
         generations: Option<&Generations>,
         reads: &'a [AuditedRead],
         groups: Groups<'a>,
     ) -> Result<Option<Written<'a>>> {
-        let mut kept = self
-            .connection
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let connection = match kept.as_mut() {
-            Some(connection) => connection,
-            None => kept.insert(open(&self.file).map_err(sqlite_error)?),
-        };
-        let written = transaction(connection, generations, reads, groups);
-        if written.is_err() && !connection.is_autocommit() {
-            // The rollback on the way out failed: a connection still in a transaction is not used
-            // again (closing it rolls the transaction back).
-            *kept = None;
-        }
+        let written = self
+            .kept
+            .with(|connection| {
+                // Set by SQLite's call after a commit that wrote pages.
+                LOG_PAGES.set(-1);
+                let written = transaction(connection, generations, reads, groups);
+                let pages = LOG_PAGES.get();
+                if pages >= 0 {
+                    self.log_pages.store(pages, Ordering::Relaxed);
+                }
+                // A connection still in a transaction (the rollback on the way out failed) is not
+                // used again: closing it rolls the transaction back.
+                let keep = written.is_ok() || connection.is_autocommit();
+                (written, keep)
+            })
+            .map_err(sqlite_error)?;
         written.map_err(|error| match error {
             Failure::Sqlite(error) => sqlite_error(error),
             Failure::Service(error) => error,
         })
+    }
+
+    /// Starts a checkpoint on a blocking thread if the log has grown enough since the last one and
+    /// none is running; one that holds the writers' turn (taken from `writes`) if the log is long.
+    pub fn checkpoint(&self, writes: &Writes) {
+        let pages = self.log_pages.load(Ordering::Relaxed);
+        let copied = self.checkpoints.copied.load(Ordering::Relaxed);
+        // Fewer pages than the last checkpoint copied: the log has started over since.
+        let uncopied = if pages < copied {
+            pages
+        } else {
+            pages - copied
+        };
+        let catch_up = pages >= CATCH_UP_PAGES;
+        if (uncopied < CHECKPOINT_PAGES && !catch_up)
+            || self.checkpoints.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let checkpoints = self.checkpoints.clone();
+        let writes = catch_up.then(|| writes.clone());
+        tokio::spawn(async move {
+            // Without the turn (the wait for it timed out) the checkpoint copies what it can.
+            let turn = match &writes {
+                Some(writes) => writes.turn().await.ok(),
+                None => None,
+            };
+            let running = checkpoints.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                let done = checkpoints.run();
+                drop(turn);
+                done
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %sqlite_error(error), "checkpoint of the SQLite log failed; the next commit tries again");
+                }
+                Err(error) => tracing::warn!(%error, "checkpoint of the SQLite log did not finish"),
+            }
+            running.running.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Checkpoints of the log, one at a time, on a connection of their own.
+struct Checkpoints {
+    kept: Kept,
+    running: AtomicBool,
+    /// Pages of the log the last checkpoint left copied into the database file.
+    copied: AtomicI32,
+}
+
+impl Checkpoints {
+    /// Copies what it can of the log into the database file (without waiting for readers or
+    /// writers), syncing the log before and the file after, as SQLite's own checkpoint does.
+    fn run(&self) -> rusqlite::Result<()> {
+        let copied = self.kept.with(|connection| {
+            let copied = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i32>(2)
+            });
+            let keep = copied.is_ok();
+            (copied, keep)
+        })??;
+        self.copied.store(copied.max(0), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A connection to the database file, opened when first needed and again after it was dropped.
+struct Kept {
+    file: PathBuf,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl Kept {
+    fn new(file: PathBuf) -> Self {
+        Self {
+            file,
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// What `work` does with the connection, which it also tells whether to keep.
+    fn with<T>(&self, work: impl FnOnce(&mut Connection) -> (T, bool)) -> rusqlite::Result<T> {
+        let mut kept = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let connection = match kept.as_mut() {
+            Some(connection) => connection,
+            None => kept.insert(open(&self.file)?),
+        };
+        let (outcome, keep) = work(connection);
+        if !keep {
+            *kept = None;
+        }
+        Ok(outcome)
     }
 }
 
@@ -71,6 +210,8 @@ fn open(file: &PathBuf) -> rusqlite::Result<Connection> {
     connection.execute_batch(
         "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -512;",
     )?;
+    // In place of SQLite's own checkpoint after a commit (see the module's documentation).
+    connection.wal_hook(Some(note_log_pages));
     Ok(connection)
 }
 
@@ -110,23 +251,36 @@ fn transaction<'a>(
             })
             .optional()?;
         let Some(last) = last else { continue };
-        let mut insert = tx.prepare_cached(rows::insert_events(super::Backend::Sqlite, 1))?;
-        for (index, sequence) in written.moved(group, &members, last) {
-            let event = &reads[index].event;
-            let transitions = rows::json(&event.transitions).map_err(Failure::Service)?;
-            insert.execute(params![
-                onboarding_id,
-                sequence,
-                tenant,
-                event.event_time,
-                event.actor,
-                event.method,
-                event.request_id,
-                event.correlation_id,
-                event.outcome,
-                event.summary,
-                transitions,
-            ])?;
+        let numbered: Vec<(usize, i64)> = written.moved(group, &members, last).collect();
+        let mut rest = numbered.as_slice();
+        while !rest.is_empty() {
+            // Statements of as many rows as a power of two: few of them are kept prepared.
+            let width = 1 << rest.len().min(rows::EVENTS_PER_INSERT).ilog2();
+            let (chunk, after) = rest.split_at(width);
+            let mut insert =
+                tx.prepare_cached(rows::insert_events(super::Backend::Sqlite, width))?;
+            for (row, &(index, sequence)) in chunk.iter().enumerate() {
+                let event = &reads[index].event;
+                let transitions = rows::json(&event.transitions).map_err(Failure::Service)?;
+                let values: [&dyn ToSql; rows::EVENT_VALUES] = [
+                    &onboarding_id,
+                    &sequence,
+                    &tenant,
+                    &event.event_time,
+                    &event.actor,
+                    &event.method,
+                    &event.request_id,
+                    &event.correlation_id,
+                    &event.outcome,
+                    &event.summary,
+                    &transitions,
+                ];
+                for (column, value) in values.into_iter().enumerate() {
+                    insert.raw_bind_parameter(row * rows::EVENT_VALUES + column + 1, value)?;
+                }
+            }
+            insert.raw_execute()?;
+            rest = after;
         }
     }
     let slots = written.slots();
@@ -191,6 +345,25 @@ mod tests {
         (ends, events)
     }
 
+    /// A database file with the trail's two tables, in WAL mode, and the onboardings given.
+    fn trail_file(dir: &tempfile::TempDir, onboardings: &str) -> PathBuf {
+        let file = dir.path().join("trail.sqlite3");
+        Connection::open(&file)
+            .unwrap()
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE onboardings (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, \
+                 revision BIGINT NOT NULL, last_event BIGINT NOT NULL);
+                 CREATE TABLE events (onboarding_id TEXT NOT NULL, sequence BIGINT NOT NULL, \
+                 tenant TEXT NOT NULL, event_time BIGINT NOT NULL, actor TEXT NOT NULL, method TEXT NOT NULL, \
+                 request_id TEXT NOT NULL, correlation_id TEXT NOT NULL, outcome TEXT NOT NULL, \
+                 summary TEXT NOT NULL, transitions TEXT NOT NULL, PRIMARY KEY (onboarding_id, sequence));
+                 INSERT INTO onboardings VALUES {onboardings};"
+            ))
+            .unwrap();
+        file
+    }
+
     fn owned(rows: &[(&str, i64)]) -> Vec<(String, i64)> {
         rows.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect()
     }
@@ -202,23 +375,12 @@ mod tests {
     #[test]
     fn a_round_is_written_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("trail.sqlite3");
-        Connection::open(&file)
-            .unwrap()
-            .execute_batch(
-                "PRAGMA journal_mode = WAL;
-                 CREATE TABLE onboardings (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, \
-                 revision BIGINT NOT NULL, last_event BIGINT NOT NULL);
-                 CREATE TABLE events (onboarding_id TEXT NOT NULL, sequence BIGINT NOT NULL, \
-                 tenant TEXT NOT NULL, event_time BIGINT NOT NULL, actor TEXT NOT NULL, method TEXT NOT NULL, \
-                 request_id TEXT NOT NULL, correlation_id TEXT NOT NULL, outcome TEXT NOT NULL, \
-                 summary TEXT NOT NULL, transitions TEXT NOT NULL, PRIMARY KEY (onboarding_id, sequence));
-                 INSERT INTO onboardings VALUES ('a', 'tenant-a', 1, 1), ('b', 'tenant-b', 2, 5), \
-                 ('c', 'tenant-c', 1, 1);
-                 -- An event already at the number c's next read would take.
-                 INSERT INTO events VALUES ('c', 2, 'tenant-c', 0, 'x', 'm', 'r', '', 'OK', 's', '[]');",
-            )
-            .unwrap();
+        let file = trail_file(
+            &dir,
+            "('a', 'tenant-a', 1, 1), ('b', 'tenant-b', 2, 5), ('c', 'tenant-c', 1, 1);
+             -- An event already at the number c's next read would take.
+             INSERT INTO events VALUES ('c', 2, 'tenant-c', 0, 'x', 'm', 'r', '', 'OK', 's', '[]')",
+        );
         let generations = Generations::open(&file).unwrap();
         let own = OwnConnection::new(file.clone());
 
@@ -294,5 +456,60 @@ mod tests {
                 ("c", 2, "x")
             ]
         );
+    }
+
+    /// The connection's commits leave checkpoints to a thread of their own, and the log still stays
+    /// short: it is copied into the database file and starts over while rounds keep coming.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_checkpointed_beside_the_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = trail_file(&dir, "('a', 'tenant-a', 1, 1)");
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        let writes = Writes::new(super::super::Backend::Sqlite, pool, Duration::from_secs(30));
+        let own = OwnConnection::new(file.clone());
+        let log = dir.path().join("trail.sqlite3-wal");
+        // Without checkpoints these rounds would leave the log some 18,000 pages long. Seven reads
+        // of one onboarding are written by statements of four, two and one rows.
+        let (rounds, per_round) = (5000, 7);
+        let mut longest = 0;
+        for round in 0..rounds {
+            let reads: Vec<_> = (0..per_round)
+                .map(|n| read("a", 1, &format!("reader-{round}-{n}")))
+                .collect();
+            let turn = writes.turn().await.unwrap();
+            let written = own.write(None, &reads, groups(&reads)).unwrap().unwrap();
+            drop(turn);
+            let numbers: Vec<_> = (1..=per_round)
+                .map(|n| Some(1 + per_round * round + n))
+                .collect();
+            assert_eq!(written.sequences, numbers);
+            own.checkpoint(&writes);
+            longest = longest.max(std::fs::metadata(&log).unwrap().len());
+            tokio::task::yield_now().await;
+        }
+        let page = 4096 + 24;
+        assert!(
+            longest < 2 * u64::try_from(CATCH_UP_PAGES).unwrap() * page,
+            "the log reached {} pages",
+            longest / page
+        );
+        while own.checkpoints.running.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let count = |file: &PathBuf| -> i64 {
+            Connection::open(file)
+                .unwrap()
+                .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&file), per_round * rounds);
+        // The database file alone, without its log, holds what the checkpoints copied.
+        let alone = dir.path().join("alone.sqlite3");
+        std::fs::copy(&file, &alone).unwrap();
+        let copied = count(&alone);
+        assert!(copied > per_round * rounds / 2, "{copied} events copied");
     }
 }

@@ -45,7 +45,7 @@ pub(super) enum Appends {
     Transaction {
         writes: Writes,
         generations: Option<Arc<Generations>>,
-        own: Option<OwnConnection>,
+        own: Option<Box<OwnConnection>>,
     },
     /// PostgreSQL: one statement per onboarding (its own transaction: the trail end moved and the
     /// events inserted together), on the writes' connections.
@@ -64,7 +64,7 @@ impl Appends {
             Writes::Turns(_) => Self::Transaction {
                 writes: writes.clone(),
                 generations,
-                own: file.map(OwnConnection::new),
+                own: file.map(|file| Box::new(OwnConnection::new(file))),
             },
             Writes::Pooled(connections) => Self::Statements(connections.clone()),
         }
@@ -87,8 +87,10 @@ impl Appends {
                 // does not wait for another process's write lock: the round then goes through
                 // sqlx's thread, which does.
                 let turn = writes.turn().await?;
-                let written = own.write(generations.as_deref(), reads, groups(reads))?;
+                let written = own.write(generations.as_deref(), reads, groups(reads));
                 drop(turn);
+                own.checkpoint(writes);
+                let written = written?;
                 let written = match written {
                     Some(written) => written,
                     None => transaction_round(backend, writes, generations.clone(), reads).await?,
