@@ -18,7 +18,7 @@
 
 use super::generations::Generations;
 use super::rows;
-use super::trail::{AuditedRead, Groups, Written};
+use super::trail::{AuditedRead, Groups, Written, groups};
 use super::writes::Writes;
 use crate::error::{Error, Result};
 use rusqlite::hooks::Wal;
@@ -50,14 +50,17 @@ fn note_log_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
 /// The round's connection to the database file, and the checkpoints its commits start.
 pub(super) struct OwnConnection {
     kept: Kept,
+    /// Whose turns the writes take (and a checkpoint of a long log).
+    writes: Writes,
     /// Pages in the log after this connection's last commit.
     log_pages: AtomicI32,
     checkpoints: Arc<Checkpoints>,
 }
 
 impl OwnConnection {
-    pub fn new(file: PathBuf) -> Self {
+    pub fn new(file: PathBuf, writes: Writes) -> Self {
         Self {
+            writes,
             checkpoints: Arc::new(Checkpoints {
                 kept: Kept::new(file.clone()),
                 running: AtomicBool::new(false),
@@ -68,21 +71,31 @@ impl OwnConnection {
         }
     }
 
-    /// Writes the events of `reads`, grouped as `groups`, in one transaction; `None` (nothing
-    /// written) if another process holds SQLite's write lock. Call only in the writers' turn, and
-    /// [`checkpoint`](Self::checkpoint) after it.
-    pub fn write<'a>(
+    /// Writes the events of `reads` in one transaction, in the writers' turn; `None` (nothing
+    /// written) if another process holds SQLite's write lock. Then starts a checkpoint if one is due.
+    pub async fn write<'a>(
         &self,
         generations: Option<&Generations>,
         reads: &'a [AuditedRead],
-        groups: Groups<'a>,
+    ) -> Result<Option<Written<'a>>> {
+        let turn = self.writes.turn().await?;
+        let written = self.write_in_turn(generations, reads);
+        drop(turn);
+        self.checkpoint();
+        written
+    }
+
+    fn write_in_turn<'a>(
+        &self,
+        generations: Option<&Generations>,
+        reads: &'a [AuditedRead],
     ) -> Result<Option<Written<'a>>> {
         let written = self
             .kept
             .with(|connection| {
                 // Set by SQLite's call after a commit that wrote pages.
                 LOG_PAGES.set(-1);
-                let written = transaction(connection, generations, reads, groups);
+                let written = transaction(connection, generations, reads, groups(reads));
                 let pages = LOG_PAGES.get();
                 if pages >= 0 {
                     self.log_pages.store(pages, Ordering::Relaxed);
@@ -100,8 +113,8 @@ impl OwnConnection {
     }
 
     /// Starts a checkpoint on a blocking thread if the log has grown enough since the last one and
-    /// none is running; one that holds the writers' turn (taken from `writes`) if the log is long.
-    pub fn checkpoint(&self, writes: &Writes) {
+    /// none is running; one that holds the writers' turn if the log is long.
+    fn checkpoint(&self) {
         let pages = self.log_pages.load(Ordering::Relaxed);
         let copied = self.checkpoints.copied.load(Ordering::Relaxed);
         // Fewer pages than the last checkpoint copied: the log has started over since.
@@ -117,7 +130,7 @@ impl OwnConnection {
             return;
         }
         let checkpoints = self.checkpoints.clone();
-        let writes = catch_up.then(|| writes.clone());
+        let writes = catch_up.then(|| self.writes.clone());
         tokio::spawn(async move {
             // Without the turn (the wait for it timed out) the checkpoint copies what it can.
             let turn = match &writes {
@@ -320,7 +333,6 @@ mod tests {
     use super::*;
     use crate::domain::Environment;
     use crate::storage::generations::{Slot, UNSTAMPED};
-    use crate::storage::trail::groups;
     use crate::storage::trail::tests::read;
 
     /// Each onboarding's trail end, and each event's onboarding, sequence number and actor.
@@ -364,6 +376,15 @@ mod tests {
         file
     }
 
+    /// The writers' turns of a pool on `file`.
+    async fn writes_on(file: &std::path::Path) -> Writes {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        Writes::new(super::super::Backend::Sqlite, pool, Duration::from_secs(30))
+    }
+
     fn owned(rows: &[(&str, i64)]) -> Vec<(String, i64)> {
         rows.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect()
     }
@@ -372,8 +393,8 @@ mod tests {
     /// numbers and the write generation moves; a read of an onboarding that moved on gets `None`.
     /// When any insert fails nothing of the round is written, and the next round writes on a
     /// connection that is not left inside a transaction.
-    #[test]
-    fn a_round_is_written_whole_or_not_at_all() {
+    #[tokio::test]
+    async fn a_round_is_written_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
         let file = trail_file(
             &dir,
@@ -382,7 +403,7 @@ mod tests {
              INSERT INTO events VALUES ('c', 2, 'tenant-c', 0, 'x', 'm', 'r', '', 'OK', 's', '[]')",
         );
         let generations = Generations::open(&file).unwrap();
-        let own = OwnConnection::new(file.clone());
+        let own = OwnConnection::new(file.clone(), writes_on(&file).await);
 
         let reads = [
             read("a", 1, "first"),
@@ -390,7 +411,8 @@ mod tests {
             read("a", 1, "second"),
         ];
         let written = own
-            .write(Some(&generations), &reads, groups(&reads))
+            .write(Some(&generations), &reads)
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(written.sequences, [Some(2), None, Some(3)]);
@@ -408,7 +430,8 @@ mod tests {
 
         let failing = [read("a", 1, "lost"), read("c", 1, "failing")];
         let error = own
-            .write(Some(&generations), &failing, groups(&failing))
+            .write(Some(&generations), &failing)
+            .await
             .err()
             .expect("c's event collides with one already written");
         assert!(matches!(error, Error::Internal(_)), "{error:?}");
@@ -429,15 +452,14 @@ mod tests {
             .unwrap();
         let again = [read("a", 1, "third")];
         let started = std::time::Instant::now();
-        let refused = own
-            .write(Some(&generations), &again, groups(&again))
-            .unwrap();
+        let refused = own.write(Some(&generations), &again).await.unwrap();
         assert!(refused.is_none());
         assert!(started.elapsed() < Duration::from_secs(1));
         drop(held);
 
         let written = own
-            .write(Some(&generations), &again, groups(&again))
+            .write(Some(&generations), &again)
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(written.sequences, [Some(4)]);
@@ -464,12 +486,7 @@ mod tests {
     async fn the_log_is_checkpointed_beside_the_writes() {
         let dir = tempfile::tempdir().unwrap();
         let file = trail_file(&dir, "('a', 'tenant-a', 1, 1)");
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", file.display()))
-            .await
-            .unwrap();
-        let writes = Writes::new(super::super::Backend::Sqlite, pool, Duration::from_secs(30));
-        let own = OwnConnection::new(file.clone());
+        let own = OwnConnection::new(file.clone(), writes_on(&file).await);
         let log = dir.path().join("trail.sqlite3-wal");
         // Without checkpoints these rounds would leave the log some 18,000 pages long. Seven reads
         // of one onboarding are written by statements of four, two and one rows.
@@ -479,14 +496,11 @@ mod tests {
             let reads: Vec<_> = (0..per_round)
                 .map(|n| read("a", 1, &format!("reader-{round}-{n}")))
                 .collect();
-            let turn = writes.turn().await.unwrap();
-            let written = own.write(None, &reads, groups(&reads)).unwrap().unwrap();
-            drop(turn);
+            let written = own.write(None, &reads).await.unwrap().unwrap();
             let numbers: Vec<_> = (1..=per_round)
                 .map(|n| Some(1 + per_round * round + n))
                 .collect();
             assert_eq!(written.sequences, numbers);
-            own.checkpoint(&writes);
             longest = longest.max(std::fs::metadata(&log).unwrap().len());
             tokio::task::yield_now().await;
         }

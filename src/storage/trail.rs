@@ -64,7 +64,7 @@ impl Appends {
             Writes::Turns(_) => Self::Transaction {
                 writes: writes.clone(),
                 generations,
-                own: file.map(|file| Box::new(OwnConnection::new(file))),
+                own: file.map(|file| Box::new(OwnConnection::new(file, writes.clone()))),
             },
             Writes::Pooled(connections) => Self::Statements(connections.clone()),
         }
@@ -81,31 +81,21 @@ impl Appends {
             Self::Transaction {
                 writes,
                 generations,
-                own: Some(own),
+                own,
             } => {
-                // The whole transaction runs here, in the writers' turn, without awaiting. It
-                // does not wait for another process's write lock: the round then goes through
-                // sqlx's thread, which does.
-                let turn = writes.turn().await?;
-                let written = own.write(generations.as_deref(), reads, groups(reads));
-                drop(turn);
-                own.checkpoint(writes);
-                let written = written?;
+                // On a file the whole transaction runs here, without awaiting. It does not wait for
+                // another process's write lock: the round then goes through sqlx's thread, which
+                // does (as it does on an in-memory database).
+                let written = match own {
+                    Some(own) => own.write(generations.as_deref(), reads).await?,
+                    None => None,
+                };
                 let written = match written {
                     Some(written) => written,
                     None => transaction_round(backend, writes, generations.clone(), reads).await?,
                 };
                 Ok(written.answers(snapshots))
             }
-            Self::Transaction {
-                writes,
-                generations,
-                own: None,
-            } => Ok(
-                transaction_round(backend, writes, generations.clone(), reads)
-                    .await?
-                    .answers(snapshots),
-            ),
             Self::Statements(connections) => {
                 Ok(statements_round(connections, snapshots, reads).await)
             }
