@@ -90,16 +90,46 @@ pub const TURN: Duration = Duration::from_secs(1);
 /// The load before each turn of [`load_beside_bare`] after the first (whose warm-up is the shape's).
 pub const TURN_WARM_UP: Duration = Duration::from_millis(200);
 
+/// A call loaded in turns with the bare handler ([`load_beside_bare`]).
+#[derive(Debug, Clone)]
+pub struct BesideBare {
+    /// The call's figures over all its turns.
+    pub call: LoadResult,
+    /// The bare handler's figures over all its turns.
+    pub bare: LoadResult,
+    /// Per pair of adjacent turns, the call's throughput over the bare handler's, in turn order.
+    pub pair_ratios: Vec<f64>,
+}
+
+impl BesideBare {
+    /// The median of [`Self::pair_ratios`]: a busy spell of the machine that falls on one turn
+    /// moves the ratio of that pair, not the figure.
+    pub fn ratio(&self) -> f64 {
+        median(&self.pair_ratios)
+    }
+}
+
+/// The median of `values` (the mean of the middle two of an even count); 0 for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// `call` on `channels` and [`bare_call`] on `bare_channels`, loaded in turns of [`TURN`] (the bare
 /// handler first, then the call, then the call first), `shape.measure` of each in all: what else
 /// the machine is doing meanwhile falls on both alike, so their ratio holds on a shared machine
-/// where two loads run one after the other would not. The call's figures, then the bare handler's.
+/// where two loads run one after the other would not.
 pub async fn load_beside_bare<F, Fut>(
     channels: &[Channel],
     bare_channels: &[Channel],
     shape: LoadShape,
     call: F,
-) -> (LoadResult, LoadResult)
+) -> BesideBare
 where
     F: Fn(Channel) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send,
@@ -113,6 +143,7 @@ where
         ..shape
     };
     let (mut called, mut bared) = (Measured::default(), Measured::default());
+    let mut pair_ratios = Vec::with_capacity(turns as usize);
     for index in 0..turns {
         let shape = if index == 0 {
             LoadShape {
@@ -122,15 +153,22 @@ where
         } else {
             turn
         };
-        if index % 2 == 0 {
-            bared.add(measure(bare_channels, shape, bare.clone()).await);
-            called.add(measure(channels, shape, call.clone()).await);
+        let (call_turn, bare_turn) = if index % 2 == 0 {
+            let bare_turn = measure(bare_channels, shape, bare.clone()).await;
+            (measure(channels, shape, call.clone()).await, bare_turn)
         } else {
-            called.add(measure(channels, shape, call.clone()).await);
-            bared.add(measure(bare_channels, shape, bare.clone()).await);
-        }
+            let call_turn = measure(channels, shape, call.clone()).await;
+            (call_turn, measure(bare_channels, shape, bare.clone()).await)
+        };
+        pair_ratios.push(call_turn.per_second() / bare_turn.per_second().max(f64::EPSILON));
+        called.add(call_turn);
+        bared.add(bare_turn);
     }
-    (called.result(), bared.result())
+    BesideBare {
+        call: called.result(),
+        bare: bared.result(),
+        pair_ratios,
+    }
 }
 
 /// The latencies (µs) of the calls answered while a load was measured, its errors, and how long.
@@ -142,6 +180,10 @@ struct Measured {
 }
 
 impl Measured {
+    fn per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
     fn add(&mut self, other: Measured) {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
@@ -164,7 +206,7 @@ impl Measured {
         LoadResult {
             calls: latencies.len() as u64,
             errors: self.errors,
-            per_second: latencies.len() as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON),
+            per_second: self.per_second(),
             p50: at(0.50),
             p99: at(0.99),
         }
@@ -408,4 +450,17 @@ pub fn sandbox_bearer() -> tonic::metadata::MetadataValue<tonic::metadata::Ascii
     format!("Bearer {}", crate::auth::SANDBOX_KEY)
         .parse()
         .expect("an ASCII key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[0.52, 0.31, 0.55, 0.50, 0.53]), 0.52);
+        assert_eq!(median(&[0.6, 0.4, 0.5, 0.7]), 0.55);
+        assert_eq!(median(&[0.5]), 0.5);
+        assert_eq!(median(&[]), 0.0);
+    }
 }

@@ -1,7 +1,7 @@
 //! `billecta-bench`: prints the figures BENCHMARKS.md records — the read path next to a bare gRPC
 //! handler, provisioning next to its ideal time, start-up and memory. Build with `--release`.
 
-use billecta_onboarding::bench::{self, LoadResult, LoadShape, ReadySetup};
+use billecta_onboarding::bench::{self, BesideBare, LoadShape, ReadySetup};
 use billecta_onboarding::drill::{self, DrillDatabase, DrillSettings};
 use billecta_onboarding::proto;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
@@ -208,14 +208,21 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
     Ok(())
 }
 
-/// A call's figures at full load, its ratio to the bare handler's, and the bare handler's (loaded
-/// in turns with it).
-fn report(backend: &str, method: &str, (result, bare): (LoadResult, LoadResult)) {
+/// A call's figures at full load, its ratio to the bare handler's (the median over pairs of
+/// turns, and their range), and the bare handler's (loaded in turns with it).
+fn report(backend: &str, method: &str, measured: BesideBare) {
+    let (lowest, highest) = measured
+        .pair_ratios
+        .iter()
+        .fold((f64::INFINITY, 0.0_f64), |(low, high), &ratio| {
+            (low.min(ratio), high.max(ratio))
+        });
     println!(
-        "{backend:<10} {method:<25} {result}  ratio to bare {:.2}",
-        result.per_second / bare.per_second.max(f64::EPSILON)
+        "{backend:<10} {method:<25} {}  ratio to bare {:.2} (turn pairs {lowest:.2}-{highest:.2})",
+        measured.call,
+        measured.ratio(),
     );
-    println!("{backend:<10}   bare, in turns with it  {bare}");
+    println!("{backend:<10}   bare, in turns with it  {}", measured.bare);
 }
 
 async fn provisioning(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()> {

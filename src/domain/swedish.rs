@@ -81,12 +81,22 @@ impl OrganisationNumber {
                 "is not a valid organisation number: the check digit does not match",
             ));
         }
-        let text = text_of(ten);
-        Ok(Self(format!("{}-{}", &text[..6], &text[6..])))
+        let mut normal = String::with_capacity(11);
+        for (index, digit) in ten.iter().enumerate() {
+            if index == 6 {
+                normal.push('-');
+            }
+            normal.push(char::from(b'0' + digit));
+        }
+        Ok(Self(normal))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 

@@ -108,9 +108,16 @@ impl OnboardingKey {
     /// Parses a resource name of the form `tenants/{tenant}/environments/{test|production}`.
     pub fn parse_name(field: &str, name: &str) -> Result<Self, FieldViolation> {
         const FORM: &str = "must have the form tenants/{tenant}/environments/{test|production}";
-        let parts: Vec<&str> = name.split('/').collect();
-        match parts.as_slice() {
-            ["tenants", tenant, "environments", environment] => {
+        let mut parts = name.split('/');
+        let parts = [(); 5].map(|()| parts.next());
+        match parts {
+            [
+                Some("tenants"),
+                Some(tenant),
+                Some("environments"),
+                Some(environment),
+                None,
+            ] => {
                 let tenant = TenantId::parse(field, tenant).map_err(|v| {
                     FieldViolation::new(field, format!("{FORM}; tenant {}", v.description))
                 })?;
@@ -122,7 +129,7 @@ impl OnboardingKey {
                 })?;
                 Ok(Self::new(tenant, environment))
             }
-            [] | [""] => Err(FieldViolation::new(field, format!("is required; {FORM}"))),
+            _ if name.is_empty() => Err(FieldViolation::new(field, format!("is required; {FORM}"))),
             _ => Err(FieldViolation::new(field, FORM)),
         }
     }
@@ -191,13 +198,25 @@ impl CreditorKey {
             .map_err(|_| FieldViolation::new(field, FORM))?;
         Ok(Self {
             onboarding,
-            creditor: creditor.as_str().to_owned(),
+            creditor: creditor.into_string(),
         })
     }
 
     /// The resource name.
     pub fn name(&self) -> String {
         format!("{}/creditors/{}", self.onboarding.name(), self.creditor)
+    }
+
+    /// Whether `name` is this creditor's resource name (as [`Self::name`] would make it).
+    pub fn is_named(&self, name: &str) -> bool {
+        (|| {
+            let rest = name.strip_prefix("tenants/")?;
+            let rest = rest.strip_prefix(self.onboarding.tenant.as_str())?;
+            let rest = rest.strip_prefix("/environments/")?;
+            let rest = rest.strip_prefix(self.onboarding.environment.as_str())?;
+            rest.strip_prefix("/creditors/")
+        })()
+        .is_some_and(|creditor| creditor == self.creditor)
     }
 }
 
@@ -342,6 +361,37 @@ mod tests {
             "tenants/GP/environments/test/creditors/556036-0793",
         ] {
             assert!(CreditorKey::parse_name("name", bad).is_err(), "{bad:?}");
+        }
+        // Other spellings of the number name the same creditor.
+        let spelled = CreditorKey::parse_name(
+            "name",
+            "tenants/gp/environments/production/creditors/165560360793",
+        )
+        .unwrap();
+        assert_eq!(spelled, key);
+    }
+
+    #[test]
+    fn a_creditor_key_knows_its_name_and_no_other() {
+        let key = CreditorKey::parse_name(
+            "name",
+            "tenants/gp/environments/production/creditors/556036-0793",
+        )
+        .unwrap();
+        assert!(key.is_named(&key.name()));
+        for other in [
+            "",
+            "tenants/gp/environments/production",
+            "tenants/gp/environments/production/creditors/",
+            "tenants/gp/environments/production/creditors/556036-07931",
+            "tenants/gp/environments/production/creditors/5560360793",
+            "tenants/gp/environments/test/creditors/556036-0793",
+            "tenants/gpx/environments/production/creditors/556036-0793",
+            "tenants/g/environments/production/creditors/556036-0793",
+            "tenant/gp/environments/production/creditors/556036-0793",
+            "tenants/gp/environments/production/creditor/556036-0793",
+        ] {
+            assert!(!key.is_named(other), "{other:?}");
         }
     }
 

@@ -231,6 +231,10 @@ fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
         let _ = span.set_parent(parent);
         context.trace_id()
     } else {
+        // Not exporting, no layer started a trace for the call: there is no trace id to log.
+        if !crate::telemetry::exporting() {
+            return;
+        }
         // Exporting: the trace the layer started for the call.
         let context = span.context().span().span_context().clone();
         if !context.is_valid() {

@@ -159,12 +159,13 @@ pub(super) fn find_creditor<'a>(
     record: &'a OnboardingRecord,
     key: &CreditorKey,
 ) -> Result<&'a CreditorRecord> {
-    let name = key.name();
     record
         .creditors
         .iter()
-        .find(|creditor| creditor.name == name)
-        .ok_or(Error::NotFound { resource: name })
+        .find(|creditor| key.is_named(&creditor.name))
+        .ok_or_else(|| Error::NotFound {
+            resource: key.name(),
+        })
 }
 
 /// The creditor a creditor-level call names and the stage it works on, once the stages it needs are
