@@ -102,7 +102,9 @@ async fn public_layer(State(shared): State<Arc<Shared>>, request: Request, next:
     let worker = Arc::clone(&shared);
     let work = tokio::spawn(async move {
         if !decision.latency.is_zero() {
-            tracing::info!(route = %route, latency_ms = millis(decision.latency), "fault injected: latency");
+            // Added latency shapes every call it is configured for (a line each would be most of
+            // the log); the faults that fail a call are warnings.
+            tracing::debug!(route = %route, latency_ms = millis(decision.latency), "fault injected: latency");
             tokio::select! {
                 () = tokio::time::sleep(decision.latency) => {}
                 () = worker.shutdown.cancelled() => {}
