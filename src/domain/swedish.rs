@@ -81,14 +81,9 @@ impl OrganisationNumber {
                 "is not a valid organisation number: the check digit does not match",
             ));
         }
-        let mut normal = String::with_capacity(11);
-        for (index, digit) in ten.iter().enumerate() {
-            if index == 6 {
-                normal.push('-');
-            }
-            normal.push(char::from(b'0' + digit));
-        }
-        Ok(Self(normal))
+        let mut text = text_of(ten);
+        text.insert(6, '-');
+        Ok(Self(text))
     }
 
     pub fn as_str(&self) -> &str {

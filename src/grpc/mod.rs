@@ -131,25 +131,9 @@ fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Arc<Call
 fn within(caller: &Caller, permission: Permission, scope: &impl Scope) -> Result<(), Status> {
     caller.authorize(permission, Some(scope.tenant()))?;
     let span = tracing::Span::current();
-    // Both fields in one record: each record is a lookup of the span and a render of its fields.
-    if let Some(fields) = span.metadata().map(tracing::Metadata::fields)
-        && let (Some(tenant), Some(environment)) =
-            (fields.field("tenant"), fields.field("environment"))
-    {
-        let environment_value = scope.environment().map(Environment::as_str);
-        let values = [
-            (
-                &tenant,
-                Some(&scope.tenant().as_str() as &dyn tracing::Value),
-            ),
-            (
-                &environment,
-                environment_value
-                    .as_ref()
-                    .map(|value| value as &dyn tracing::Value),
-            ),
-        ];
-        span.record_all(&fields.value_set(&values));
+    span.record("tenant", scope.tenant().as_str());
+    if let Some(environment) = scope.environment() {
+        span.record("environment", environment.as_str());
     }
     Ok(())
 }
