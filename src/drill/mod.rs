@@ -407,7 +407,6 @@ impl fmt::Display for DrillReport {
     }
 }
 
-/// A random key of `bytes` bytes, base64.
 /// Creates the database `name` on the PostgreSQL server `admin_url` reaches; returns its URL.
 pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<url::Url> {
     let mut url = url::Url::parse(admin_url).context("the PostgreSQL URL")?;
@@ -434,6 +433,7 @@ pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A random key of `bytes` bytes, base64.
 pub fn random_key(bytes: usize) -> String {
     let mut key = vec![0u8; bytes];
     getrandom::fill(&mut key).expect("the system's random source");

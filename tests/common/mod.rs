@@ -14,7 +14,6 @@ use billecta_onboarding::config::Config;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
 use billecta_onboarding::simulator::{Fault, FaultRule, NewAccount, RunningSimulator};
-use sqlx::Connection;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,8 +76,8 @@ pub struct TestServer {
     pub database: String,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
-    /// Keeps the SQLite file's folder alive for the server's lifetime.
-    _dir: Option<tempfile::TempDir>,
+    /// The server's database, removed when the server is dropped.
+    _database: FreshDatabase,
 }
 
 impl TestServer {
@@ -88,7 +87,8 @@ impl TestServer {
 
     /// Starts a server whose configuration `adjust` may change first.
     pub async fn start_with(backend: &Backend, adjust: impl FnOnce(&mut Config)) -> Self {
-        let (database, dir) = fresh_database(backend).await;
+        let fresh = FreshDatabase::new(backend).await;
+        let database = fresh.url.clone();
         let mut config = Config::for_database(database.clone());
         config.sandbox = true;
         // Short Billecta backoffs, so fault tests stay quick.
@@ -123,7 +123,7 @@ impl TestServer {
             database,
             shutdown,
             task,
-            _dir: dir,
+            _database: fresh,
         }
     }
 }
@@ -254,28 +254,74 @@ impl TestServer {
     }
 }
 
-/// A new, empty database for one server.
-async fn fresh_database(backend: &Backend) -> (String, Option<tempfile::TempDir>) {
-    match backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("onboarding.sqlite3");
-            (path.to_str().unwrap().to_owned(), Some(dir))
+/// A new, empty database for one server: a SQLite file in a folder of its own, or a database on
+/// the PostgreSQL server. Both are removed when it is dropped, so that runs leave nothing behind on
+/// the PostgreSQL server.
+struct FreshDatabase {
+    url: String,
+    place: Place,
+}
+
+enum Place {
+    /// Kept for the server's lifetime; removed with the file when dropped.
+    Folder {
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        admin_url: String,
+        name: String,
+    },
+}
+
+impl FreshDatabase {
+    async fn new(backend: &Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("onboarding.sqlite3");
+                Self {
+                    url: path.to_str().unwrap().to_owned(),
+                    place: Place::Folder { _dir: dir },
+                }
+            }
+            Backend::Postgres(admin_url) => {
+                let name = format!("onboarding_test_{}", uuid::Uuid::new_v4().simple());
+                let url = billecta_onboarding::drill::create_database(admin_url, &name)
+                    .await
+                    .expect("creates a test database on TEST_POSTGRES_URL's server");
+                Self {
+                    url: url.to_string(),
+                    place: Place::Postgres {
+                        admin_url: admin_url.clone(),
+                        name,
+                    },
+                }
+            }
         }
-        Backend::Postgres(url) => {
-            let name = format!("onboarding_test_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(url)
-                .await
-                .expect("connects to TEST_POSTGRES_URL");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .expect("creates a test database");
-            admin.close().await.ok();
-            let (base, _) = url
-                .rsplit_once('/')
-                .expect("TEST_POSTGRES_URL has a database path");
-            (format!("{base}/{name}"), None)
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let Place::Postgres { admin_url, name } = &self.place else {
+            return;
+        };
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        // On a thread of its own: a drop cannot wait for a future, and the test's runtime may be
+        // this thread's. The server may still be connected; the drop closes its connections.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the drop")
+                .block_on(billecta_onboarding::drill::drop_database(&admin_url, &name))
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "the test database {} was not dropped: {dropped:?}",
+                self.url
+            );
         }
     }
 }
