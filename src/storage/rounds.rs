@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Times the round's task yields before a round starts. A yield lasts until the worker has run the
 /// tasks that were ready, or, on a busy worker, until its next look at the network (every 61 task
 /// polls in tokio): under load each yield lets more of the calls on their way reach this round.
-/// Measured at full load on SQLite, payment reads ran some 25 % slower without a yield and some 5 %
+/// Measured at full load on SQLite, payment reads ran some 30 % slower without a yield and some 5 %
 /// slower with one than with three (billecta-bench; BENCHMARKS.md).
 const TURNS_BEFORE_ROUND: usize = 3;
 
@@ -119,8 +119,9 @@ mod tests {
     /// Tasks between the round falling due and the last callers asking.
     const HOPS: usize = 100;
 
-    /// On tokio's default runtime the worker looks at the network (and wakes yielded tasks) every
-    /// 61 polls.
+    /// On `#[tokio::test]`'s current-thread runtime, as on each worker of the server's, the
+    /// scheduler looks at the network (and wakes yielded tasks) every 61 polls; this test needs only
+    /// that one worker.
     #[tokio::test]
     async fn callers_on_their_way_when_a_round_is_due_join_it() {
         let rounds_run = Arc::new(AtomicUsize::new(0));
@@ -131,7 +132,7 @@ mod tests {
         });
         // The first caller asks (the round task is now due), and only then does a chain of tasks
         // start, each waking the next, the last of which lets 20 more callers go: they ask some
-        // 100 task polls after the round was due, past the first yield's end on a busy worker.
+        // 120–140 task polls after the round fell due, past the end of the first yield.
         let (go, mut relayed) = tokio::sync::watch::channel(false);
         for _ in 0..HOPS {
             let (next, gate) = tokio::sync::watch::channel(false);

@@ -306,7 +306,7 @@ impl Drop for FreshDatabase {
         let Place::Postgres { admin_url, name } = &self.place else {
             return;
         };
-        let (admin_url, name) = (admin_url.clone(), name.clone());
+        let (admin_url, database) = (admin_url.clone(), name.clone());
         // On a thread of its own: a drop cannot wait for a future, and the test's runtime may be
         // this thread's. The server may still be connected; the drop closes its connections.
         let dropped = std::thread::spawn(move || {
@@ -314,14 +314,18 @@ impl Drop for FreshDatabase {
                 .enable_all()
                 .build()
                 .expect("a runtime for the drop")
-                .block_on(billecta_onboarding::drill::drop_database(&admin_url, &name))
+                .block_on(async {
+                    tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        billecta_onboarding::drill::drop_database(&admin_url, &database),
+                    )
+                    .await
+                })
         })
         .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!(
-                "the test database {} was not dropped: {dropped:?}",
-                self.url
-            );
+        // The name only: the URL holds the server's password.
+        if !matches!(dropped, Ok(Ok(Ok(())))) {
+            eprintln!("the test database {name} was not dropped: {dropped:?}");
         }
     }
 }
