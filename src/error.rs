@@ -72,14 +72,11 @@ pub enum Error {
     #[error("request_id {request_id:?} was used before for a different request")]
     RequestIdReused { request_id: String },
 
-    /// A dependency (the database) cannot be reached; the call may succeed if retried later.
-    #[error("{what} is unavailable")]
-    Unavailable {
-        what: &'static str,
-        retry_after: Duration,
-        #[source]
-        source: anyhow::Error,
-    },
+    /// The database could not do its part: unreachable, or its disk full (a retry may succeed),
+    /// or a failure a caller cannot act on. A key taken (`Duplicate`) is [`Error::AlreadyExists`]
+    /// unless the operation that knows better maps it.
+    #[error(transparent)]
+    Storage(crate::storage::StorageError),
 
     /// A Billecta call failed. Its kind decides the status: Billecta refusing our data, our credentials
     /// or not finding a resource is a failed precondition; Billecta down or slow is UNAVAILABLE with
@@ -103,5 +100,14 @@ impl From<Vec<FieldViolation>> for Error {
 impl From<FieldViolation> for Error {
     fn from(violation: FieldViolation) -> Self {
         Error::InvalidArgument(vec![violation])
+    }
+}
+
+impl From<crate::storage::StorageError> for Error {
+    fn from(error: crate::storage::StorageError) -> Self {
+        match error {
+            crate::storage::StorageError::Duplicate(resource) => Error::AlreadyExists { resource },
+            other => Error::Storage(other),
+        }
     }
 }

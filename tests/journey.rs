@@ -62,6 +62,15 @@ impl std::io::Write for LogSink {
     }
 }
 
+/// The audit log lines of payment-configuration reads of `creditor` captured so far.
+fn audit_lines(logs: &Mutex<Vec<u8>>, creditor: &str) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&logs.lock().unwrap())
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "audit" && line["fields"]["resource"] == creditor)
+        .collect()
+}
+
 fn state(onboarding: &proto::Onboarding) -> proto::OnboardingState {
     proto::OnboardingState::try_from(onboarding.state).unwrap()
 }
@@ -183,12 +192,14 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             assert!(
                 access
                     .credential
+                    .as_ref()
                     .unwrap()
                     .fingerprint
                     .starts_with("sha256:")
             );
             assert_eq!(registered.next_due[0].item, "payment_configuration.read");
 
+            let audited_before = audit_lines(&logs, &creditor.name).len();
             let configuration = payment_configuration(&server, &creditor.name)
                 .await
                 .unwrap();
@@ -204,7 +215,8 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             let terms = configuration.payment_terms.clone().unwrap();
             assert_eq!((terms.due_days, terms.currency.as_str()), (14, "SEK"));
             assert!(token_works(&configuration, Environment::Test).await);
-            // Every read of the credential is audited with its reader, not only the first.
+            // Every read of the credential is an audit log line with its reader; only a caller's
+            // first read of a credential is also in the audit trail.
             payment_configuration(&server, &creditor.name)
                 .await
                 .unwrap();
@@ -213,8 +225,22 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                 .into_iter()
                 .filter(|event| event.method == "GetPaymentConfiguration")
                 .collect();
-            assert_eq!(reads.len(), 2);
+            assert_eq!(reads.len(), 1);
             assert!(reads.iter().all(|event| event.actor == "sandbox-developer"));
+            let audited = audit_lines(&logs, &creditor.name).split_off(audited_before);
+            assert_eq!(audited.len(), 2, "one audit line per read: {audited:?}");
+            let fingerprint = access.credential.as_ref().unwrap().fingerprint.clone();
+            for line in &audited {
+                assert_eq!(line["fields"]["caller"], "sandbox-developer");
+                assert_eq!(line["fields"]["fingerprint"], fingerprint.as_str());
+                assert!(
+                    !line["fields"]["request_id"]
+                        .as_str()
+                        .unwrap_or("")
+                        .is_empty()
+                );
+                assert!(!line.to_string().contains(&configuration.secure_token));
+            }
             client
                 .record_webhook_setup(proto::RecordWebhookSetupRequest {
                     name: creditor.name.clone(),

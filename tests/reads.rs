@@ -1,13 +1,44 @@
-//! The read path keeps what it read of an onboarding in memory, and audits payment-configuration
-//! reads in shared transactions. These tests hold it to its promises: a replica never answers with
-//! anything older than a write another replica has committed, and every answered read is one event
-//! in an unbroken trail.
+//! The read path keeps what it read of an onboarding in memory, and records each caller's first
+//! payment-configuration read of a credential in the audit trail. These tests hold it to its
+//! promises: a replica never answers with anything older than a write another replica has
+//! committed, and each caller's first read is one event in an unbroken trail, its later reads none.
 
 mod common;
 
+use billecta_onboarding::auth::SANDBOX_KEY;
 use billecta_onboarding::billecta::Deadline;
 use billecta_onboarding::proto;
 use common::*;
+
+/// The callers of these tests: the sandbox's developer, and two of Payway's payment services.
+const PAYMENTS_A: (&str, &str) = ("payway-payments-a", "payments-a-key");
+const PAYMENTS_B: (&str, &str) = ("payway-payments-b", "payments-b-key");
+
+fn callers() -> String {
+    let payments: &[&str] = &["payment_configuration"];
+    callers_json(&[
+        ("sandbox-developer", SANDBOX_KEY, ALL_PERMISSIONS, None),
+        (PAYMENTS_A.0, PAYMENTS_A.1, payments, None),
+        (PAYMENTS_B.0, PAYMENTS_B.1, payments, None),
+    ])
+}
+
+/// A payment-configuration client on `channel` that authenticates with `key`.
+fn payments_as(channel: tonic::transport::Channel, key: &str) -> Payments {
+    proto::payment_configuration_service_client::PaymentConfigurationServiceClient::with_interceptor(
+        channel,
+        Bearer::new(key),
+    )
+}
+
+/// How many events of the onboarding `name` record a read by `caller`.
+async fn reads_by(server: &TestServer, name: &str, caller: &str) -> usize {
+    events(server, name)
+        .await
+        .iter()
+        .filter(|event| event.method == "GetPaymentConfiguration" && event.actor == caller)
+        .count()
+}
 
 /// A server with a READY onboarding and a second replica on its database: the server, the replica,
 /// the onboarding's name and its creditor's.
@@ -16,10 +47,13 @@ async fn replicas_with_ready_onboarding(
 ) -> (TestServer, Replica, String, String) {
     let server = TestServer::start_with(backend, |config| {
         config.encryption_keys = SHARED_ENCRYPTION_KEYS.into();
+        config.callers = callers();
     })
     .await;
     let name = ready_onboarding(&server).await;
-    let replica = server.replica().await;
+    let replica = server
+        .replica_adjusted(|config| config.callers = callers())
+        .await;
     let creditor = creditor_of(&get(&server, &name).await.unwrap())
         .name
         .clone();
@@ -57,13 +91,25 @@ async fn a_replica_reads_every_write_another_replica_committed() {
             let before = read_onboarding(&reader, &name).await;
             let paid_before = read_payment_configuration(&reader, &creditor).await;
 
-            // An audited read through the other replica moves only the audit trail on; the reader,
-            // which keeps the onboarding at its revision, shows the trail's new end.
+            // A caller's first read of this credential through the other replica moves the audit
+            // trail on; the reader, which keeps the onboarding, shows the trail's new end. The same
+            // caller reading again writes nothing.
             let seen = read_onboarding(&reader, &name).await;
-            payment_configuration(&server, &creditor).await.unwrap();
+            payment_configuration_via(payments_as(server.channel.clone(), PAYMENTS_A.1), &creditor)
+                .await
+                .unwrap();
             let moved = read_onboarding(&reader, &name).await;
             assert_ne!(moved.last_event, seen.last_event, "round {round}");
             assert_eq!(moved, get(&server, &name).await.unwrap(), "round {round}");
+            assert_eq!(
+                moved.etag, seen.etag,
+                "round {round}: a read is no new version"
+            );
+            payment_configuration_via(payments_as(server.channel.clone(), PAYMENTS_A.1), &creditor)
+                .await
+                .unwrap();
+            let again = read_onboarding(&reader, &name).await;
+            assert_eq!(again.last_event, moved.last_event, "round {round}");
 
             // The other replica changes what the onboarding holds: a stage and stored secrets.
             let target_url = format!("https://payway.example/billecta/hooks/{round}");
@@ -136,26 +182,27 @@ async fn a_replica_reads_every_write_another_replica_committed() {
 }
 
 #[tokio::test]
-async fn concurrent_payment_configuration_reads_are_each_one_event_in_an_unbroken_trail() {
+async fn each_callers_first_read_is_one_event_in_an_unbroken_trail_however_many_read_at_once() {
     for backend in backends() {
         eprintln!("backend: {backend:?}");
         let (server, other, name, creditor) = replicas_with_ready_onboarding(&backend).await;
         let events_before = events(&server, &name).await.len();
+        assert_eq!(reads_by(&server, &name, "sandbox-developer").await, 1);
 
-        // Reads through two replicas at once, with writes to the same onboarding among them.
+        // Reads by three callers (the developer has read this credential before, the payment
+        // services have not) through two replicas at once, with writes to the same onboarding
+        // among them.
         let mut reads = Vec::new();
         for i in 0..120 {
             let creditor = creditor.clone();
-            let via_replica = i % 2 == 1;
-            let server_payments = payments(&server);
-            let replica_channel = other.channel.clone();
+            let channel = if i % 2 == 1 {
+                other.channel.clone()
+            } else {
+                server.channel.clone()
+            };
+            let key = [SANDBOX_KEY, PAYMENTS_A.1, PAYMENTS_B.1][i % 3];
             reads.push(tokio::spawn(async move {
-                let mut client = if via_replica {
-                    payments_on(replica_channel)
-                } else {
-                    server_payments
-                };
-                client
+                payments_as(channel, key)
                     .get_payment_configuration(proto::GetPaymentConfigurationRequest {
                         name: creditor,
                     })
@@ -179,11 +226,9 @@ async fn concurrent_payment_configuration_reads_are_each_one_event_in_an_unbroke
                 .unwrap();
             writes += 1;
         }
-        let mut answered = 0;
         for read in reads {
             let configuration = read.await.unwrap().expect("every read is answered");
             assert!(configuration.into_inner().payment_configuration.is_some());
-            answered += 1;
         }
 
         let trail = events(&server, &name).await;
@@ -193,13 +238,10 @@ async fn concurrent_payment_configuration_reads_are_each_one_event_in_an_unbroke
             .collect();
         let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
         assert_eq!(sequences, expected, "the trail has no gaps or repeats");
-        let new_events = &trail[events_before..];
-        let reads_recorded = new_events
-            .iter()
-            .filter(|event| event.method == "GetPaymentConfiguration")
-            .count();
-        assert_eq!(reads_recorded, answered, "one event per answered read");
-        assert_eq!(new_events.len(), answered + writes);
+        assert_eq!(reads_by(&server, &name, "sandbox-developer").await, 1);
+        assert_eq!(reads_by(&server, &name, PAYMENTS_A.0).await, 1);
+        assert_eq!(reads_by(&server, &name, PAYMENTS_B.0).await, 1);
+        assert_eq!(trail.len() - events_before, 2 + writes);
         let onboarding = get(&server, &name).await.unwrap();
         assert_eq!(onboarding.state, proto::OnboardingState::Ready as i32);
     }

@@ -118,6 +118,43 @@ pub struct ApiAccess {
     pub username: Option<String>,
     /// Flags such as `API_USER_IS_ACCOUNT_USER`.
     pub warnings: Vec<String>,
+    /// The callers that have read the payment configuration with the credential set at
+    /// `read_credential`: a caller's first read of each credential is an audit-trail event, its
+    /// later reads only an audit log line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
+    /// When the credential those callers read was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_credential: Option<Micros>,
+}
+
+impl ApiAccess {
+    /// Access as registered, read by nobody yet.
+    pub fn new(username: Option<String>, warnings: Vec<String>) -> Self {
+        Self {
+            username,
+            warnings,
+            readers: Vec::new(),
+            read_credential: None,
+        }
+    }
+
+    /// Whether `reader` has read the payment configuration with the credential set at `set_time`.
+    pub fn has_read(&self, reader: &str, set_time: Micros) -> bool {
+        self.read_credential == Some(set_time) && self.readers.iter().any(|r| r == reader)
+    }
+
+    /// Notes that `reader` read the payment configuration with the credential set at `set_time`;
+    /// the readers of an older credential are forgotten.
+    pub fn note_read(&mut self, reader: &str, set_time: Micros) {
+        if self.read_credential != Some(set_time) {
+            self.readers.clear();
+            self.read_credential = Some(set_time);
+        }
+        if !self.readers.iter().any(|r| r == reader) {
+            self.readers.push(reader.to_owned());
+        }
+    }
 }
 
 /// The Billecta-to-Payway webhook addon, as attested.
@@ -275,6 +312,22 @@ impl StageRecord {
 }
 
 impl OnboardingRecord {
+    /// Whether `self` differs from `other` in anything a caller sees (which callers have read the
+    /// payment configuration is kept for the audit trail, and is not shown).
+    pub fn differs_for_callers(&self, other: &OnboardingRecord) -> bool {
+        let shown = |record: &OnboardingRecord| {
+            let mut shown = record.clone();
+            for creditor in &mut shown.creditors {
+                if let Some(access) = &mut creditor.api_access {
+                    access.readers.clear();
+                    access.read_credential = None;
+                }
+            }
+            shown
+        };
+        shown(self) != shown(other)
+    }
+
     /// A new onboarding with every stage not started.
     pub fn new(id: String, key: &OnboardingKey, now: Micros) -> Self {
         let mut record = Self {

@@ -399,7 +399,8 @@ impl OnboardingService for OnboardingApi {
             .operations
             .store()
             .list_onboardings(&filter, after, limit + 1)
-            .await?;
+            .await
+            .map_err(Error::from)?;
         let more = records.len() as i64 > limit;
         records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let next_page_token = match records.last() {
@@ -609,7 +610,8 @@ impl OnboardingService for OnboardingApi {
             .operations
             .store()
             .list_events(&key.tenant, &record.id, after, limit)
-            .await?;
+            .await
+            .map_err(Error::from)?;
         let next_page_token = match events.last() {
             Some(last) if last.sequence < record.last_event => tokens::encode(&EventsPage {
                 onboarding: key.name(),
@@ -751,7 +753,8 @@ impl Watch {
                 .operations
                 .store()
                 .list_events(&self.key.tenant, &self.onboarding_id, cursor, 100)
-                .await?;
+                .await
+                .map_err(Error::from)?;
             if events.is_empty() {
                 return Ok(Some(cursor));
             }

@@ -3,6 +3,7 @@
 
 use crate::billecta::{ErrorKind, Failure};
 use crate::error::Error;
+use crate::storage::StorageError;
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -49,7 +50,7 @@ pub fn to_status(error: Error) -> Status {
             );
             (Code::NotFound, error.to_string())
         }
-        Error::AlreadyExists { resource } => {
+        Error::AlreadyExists { resource } | Error::Storage(StorageError::Duplicate(resource)) => {
             details.set_error_info(
                 "ALREADY_EXISTS",
                 ERROR_DOMAIN,
@@ -130,18 +131,30 @@ pub fn to_status(error: Error) -> Status {
             details.set_error_info("REQUEST_ID_REUSED", ERROR_DOMAIN, HashMap::new());
             (Code::InvalidArgument, error.to_string())
         }
-        Error::Unavailable {
-            what,
-            retry_after,
-            source,
-        } => {
-            tracing::warn!(error = %source, "{what} is unavailable");
-            details.set_retry_info(Some(*retry_after));
-            details.set_error_info("DATABASE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
-            (
-                Code::Unavailable,
-                format!("{what} is unavailable; retry later"),
-            )
+        Error::Storage(storage @ (StorageError::Unreachable(_) | StorageError::DiskFull(_))) => {
+            details.set_retry_info(storage.retry_after());
+            let (reason, message) = if let StorageError::DiskFull(source) = storage {
+                tracing::error!(
+                    error = format!("{source:#}"),
+                    "a write was refused: the disk that holds the database is full"
+                );
+                (
+                    "DATABASE_DISK_FULL",
+                    "the disk that holds the database is full: changes are refused until an \
+                     operator frees space, reads still work; retry later",
+                )
+            } else {
+                tracing::warn!(
+                    error = format!("{storage:#}"),
+                    "the database is unavailable"
+                );
+                (
+                    "DATABASE_UNAVAILABLE",
+                    "the database is unavailable; retry later",
+                )
+            };
+            details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+            (Code::Unavailable, message.to_owned())
         }
         Error::Billecta(failure) => {
             let kind = failure.kind();
@@ -190,7 +203,7 @@ pub fn to_status(error: Error) -> Status {
             details.set_error_info(reason, ERROR_DOMAIN, metadata(&pairs));
             (code, failure.to_string())
         }
-        Error::Internal(cause) => {
+        Error::Internal(cause) | Error::Storage(StorageError::Internal(cause)) => {
             tracing::error!(error = ?cause, "internal error");
             details.set_error_info("INTERNAL", ERROR_DOMAIN, HashMap::new());
             (

@@ -7,14 +7,14 @@ use super::provisioning::{
 };
 use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::billecta::{BillectaError, Deadline, ErrorKind};
-use crate::domain::now_micros;
-use crate::domain::onboarding::{ApiAccess, OnboardingRecord, PaymentTerms, Webhooks};
+use crate::domain::onboarding::{
+    ApiAccess, CredentialRecord, OnboardingRecord, PaymentTerms, Webhooks,
+};
 use crate::domain::stages;
 use crate::domain::validate::CreditorKey;
 use crate::domain::{CredentialField, Environment, Stage, StageState};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
-use crate::storage::AuditedRead;
 
 /// How the API user's credentials are given.
 pub enum ApiCredentials {
@@ -38,24 +38,6 @@ pub struct PaymentConfiguration {
     pub secure_token: Secret,
     pub payment_terms: PaymentTerms,
     pub payment_methods: Vec<String>,
-}
-
-/// How a payment-configuration read appears in the audit trail.
-fn read_mutation() -> Mutation {
-    Mutation {
-        method: "GetPaymentConfiguration",
-        request_id: None,
-        request_hash: String::new(),
-        etag: None,
-        validate_only: false,
-    }
-}
-
-fn read_summary(key: &CreditorKey, reader: &str) -> String {
-    format!(
-        "payment configuration of {} read by {reader} (credentials included)",
-        key.creditor
-    )
 }
 
 /// Production flags: an API user that is the account user, or the test environment's API user.
@@ -220,10 +202,7 @@ impl Operations {
                         Vec::new()
                     };
                     let creditor = creditor_mut(record, &creditor_id);
-                    creditor.api_access = Some(ApiAccess {
-                        username: username.clone(),
-                        warnings: warnings.clone(),
-                    });
+                    creditor.api_access = Some(ApiAccess::new(username.clone(), warnings.clone()));
                     stages::api_access_verified(creditor, &warnings, now);
                     let flagged = if warnings.is_empty() {
                         String::new()
@@ -316,99 +295,107 @@ impl Operations {
         }
     }
 
-    /// GetPaymentConfiguration: the one read that returns a secret. Every read is an audit event,
-    /// committed before the answer leaves. The first read after the credentials change also
-    /// completes PAYMENT_CONFIGURATION (an ordinary write); later reads only add their event, written
-    /// together with those of concurrent reads and only if nothing changed since the answer was read.
+    /// GetPaymentConfiguration: the one read that returns a secret. Every read is one audit log
+    /// line (caller, resource, request id, the credential's fingerprint). A caller's first read of
+    /// each credential is also an audit-trail event, written before the answer leaves; the first
+    /// read after the credential changed completes PAYMENT_CONFIGURATION. Other reads write nothing.
     pub async fn get_payment_configuration(
         &self,
         call: &CallContext,
         key: &CreditorKey,
     ) -> Result<PaymentConfiguration> {
-        // What is kept of the onboarding is answered from as it is: the read's event is written
-        // only if the onboarding is still at that revision when it commits, after the read arrived
-        // (otherwise nothing is written and the onboarding is read as every other read reads it).
-        // An onboarding that keeps changing under the reads gets the ordinary write.
-        let kept = self
-            .store()
-            .kept_onboarding(&key.onboarding.tenant, key.onboarding.environment);
-        let mut checked = kept.is_none();
-        let mut record = match kept {
-            Some(record) => record,
-            None => self.get_onboarding(&key.onboarding).await?,
-        };
-        for _ in 0..3 {
-            let read_before = find_creditor(&record, key).is_ok_and(|creditor| {
-                creditor.stages.iter().any(|s| {
-                    s.stage == Stage::PaymentConfiguration && s.state == StageState::Completed
-                })
-            });
-            if !read_before {
-                break;
-            }
-            let (configuration, _) = self.payment_configuration(&record, key).await?;
-            let mutation = read_mutation();
-            let summary = read_summary(key, &call.actor);
-            let event = super::event(call, &mutation, &record, &record, now_micros(), summary);
-            let written = self
-                .store
-                .append_read_event(AuditedRead {
-                    onboarding_id: record.id.clone(),
-                    tenant: record.tenant.clone(),
-                    environment: record.environment,
-                    revision: record.revision,
-                    event,
-                })
-                .await?;
-            if let Some(sequence) = written {
-                self.announce(&record.id, sequence);
-                return Ok(configuration);
-            }
-            record = self.get_onboarding(&key.onboarding).await?;
-            checked = true;
+        let record = self.get_onboarding(&key.onboarding).await?;
+        let (configuration, credential) = self.payment_configuration(&record, key).await?;
+        let creditor = find_creditor(&record, key)?;
+        let completed = creditor
+            .stages
+            .iter()
+            .any(|s| s.stage == Stage::PaymentConfiguration && s.state == StageState::Completed);
+        let read_before = creditor
+            .api_access
+            .as_ref()
+            .is_some_and(|access| access.has_read(&call.actor, credential.set_time));
+        if !(completed && read_before) {
+            // Boxed: a write's future is several times the size of the rest of this one, which
+            // every read would otherwise carry.
+            Box::pin(self.record_first_read(call, key, &credential)).await?;
         }
-        // The ordinary write answers from the onboarding as every other read sees it.
-        if !checked {
-            record = self.get_onboarding(&key.onboarding).await?;
-        }
-        let (configuration, token_set_time) = self.payment_configuration(&record, key).await?;
-        let reader = call.actor.clone();
-        // Boxed: an ordinary write's future is several times the size of the rest of this one,
-        // which every read would otherwise carry and move.
-        Box::pin(self.transact(
-            call,
-            &key.onboarding,
-            &read_mutation(),
-            Conventions::WHOLE,
-            |record, now| {
-                let id = find_creditor(record, key)?.id.clone();
-                let current = record
-                    .credentials
-                    .iter()
-                    .find(|c| c.scope == id && c.field == CredentialField::ApiToken)
-                    .map(|c| c.set_time);
-                let summary = read_summary(key, &reader);
-                let creditor = creditor_mut(record, &id);
-                let first_read = creditor.stages.iter().any(|s| {
-                    s.stage == Stage::PaymentConfiguration && s.state != StageState::Completed
-                });
-                // New credentials that arrived meanwhile were not read: the stage waits for them.
-                if first_read && current == token_set_time {
-                    stages::payment_configuration_read(creditor, &reader, now);
-                }
-                Ok(Written::from(summary))
-            },
-        ))
-        .await?;
+        tracing::info!(
+            target: "audit",
+            caller = %call.actor,
+            resource = %configuration.creditor,
+            request_id = %call.correlation_id,
+            fingerprint = %credential.fingerprint,
+            "payment configuration read (credentials included)"
+        );
         Ok(configuration)
     }
 
-    /// The payment configuration of a creditor of `record`, and when its token was set.
+    /// The audit-trail event of a caller's first read of a credential, which completes
+    /// PAYMENT_CONFIGURATION if the stage waited for it.
+    async fn record_first_read(
+        &self,
+        call: &CallContext,
+        key: &CreditorKey,
+        read: &CredentialRecord,
+    ) -> Result<()> {
+        let reader = call.actor.clone();
+        let mutation = Mutation {
+            method: "GetPaymentConfiguration",
+            request_id: None,
+            request_hash: String::new(),
+            etag: None,
+            validate_only: false,
+        };
+        self.transact(
+            call,
+            &key.onboarding,
+            &mutation,
+            Conventions::WHOLE,
+            |record, now| {
+                let id = find_creditor(record, key)?.id.clone();
+                // Credentials stored since the answer was read were not read: nothing waiting for
+                // them is done, though the read is still recorded.
+                let current = record
+                    .credentials
+                    .iter()
+                    .any(|c| c.scope == id && c.field == CredentialField::ApiToken && c == read);
+                let creditor = creditor_mut(record, &id);
+                let waiting = creditor.stages.iter().any(|s| {
+                    s.stage == Stage::PaymentConfiguration && s.state != StageState::Completed
+                });
+                let read_before = creditor
+                    .api_access
+                    .as_ref()
+                    .is_some_and(|access| access.has_read(&reader, read.set_time));
+                if current && read_before && !waiting {
+                    // A read of the same caller recorded it meanwhile.
+                    return Ok(Written::default());
+                }
+                if current {
+                    if waiting {
+                        stages::payment_configuration_read(creditor, &reader, now);
+                    }
+                    if let Some(access) = &mut creditor.api_access {
+                        access.note_read(&reader, read.set_time);
+                    }
+                }
+                Ok(Written::from(format!(
+                    "payment configuration of {} read by {reader} (credentials included)",
+                    key.creditor
+                )))
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The payment configuration of a creditor of `record`, and the stored token's record.
     async fn payment_configuration(
         &self,
         record: &OnboardingRecord,
         key: &CreditorKey,
-    ) -> Result<(PaymentConfiguration, Option<i64>)> {
+    ) -> Result<(PaymentConfiguration, CredentialRecord)> {
         let creditor = find_creditor(record, key)?;
         stages::require_creditor_done(
             record,
@@ -417,9 +404,18 @@ impl Operations {
             "GetPaymentConfiguration",
         )?;
         let scope = creditor.id.clone();
+        let credential = record
+            .credentials
+            .iter()
+            .find(|c| c.scope == scope && c.field == CredentialField::ApiToken)
+            .cloned();
         let secure_token = self
             .secret(record, &scope, CredentialField::ApiToken)
             .await?;
+        // `secret` found the token, so its record is there.
+        let credential = credential.ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!("a stored token without its description"))
+        })?;
         let has_password = record
             .credentials
             .iter()
@@ -432,11 +428,6 @@ impl Operations {
         } else {
             None
         };
-        let token_set_time = record
-            .credentials
-            .iter()
-            .find(|c| c.scope == scope && c.field == CredentialField::ApiToken)
-            .map(|c| c.set_time);
         let payment_methods = creditor
             .company_settings
             .as_ref()
@@ -464,7 +455,7 @@ impl Operations {
                 .unwrap_or_default(),
             payment_methods,
         };
-        Ok((configuration, token_set_time))
+        Ok((configuration, credential))
     }
 
     /// RecordWebhookSetup: attests the webhook addon; its Authorization value is stored encrypted.
@@ -597,10 +588,7 @@ mod tests {
             stages: Vec::new(),
             company_settings: None,
             invoice_settings: None,
-            api_access: Some(ApiAccess {
-                username: Some("api@gp.se".into()),
-                warnings: Vec::new(),
-            }),
+            api_access: Some(ApiAccess::new(Some("api@gp.se".into()), Vec::new())),
             webhooks: None,
         };
         test.creditors.push(creditor.clone());

@@ -24,7 +24,7 @@ use crate::domain::onboarding::{
 use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
 use crate::domain::{CredentialField, Micros, now_micros};
 use crate::error::{Error, Result};
-use crate::storage::{Stamps, Store, StoredResult};
+use crate::storage::{StorageError, Store, StoredResult, WriteTx};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -193,9 +193,8 @@ impl Operations {
         }
     }
 
-    /// One attempt at a create: where writes are guarded (PostgreSQL), first as one guarded
-    /// statement, made only if no onboarding of the key exists and no result is stored under the
-    /// request_id; otherwise, or when that was not made, in a transaction that first reads both.
+    /// One attempt at a create, in a transaction that first looks for the onboarding and for a
+    /// result stored under the request_id.
     async fn try_create(
         &self,
         call: &CallContext,
@@ -204,16 +203,6 @@ impl Operations {
     ) -> Result<OnboardingRecord> {
         let now = now_micros();
         let (record, event) = created(call, key, mutation, now);
-        if !mutation.validate_only
-            && let Some(mut tx) = self.store.begin_guarded()?
-        {
-            // The inserts fail on their unique indexes if the onboarding exists or the request_id
-            // has a stored result: nothing is written, and the locked transaction below answers.
-            write_created(&mut tx, key, mutation, &record, &event, now).await?;
-            if let Some(stamps) = tx.commit_guarded().await? {
-                return Ok(self.keep_created(record, &stamps));
-            }
-        }
         let mut tx = self.store.begin().await?;
         let locked = tx
             .lock_onboarding(&key.tenant, key.environment, replayable(mutation))
@@ -229,16 +218,12 @@ impl Operations {
         if mutation.validate_only {
             return Ok(record);
         }
-        write_created(&mut tx, key, mutation, &record, &event, now).await?;
-        let stamps = tx.commit().await?;
-        Ok(self.keep_created(record, &stamps))
-    }
-
-    /// Keeps a committed new onboarding and tells watchers.
-    fn keep_created(&self, record: OnboardingRecord, stamps: &Stamps) -> OnboardingRecord {
-        self.store.remember_created(&record, stamps);
+        tx.insert_onboarding(&record).await?;
+        tx.append_event(&record, &event).await?;
+        store_result(&mut tx, &key.tenant, mutation, &record, now).await?;
+        tx.commit().await?;
         self.announce(&record.id, record.last_event);
-        record
+        Ok(record)
     }
 
     /// Attests the AGREEMENT stage.
@@ -306,15 +291,8 @@ impl Operations {
         })
     }
 
-    /// One write on an existing onboarding: apply `change` to it, write the record, the secrets
-    /// the change produced and one audit event, commit, and tell watchers.
-    ///
-    /// Where the store keeps the onboarding and guards writes (PostgreSQL), the change is first
-    /// applied to what is kept and written as one guarded statement, made only if the onboarding
-    /// is still at the kept revision (and, for a first write, no result is stored under the
-    /// request_id): one round trip. Otherwise — nothing kept, a guard failed, or the change or
-    /// its etag refused what is kept, which may be stale — the onboarding is locked and read, and
-    /// `change` runs again on that: it must not assume it runs once.
+    /// One write on an existing onboarding: lock and read it, apply `change`, write the record,
+    /// the secrets the change produced and one audit event, commit, and tell watchers.
     async fn transact(
         &self,
         call: &CallContext,
@@ -324,13 +302,6 @@ impl Operations {
         mut change: impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
     ) -> Result<Committed> {
         let now = now_micros();
-        if !(conventions.first_write && mutation.validate_only)
-            && let Some(committed) = self
-                .write_kept(call, key, mutation, conventions, &mut change, now)
-                .await?
-        {
-            return Ok(committed);
-        }
         let mut tx = self.store.begin().await?;
         let result_of = replayable(mutation).filter(|_| conventions.first_write);
         let locked = tx
@@ -351,7 +322,10 @@ impl Operations {
                 });
             }
         }
-        let change = apply(call, mutation, conventions, &before, &mut change, now)?;
+        let Some(change) = apply(call, mutation, conventions, &before, &mut change, now)? else {
+            // Nothing to change and nothing to record.
+            return Ok(Committed::Stored(before));
+        };
         if conventions.first_write && mutation.validate_only {
             return Ok(Committed::Stored(change.record));
         }
@@ -359,63 +333,9 @@ impl Operations {
         if conventions.save_result {
             store_result(&mut tx, &key.tenant, mutation, &change.record, now).await?;
         }
-        let stamps = tx.commit().await?;
-        Ok(self.committed(&before, change, &stamps))
-    }
-
-    /// The write of [`Operations::transact`] made from what the store keeps, as a guarded write:
-    /// `None` when it was not made.
-    async fn write_kept(
-        &self,
-        call: &CallContext,
-        key: &OnboardingKey,
-        mutation: &Mutation,
-        conventions: Conventions,
-        change: &mut impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
-        now: Micros,
-    ) -> Result<Option<Committed>> {
-        let Some((kept, mut tx)) = self.store.kept_for_write(&key.tenant, key.environment)? else {
-            return Ok(None);
-        };
-        let before: &OnboardingRecord = &kept;
-        if conventions.first_write && etag_refuses(mutation, before) {
-            return Ok(None);
-        }
-        let Ok(change) = apply(call, mutation, conventions, before, change, now) else {
-            return Ok(None);
-        };
-        // The onboarding's row first: it is the guard that goes first (see `storage::writes`).
-        change.write(&mut tx, before).await?;
-        // A call's first write must find no result stored under its request_id. Storing its own
-        // result checks that already (the insert fails on the key), so only a write that stores
-        // none asks.
-        if let Some(request_id) =
-            replayable(mutation).filter(|_| conventions.first_write && !conventions.save_result)
-        {
-            tx.guard_no_result(&key.tenant, request_id).await?;
-        }
-        if conventions.save_result {
-            store_result(&mut tx, &key.tenant, mutation, &change.record, now).await?;
-        }
-        let Some(stamps) = tx.commit_guarded().await? else {
-            tracing::debug!(
-                onboarding = %change.record.id,
-                "the onboarding was written meanwhile: writing again under its lock"
-            );
-            return Ok(None);
-        };
-        Ok(Some(self.committed(before, change, &stamps)))
-    }
-
-    /// Keeps what a committed `change` of `before` left and tells watchers.
-    fn committed(&self, before: &OnboardingRecord, change: Applied, stamps: &Stamps) -> Committed {
-        let Applied {
-            record, written, ..
-        } = change;
-        self.store
-            .remember_write(before, &record, &written.secrets, &written.removed, stamps);
-        self.announce(&record.id, record.last_event);
-        Committed::Stored(record)
+        tx.commit().await?;
+        self.announce(&change.record.id, change.record.last_event);
+        Ok(Committed::Stored(change.record))
     }
 
     /// Tells this process's watchers that an onboarding's event `sequence` is committed.
@@ -493,22 +413,8 @@ fn replay(stored: Option<StoredResult>, mutation: &Mutation) -> Result<Option<On
 }
 
 /// Stores the result under the request_id, if any.
-/// The writes of a create: the onboarding, its first event, and the call's result.
-async fn write_created(
-    tx: &mut crate::storage::WriteTx,
-    key: &OnboardingKey,
-    mutation: &Mutation,
-    record: &OnboardingRecord,
-    event: &EventRecord,
-    now: Micros,
-) -> Result<()> {
-    tx.insert_onboarding(record).await?;
-    tx.append_event(record, event).await?;
-    store_result(tx, &key.tenant, mutation, record, now).await
-}
-
 async fn store_result(
-    tx: &mut crate::storage::WriteTx,
+    tx: &mut WriteTx,
     tenant: &TenantId,
     mutation: &Mutation,
     record: &OnboardingRecord,
@@ -520,8 +426,16 @@ async fn store_result(
             request_hash: mutation.request_hash.clone(),
             response: serde_json::to_string(record).map_err(|e| Error::Internal(e.into()))?,
         };
+        // The same request_id stored meanwhile by a call on another onboarding of the tenant (a
+        // retry of this call would have found it under the onboarding's lock).
         tx.save_result(tenant, request_id.as_str(), &stored, now)
-            .await?;
+            .await
+            .map_err(|error| match error {
+                StorageError::Duplicate(_) => Error::RequestIdReused {
+                    request_id: request_id.as_str().to_owned(),
+                },
+                other => other.into(),
+            })?;
     }
     Ok(())
 }
@@ -533,7 +447,8 @@ struct Applied {
     event: EventRecord,
 }
 
-/// Applies `change` to `before` with the shared conventions: the secrets it wrote, the version,
+/// Applies `change` to `before` with the shared conventions (`None` when it changed nothing and
+/// has nothing to record, its summary empty): the secrets it wrote, the version,
 /// the revision and the audit trail moved on.
 fn apply(
     call: &CallContext,
@@ -542,11 +457,18 @@ fn apply(
     before: &OnboardingRecord,
     change: &mut impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
     now: Micros,
-) -> Result<Applied> {
+) -> Result<Option<Applied>> {
     let mut record = before.clone();
     let mut written = change(&mut record, now)?;
-    // Each row is written once per transaction (see storage::writes): a change may not both store
-    // and remove one credential.
+    if written.summary.is_empty()
+        && written.secrets.is_empty()
+        && written.removed.is_empty()
+        && record == *before
+    {
+        return Ok(None);
+    }
+    // A change may not both store and remove one credential: which of them wins would depend on
+    // the order of the writes.
     if written.removed.iter().any(|(scope, field)| {
         written
             .secrets
@@ -569,7 +491,7 @@ fn apply(
             .retain(|c| !(c.scope == *scope && c.field == *field));
     }
     record.refresh();
-    if conventions.bump_version && record != *before {
+    if conventions.bump_version && record.differs_for_callers(before) {
         record.version += 1;
     }
     record.last_event += 1;
@@ -578,20 +500,16 @@ fn apply(
     let summary = std::mem::take(&mut written.summary);
     let mut event = event(call, mutation, &record, before, now, summary);
     event.outcome = conventions.outcome.to_owned();
-    Ok(Applied {
+    Ok(Some(Applied {
         record,
         written,
         event,
-    })
+    }))
 }
 
 impl Applied {
     /// Queues the change's writes in `tx`: the onboarding's row first, then its secrets and event.
-    async fn write(
-        &self,
-        tx: &mut crate::storage::WriteTx,
-        before: &OnboardingRecord,
-    ) -> Result<()> {
+    async fn write(&self, tx: &mut WriteTx, before: &OnboardingRecord) -> Result<()> {
         tx.update_onboarding(before, &self.record).await?;
         for (credential, sealed) in &self.written.secrets {
             tx.put_credential(&self.record, credential, sealed).await?;
@@ -599,7 +517,8 @@ impl Applied {
         for (scope, field) in &self.written.removed {
             tx.delete_credential(&self.record, scope, *field).await?;
         }
-        tx.append_event(&self.record, &self.event).await
+        tx.append_event(&self.record, &self.event).await?;
+        Ok(())
     }
 }
 

@@ -2,40 +2,33 @@
 //! query and the schema (`migrations/`) are written once. Migrations are embedded in the binary and
 //! applied at start-up.
 //!
-//! Every function takes the tenant it works for and scopes its queries by it. Writes go through
-//! [`WriteTx`]: one transaction that locks the onboarding row, so concurrent calls for one onboarding
-//! are serialised and its audit events are numbered in commit order. SQLite has a single writer
-//! connection, which gives the same serialisation within the process.
+//! Every function takes the tenant it works for and scopes its queries by it, but for the few that
+//! serve the whole service (the reconciler's queues, metrics, key rotation). Every write is one
+//! transaction that first takes the onboarding's lock ([`WriteTx`]). Reads may be answered from
+//! [`cache`], but only after the onboarding's revision has been read and found unchanged.
 
-mod fresh;
-mod generations;
-mod own_connection;
-mod rounds;
+mod cache;
+mod error;
 mod rows;
-mod trail;
-mod writes;
+mod write;
 
-#[cfg(test)]
-mod test_schema;
-
-pub use generations::Stamps;
-pub use trail::AuditedRead;
+pub use error::StorageError;
+pub use write::{Locked, WriteTx};
 
 use crate::crypto::Sealed;
-use crate::domain::onboarding::{
-    CredentialRecord, CreditorRecord, EventRecord, OnboardingRecord, StageRecord,
-};
+use crate::domain::onboarding::{EventRecord, OnboardingRecord};
 use crate::domain::validate::TenantId;
 use crate::domain::{BlockedOn, CredentialField, Environment, OnboardingState};
-use crate::error::{Error, Result};
 use anyhow::Context;
+use cache::{Cache, Snapshot};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use writes::Expect;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Which database engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,27 +45,27 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a call waits for a free connection before it fails with UNAVAILABLE.
     pub acquire_timeout: Duration,
-    /// Onboardings kept in memory between reads (see [`fresh`]); 0 keeps none.
+    /// Onboardings kept in memory between reads (see [`cache`]); 0 keeps none.
     pub cached_onboardings: usize,
 }
 
-/// A connection pool (a separate single writer for SQLite) and the queries of the service.
+/// The connection pools and the queries of the service.
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
     reader: AnyPool,
-    writes: writes::Writes,
+    /// SQLite: one connection, so that writers queue here for the database's single write lock
+    /// rather than fail with SQLITE_BUSY. PostgreSQL: the reader pool.
+    writer: AnyPool,
+    /// The health check's own connection: a pool busy with calls is not a database away.
+    health: AnyPool,
     /// False while the health check cannot reach the database: calls are refused at once with
     /// UNAVAILABLE instead of each waiting out the pool's acquire timeout.
     reachable: Arc<AtomicBool>,
-    /// The health check's own connection: a pool busy with calls is not a database away.
-    health: Arc<writes::KeptConnection>,
-    snapshots: Arc<fresh::Snapshots>,
-    /// Write generations shared by the processes on one SQLite file: reads of a kept onboarding
-    /// that none of them has written since need not ask the database (see [`fresh`]).
-    generations: Option<Arc<generations::Generations>>,
-    rows: fresh::Rows,
-    trail: trail::Trail,
+    /// Set by a write refused for a full disk, cleared by the next write that commits: health
+    /// reports it, and reads go on meanwhile.
+    disk_full: Arc<AtomicBool>,
+    cache: Arc<Cache>,
 }
 
 /// Which onboardings to list.
@@ -135,9 +128,10 @@ impl Store {
     /// Connects, creating the SQLite file (and its folder) if it does not exist.
     pub async fn connect(options: &StoreOptions) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
-        let (backend, url, file) = database_url(&options.database)?;
-        let pool_options = || {
+        let (backend, url) = database_url(&options.database)?;
+        let pool_options = |connections: u32| {
             AnyPoolOptions::new()
+                .max_connections(connections)
                 .acquire_timeout(options.acquire_timeout)
                 .after_connect(move |connection, _| {
                     Box::pin(async move {
@@ -157,51 +151,23 @@ impl Store {
                     })
                 })
         };
-        let reader = pool_options()
-            .max_connections(options.max_connections.max(1))
+        let reader = pool_options(options.max_connections.max(1))
             .connect(&url)
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
         let writer = match backend {
-            // SQLite allows one writer at a time; one connection makes writers queue here rather
-            // than fail with SQLITE_BUSY.
-            Backend::Sqlite => pool_options().max_connections(1).connect(&url).await?,
+            Backend::Sqlite => pool_options(1).connect(&url).await?,
             Backend::Postgres => reader.clone(),
         };
-        let writes = writes::Writes::new(backend, writer, options.acquire_timeout);
-        let generations =
-            file.as_ref()
-                .and_then(|file| match generations::Generations::open(file) {
-                    Ok(generations) => Some(Arc::new(generations)),
-                    Err(error) => {
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            "write generations unavailable: every read asks the database"
-                        );
-                        None
-                    }
-                });
-        let snapshots = Arc::new(fresh::Snapshots::new(options.cached_onboardings));
+        let health = pool_options(1).connect_lazy(&url)?;
         Ok(Self {
             backend,
-            rows: fresh::Rows::start(
-                backend,
-                writes::KeptConnection::new(reader.clone(), options.acquire_timeout),
-            ),
-            trail: trail::Trail::start(
-                backend,
-                trail::Appends::of(&writes, generations.clone(), file),
-                snapshots.clone(),
-            ),
-            health: Arc::new(writes::KeptConnection::new(
-                reader.clone(),
-                options.acquire_timeout,
-            )),
             reader,
-            writes,
+            writer,
+            health,
             reachable: Arc::new(AtomicBool::new(true)),
-            snapshots,
-            generations,
+            disk_full: Arc::new(AtomicBool::new(false)),
+            cache: Arc::new(Cache::new(options.cached_onboardings)),
         })
     }
 
@@ -212,39 +178,24 @@ impl Store {
     /// Applies the embedded migrations that have not run yet.
     pub async fn migrate(&self) -> anyhow::Result<()> {
         sqlx::migrate!()
-            .run(self.writes.pool())
+            .run(&self.writer)
             .await
             .context("applying database migrations")?;
         Ok(())
     }
 
-    /// Whether the database answers `SELECT 1` within `within`, on a connection kept for this (taken
-    /// from the pool only at first and after a failure), so that a pool whose connections are all
-    /// busy with calls is not taken for a database that cannot be reached. A connection that failed
-    /// or did not answer in time is dropped.
+    /// Whether the database answers `SELECT 1` within `within`, on the health check's own
+    /// connection. A write refused for a full disk since the last one that committed also fails
+    /// it: the database answers, but cannot do all of its work.
     pub async fn ping(&self, within: Duration) -> Result<()> {
-        let answered = tokio::time::timeout(within, async {
-            let mut held = self.health.take().await?;
-            let outcome = sqlx::query("SELECT 1")
-                .execute(writes::held_connection(&mut held))
-                .await;
-            if outcome.is_err() {
-                *held = None;
-            }
-            outcome.map(|_| ()).map_err(db_error)
-        })
-        .await;
-        match answered {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                // Abandoned mid-query: the connection's state is unknown.
-                self.health.forget();
-                Err(Error::Unavailable {
-                    what: "the database",
-                    retry_after: Duration::from_secs(1),
-                    source: anyhow::anyhow!("no answer to the health check within {within:?}"),
-                })
-            }
+        match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&self.health)).await {
+            Ok(Ok(_)) if self.disk_full.load(Ordering::Relaxed) => Err(StorageError::DiskFull(
+                anyhow::anyhow!("the last write was refused for a full disk"),
+            )),
+            Ok(outcome) => outcome.map(drop).map_err(db_error),
+            Err(_) => Err(StorageError::Unreachable(anyhow::anyhow!(
+                "no answer to the health check within {within:?}"
+            ))),
         }
     }
 
@@ -259,124 +210,76 @@ impl Store {
         Ok(&self.reader)
     }
 
-    /// Where writes run, unless the database is known to be unreachable.
-    fn writer(&self) -> Result<&writes::Writes> {
+    /// The pool for writes outside an onboarding's transaction, unless the database is known to
+    /// be unreachable.
+    fn writer(&self) -> Result<&AnyPool> {
         self.check_reachable()?;
-        Ok(&self.writes)
+        Ok(&self.writer)
     }
 
     fn check_reachable(&self) -> Result<()> {
         if self.reachable.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err(Error::Unavailable {
-                what: "the database",
-                retry_after: Duration::from_secs(1),
-                source: anyhow::anyhow!("the last health check could not reach it"),
-            })
+            Err(StorageError::Unreachable(anyhow::anyhow!(
+                "the last health check could not reach it"
+            )))
         }
     }
 
     /// Waits for connections in use to be returned, then closes them.
     pub async fn close(&self) {
-        self.writes.close().await;
+        self.writer.close().await;
         self.reader.close().await;
+        self.health.close().await;
     }
 
-    /// Starts a write transaction.
+    /// Starts a write: a transaction that has taken the database's write lock (SQLite) and takes
+    /// the onboarding's row lock when it reads it ([`WriteTx::lock_onboarding`]).
     pub async fn begin(&self) -> Result<WriteTx> {
+        self.check_reachable()?;
         WriteTx::begin(
             self.backend,
-            self.writer()?,
-            Some(self.snapshots.clone()),
-            self.generations.clone(),
+            &self.writer,
+            self.cache.clone(),
+            self.disk_full.clone(),
         )
         .await
     }
 
-    /// What is kept of an onboarding, of whatever revision, with a guarded write to make from it:
-    /// a write whose first statement is [`WriteTx::update_onboarding`] from the record given, and
-    /// which [`WriteTx::commit_guarded`] makes only if the onboarding is still as kept. `None` where
-    /// writes are not guarded (SQLite, whose writes take turns on one connection anyway) or nothing
-    /// is kept.
-    pub fn kept_for_write(
-        &self,
-        tenant: &TenantId,
-        environment: Environment,
-    ) -> Result<Option<(Arc<OnboardingRecord>, WriteTx)>> {
-        let Some(tx) = self.begin_guarded()? else {
-            return Ok(None);
-        };
-        let Some(record) = self.kept_onboarding(tenant, environment) else {
-            return Ok(None);
-        };
-        Ok(Some((record, tx)))
-    }
-
-    /// A guarded write: its writes go at [`WriteTx::commit_guarded`] as one statement, made only if
-    /// every write that must change a number of rows changes that many, every guard holds and no
-    /// unique constraint stops it. `None` where writes are not guarded (SQLite).
-    pub fn begin_guarded(&self) -> Result<Option<WriteTx>> {
-        Ok(self.writer()?.begin_guarded().map(|tx| WriteTx {
-            backend: self.backend,
-            tx,
-            snapshots: None,
-            generations: None,
-            written: Vec::new(),
-        }))
-    }
-
-    /// One onboarding with its stages and creditors, as committed before this call (see [`fresh`]).
-    /// Shared with other reads of the same revision.
+    /// One onboarding with its stages and creditors, as committed before this call. Reads the
+    /// onboarding's revision, then answers from [`cache`] if it keeps that revision.
     pub async fn get_onboarding(
         &self,
         tenant: &TenantId,
         environment: Environment,
     ) -> Result<Option<Arc<OnboardingRecord>>> {
-        self.check_reachable()?;
-        let settled = self.generations.as_ref().and_then(|generations| {
-            generations.settled(generations::Slot::of(tenant.as_str(), environment))
-        });
-        if let Some(settled) = settled
-            && let Some(record) = self
-                .snapshots
-                .settled(tenant.as_str(), environment, settled)
-        {
-            return Ok(Some(record));
-        }
-        // Boxed: the futures of the database's reads are many times the size of the rest, which
-        // every caller's future would otherwise carry (and move) whether it reads or not.
-        Box::pin(self.read_through(tenant, environment, settled)).await
-    }
-
-    /// `get_onboarding` when what is kept of the onboarding is not known to be current.
-    async fn read_through(
-        &self,
-        tenant: &TenantId,
-        environment: Environment,
-        settled: Option<u64>,
-    ) -> Result<Option<Arc<OnboardingRecord>>> {
-        let observed = settled.unwrap_or(generations::UNSTAMPED);
-        let Some(head) = self.rows.get(tenant.as_str(), environment).await? else {
+        let Some(row) = sqlx::query(rows::SELECT_REVISION)
+            .bind(tenant.as_str())
+            .bind(environment.as_str())
+            .fetch_optional(self.reader()?)
+            .await
+            .map_err(db_error)?
+        else {
             return Ok(None);
         };
-        if let Some(record) = self
-            .snapshots
-            .current(tenant.as_str(), environment, &head, observed)
-        {
-            return Ok(Some(record));
+        let id: String = row.try_get("id").map_err(db_error)?;
+        let revision: i64 = row.try_get("revision").map_err(db_error)?;
+        if let Some(kept) = self.cache.at(tenant.as_str(), environment, &id, revision) {
+            return Ok(Some(kept.record.clone()));
         }
-        self.load(tenant, environment, observed).await
+        Ok(self
+            .load(tenant, environment)
+            .await?
+            .map(|snapshot| snapshot.record.clone()))
     }
 
-    /// Reads an onboarding and everything it holds in one snapshot, and keeps it (`None` if it went
-    /// away meanwhile), current at `observed`: a generation its slot was settled at before.
+    /// Reads an onboarding and everything it holds in one snapshot, and keeps it.
     async fn load(
         &self,
         tenant: &TenantId,
         environment: Environment,
-        observed: u64,
-    ) -> Result<Option<Arc<OnboardingRecord>>> {
+    ) -> Result<Option<Arc<Snapshot>>> {
         let mut tx = match self.backend {
             // SQLite (WAL): a read transaction sees one snapshot from its first read on.
             Backend::Sqlite => self.reader()?.begin().await,
@@ -393,14 +296,13 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
-        let snapshot = match row {
-            Some(row) => load_children(&mut tx, tenant.as_str(), row, observed).await?,
-            None => return Ok(None),
+        let Some(row) = row else {
+            return Ok(None);
         };
+        let snapshot = Arc::new(load_children(&mut tx, rows::onboarding(&row)?).await?);
         tx.commit().await.map_err(db_error)?;
-        let record = snapshot.record.clone();
-        self.snapshots.put(Arc::new(snapshot));
-        Ok(Some(record))
+        self.cache.put(snapshot.clone());
+        Ok(Some(snapshot))
     }
 
     /// Up to `limit` onboardings matching `filter`, ordered by (tenant, environment), starting after
@@ -432,13 +334,15 @@ impl Store {
         let mut records = Vec::with_capacity(found.len());
         for row in &found {
             let head = rows::onboarding(row)?;
-            if let Some(snapshot) = self.snapshots.get(&head) {
-                records.push(snapshot.complete(head));
-            } else if let Some(record) = self
-                .load(&head.key().tenant, head.environment, generations::UNSTAMPED)
-                .await?
-            {
-                records.push(Arc::unwrap_or_clone(record));
+            let kept = self
+                .cache
+                .at(&head.tenant, head.environment, &head.id, head.revision);
+            let snapshot = match kept {
+                Some(snapshot) => Some(snapshot),
+                None => self.load(&head.key().tenant, head.environment).await?,
+            };
+            if let Some(snapshot) = snapshot {
+                records.push(OnboardingRecord::clone(&snapshot.record));
             }
         }
         Ok(records)
@@ -512,10 +416,11 @@ impl Store {
 
     /// Gives each READY or BROKEN onboarding that has no scheduled live check one at `first`.
     pub async fn schedule_validations(&self, first: i64) -> Result<u64> {
-        let updated = self
-            .writer()?
-            .execute(sqlx::query(rows::SCHEDULE_VALIDATIONS).bind(first))
-            .await?;
+        let updated = sqlx::query(rows::SCHEDULE_VALIDATIONS)
+            .bind(first)
+            .execute(self.writer()?)
+            .await
+            .map_err(db_error)?;
         Ok(updated.rows_affected())
     }
 
@@ -543,29 +448,25 @@ impl Store {
     /// Takes a due check for this replica by moving it to `next`: `false` when another replica
     /// took it first.
     pub async fn take_validation(&self, due: &ValidationDue, next: i64) -> Result<bool> {
-        let updated = self
-            .writer()?
-            .execute(
-                sqlx::query(rows::TAKE_VALIDATION)
-                    .bind(next)
-                    .bind(&due.tenant)
-                    .bind(due.environment.as_str())
-                    .bind(due.due),
-            )
-            .await?;
+        let updated = sqlx::query(rows::TAKE_VALIDATION)
+            .bind(next)
+            .bind(&due.tenant)
+            .bind(due.environment.as_str())
+            .bind(due.due)
+            .execute(self.writer()?)
+            .await
+            .map_err(db_error)?;
         Ok(updated.rows_affected() == 1)
     }
 
     /// Deletes up to `limit` results stored under request_ids before `before`; how many it deleted.
     pub async fn expire_results(&self, before: i64, limit: i64) -> Result<u64> {
-        let deleted = self
-            .writer()?
-            .execute(
-                sqlx::query(rows::DELETE_EXPIRED_RESULTS)
-                    .bind(before)
-                    .bind(limit),
-            )
-            .await?;
+        let deleted = sqlx::query(rows::DELETE_EXPIRED_RESULTS)
+            .bind(before)
+            .bind(limit)
+            .execute(self.writer()?)
+            .await
+            .map_err(db_error)?;
         Ok(deleted.rows_affected())
     }
 
@@ -591,25 +492,14 @@ impl Store {
             .collect()
     }
 
-    /// Replaces a stored ciphertext, but only if it is still `old`: a secret written meanwhile (by a
-    /// call of the running service) is left as it is. Says whether it replaced it.
+    /// Replaces a stored ciphertext, but only if it is still `secret`'s: a secret written meanwhile
+    /// (by a call of the running service) is left as it is. Says whether it replaced it. Moves the
+    /// onboarding's revision on, as every write of what an onboarding holds does.
     pub async fn replace_sealed(&self, secret: &StoredSecret, new: &Sealed) -> Result<bool> {
-        let updated = self
-            .writer()?
-            .execute(
-                sqlx::query(rows::REPLACE_SEALED)
-                    .bind(&new.key_id)
-                    .bind(&new.nonce)
-                    .bind(&new.ciphertext)
-                    .bind(&secret.onboarding_id)
-                    .bind(&secret.scope)
-                    .bind(&secret.field)
-                    .bind(&secret.tenant)
-                    .bind(&secret.sealed.key_id)
-                    .bind(&secret.sealed.nonce),
-            )
-            .await?;
-        Ok(updated.rows_affected() == 1)
+        let mut tx = self.begin().await?;
+        let replaced = tx.replace_sealed(secret, new).await?;
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     /// A stored secret of `record`'s onboarding, if one is stored: the one of `record`'s revision
@@ -620,8 +510,14 @@ impl Store {
         scope: &str,
         field: CredentialField,
     ) -> Result<Option<Sealed>> {
-        if let Some(kept) = self.snapshots.sealed(record, scope, field) {
-            return Ok(kept);
+        let kept = self.cache.at(
+            &record.tenant,
+            record.environment,
+            &record.id,
+            record.revision,
+        );
+        if let Some(kept) = kept {
+            return Ok(kept.sealed(scope, field));
         }
         self.stored_sealed(record, scope, field).await
     }
@@ -644,86 +540,9 @@ impl Store {
         row.as_ref().map(rows::sealed).transpose()
     }
 
-    /// Keeps what a committed write left: `after`, written over `before` (as read under the write's
-    /// lock) with `secrets` stored and `removed` deleted, current at the write's `stamps`. Kept only
-    /// if what `before` was read from is kept, so the ciphertexts the write did not touch are known;
-    /// the next read or write of the onboarding then need not read it back.
-    pub fn remember_write(
-        &self,
-        before: &OnboardingRecord,
-        after: &OnboardingRecord,
-        secrets: &[(CredentialRecord, Sealed)],
-        removed: &[(String, CredentialField)],
-        stamps: &Stamps,
-    ) {
-        let Some(previous) = self.snapshots.get(before) else {
-            return;
-        };
-        let replaced = |scope: &str, field: CredentialField| {
-            removed.iter().any(|(s, f)| s == scope && *f == field)
-                || secrets
-                    .iter()
-                    .any(|(credential, _)| credential.scope == scope && credential.field == field)
-        };
-        let mut sealed: Vec<_> = previous
-            .sealed
-            .iter()
-            .filter(|(scope, field, _)| !replaced(scope, *field))
-            .cloned()
-            .collect();
-        sealed.extend(secrets.iter().map(|(credential, ciphertext)| {
-            (
-                credential.scope.clone(),
-                credential.field,
-                ciphertext.clone(),
-            )
-        }));
-        self.keep(after, sealed, stamps);
-    }
-
-    /// Keeps an onboarding a committed write created (it has no secrets yet), current at the
-    /// write's `stamps`: its next write need not read it back.
-    pub fn remember_created(&self, record: &OnboardingRecord, stamps: &Stamps) {
-        self.keep(record, Vec::new(), stamps);
-    }
-
-    fn keep(
-        &self,
-        record: &OnboardingRecord,
-        sealed: Vec<(String, CredentialField, Sealed)>,
-        stamps: &Stamps,
-    ) {
-        let mut record = record.clone();
-        in_stored_order(&mut record);
-        let stamp = stamps.of(&record.tenant, record.environment);
-        self.snapshots.put(Arc::new(fresh::Snapshot::new(
-            Arc::new(record),
-            sealed,
-            stamp,
-        )));
-    }
-
     /// Forgets what is kept of `record`'s onboarding, so the next read asks the database.
     pub fn forget(&self, record: &OnboardingRecord) {
-        self.snapshots.forget(record);
-    }
-
-    /// What is kept of an onboarding, of whatever revision, without asking the database: only for a
-    /// read whose answer is confirmed afterwards by [`Store::append_read_event`], which writes the
-    /// read's event only if the onboarding is still at the revision the answer was read at.
-    pub fn kept_onboarding(
-        &self,
-        tenant: &TenantId,
-        environment: Environment,
-    ) -> Option<Arc<OnboardingRecord>> {
-        self.snapshots.unconfirmed(tenant.as_str(), environment)
-    }
-
-    /// Writes the audit event of an answered read (see [`trail`]): its sequence number, or `None`
-    /// when the onboarding changed after the read (nothing is written; read again).
-    pub async fn append_read_event(&self, read: AuditedRead) -> Result<Option<i64>> {
-        self.check_reachable()?;
-        self.trail.append(read).await
+        self.cache.forget(&record.tenant, record.environment);
     }
 
     /// Up to `limit` events of an onboarding with a sequence number above `after`, oldest first.
@@ -761,18 +580,17 @@ async fn children(
         .map_err(db_error)
 }
 
-/// Reads an onboarding row's stages, creditors and credentials (with their ciphertexts).
+/// Reads the stages, creditors and credentials (with their ciphertexts) of the onboarding whose
+/// row is `record`.
 async fn load_children(
     connection: &mut sqlx::AnyConnection,
-    tenant: &str,
-    row: AnyRow,
-    stamp: u64,
-) -> Result<fresh::Snapshot> {
-    let mut record = rows::onboarding(&row)?;
-    let stage_rows = children(connection, rows::SELECT_STAGES, &record.id, tenant).await?;
-    let creditor_rows = children(connection, rows::SELECT_CREDITORS, &record.id, tenant).await?;
+    mut record: OnboardingRecord,
+) -> Result<Snapshot> {
+    let tenant = record.tenant.clone();
+    let stage_rows = children(connection, rows::SELECT_STAGES, &record.id, &tenant).await?;
+    let creditor_rows = children(connection, rows::SELECT_CREDITORS, &record.id, &tenant).await?;
     let credential_rows =
-        children(connection, rows::SELECT_CREDENTIALS, &record.id, tenant).await?;
+        children(connection, rows::SELECT_CREDENTIALS, &record.id, &tenant).await?;
     record.credentials = credential_rows
         .iter()
         .map(rows::credential)
@@ -802,7 +620,10 @@ async fn load_children(
         }
     }
     in_stored_order(&mut record);
-    Ok(fresh::Snapshot::new(Arc::new(record), sealed, stamp))
+    Ok(Snapshot {
+        record: Arc::new(record),
+        sealed,
+    })
 }
 
 /// Puts what an onboarding holds in one order, however it was put together — read from the
@@ -820,525 +641,19 @@ fn in_stored_order(record: &mut OnboardingRecord) {
         .sort_by(|a, b| (&a.scope, a.field.as_str()).cmp(&(&b.scope, b.field.as_str())));
 }
 
-/// Whether a creditor's own row (not its stages) differs.
-fn creditor_row_changed(before: &CreditorRecord, after: &CreditorRecord) -> bool {
-    before.company_name != after.company_name
-        || before.title != after.title
-        || before.creditor_public_id != after.creditor_public_id
-        || before.company_settings != after.company_settings
-        || before.invoice_settings != after.invoice_settings
-        || before.api_access != after.api_access
-        || before.webhooks != after.webhooks
-}
-
-/// What [`WriteTx::lock_onboarding`] read.
-#[derive(Debug)]
-pub struct Locked {
-    pub record: Option<OnboardingRecord>,
-    /// The stored result asked for, if there is one.
-    pub result: Option<StoredResult>,
-}
-
-/// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
-pub struct WriteTx {
-    backend: Backend,
-    tx: writes::Tx,
-    /// What is kept of onboardings in memory, for [`WriteTx::lock_onboarding`].
-    snapshots: Option<Arc<fresh::Snapshots>>,
-    /// The write generations to move for the onboardings this transaction writes (SQLite).
-    generations: Option<Arc<generations::Generations>>,
-    /// Their slots.
-    written: Vec<generations::Slot>,
-}
-
-impl WriteTx {
-    async fn begin(
-        backend: Backend,
-        writes: &writes::Writes,
-        snapshots: Option<Arc<fresh::Snapshots>>,
-        generations: Option<Arc<generations::Generations>>,
-    ) -> Result<Self> {
-        Ok(Self {
-            backend,
-            tx: writes.begin().await?,
-            snapshots,
-            generations,
-            written: Vec::new(),
-        })
-    }
-
-    /// Notes that this transaction writes the onboarding of `tenant` in `environment` (its revision
-    /// or its audit trail), so that its COMMIT moves the onboarding's write generation.
-    pub(super) fn writes_onboarding(&mut self, tenant: &str, environment: Environment) {
-        if self.generations.is_some() {
-            let slot = generations::Slot::of(tenant, environment);
-            if !self.written.contains(&slot) {
-                self.written.push(slot);
-            }
-        }
-    }
-
-    /// Reads an onboarding for update: on PostgreSQL the row stays locked until the transaction ends,
-    /// so concurrent writers of one onboarding take turns and none loses an update. With
-    /// `result_of`, also the stored result of an earlier call of the tenant with that request_id
-    /// (read together, in one round trip on SQLite).
-    pub async fn lock_onboarding(
-        &mut self,
-        tenant: &TenantId,
-        environment: Environment,
-        result_of: Option<&str>,
-    ) -> Result<Locked> {
-        // On PostgreSQL the stored result comes in the same statement, as columns beside the row.
-        let beside = self.backend == Backend::Postgres && result_of.is_some();
-        let query = match (self.backend, beside) {
-            (Backend::Sqlite, _) => rows::SELECT_ONBOARDING,
-            (Backend::Postgres, false) => rows::SELECT_ONBOARDING_FOR_UPDATE,
-            (Backend::Postgres, true) => rows::SELECT_ONBOARDING_FOR_UPDATE_WITH_RESULT,
-        };
-        let mut onboarding = self
-            .tx
-            .read(query)
-            .bind(tenant.as_str())
-            .bind(environment.as_str());
-        if beside {
-            onboarding = onboarding.bind(result_of);
-        }
-        let onboarding = onboarding.later().await?;
-        let result = match result_of {
-            Some(request_id) if !beside => {
-                Some(self.result_read(tenant, request_id).later().await?)
-            }
-            _ => None,
-        };
-        let onboarding = self.tx.rows(onboarding).await?.into_iter().next();
-        let result = match (result, &onboarding, result_of) {
-            (Some(read), _, _) => match self.tx.rows(read).await?.first() {
-                Some(row) => rows::stored_result(row)?,
-                None => None,
-            },
-            (None, Some(row), Some(_)) => rows::stored_result(row)?,
-            // No onboarding to find the result beside: the result alone.
-            (None, None, Some(request_id)) => {
-                match self
-                    .result_read(tenant, request_id)
-                    .fetch_optional()
-                    .await?
-                {
-                    Some(row) => rows::stored_result(&row)?,
-                    None => None,
-                }
-            }
-            (None, _, None) => None,
-        };
-        let Some(row) = onboarding else {
-            return Ok(Locked {
-                record: None,
-                result,
-            });
-        };
-        // The row is locked (PostgreSQL) or the database is (SQLite): nothing it holds can change
-        // until this transaction ends, so what is kept of its revision is what the database holds.
-        let head = rows::onboarding(&row)?;
-        if let Some(snapshot) = self.snapshots.as_ref().and_then(|kept| kept.get(&head)) {
-            return Ok(Locked {
-                record: Some(snapshot.complete(head)),
-                result,
-            });
-        }
-        let snapshot = load_children(
-            self.tx.connection().await?,
-            tenant.as_str(),
-            row,
-            generations::UNSTAMPED,
-        )
-        .await?;
-        let record = OnboardingRecord::clone(&snapshot.record);
-        if let Some(kept) = &self.snapshots {
-            kept.put(Arc::new(snapshot));
-        }
-        Ok(Locked {
-            record: Some(record),
-            result,
-        })
-    }
-
-    /// Guards a guarded write (see [`Store::kept_for_write`]): made only if no result is stored
-    /// under the tenant's `request_id`.
-    pub async fn guard_no_result(&mut self, tenant: &TenantId, request_id: &str) -> Result<()> {
-        self.tx
-            .guard(rows::SELECT_RESULT)
-            .bind(tenant.as_str())
-            .bind(request_id)
-            .run(Expect::changes(
-                0,
-                format!("a result is stored under request_id {request_id}"),
-            ))
-            .await
-    }
-
-    /// Commits a guarded write (see [`Store::kept_for_write`]): `None` when a guard failed and
-    /// nothing was written (make the write again under the onboarding's lock).
-    pub async fn commit_guarded(self) -> Result<Option<Stamps>> {
-        Ok(self.tx.commit_guarded().await?.then(Stamps::default))
-    }
-
-    /// The read of the stored result of the tenant's `request_id`.
-    fn result_read(&mut self, tenant: &TenantId, request_id: &str) -> writes::Statement<'_> {
-        self.tx
-            .read(rows::SELECT_RESULT)
-            .bind(tenant.as_str())
-            .bind(request_id)
-    }
-
-    /// Stores a call's result under its request_id.
-    pub async fn save_result(
-        &mut self,
-        tenant: &TenantId,
-        request_id: &str,
-        result: &StoredResult,
-        now: i64,
-    ) -> Result<()> {
-        self.tx
-            .write(rows::INSERT_RESULT)
-            .bind(tenant.as_str())
-            .bind(request_id)
-            .bind(&result.method)
-            .bind(&result.request_hash)
-            .bind(&result.response)
-            .bind(now)
-            .run(Expect::conflict(
-                // Another call of this tenant stored a result under the same id meanwhile (the same
-                // call is serialised by the onboarding lock, so this one is a different request).
-                Error::RequestIdReused {
-                    request_id: request_id.to_owned(),
-                },
-            ))
-            .await
-    }
-
-    /// Inserts a new onboarding with its stages. A second onboarding for the same tenant and
-    /// environment is [`Error::AlreadyExists`], even when created concurrently.
-    pub async fn insert_onboarding(&mut self, record: &OnboardingRecord) -> Result<()> {
-        self.writes_onboarding(&record.tenant, record.environment);
-        self.tx
-            .write(rows::INSERT_ONBOARDING)
-            .bind(&record.id)
-            .bind(&record.tenant)
-            .bind(record.environment.as_str())
-            .bind(record.state.as_str())
-            .bind(record.blocked_on.as_str())
-            .bind(record.version)
-            .bind(record.last_event)
-            .bind(rows::json_opt(&record.agreement)?)
-            .bind(rows::json_opt(&record.account)?)
-            .bind(record.create_time)
-            .bind(record.update_time)
-            .bind(record.revision)
-            .run(Expect::conflict(Error::AlreadyExists {
-                resource: record.key().name(),
-            }))
-            .await?;
-        for stage in &record.stages {
-            self.upsert_stage(record, "", stage).await?;
-        }
-        for creditor in &record.creditors {
-            self.insert_creditor(record, creditor).await?;
-            for stage in &creditor.stages {
-                self.upsert_stage(record, &creditor.id, stage).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes a changed onboarding: the row (only if still at `before`'s version, revision and last
-    /// event) and the stages that changed. In a guarded write this is the guard, and comes first.
-    pub async fn update_onboarding(
-        &mut self,
-        before: &OnboardingRecord,
-        after: &OnboardingRecord,
-    ) -> Result<()> {
-        // What replicas keep in memory is valid while the revision stands (see `fresh`).
-        if after.revision <= before.revision {
-            return Err(Error::Internal(anyhow::anyhow!(
-                "a write of onboarding {} did not move its revision",
-                after.id
-            )));
-        }
-        self.writes_onboarding(&after.tenant, after.environment);
-        self.tx
-            .write(rows::UPDATE_ONBOARDING)
-            .bind(after.state.as_str())
-            .bind(after.blocked_on.as_str())
-            .bind(after.version)
-            .bind(after.last_event)
-            .bind(rows::json_opt(&after.agreement)?)
-            .bind(rows::json_opt(&after.account)?)
-            .bind(after.update_time)
-            .bind(after.revision)
-            .bind(&after.id)
-            .bind(&after.tenant)
-            .bind(before.version)
-            .bind(before.revision)
-            .bind(before.last_event)
-            .run(Expect::changes(
-                1,
-                format!("onboarding {} changed underneath its update", after.id),
-            ))
-            .await?;
-        for stage in &after.stages {
-            if !before.stages.contains(stage) {
-                self.upsert_stage(after, "", stage).await?;
-            }
-        }
-        for creditor in &after.creditors {
-            let previous: Option<&CreditorRecord> =
-                before.creditors.iter().find(|c| c.id == creditor.id);
-            match previous {
-                None => self.insert_creditor(after, creditor).await?,
-                Some(previous) if creditor_row_changed(previous, creditor) => {
-                    self.update_creditor(after, creditor).await?;
-                }
-                Some(_) => {}
-            }
-            for stage in &creditor.stages {
-                if previous.is_none_or(|c| !c.stages.contains(stage)) {
-                    self.upsert_stage(after, &creditor.id, stage).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn insert_creditor(
-        &mut self,
-        record: &OnboardingRecord,
-        creditor: &CreditorRecord,
-    ) -> Result<()> {
-        let resource_id = creditor.name.rsplit('/').next().unwrap_or_default();
-        self.tx
-            .write(rows::INSERT_CREDITOR)
-            .bind(&creditor.id)
-            .bind(&record.id)
-            .bind(&record.tenant)
-            .bind(resource_id)
-            .bind(&creditor.organisation_number)
-            .bind(&creditor.company_name)
-            .bind(&creditor.title)
-            .bind(&creditor.creditor_public_id)
-            .bind(rows::json_opt(&creditor.company_settings)?)
-            .bind(rows::json_opt(&creditor.invoice_settings)?)
-            .bind(rows::json_opt(&creditor.api_access)?)
-            .bind(rows::json_opt(&creditor.webhooks)?)
-            .bind(record.update_time)
-            .bind(record.update_time)
-            .run(Expect::conflict(Error::AlreadyExists {
-                resource: creditor.name.clone(),
-            }))
-            .await
-    }
-
-    async fn update_creditor(
-        &mut self,
-        record: &OnboardingRecord,
-        creditor: &CreditorRecord,
-    ) -> Result<()> {
-        self.tx
-            .write(rows::UPDATE_CREDITOR)
-            .bind(&creditor.company_name)
-            .bind(&creditor.title)
-            .bind(&creditor.creditor_public_id)
-            .bind(rows::json_opt(&creditor.company_settings)?)
-            .bind(rows::json_opt(&creditor.invoice_settings)?)
-            .bind(rows::json_opt(&creditor.api_access)?)
-            .bind(rows::json_opt(&creditor.webhooks)?)
-            .bind(record.update_time)
-            .bind(&creditor.id)
-            .bind(&record.tenant)
-            .run(Expect::default())
-            .await
-    }
-
-    /// Stores a secret's ciphertext with what reads show of it, replacing the previous one.
-    pub async fn put_credential(
-        &mut self,
-        record: &OnboardingRecord,
-        credential: &CredentialRecord,
-        sealed: &Sealed,
-    ) -> Result<()> {
-        self.tx
-            .write(rows::UPSERT_CREDENTIAL)
-            .bind(&record.id)
-            .bind(&credential.scope)
-            .bind(credential.field.as_str())
-            .bind(&record.tenant)
-            .bind(&sealed.key_id)
-            .bind(&sealed.nonce)
-            .bind(&sealed.ciphertext)
-            .bind(&credential.fingerprint)
-            .bind(&credential.principal)
-            .bind(&credential.set_by)
-            .bind(credential.set_time)
-            .bind(credential.verify_time)
-            .run(Expect::default())
-            .await
-    }
-
-    /// Forgets a stored secret (one that no longer belongs with the others).
-    pub async fn delete_credential(
-        &mut self,
-        record: &OnboardingRecord,
-        scope: &str,
-        field: CredentialField,
-    ) -> Result<()> {
-        self.tx
-            .write(rows::DELETE_CREDENTIAL)
-            .bind(&record.id)
-            .bind(scope)
-            .bind(field.as_str())
-            .bind(&record.tenant)
-            .run(Expect::default())
-            .await
-    }
-
-    async fn upsert_stage(
-        &mut self,
-        record: &OnboardingRecord,
-        creditor_id: &str,
-        stage: &StageRecord,
-    ) -> Result<()> {
-        self.tx
-            .write(rows::UPSERT_STAGE)
-            .bind(&record.id)
-            .bind(creditor_id)
-            .bind(stage.stage.as_str())
-            .bind(&record.tenant)
-            .bind(stage.state.as_str())
-            .bind(stage.blocked_on.as_str())
-            .bind(rows::json(&stage.due)?)
-            .bind(&stage.reason)
-            .bind(&stage.message)
-            .bind(stage.update_time)
-            .bind(stage.lease.as_ref().map(|lease| lease.owner.clone()))
-            .bind(stage.lease.as_ref().map(|lease| lease.expire_time))
-            .bind(stage.attempts)
-            .bind(stage.next_attempt_time)
-            .run(Expect::default())
-            .await
-    }
-
-    /// Appends an event to an onboarding's audit trail.
-    pub async fn append_event(
-        &mut self,
-        record: &OnboardingRecord,
-        event: &EventRecord,
-    ) -> Result<()> {
-        self.insert_events(&record.id, &record.tenant, &[(event.sequence, event)])
-            .await
-    }
-
-    /// Appends events to an onboarding's audit trail (each under the sequence number paired with
-    /// it), many per statement.
-    async fn insert_events(
-        &mut self,
-        onboarding_id: &str,
-        tenant: &str,
-        events: &[(i64, &EventRecord)],
-    ) -> Result<()> {
-        for chunk in events.chunks(rows::EVENTS_PER_INSERT) {
-            let mut query = self
-                .tx
-                .write(rows::insert_events(self.backend, chunk.len()))
-                .reserve(chunk.len() * rows::EVENT_VALUES);
-            for (sequence, event) in chunk {
-                query = query
-                    .bind(onboarding_id)
-                    .bind(*sequence)
-                    .bind(tenant)
-                    .bind(event.event_time)
-                    .bind(&event.actor)
-                    .bind(&event.method)
-                    .bind(&event.request_id)
-                    .bind(&event.correlation_id)
-                    .bind(&event.outcome)
-                    .bind(&event.summary)
-                    .bind(rows::json(&event.transitions)?);
-            }
-            query.run(Expect::default()).await?;
-        }
-        Ok(())
-    }
-
-    /// Commits; what the transaction wrote is current at the returned stamps. On SQLite the COMMIT of
-    /// a write of onboardings runs to its end even if the caller goes away meanwhile, since their
-    /// write generations must not settle before the outcome is known.
-    pub async fn commit(self) -> Result<Stamps> {
-        let Self {
-            tx,
-            generations,
-            written,
-            ..
-        } = self;
-        match generations.filter(|_| !written.is_empty()) {
-            None => tx.commit(None).await,
-            Some(generations) => {
-                tokio::spawn(async move { tx.commit(Some((&generations, written))).await })
-                    .await
-                    .map_err(|e| Error::Internal(e.into()))?
-            }
-        }
-    }
-}
-
-/// Turns a database error into the service's error: connection trouble is UNAVAILABLE (the call may
-/// be retried), anything else internal.
-pub fn db_error(error: sqlx::Error) -> Error {
-    let unavailable = match &error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        // PostgreSQL ending the session, and SQLite's "busy"/"locked".
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| session_ending(&code) || code == "5" || code == "6"),
-        _ => false,
-    };
-    classified(error, unavailable)
-}
-
-/// PostgreSQL's codes for a session that is ending: class 08 (connection exception) and 57P0x (the
-/// server shutting down or restarting).
-fn session_ending(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P")
-}
-
-/// A database's error as the service's: UNAVAILABLE if `unavailable`, internal otherwise.
-fn classified<E: std::error::Error + Send + Sync + 'static>(error: E, unavailable: bool) -> Error {
-    if unavailable {
-        Error::Unavailable {
-            what: "the database",
-            retry_after: Duration::from_secs(1),
-            source: error.into(),
-        }
-    } else {
-        Error::Internal(anyhow::Error::new(error).context("database query failed"))
-    }
+/// A database error as a [`StorageError`] (see [`error::classify`]).
+pub(crate) fn db_error(error: sqlx::Error) -> StorageError {
+    error::classify(error, || "the row".to_owned())
 }
 
 /// The sqlx URL and backend for a `database` setting: a `postgres://` URL, a `sqlite:` URL, or a
 /// plain file path for SQLite.
-fn database_url(database: &str) -> anyhow::Result<(Backend, String, Option<PathBuf>)> {
+fn database_url(database: &str) -> anyhow::Result<(Backend, String)> {
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        return Ok((Backend::Postgres, database.to_owned(), None));
+        return Ok((Backend::Postgres, database.to_owned()));
     }
-    if let Some(rest) = database.strip_prefix("sqlite:") {
-        let (path, parameters) = rest.split_once('?').unwrap_or((rest, ""));
-        let path = path.strip_prefix("//").unwrap_or(path);
-        let in_memory = path.is_empty() || path == ":memory:" || parameters.contains("mode=memory");
-        let file = (!in_memory).then(|| PathBuf::from(path));
-        return Ok((Backend::Sqlite, database.to_owned(), file));
+    if database.starts_with("sqlite:") {
+        return Ok((Backend::Sqlite, database.to_owned()));
     }
     anyhow::ensure!(!database.is_empty(), "the database setting is empty");
     let path = Path::new(database);
@@ -1346,11 +661,7 @@ fn database_url(database: &str) -> anyhow::Result<(Backend, String, Option<PathB
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    Ok((
-        Backend::Sqlite,
-        format!("sqlite://{database}?mode=rwc"),
-        Some(path.to_owned()),
-    ))
+    Ok((Backend::Sqlite, format!("sqlite://{database}?mode=rwc")))
 }
 
 #[cfg(test)]

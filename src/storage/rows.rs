@@ -1,16 +1,13 @@
 //! The SQL of the store, written once for both engines (`$n` placeholders work in SQLite and
-//! PostgreSQL), and the mapping between rows and domain records. The statements that bind many
-//! values are built per engine (see [`placeholder`]).
+//! PostgreSQL), and the mapping between rows and domain records.
 
-use super::fresh::Head;
-use super::{Backend, StoredResult, db_error};
+use super::{Result, StorageError, StoredResult, db_error};
 use crate::crypto::Sealed;
 use crate::domain::onboarding::{
     CredentialRecord, CreditorRecord, EventRecord, Lease, OnboardingRecord, StageRecord,
 };
 use crate::domain::validate::OnboardingKey;
 use crate::domain::{BlockedOn, CredentialField, Environment, OnboardingState, Stage, StageState};
-use crate::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::Row;
@@ -26,72 +23,11 @@ macro_rules! onboarding_select {
 }
 
 pub const SELECT_ONBOARDING: &str = onboarding_select!("WHERE tenant = $1 AND environment = $2");
-/// Most onboardings [`select_heads`] asks for at once.
-pub const ONBOARDINGS_PER_SELECT: usize = 32;
-
-/// The heads (see [`head`]) of `n` onboardings (1 ≤ n ≤ [`ONBOARDINGS_PER_SELECT`]), binding tenant
-/// and environment of each in turn.
-pub fn select_heads(backend: Backend, n: usize) -> &'static str {
-    static QUERIES: Built = Built::new(ONBOARDINGS_PER_SELECT, |backend, n| {
-        let keys = (0..n)
-            .map(|i| {
-                format!(
-                    "(tenant = {} AND environment = {})",
-                    placeholder(backend, 2 * i + 1),
-                    placeholder(backend, 2 * i + 2)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" OR ");
-        format!(
-            "SELECT id, tenant, environment, revision, last_event FROM onboardings WHERE {keys}"
-        )
-    });
-    QUERIES.get(backend, n)
-}
-
-/// The placeholder of the `index`th value bound (from 1). SQLite finds a numbered placeholder's
-/// value by looking its name up among all of the statement's names, so binding n of them costs n²:
-/// a few milliseconds for an INSERT of hundreds of values. Its plain `?`, bound in order, costs
-/// nothing to look up.
-fn placeholder(backend: Backend, index: usize) -> String {
-    match backend {
-        Backend::Sqlite => "?".to_owned(),
-        Backend::Postgres => format!("${index}"),
-    }
-}
-
-/// Statements of 1 to `most` items, built for an engine when it first uses them.
-struct Built {
-    most: usize,
-    build: fn(Backend, usize) -> String,
-    built: [std::sync::OnceLock<Vec<String>>; 2],
-}
-
-impl Built {
-    const fn new(most: usize, build: fn(Backend, usize) -> String) -> Self {
-        Self {
-            most,
-            build,
-            built: [std::sync::OnceLock::new(), std::sync::OnceLock::new()],
-        }
-    }
-
-    fn get(&self, backend: Backend, n: usize) -> &str {
-        let built = self.built[usize::from(backend == Backend::Postgres)]
-            .get_or_init(|| (0..=self.most).map(|n| (self.build)(backend, n)).collect());
-        &built[n.clamp(1, self.most)]
-    }
-}
+/// The revision of an onboarding: whether what the cache keeps of it is current.
+pub const SELECT_REVISION: &str =
+    "SELECT id, revision FROM onboardings WHERE tenant = $1 AND environment = $2";
 pub const SELECT_ONBOARDING_FOR_UPDATE: &str =
     onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE");
-/// PostgreSQL: [`SELECT_ONBOARDING_FOR_UPDATE`] with the columns of [`SELECT_RESULT`] beside it, for
-/// the tenant's request_id $3 (NULL when no result is stored under it): one round trip.
-pub const SELECT_ONBOARDING_FOR_UPDATE_WITH_RESULT: &str = concat!(
-    "SELECT o.*, r.method, r.request_hash, r.response FROM (",
-    onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE"),
-    ") o LEFT JOIN idempotency_keys r ON r.tenant = $1 AND r.request_id = $3"
-);
 pub const LIST_ONBOARDINGS: &str = onboarding_select!(
     "WHERE (tenant > $1 OR (tenant = $1 AND environment > $2)) "
     "AND ($3 = '' OR environment = $3) AND ($4 = '' OR state = $4) AND ($5 = '' OR blocked_on = $5) "
@@ -101,7 +37,7 @@ pub const LIST_ONBOARDINGS: &str = onboarding_select!(
 pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time, revision) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7, revision = $8 \
-     WHERE id = $9 AND tenant = $10 AND version = $11 AND revision = $12 AND last_event = $13";
+     WHERE id = $9 AND tenant = $10 AND revision = $11";
 
 pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time, attempts, next_attempt_time FROM stages \
      WHERE onboarding_id = $1 AND tenant = $2";
@@ -151,49 +87,17 @@ pub const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (onboarding_id, cre
      ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, principal = excluded.principal, \
      set_by = excluded.set_by, set_time = excluded.set_time, verify_time = excluded.verify_time";
 
+/// PostgreSQL: takes the lock of onboarding $1 of tenant $2, as every write of it does first.
+pub const LOCK_ONBOARDING_BY_ID: &str =
+    "SELECT id FROM onboardings WHERE id = $1 AND tenant = $2 FOR UPDATE";
+/// Marks onboarding $1 of tenant $2 as changed (see `cache`).
+pub const MOVE_REVISION: &str =
+    "UPDATE onboardings SET revision = revision + 1 WHERE id = $1 AND tenant = $2";
+
 pub const DELETE_CREDENTIAL: &str = "DELETE FROM credentials WHERE onboarding_id = $1 AND creditor_id = $2 AND field = $3 AND tenant = $4";
 
-/// Moves an onboarding's event count on by $1 audited reads, if it is still at revision $4.
-pub const COUNT_AUDITED_READS: &str = "UPDATE onboardings SET last_event = last_event + $1 \
-     WHERE id = $2 AND tenant = $3 AND revision = $4 RETURNING last_event";
-/// PostgreSQL: the events of audited reads of one onboarding, in one statement that commits on its
-/// own. Moves `last_event` on by $1 if onboarding $2 of tenant $3 is still at revision $4, and
-/// inserts the events of $5 — a JSON array of objects with the columns below and `k`, the event's
-/// place from 0 — under the sequence numbers that frees. No row when the revision has moved
-/// (nothing is written).
-pub const APPEND_AUDITED_READS: &str = "WITH moved AS (UPDATE onboardings SET last_event = last_event + $1 \
-     WHERE id = $2 AND tenant = $3 AND revision = $4 RETURNING last_event), \
-     written AS (INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \
-     SELECT $2, moved.last_event - $1 + 1 + e.k, $3, e.event_time, e.actor, e.method, e.request_id, e.correlation_id, e.outcome, e.summary, e.transitions \
-     FROM moved CROSS JOIN json_to_recordset($5::json) AS e(k bigint, event_time bigint, actor text, method text, request_id text, \
-     correlation_id text, outcome text, summary text, transitions text)) \
-     SELECT last_event FROM moved";
-/// Most events one INSERT writes.
-pub const EVENTS_PER_INSERT: usize = 64;
-/// Values bound per event by [`insert_events`].
-pub const EVENT_VALUES: usize = 11;
-
-/// The INSERT of `n` events (1 ≤ n ≤ [`EVENTS_PER_INSERT`]), [`EVENT_VALUES`] values each, in the
-/// order of `INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method,
-/// request_id, correlation_id, outcome, summary, transitions)`.
-pub fn insert_events(backend: Backend, n: usize) -> &'static str {
-    static QUERIES: Built = Built::new(EVENTS_PER_INSERT, |backend, n| {
-        let rows = (0..n)
-            .map(|row| {
-                let values = (1..=EVENT_VALUES)
-                    .map(|column| placeholder(backend, row * EVENT_VALUES + column))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("({values})")
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) VALUES {rows}"
-        )
-    });
-    QUERIES.get(backend, n)
-}
+pub const INSERT_EVENT: &str = "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 pub const LIST_EVENTS: &str = "SELECT sequence, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions FROM events \
      WHERE onboarding_id = $1 AND tenant = $2 AND sequence > $3 ORDER BY sequence LIMIT $4";
 
@@ -220,7 +124,7 @@ pub const INSERT_RESULT: &str = "INSERT INTO idempotency_keys (tenant, request_i
 
 /// Serialises a JSON column.
 pub fn json<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Internal(e.into()))
+    serde_json::to_string(value).map_err(|e| StorageError::Internal(e.into()))
 }
 
 /// Serialises a nullable JSON column.
@@ -230,7 +134,9 @@ pub fn json_opt<T: Serialize>(value: &Option<T>) -> Result<Option<String>> {
 
 fn parse_json<T: DeserializeOwned>(column: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| {
-        Error::Internal(anyhow::Error::new(e).context(format!("stored {column} is not valid")))
+        StorageError::Internal(
+            anyhow::Error::new(e).context(format!("stored {column} is not valid")),
+        )
     })
 }
 
@@ -245,22 +151,7 @@ where
 fn stored<T>(row: &AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
     let text: String = get(row, column)?;
     parse(&text)
-        .ok_or_else(|| Error::Internal(anyhow::anyhow!("stored {column} {text:?} is not known")))
-}
-
-/// A row of [`select_heads`]: the onboarding's key and head.
-pub fn head(row: &AnyRow) -> Result<((String, Environment), Head)> {
-    Ok((
-        (
-            get(row, "tenant")?,
-            stored(row, "environment", Environment::parse)?,
-        ),
-        Head {
-            id: get(row, "id")?,
-            revision: get(row, "revision")?,
-            last_event: get(row, "last_event")?,
-        },
-    ))
+        .ok_or_else(|| StorageError::internal(format!("stored {column} {text:?} is not known")))
 }
 
 pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
