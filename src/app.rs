@@ -20,7 +20,7 @@ use crate::proto::onboarding_service_server::OnboardingServiceServer;
 use crate::proto::payment_configuration_service_server::PaymentConfigurationServiceServer;
 use crate::reconciler::{self, ReconcilerSettings};
 use crate::simulator::{self, RunningSimulator, SimulatorConfig};
-use crate::storage::{Store, StoreOptions};
+use crate::storage::{StorageError, Store, StoreOptions};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -358,23 +358,37 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// How often the database is checked while it cannot be reached.
+/// How often the database is checked while it cannot be reached or take writes.
 const UNREACHABLE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not
-/// (and calls are refused at once meanwhile), and NOT_SERVING for good once draining starts.
+/// The health entry of the database alone: NOT_SERVING also while it answers but refuses writes
+/// (its disk full), when the service itself still serves reads.
+const DATABASE_HEALTH: &str = "database";
+
+/// What the health check found of the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DatabaseHealth {
+    Answering,
+    /// It answers, but the disk that holds it is full: writes are refused, reads go on.
+    DiskFull,
+    Unreachable,
+}
+
+/// Keeps health in step with the database: everything SERVING while it answers; the `database`
+/// entry NOT_SERVING while its disk is full; everything NOT_SERVING while it does not answer (and
+/// calls are refused at once meanwhile), and for good once draining starts.
 async fn watch_database(
     health: HealthReporter,
     store: Store,
     interval: Duration,
-    initial: ServingStatus,
+    initial: DatabaseHealth,
     shutdown: CancellationToken,
 ) {
     let mut last = initial;
     loop {
-        // While the database is away, look again soon, so that calls are let through again
-        // within moments of its return.
-        let wait = if last == ServingStatus::Serving {
+        // While the database is away or full, look again soon, so that calls are let through
+        // again within moments of its return.
+        let wait = if last == DatabaseHealth::Answering {
             interval
         } else {
             interval.min(UNREACHABLE_CHECK_INTERVAL)
@@ -387,7 +401,7 @@ async fn watch_database(
         if shutdown.is_cancelled() {
             return;
         }
-        store.set_reachable(status == ServingStatus::Serving);
+        store.set_reachable(status != DatabaseHealth::Unreachable);
         if last != status {
             report(&health, status).await;
             last = status;
@@ -395,23 +409,37 @@ async fn watch_database(
     }
 }
 
-/// SERVING when the database answers within the check interval (at least 500 ms).
-async fn database_status(store: &Store, interval: Duration) -> ServingStatus {
+/// What the database does within the check interval (at least 500 ms).
+async fn database_status(store: &Store, interval: Duration) -> DatabaseHealth {
     match store.ping(interval.max(Duration::from_millis(500))).await {
-        Ok(()) => ServingStatus::Serving,
-        Err(_) => ServingStatus::NotServing,
+        Ok(()) => DatabaseHealth::Answering,
+        Err(StorageError::DiskFull(_)) => DatabaseHealth::DiskFull,
+        Err(_) => DatabaseHealth::Unreachable,
     }
 }
 
-async fn report(health: &HealthReporter, status: ServingStatus) {
-    if status == ServingStatus::Serving {
-        tracing::info!("database reachable: SERVING");
-    } else {
-        tracing::warn!("database unreachable: NOT_SERVING");
+async fn report(health: &HealthReporter, status: DatabaseHealth) {
+    let (service, database) = match status {
+        DatabaseHealth::Answering => {
+            tracing::info!("database reachable: SERVING");
+            (ServingStatus::Serving, ServingStatus::Serving)
+        }
+        DatabaseHealth::DiskFull => {
+            tracing::error!(
+                "the disk that holds the database is full: changes are refused until space is \
+                 freed, reads are served; health entry \"database\" NOT_SERVING"
+            );
+            (ServingStatus::Serving, ServingStatus::NotServing)
+        }
+        DatabaseHealth::Unreachable => {
+            tracing::warn!("database unreachable: NOT_SERVING");
+            (ServingStatus::NotServing, ServingStatus::NotServing)
+        }
+    };
+    for name in HEALTH_SERVICES {
+        health.set_service_status(name, service).await;
     }
-    for service in HEALTH_SERVICES {
-        health.set_service_status(service, status).await;
-    }
+    health.set_service_status(DATABASE_HEALTH, database).await;
 }
 
 /// Asks the server at `address` for its overall health; `Ok` only when it is SERVING.

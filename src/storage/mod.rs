@@ -185,18 +185,31 @@ impl Store {
     }
 
     /// Whether the database answers `SELECT 1` within `within`, on the health check's own
-    /// connection. A write refused for a full disk since the last one that committed also fails
-    /// it: the database answers, but cannot do all of its work.
+    /// connection. While a write refused for a full disk is noted, it also tries a small write of
+    /// its own, and the note stands until a write commits: the database answers, but cannot do all
+    /// of its work.
     pub async fn ping(&self, within: Duration) -> Result<()> {
-        match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(&self.health)).await {
-            Ok(Ok(_)) if self.disk_full.load(Ordering::Relaxed) => Err(StorageError::DiskFull(
-                anyhow::anyhow!("the last write was refused for a full disk"),
-            )),
-            Ok(outcome) => outcome.map(drop).map_err(db_error),
-            Err(_) => Err(StorageError::Unreachable(anyhow::anyhow!(
+        let check = async {
+            sqlx::query("SELECT 1")
+                .execute(&self.health)
+                .await
+                .map_err(db_error)?;
+            if self.disk_full.load(Ordering::Relaxed) {
+                let written = sqlx::query(rows::PROBE_WRITE)
+                    .bind(crate::domain::now_micros())
+                    .execute(&self.writer)
+                    .await
+                    .map_err(db_error);
+                written?;
+                self.disk_full.store(false, Ordering::Relaxed);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(within, check).await.unwrap_or_else(|_| {
+            Err(StorageError::Unreachable(anyhow::anyhow!(
                 "no answer to the health check within {within:?}"
-            ))),
-        }
+            )))
+        })
     }
 
     /// Records what the health check found: while unreachable, every call is refused at once.

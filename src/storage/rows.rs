@@ -87,6 +87,9 @@ pub const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (onboarding_id, cre
      ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint, principal = excluded.principal, \
      set_by = excluded.set_by, set_time = excluded.set_time, verify_time = excluded.verify_time";
 
+/// The health check's own write (see `migrations/0005_write_probe.sql`).
+pub const PROBE_WRITE: &str = "INSERT INTO write_probe (id, probe_time) VALUES (1, $1) \
+     ON CONFLICT (id) DO UPDATE SET probe_time = excluded.probe_time";
 /// PostgreSQL: takes the lock of onboarding $1 of tenant $2, as every write of it does first.
 pub const LOCK_ONBOARDING_BY_ID: &str =
     "SELECT id FROM onboardings WHERE id = $1 AND tenant = $2 FOR UPDATE";

@@ -4,6 +4,12 @@
 //! onboarding's row — reads what it changes, writes, and commits. Concurrent writes of one
 //! onboarding therefore take turns, none loses another's update, and its audit events are numbered
 //! in commit order.
+//!
+//! The write says BEGIN, COMMIT and ROLLBACK itself rather than through sqlx's transaction guard:
+//! when SQLite refuses a COMMIT (a full disk) it may roll back on its own, the guard's ROLLBACK then
+//! fails, and sqlx keeps the connection marked as inside a transaction, so that every later write
+//! on the single writer connection would fail. A connection whose state is not known is closed
+//! instead of going back to the pool.
 
 use super::cache::{Cache, SealedSecrets, Snapshot};
 use super::error::classify;
@@ -14,7 +20,8 @@ use crate::crypto::Sealed;
 use crate::domain::onboarding::{CredentialRecord, CreditorRecord, EventRecord, OnboardingRecord};
 use crate::domain::validate::TenantId;
 use crate::domain::{CredentialField, Environment};
-use sqlx::Any;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Executor};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,7 +36,8 @@ pub struct Locked {
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
 pub struct WriteTx {
     backend: Backend,
-    tx: sqlx::Transaction<'static, Any>,
+    /// The connection inside the transaction; taken by commit, rolled back if still here on drop.
+    connection: Option<PoolConnection<Any>>,
     cache: Arc<Cache>,
     /// The store's note of a write refused for a full disk (see [`super::Store::ping`]).
     disk_full: Arc<AtomicBool>,
@@ -45,16 +53,17 @@ impl WriteTx {
         cache: Arc<Cache>,
         disk_full: Arc<AtomicBool>,
     ) -> Result<Self> {
-        let tx = match backend {
+        let mut connection = writer.acquire().await.map_err(db_error)?;
+        let begin = match backend {
             // Takes the write lock now, not at the first write: a transaction that read first
             // could otherwise fail to upgrade its lock when another process wrote meanwhile.
-            Backend::Sqlite => writer.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => writer.begin().await,
-        }
-        .map_err(db_error)?;
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        connection.execute(begin).await.map_err(db_error)?;
         Ok(Self {
             backend,
-            tx,
+            connection: Some(connection),
             cache,
             disk_full,
             after: None,
@@ -77,14 +86,14 @@ impl WriteTx {
         let row = sqlx::query(select)
             .bind(tenant.as_str())
             .bind(environment.as_str())
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.db())
             .await
             .map_err(db_error)?;
         let result = match result_of {
             Some(request_id) => sqlx::query(rows::SELECT_RESULT)
                 .bind(tenant.as_str())
                 .bind(request_id)
-                .fetch_optional(&mut *self.tx)
+                .fetch_optional(self.db())
                 .await
                 .map_err(db_error)?
                 .as_ref()
@@ -106,7 +115,7 @@ impl WriteTx {
         {
             Some(kept) => kept,
             None => {
-                let read = Arc::new(load_children(&mut self.tx, head).await?);
+                let read = Arc::new(load_children(self.db(), head).await?);
                 self.cache.put(read.clone());
                 read
             }
@@ -135,7 +144,7 @@ impl WriteTx {
             .bind(&result.request_hash)
             .bind(&result.response)
             .bind(now)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| {
                 let what = || format!("a result under request_id {request_id}");
@@ -160,7 +169,7 @@ impl WriteTx {
             .bind(record.create_time)
             .bind(record.update_time)
             .bind(record.revision)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, classify(error, || record.key().name())))?;
         for stage in &record.stages {
@@ -202,7 +211,7 @@ impl WriteTx {
             .bind(&after.id)
             .bind(&after.tenant)
             .bind(before.revision)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         // Only a write that did not take the onboarding's lock could have changed it.
@@ -259,7 +268,7 @@ impl WriteTx {
             .bind(rows::json_opt(&creditor.webhooks)?)
             .bind(record.update_time)
             .bind(record.update_time)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, classify(error, || creditor.name.clone())))?;
         Ok(())
@@ -281,7 +290,7 @@ impl WriteTx {
             .bind(record.update_time)
             .bind(&creditor.id)
             .bind(&record.tenant)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         Ok(())
@@ -308,7 +317,7 @@ impl WriteTx {
             .bind(stage.lease.as_ref().map(|lease| lease.expire_time))
             .bind(stage.attempts)
             .bind(stage.next_attempt_time)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         Ok(())
@@ -334,7 +343,7 @@ impl WriteTx {
             .bind(&credential.set_by)
             .bind(credential.set_time)
             .bind(credential.verify_time)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         if let Some((_, kept)) = &mut self.after {
@@ -356,7 +365,7 @@ impl WriteTx {
             .bind(scope)
             .bind(field.as_str())
             .bind(&record.tenant)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         if let Some((_, kept)) = &mut self.after {
@@ -383,7 +392,7 @@ impl WriteTx {
             .bind(&event.outcome)
             .bind(&event.summary)
             .bind(rows::json(&event.transitions)?)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         Ok(())
@@ -396,7 +405,7 @@ impl WriteTx {
             sqlx::query(rows::LOCK_ONBOARDING_BY_ID)
                 .bind(&secret.onboarding_id)
                 .bind(&secret.tenant)
-                .execute(&mut *self.tx)
+                .execute(self.db())
                 .await
                 .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         }
@@ -410,7 +419,7 @@ impl WriteTx {
             .bind(&secret.tenant)
             .bind(&secret.sealed.key_id)
             .bind(&secret.sealed.nonce)
-            .execute(&mut *self.tx)
+            .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, db_error(error)))?
             .rows_affected()
@@ -419,34 +428,61 @@ impl WriteTx {
             sqlx::query(rows::MOVE_REVISION)
                 .bind(&secret.onboarding_id)
                 .bind(&secret.tenant)
-                .execute(&mut *self.tx)
+                .execute(self.db())
                 .await
                 .map_err(|error| noted(&self.disk_full, db_error(error)))?;
         }
         Ok(replaced)
     }
 
+    /// The transaction's connection.
+    fn db(&mut self) -> &mut AnyConnection {
+        self.connection
+            .as_deref_mut()
+            .expect("a write's connection is there until it commits")
+    }
+
     /// Commits, and keeps what the onboarding now holds for the next read or write of it.
-    pub async fn commit(self) -> Result<()> {
-        let Self {
-            tx,
-            cache,
-            after,
-            disk_full,
-            ..
-        } = self;
-        tx.commit()
-            .await
-            .map_err(|error| noted(&disk_full, db_error(error)))?;
-        disk_full.store(false, Ordering::Relaxed);
-        if let Some((mut record, sealed)) = after {
+    pub async fn commit(mut self) -> Result<()> {
+        let mut connection = self
+            .connection
+            .take()
+            .expect("a write's connection is there until it commits");
+        if let Err(error) = connection.execute("COMMIT").await {
+            // Committed, rolled back, or still open: not known, so not reused.
+            connection.close_on_drop();
+            return Err(noted(&self.disk_full, db_error(error)));
+        }
+        self.disk_full.store(false, Ordering::Relaxed);
+        if let Some((mut record, sealed)) = self.after.take() {
             super::in_stored_order(&mut record);
-            cache.put(Arc::new(Snapshot {
+            self.cache.put(Arc::new(Snapshot {
                 record: Arc::new(record),
                 sealed,
             }));
         }
         Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    /// Rolls back a write that did not commit, in a task of its own (the lock is let go at once,
+    /// and the connection goes back to the pool after); a connection that cannot be rolled back
+    /// is closed.
+    fn drop(&mut self) {
+        let Some(mut connection) = self.connection.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if connection.execute("ROLLBACK").await.is_err() {
+                        connection.close_on_drop();
+                    }
+                });
+            }
+            Err(_) => connection.close_on_drop(),
+        }
     }
 }
 
