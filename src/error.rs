@@ -1,19 +1,16 @@
 //! The one error type of the service's operations. Each variant is something a caller can act on,
 //! except `Internal`, which carries the cause chain for the logs. The transport maps each variant to a
 //! gRPC status in exactly one place (`grpc::status`).
+//!
+//! The layers below have errors of their own, which this one wraps or translates: the domain's
+//! [`Refusal`], auth's [`PermissionDenied`] and the Billecta client's [`BillectaError`]. None of them
+//! knows about this type.
 
+use crate::auth::PermissionDenied;
+use crate::billecta::BillectaError;
+use crate::domain::failure::{Refusal, UnmetStage};
 use crate::domain::validate::FieldViolation;
-use crate::domain::{Stage, StageState};
 use std::time::Duration;
-
-/// A stage that must be done before the call can proceed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnmetStage {
-    /// The stage's resource, such as `tenants/gp/environments/test/stages/AGREEMENT`.
-    pub subject: String,
-    pub stage: Stage,
-    pub state: StageState,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -54,15 +51,9 @@ pub enum Error {
     #[error("{message}")]
     Unauthenticated { message: String },
 
-    /// A valid caller without the permission, or outside its tenants. Says nothing of whether the
-    /// resource exists.
-    #[error(
-        "caller {caller:?} may not do this: it needs the {permission} permission for this tenant"
-    )]
-    PermissionDenied {
-        caller: String,
-        permission: crate::auth::Permission,
-    },
+    /// A valid caller without the permission, or outside its tenants.
+    #[error(transparent)]
+    PermissionDenied(#[from] PermissionDenied),
 
     /// The caller's etag is not the resource's current one (AIP-154).
     #[error("the etag does not match {resource}'s current etag")]
@@ -85,7 +76,7 @@ pub enum Error {
     /// or not finding a resource is a failed precondition; Billecta down or slow is UNAVAILABLE with
     /// the time to wait. Billecta's own message travels with it; credentials never do.
     #[error("{0}")]
-    Billecta(#[from] crate::billecta::BillectaError),
+    Billecta(#[from] BillectaError),
 
     /// Anything a caller cannot act on. Logged with its cause; callers see only that it happened.
     #[error("internal error")]
@@ -103,5 +94,30 @@ impl From<Vec<FieldViolation>> for Error {
 impl From<FieldViolation> for Error {
     fn from(violation: FieldViolation) -> Self {
         Error::InvalidArgument(vec![violation])
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::StagesNotDone {
+                resource,
+                unmet,
+                message,
+            } => Error::StagesNotDone {
+                resource,
+                unmet,
+                message,
+            },
+            Refusal::Precondition {
+                reason,
+                subject,
+                message,
+            } => Error::Precondition {
+                reason,
+                subject,
+                message,
+            },
+        }
     }
 }

@@ -5,10 +5,9 @@
 //! read shows exactly what the last change decided. The functions here are the only place that
 //! chooses those values.
 
+use super::failure::{FailureKind, Refusal, StageFailure, UnmetStage};
 use super::onboarding::{CreditorRecord, DueItem, OnboardingRecord, StageRecord};
 use super::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
-use crate::billecta::{BillectaError, ErrorKind};
-use crate::error::{Error, UnmetStage};
 
 /// The stages of an environment, in order.
 pub const ENVIRONMENT_STAGES: [Stage; 2] = [Stage::Agreement, Stage::Account];
@@ -214,7 +213,7 @@ pub fn require_done(
     record: &OnboardingRecord,
     required: &[Stage],
     action: &str,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let stages = required.iter().map(|stage| record.stage(*stage));
     unmet_error(record, None, stages, action)
 }
@@ -225,7 +224,7 @@ pub fn require_creditor_done(
     creditor: &CreditorRecord,
     required: &[Stage],
     action: &str,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     require_done(record, &ENVIRONMENT_STAGES, action)?;
     let stages = creditor
         .stages
@@ -241,7 +240,7 @@ fn unmet_error<'a>(
     owner: Option<&str>,
     stages: impl Iterator<Item = &'a StageRecord>,
     action: &str,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let mut unmet_stages = stages.filter(|stage| !stage.state.is_done()).peekable();
     if unmet_stages.peek().is_none() {
         return Ok(());
@@ -256,7 +255,7 @@ fn unmet_error<'a>(
         })
         .collect();
     let list: Vec<&str> = unmet.iter().map(|u| u.stage.as_str()).collect();
-    Err(Error::StagesNotDone {
+    Err(Refusal::StagesNotDone {
         message: format!(
             "{action} needs these stages completed first: {}",
             list.join(", ")
@@ -538,45 +537,45 @@ pub fn stage_skipped(creditor: &mut CreditorRecord, stage: Stage, reason: &str, 
 
 /// A Billecta call for the stage failed: transient failures leave it retrying (waiting is not
 /// failing), refusals say what must change and who must act.
-pub fn billecta_failed(stage: &mut StageRecord, error: &BillectaError, now: Micros) {
-    let (state, blocked_on, reason, message) = match error.kind() {
-        ErrorKind::Transient => (
+pub fn billecta_failed(stage: &mut StageRecord, failure: &StageFailure, now: Micros) {
+    let (state, blocked_on, reason, message) = match failure.kind {
+        FailureKind::Unavailable => (
             StageState::InProgress,
             BlockedOn::SystemRetrying,
             "BILLECTA_UNAVAILABLE",
-            format!("Billecta did not answer ({error}); the step is retried."),
+            format!("Billecta did not answer ({failure}); the step is retried."),
         ),
-        ErrorKind::BadCredentials => (
+        FailureKind::CredentialsRejected => (
             StageState::ActionRequired,
             BlockedOn::Tenant,
             "BILLECTA_CREDENTIALS_REJECTED",
             format!(
-                "Billecta refused the stored credentials ({error}). Confirm the account again with ConfirmAccountActivation."
+                "Billecta refused the stored credentials ({failure}). Confirm the account again with ConfirmAccountActivation."
             ),
         ),
-        ErrorKind::InvalidInput => (
+        FailureKind::Refused => (
             StageState::Failed,
             BlockedOn::PaywayOperations,
             "BILLECTA_REJECTED",
-            format!("Billecta refused the data: {error}"),
+            format!("Billecta refused the data: {failure}"),
         ),
-        ErrorKind::NotFound => (
+        FailureKind::Gone => (
             StageState::Broken,
             BlockedOn::PaywayOperations,
             "BILLECTA_NOT_FOUND",
-            format!("Billecta no longer has it: {error}"),
+            format!("Billecta no longer has it: {failure}"),
         ),
-        ErrorKind::Unexpected => (
+        FailureKind::Unexpected => (
             StageState::Failed,
             BlockedOn::PaywayOperations,
             "BILLECTA_UNEXPECTED_RESPONSE",
-            format!("Billecta answered unexpectedly: {error}"),
+            format!("Billecta answered unexpectedly: {failure}"),
         ),
     };
     let attempts = stage.attempts;
     stage.set(state, blocked_on, Vec::new(), reason, &message, now);
     stage.lease = None;
-    if error.is_transient() {
+    if failure.kind == FailureKind::Unavailable {
         // Capped exponential backoff for the reconciler: 5 s, 10 s, 20 s, ... at most 10 minutes.
         stage.attempts = attempts + 1;
         let exponent = u32::try_from(attempts.clamp(0, 7)).unwrap_or(7);

@@ -105,11 +105,11 @@ pub fn to_status(error: Error) -> Status {
             details.set_error_info("UNAUTHENTICATED", ERROR_DOMAIN, HashMap::new());
             (Code::Unauthenticated, message.clone())
         }
-        Error::PermissionDenied { permission, .. } => {
+        Error::PermissionDenied(denied) => {
             details.set_error_info(
                 "PERMISSION_DENIED",
                 ERROR_DOMAIN,
-                metadata(&[("permission", permission.as_str())]),
+                metadata(&[("permission", denied.permission.as_str())]),
             );
             (Code::PermissionDenied, error.to_string())
         }

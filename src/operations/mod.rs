@@ -282,7 +282,7 @@ impl Operations {
                 username: None,
                 activate_time: None,
             };
-            record.register_account(account, now)
+            Ok(record.register_account(account, now)?)
         })
         .await
     }

@@ -19,6 +19,7 @@ use crate::billecta::model::Creditor;
 use crate::billecta::{BillectaError, Deadline, ErrorKind};
 use crate::crypto::SecretContext;
 use crate::desired;
+use crate::domain::failure::{FailureKind, StageFailure};
 use crate::domain::onboarding::{
     CompanySettings, CredentialRecord, CreditorRecord, InvoiceSettings, Lease, OnboardingRecord,
     StageRecord,
@@ -124,7 +125,7 @@ pub(super) fn settle_failure(
     if claimed.before.state == StageState::Completed {
         restore(record, claimed);
     } else {
-        stages::billecta_failed(stage_mut(record, &claimed.target), error, now);
+        stages::billecta_failed(stage_mut(record, &claimed.target), &error.into(), now);
     }
 }
 
@@ -203,6 +204,23 @@ pub(super) fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Res
             ),
         }),
         _ => Ok(()),
+    }
+}
+
+/// The one translation of a Billecta error into the stage machine's terms.
+impl From<&BillectaError> for StageFailure {
+    fn from(error: &BillectaError) -> Self {
+        let kind = match error.kind() {
+            ErrorKind::Transient => FailureKind::Unavailable,
+            ErrorKind::BadCredentials => FailureKind::CredentialsRejected,
+            ErrorKind::InvalidInput => FailureKind::Refused,
+            ErrorKind::NotFound => FailureKind::Gone,
+            ErrorKind::Unexpected => FailureKind::Unexpected,
+        };
+        StageFailure {
+            kind,
+            description: error.to_string(),
+        }
     }
 }
 
@@ -606,7 +624,11 @@ impl Operations {
                             verified: false,
                         };
                         let secret = self.seal(record, call, unverified, now)?;
-                        stages::billecta_failed(record.stage_mut(Stage::Account), &error, now);
+                        stages::billecta_failed(
+                            record.stage_mut(Stage::Account),
+                            &(&error).into(),
+                            now,
+                        );
                         Ok(Written {
                             summary,
                             secrets: vec![secret],
