@@ -7,13 +7,14 @@
 //! `shutdown_grace` to finish, then the database pool is closed and the sandbox's simulators stop.
 
 use crate::auth::Callers;
-use crate::billecta::{Billecta, BillectaClient};
+use crate::billecta::{Billecta, BillectaClient, BreakerState};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::Environment;
 use crate::grpc::OnboardingApi;
 use crate::grpc::PaymentConfigurationApi;
 use crate::grpc::call::CallLayer;
+use crate::metrics::{self, Breaker, Funnel};
 use crate::operations::{Operations, StageTiming};
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingServiceServer;
@@ -327,15 +328,12 @@ async fn serve_metrics(listener: TcpListener, operations: Operations, shutdown: 
         get(move || {
             let operations = operations.clone();
             async move {
-                let text = crate::metrics::metrics()
-                    .render(operations.store(), operations.billecta())
-                    .await;
                 (
                     [(
                         http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    text,
+                    scrape(&operations).await,
                 )
             }
         }),
@@ -347,6 +345,25 @@ async fn serve_metrics(listener: TcpListener, operations: Operations, shutdown: 
     {
         tracing::error!(error = %error, "the metrics endpoint stopped");
     }
+}
+
+/// The metrics' exposition, with what they cannot read themselves: the Billecta breakers' states and
+/// the funnel from the database, both as they are now.
+async fn scrape(operations: &Operations) -> String {
+    let billecta = operations.billecta();
+    let breaker = |environment| match billecta.client(environment).breaker_state() {
+        BreakerState::Closed => Breaker::Closed,
+        BreakerState::HalfOpen => Breaker::HalfOpen,
+        BreakerState::Open => Breaker::Open,
+    };
+    let funnel = async {
+        let counted = operations.store().funnel().await;
+        counted.map(|counted| Funnel {
+            onboardings: counted.onboardings,
+            stages: counted.stages,
+        })
+    };
+    metrics::metrics().render(breaker, funnel).await
 }
 
 /// Reflection over the API, health and the google.rpc error details, so that grpcurl can describe

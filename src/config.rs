@@ -5,18 +5,10 @@ use crate::auth::Callers;
 use crate::billecta::{self, BreakerPolicy, ClientSettings, RetryPolicy};
 use crate::crypto::Keyring;
 use crate::domain::Environment;
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::telemetry::{LogFormat, TraceExport};
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One readable line per event, for a terminal.
-    Human,
-    /// One JSON object per line, with the call's span fields (request id, method), for log shippers.
-    Json,
-}
 
 /// Onboards Payway tenants onto Billecta over gRPC and keeps their integration healthy.
 #[derive(Debug, Clone, Parser)]
@@ -353,9 +345,9 @@ pub enum Command {
 
 impl Config {
     /// Where and how traces are exported, if they are.
-    pub fn tracing_export(&self) -> Option<crate::telemetry::TraceExport> {
+    pub fn tracing_export(&self) -> Option<TraceExport> {
         let endpoint = self.otlp_endpoint.trim();
-        (!endpoint.is_empty()).then(|| crate::telemetry::TraceExport {
+        (!endpoint.is_empty()).then(|| TraceExport {
             endpoint: endpoint.to_owned(),
             service_name: self.otlp_service_name.clone(),
             sample_ratio: self.trace_sample_ratio,
