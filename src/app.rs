@@ -7,7 +7,6 @@
 //! `shutdown_grace` to finish, then the database pool is closed and the sandbox's simulators stop.
 
 use crate::auth::Callers;
-use crate::billecta::{Billecta, BillectaClient, BreakerState};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::Environment;
@@ -23,6 +22,7 @@ use crate::reconciler::{self, ReconcilerSettings};
 use crate::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::storage::{Store, StoreOptions};
 use anyhow::Context;
+use billecta_client::{Billecta, BillectaClient, BreakerState, ClientSettings, Observer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,7 +140,11 @@ impl Application {
                 Some(sandbox) => sandbox.simulator(environment).base_url(),
                 None => config.billecta_url(environment).to_owned(),
             };
-            BillectaClient::new(environment, config.billecta_settings(&base_url))
+            let settings = ClientSettings {
+                observer: Some(Arc::new(CountedInMetrics)),
+                ..config.billecta_settings(&base_url)
+            };
+            BillectaClient::new(environment, settings)
         };
         let billecta = Billecta::new(client(Environment::Test)?, client(Environment::Production)?);
         Ok(Self {
@@ -364,6 +368,22 @@ async fn scrape(operations: &Operations) -> String {
         })
     };
     metrics::metrics().render(breaker, funnel).await
+}
+
+/// Counts every request the Billecta clients send in the process's metrics.
+#[derive(Debug)]
+struct CountedInMetrics;
+
+impl Observer for CountedInMetrics {
+    fn request_finished(
+        &self,
+        environment: billecta_client::Environment,
+        endpoint: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        metrics::metrics().billecta_request(environment.as_str(), endpoint, outcome, elapsed);
+    }
 }
 
 /// Reflection over the API, health and the google.rpc error details, so that grpcurl can describe

@@ -2,10 +2,10 @@
 //! (`billecta-onboarding --help` lists them). Validated once at start-up.
 
 use crate::auth::Callers;
-use crate::billecta::{self, BreakerPolicy, ClientSettings, RetryPolicy};
 use crate::crypto::Keyring;
 use crate::domain::Environment;
 use crate::telemetry::{LogFormat, TraceExport};
+use billecta_client::{BreakerPolicy, ClientSettings, RetryPolicy};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,11 +88,11 @@ pub struct Config {
     pub sandbox_production_listen: SocketAddr,
 
     /// Base URL of Billecta's test environment API.
-    #[arg(long, env = "ONBOARDING_BILLECTA_TEST_URL", default_value = billecta::TEST_BASE_URL)]
+    #[arg(long, env = "ONBOARDING_BILLECTA_TEST_URL", default_value = billecta_client::TEST_BASE_URL)]
     pub billecta_test_url: String,
 
     /// Base URL of Billecta's production API.
-    #[arg(long, env = "ONBOARDING_BILLECTA_PRODUCTION_URL", default_value = billecta::PRODUCTION_BASE_URL)]
+    #[arg(long, env = "ONBOARDING_BILLECTA_PRODUCTION_URL", default_value = billecta_client::PRODUCTION_BASE_URL)]
     pub billecta_production_url: String,
 
     /// The longest one Billecta request may take, response included. A caller's shorter gRPC
@@ -448,6 +448,8 @@ impl Config {
                 open_for: Duration::from_millis(self.billecta_breaker_open_ms),
             },
             max_concurrency: self.billecta_max_concurrency,
+            // The application counts the requests in its metrics (`app`).
+            observer: None,
         }
     }
 

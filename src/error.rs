@@ -7,9 +7,9 @@
 //! knows about this type.
 
 use crate::auth::PermissionDenied;
-use crate::billecta::BillectaError;
 use crate::domain::failure::{Refusal, UnmetStage};
 use crate::domain::validate::FieldViolation;
+use billecta_client::BillectaError;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]

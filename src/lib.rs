@@ -9,13 +9,12 @@
 //! - [`domain`] — stages, validation and the onboarding record; no gRPC, no SQL.
 //! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
 //! - [`auth`] — callers, their API keys, permissions and tenants.
-//! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
 //! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
 //! - [`reconciler`] — the background worker: resumes waiting stages, re-checks live setups.
 //! - [`bench`] — the benchmarks `billecta-bench` prints (BENCHMARKS.md).
 //! - [`drill`] — reliability drills: many tenants through real processes, with faults and kills.
 //! - [`rotation`] — re-encrypting stored secrets under the active key, to retire an old one.
-//! - [`secret`] — a value that cannot be printed by accident.
+//! - [`secret`] — a value that cannot be printed by accident (the Billecta client's type).
 //! - [`crypto`] — encryption of stored secrets: AES-256-GCM, key ids, rotation.
 //! - [`metrics`] — Prometheus metrics and their endpoint.
 //! - [`telemetry`] — logging.
@@ -23,7 +22,6 @@
 pub mod app;
 pub mod auth;
 pub mod bench;
-pub mod billecta;
 pub mod bounded;
 pub mod config;
 pub mod crypto;

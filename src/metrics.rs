@@ -243,15 +243,15 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// One HTTP request to Billecta's `endpoint` (a route template) and its outcome.
+    /// One HTTP request to Billecta's `environment` (its name) and `endpoint` (a route template),
+    /// and its outcome.
     pub fn billecta_request(
         &self,
-        environment: Environment,
+        environment: &'static str,
         endpoint: &'static str,
         outcome: &'static str,
         elapsed: Duration,
     ) {
-        let environment = environment.as_str();
         self.billecta_requests
             .get_or_create(&BillectaLabels {
                 environment,

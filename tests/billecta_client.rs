@@ -4,11 +4,11 @@
 
 mod common;
 
-use billecta_onboarding::billecta::model::{
+use billecta_client::model::{
     Creditor, CreditorBankInfo, OutgoingBankgiro, PaymentMethod, PaymentMethodPriority,
     PaymentMethodType, User, UserRight,
 };
-use billecta_onboarding::billecta::{
+use billecta_client::{
     BillectaClient, BillectaError, BreakerPolicy, BreakerState, ClientSettings, Deadline,
     ErrorKind, Failure, RetryPolicy,
 };
@@ -43,6 +43,7 @@ fn fast_settings(base_url: String) -> ClientSettings {
             open_for: Duration::from_secs(30),
         },
         max_concurrency: 32,
+        observer: None,
     }
 }
 

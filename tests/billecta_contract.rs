@@ -4,11 +4,11 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use billecta_onboarding::billecta::model::{
+use billecta_client::model::{
     Contact, Creditor, CreditorBankInfo, DeliveryMethod, ForeignAccount, InvoiceAddress, Language,
     OutgoingBankgiro, PaymentMethod, PaymentMethodPriority, PaymentMethodType, User, UserRight,
 };
-use billecta_onboarding::billecta::{
+use billecta_client::{
     BillectaClient, ClientSettings, Deadline, Endpoint, Request, endpoints, requests,
 };
 use billecta_onboarding::domain::Environment;
@@ -359,10 +359,7 @@ async fn a_create_whose_answer_cannot_be_read_may_have_happened() {
         .create_creditor(&token, &full_creditor(), Deadline::none())
         .await
         .unwrap_err();
-    assert_eq!(
-        error.kind(),
-        billecta_onboarding::billecta::ErrorKind::Unexpected
-    );
+    assert_eq!(error.kind(), billecta_client::ErrorKind::Unexpected);
     assert!(
         error.outcome_unknown,
         "Billecta answered 2xx: the creditor exists"

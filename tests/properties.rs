@@ -2,7 +2,7 @@
 //! client and the simulator read from the other side. For any input they answer (no panic), and what
 //! they accept is in its one normalised form, which they accept again unchanged.
 
-use billecta_onboarding::billecta::timestamp;
+use billecta_client::timestamp;
 use billecta_onboarding::domain::swedish::{
     Bankgiro, InvoiceNumber, OrganisationNumber, PostalCode,
 };
@@ -153,7 +153,7 @@ proptest! {
 /// (400 for what does not parse or fit, never a 5xx), and nothing stored from a refused body.
 #[test]
 fn the_simulator_answers_any_request_body_like_billecta() {
-    use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
+    use billecta_client::{BillectaClient, ClientSettings, Deadline};
     use billecta_onboarding::domain::Environment;
     use billecta_onboarding::secret::Secret;
     use billecta_onboarding::simulator::{self, SimulatorConfig};

@@ -5,7 +5,7 @@
 
 mod common;
 
-use billecta_onboarding::billecta::Deadline;
+use billecta_client::Deadline;
 use billecta_onboarding::proto;
 use common::*;
 

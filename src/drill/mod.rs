@@ -712,12 +712,12 @@ async fn drive(
         billecta_faulted: state.faulted_counts.values().sum(),
         creditor_creates: state
             .request_counts
-            .get(crate::billecta::endpoints::CREATE_CREDITOR.route)
+            .get(billecta_client::endpoints::CREATE_CREDITOR.route)
             .copied()
             .unwrap_or_default(),
         creditor_creates_faulted: state
             .faulted_counts
-            .get(crate::billecta::endpoints::CREATE_CREDITOR.route)
+            .get(billecta_client::endpoints::CREATE_CREDITOR.route)
             .copied()
             .unwrap_or_default(),
         creditors: state.creditors.len(),

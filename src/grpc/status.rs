@@ -1,8 +1,8 @@
 //! The one place where the service's errors become gRPC statuses: each with exactly one ErrorInfo
 //! (an UPPER_SNAKE reason), plus BadRequest, PreconditionFailure or RetryInfo where they apply.
 
-use crate::billecta::{ErrorKind, Failure};
 use crate::error::Error;
+use billecta_client::{ErrorKind, Failure};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -212,8 +212,7 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billecta::BillectaError;
-    use crate::domain::Environment;
+    use billecta_client::{BillectaError, Environment};
     use std::time::Duration;
 
     fn billecta(failure: Failure, retry_after: Option<Duration>) -> Status {

@@ -15,11 +15,8 @@
 //! adopted, never repeated.
 
 use super::{CallContext, Committed, Conventions, Mutation, Operations, Written};
-use crate::billecta::model::Creditor;
-use crate::billecta::{BillectaError, Deadline, ErrorKind};
 use crate::crypto::SecretContext;
 use crate::desired;
-use crate::domain::failure::{FailureKind, StageFailure};
 use crate::domain::onboarding::{
     CompanySettings, CredentialRecord, CreditorRecord, InvoiceSettings, Lease, OnboardingRecord,
     StageRecord,
@@ -30,6 +27,8 @@ use crate::domain::validate::{CreditorKey, FieldViolation, OnboardingKey};
 use crate::domain::{CredentialField, Micros, Stage, StageState, now_micros};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
+use billecta_client::model::Creditor;
+use billecta_client::{BillectaError, Deadline, ErrorKind};
 use std::time::Duration;
 
 /// The stage a call works on: an environment stage (`creditor` empty) or a creditor's.
@@ -207,27 +206,10 @@ pub(super) fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Res
     }
 }
 
-/// The one translation of a Billecta error into the stage machine's terms.
-impl From<&BillectaError> for StageFailure {
-    fn from(error: &BillectaError) -> Self {
-        let kind = match error.kind() {
-            ErrorKind::Transient => FailureKind::Unavailable,
-            ErrorKind::BadCredentials => FailureKind::CredentialsRejected,
-            ErrorKind::InvalidInput => FailureKind::Refused,
-            ErrorKind::NotFound => FailureKind::Gone,
-            ErrorKind::Unexpected => FailureKind::Unexpected,
-        };
-        StageFailure {
-            kind,
-            description: error.to_string(),
-        }
-    }
-}
-
 /// The audit outcome of a failed Billecta step, as the caller will see it.
 pub(super) fn outcome_of(error: &BillectaError) -> &'static str {
     match error.kind() {
-        _ if error.failure == crate::billecta::Failure::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ if error.failure == billecta_client::Failure::DeadlineExceeded => "DEADLINE_EXCEEDED",
         ErrorKind::Transient => "UNAVAILABLE",
         ErrorKind::Unexpected => "INTERNAL",
         ErrorKind::InvalidInput | ErrorKind::BadCredentials | ErrorKind::NotFound => {

@@ -880,25 +880,23 @@ pub fn remove_account_user(server: &TestServer) {
 }
 
 /// A Billecta client for the test environment's simulator, as the service's own.
-pub fn test_billecta(server: &TestServer) -> billecta_onboarding::billecta::BillectaClient {
-    billecta_onboarding::billecta::BillectaClient::new(
+pub fn test_billecta(server: &TestServer) -> billecta_client::BillectaClient {
+    billecta_client::BillectaClient::new(
         Environment::Test,
-        billecta_onboarding::billecta::ClientSettings::new(
-            server.simulator(Environment::Test).base_url(),
-        ),
+        billecta_client::ClientSettings::new(server.simulator(Environment::Test).base_url()),
     )
     .unwrap()
 }
 
 /// The test account's current SecureToken, signing in as the account user of [`ready_onboarding`].
 pub async fn account_token(
-    billecta: &billecta_onboarding::billecta::BillectaClient,
+    billecta: &billecta_client::BillectaClient,
 ) -> billecta_onboarding::secret::Secret {
     billecta
         .authenticate(
             ACCOUNT_EMAIL,
             &billecta_onboarding::secret::Secret::new(READY_PASSWORD),
-            billecta_onboarding::billecta::Deadline::none(),
+            billecta_client::Deadline::none(),
         )
         .await
         .unwrap()
