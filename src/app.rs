@@ -19,10 +19,10 @@ use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingServiceServer;
 use crate::proto::payment_configuration_service_server::PaymentConfigurationServiceServer;
 use crate::reconciler::{self, ReconcilerSettings};
-use crate::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::storage::{Store, StoreOptions};
 use anyhow::Context;
 use billecta_client::{Billecta, BillectaClient, BreakerState, ClientSettings, Observer};
+use billecta_sim::{self as simulator, RunningSimulator, SimulatorConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,12 +67,15 @@ impl Sandbox {
                 ..SimulatorConfig::new(environment)
             })
         };
-        let test = start(Environment::Test, config.sandbox_test_listen)
+        let test = start(simulator::Environment::Test, config.sandbox_test_listen)
             .await
             .context("starting the sandbox's test-environment simulator")?;
-        let production = start(Environment::Production, config.sandbox_production_listen)
-            .await
-            .context("starting the sandbox's production simulator")?;
+        let production = start(
+            simulator::Environment::Production,
+            config.sandbox_production_listen,
+        )
+        .await
+        .context("starting the sandbox's production simulator")?;
         for (environment, simulator) in [("test", &test), ("production", &production)] {
             tracing::info!(
                 environment,

@@ -9,7 +9,6 @@
 //! - [`domain`] — stages, validation and the onboarding record; no gRPC, no SQL.
 //! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
 //! - [`auth`] — callers, their API keys, permissions and tenants.
-//! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
 //! - [`reconciler`] — the background worker: resumes waiting stages, re-checks live setups.
 //! - [`bench`] — the benchmarks `billecta-bench` prints (BENCHMARKS.md).
 //! - [`drill`] — reliability drills: many tenants through real processes, with faults and kills.
@@ -35,7 +34,6 @@ pub mod operations;
 pub mod reconciler;
 pub mod rotation;
 pub mod secret;
-pub mod simulator;
 pub mod storage;
 pub mod telemetry;
 

@@ -9,7 +9,7 @@ use billecta_onboarding::domain::swedish::{
 use billecta_onboarding::domain::validate::{
     CreditorKey, Email, OnboardingKey, RequestId, TenantId, required_text,
 };
-use billecta_onboarding::simulator::schema::{self, View};
+use billecta_sim::schema::{self, View};
 use proptest::prelude::*;
 
 /// The Luhn check digit that completes `digits`.
@@ -156,12 +156,12 @@ fn the_simulator_answers_any_request_body_like_billecta() {
     use billecta_client::{BillectaClient, ClientSettings, Deadline};
     use billecta_onboarding::domain::Environment;
     use billecta_onboarding::secret::Secret;
-    use billecta_onboarding::simulator::{self, SimulatorConfig};
+    use billecta_sim::{self as simulator, SimulatorConfig};
     use proptest::test_runner::{Config, TestRunner};
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (simulator, token) = runtime.block_on(async {
-        let simulator = simulator::start(SimulatorConfig::new(Environment::Test))
+        let simulator = simulator::start(SimulatorConfig::new(simulator::Environment::Test))
             .await
             .unwrap();
         simulator

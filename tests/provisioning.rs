@@ -6,7 +6,7 @@
 mod common;
 
 use billecta_onboarding::domain::Environment;
-use billecta_onboarding::simulator::{Fault, FaultBody, FaultRule};
+use billecta_sim::{Fault, FaultBody, FaultRule};
 use common::{
     ACCOUNT_EMAIL, ORG_NO, OnboardingOutcome, TestServer, activate_and_confirm_account,
     assert_refused, assert_retry_replays, bad_fields, confirm_request, create, create_creditor,

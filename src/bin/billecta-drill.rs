@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DRILL_LOG").unwrap_or_else(|_| {
-                "warn,billecta_onboarding::simulator=error,billecta_onboarding::drill=info".into()
+                "warn,billecta_sim=error,billecta_onboarding::drill=info".into()
             }),
         )
         .with_writer(std::io::stderr)

@@ -7,7 +7,7 @@ use crate::domain::swedish::luhn_check_digit;
 use crate::proto;
 use crate::proto::onboarding_service_client::OnboardingServiceClient;
 use crate::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
-use crate::simulator::{NewAccount, RunningSimulator};
+use billecta_sim::{NewAccount, RunningSimulator};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

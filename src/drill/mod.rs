@@ -13,10 +13,10 @@ pub mod fleet;
 pub mod journey;
 
 use crate::auth::Permission;
-use crate::domain::Environment;
-use crate::simulator::{Fault, FaultBody, FaultRule, RunningSimulator, SimulatorConfig};
+
 use anyhow::Context;
 use base64::Engine;
+use billecta_sim::{Environment, Fault, FaultBody, FaultRule, RunningSimulator, SimulatorConfig};
 use fleet::{CuttableProxy, Fleet};
 use futures::StreamExt;
 use journey::{CallLog, Clients, Driver, Portal, TenantAudit, TenantPlan};
@@ -514,7 +514,7 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
         settings.latency,
         settings.latency_share,
     );
-    let simulator = crate::simulator::start(simulator_config).await?;
+    let simulator = billecta_sim::start(simulator_config).await?;
     let database = prepare_database(&settings, &tag).await?;
     let (api_key, caller) = crate::auth::new_key("drill", Permission::ALL.into(), None)?;
     let callers = serde_json::to_string(&[caller])?;

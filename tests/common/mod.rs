@@ -13,7 +13,7 @@ use billecta_onboarding::auth::SANDBOX_KEY;
 use billecta_onboarding::config::Config;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
-use billecta_onboarding::simulator::{Fault, FaultRule, NewAccount, RunningSimulator};
+use billecta_sim::{Fault, FaultRule, NewAccount, RunningSimulator};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

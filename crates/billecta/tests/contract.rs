@@ -9,11 +9,10 @@ use billecta_client::model::{
     OutgoingBankgiro, PaymentMethod, PaymentMethodPriority, PaymentMethodType, User, UserRight,
 };
 use billecta_client::{
-    BillectaClient, ClientSettings, Deadline, Endpoint, Request, endpoints, requests,
+    BillectaClient, ClientSettings, Deadline, Endpoint, Environment, Request, Secret, endpoints,
+    requests,
 };
-use billecta_onboarding::domain::Environment;
-use billecta_onboarding::secret::Secret;
-use billecta_onboarding::simulator::schema::{self, View};
+use billecta_sim::schema::{self, View};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
