@@ -10,9 +10,8 @@
 //! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
 //! - [`auth`] — callers, their API keys, permissions and tenants.
 //! - [`reconciler`] — the background worker: resumes waiting stages, re-checks live setups.
-//! - [`bench`] — the benchmarks `billecta-bench` prints (BENCHMARKS.md).
-//! - [`drill`] — reliability drills: many tenants through real processes, with faults and kills.
 //! - [`rotation`] — re-encrypting stored secrets under the active key, to retire an old one.
+//! - [`scratch`] — fresh PostgreSQL databases for tests, drills and benchmarks.
 //! - [`secret`] — a value that cannot be printed by accident (the Billecta client's type).
 //! - [`crypto`] — encryption of stored secrets: AES-256-GCM, key ids, rotation.
 //! - [`metrics`] — Prometheus metrics and their endpoint.
@@ -20,19 +19,18 @@
 
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod bounded;
 pub mod config;
 pub mod crypto;
 pub mod desired;
 pub mod domain;
-pub mod drill;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod operations;
 pub mod reconciler;
 pub mod rotation;
+pub mod scratch;
 pub mod secret;
 pub mod storage;
 pub mod telemetry;

@@ -286,7 +286,7 @@ impl FreshDatabase {
             }
             Backend::Postgres(admin_url) => {
                 let name = format!("onboarding_test_{}", uuid::Uuid::new_v4().simple());
-                let url = billecta_onboarding::drill::create_database(admin_url, &name)
+                let url = billecta_onboarding::scratch::create_database(admin_url, &name)
                     .await
                     .expect("creates a test database on TEST_POSTGRES_URL's server");
                 Self {
@@ -317,7 +317,7 @@ impl Drop for FreshDatabase {
                 .block_on(async {
                     tokio::time::timeout(
                         std::time::Duration::from_secs(30),
-                        billecta_onboarding::drill::drop_database(&admin_url, &database),
+                        billecta_onboarding::scratch::drop_database(&admin_url, &database),
                     )
                     .await
                 })
