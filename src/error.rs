@@ -7,7 +7,7 @@
 //! knows about this type.
 
 use crate::auth::PermissionDenied;
-use crate::domain::failure::{Refusal, UnmetStage};
+use crate::domain::failure::Refusal;
 use crate::domain::validate::FieldViolation;
 use billecta_client::BillectaError;
 use std::time::Duration;
@@ -24,13 +24,10 @@ pub enum Error {
     #[error("{resource} already exists")]
     AlreadyExists { resource: String },
 
-    /// The call came too early: earlier stages are not done.
-    #[error("{message}")]
-    StagesNotDone {
-        resource: String,
-        unmet: Vec<UnmetStage>,
-        message: String,
-    },
+    /// The domain refused the change: earlier stages are not done, or the record's state does not
+    /// allow it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 
     /// The call does not fit the resource's current state for another reason.
     #[error("{message}")]
@@ -94,30 +91,5 @@ impl From<Vec<FieldViolation>> for Error {
 impl From<FieldViolation> for Error {
     fn from(violation: FieldViolation) -> Self {
         Error::InvalidArgument(vec![violation])
-    }
-}
-
-impl From<Refusal> for Error {
-    fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::StagesNotDone {
-                resource,
-                unmet,
-                message,
-            } => Error::StagesNotDone {
-                resource,
-                unmet,
-                message,
-            },
-            Refusal::Precondition {
-                reason,
-                subject,
-                message,
-            } => Error::Precondition {
-                reason,
-                subject,
-                message,
-            },
-        }
     }
 }

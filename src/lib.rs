@@ -1,5 +1,9 @@
 //! The Billecta onboarding service.
 //!
+//! The Billecta client (`billecta_client`), the Billecta simulator (`billecta_sim`) and the drills and
+//! benchmarks (`billecta_tools`) are crates of their own under `crates/`; ARCHITECTURE.md says which
+//! may use which, and where each invariant is enforced.
+//!
 //! Layout, outermost first:
 //! - [`config`] — every setting, from flags or the environment.
 //! - [`app`] — builds the server from a configuration and runs it until shutdown.

@@ -1,6 +1,7 @@
 //! The one place where the service's errors become gRPC statuses: each with exactly one ErrorInfo
 //! (an UPPER_SNAKE reason), plus BadRequest, PreconditionFailure or RetryInfo where they apply.
 
+use crate::domain::failure::Refusal;
 use crate::error::Error;
 use billecta_client::{ErrorKind, Failure};
 use std::collections::HashMap;
@@ -57,11 +58,11 @@ pub fn to_status(error: Error) -> Status {
             );
             (Code::AlreadyExists, error.to_string())
         }
-        Error::StagesNotDone {
+        Error::Refused(Refusal::StagesNotDone {
             resource,
             unmet,
             message,
-        } => {
+        }) => {
             for stage in unmet {
                 details.add_precondition_failure_violation(
                     "STAGE",
@@ -81,7 +82,12 @@ pub fn to_status(error: Error) -> Status {
             reason,
             subject,
             message,
-        } => {
+        }
+        | Error::Refused(Refusal::Precondition {
+            reason,
+            subject,
+            message,
+        }) => {
             details.add_precondition_failure_violation("STATE", subject, message);
             details.set_error_info(*reason, ERROR_DOMAIN, metadata(&[("resource", subject)]));
             (Code::FailedPrecondition, message.clone())
