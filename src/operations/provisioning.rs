@@ -17,6 +17,7 @@
 use super::{CallContext, Committed, Conventions, Mutation, Operations, Written};
 use crate::crypto::SecretContext;
 use crate::desired;
+use crate::domain::failure::StageFailure;
 use crate::domain::onboarding::{
     CompanySettings, CredentialRecord, CreditorRecord, InvoiceSettings, Lease, OnboardingRecord,
     StageRecord,
@@ -124,7 +125,11 @@ pub(super) fn settle_failure(
     if claimed.before.state == StageState::Completed {
         restore(record, claimed);
     } else {
-        stages::billecta_failed(stage_mut(record, &claimed.target), &error.into(), now);
+        stages::billecta_failed(
+            stage_mut(record, &claimed.target),
+            &StageFailure::from(error),
+            now,
+        );
     }
 }
 
@@ -606,11 +611,8 @@ impl Operations {
                             verified: false,
                         };
                         let secret = self.seal(record, call, unverified, now)?;
-                        stages::billecta_failed(
-                            record.stage_mut(Stage::Account),
-                            &(&error).into(),
-                            now,
-                        );
+                        let failure = StageFailure::from(&error);
+                        stages::billecta_failed(record.stage_mut(Stage::Account), &failure, now);
                         Ok(Written {
                             summary,
                             secrets: vec![secret],
