@@ -9,23 +9,19 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
 
-# Dependencies change far less often than the service, so they get their own cached layer:
-# build them against placeholder sources first.
+# The workspace's manifests name every crate under crates/, so all of them come along; only the
+# service and what it depends on are compiled. The cache mounts keep the registry and the compiled
+# dependencies between builds, so a change to the service recompiles the service alone; the binary
+# is copied out because the target folder is a cache, not a layer.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto/ proto/
-RUN mkdir -p src/bin \
-    && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/billecta-sim.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src
-
-COPY src/ src/
 COPY migrations/ migrations/
-# COPY keeps the files' original timestamps, which can be older than the placeholder build;
-# touching them makes cargo rebuild the crate. Migrations are embedded at compile time.
-RUN touch src/main.rs src/lib.rs src/bin/billecta-sim.rs \
-    && cargo build --release --locked
+COPY crates/ crates/
+COPY src/ src/
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/build/target \
+    cargo build --release --locked --package billecta-onboarding --bin billecta-onboarding \
+    && cp target/release/billecta-onboarding /usr/local/bin/billecta-onboarding
 
 FROM debian:bookworm-slim
 
@@ -41,7 +37,7 @@ RUN apt-get update \
     && mkdir -p /var/lib/billecta-onboarding \
     && chown onboarding:onboarding /var/lib/billecta-onboarding
 
-COPY --from=builder /build/target/release/billecta-onboarding /usr/local/bin/billecta-onboarding
+COPY --from=builder /usr/local/bin/billecta-onboarding /usr/local/bin/billecta-onboarding
 
 # The SQLite database lives in the one directory the service user may write to.
 WORKDIR /var/lib/billecta-onboarding

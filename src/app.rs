@@ -7,21 +7,22 @@
 //! `shutdown_grace` to finish, then the database pool is closed and the sandbox's simulators stop.
 
 use crate::auth::Callers;
-use crate::billecta::{Billecta, BillectaClient};
 use crate::config::Config;
 use crate::crypto::Keyring;
 use crate::domain::Environment;
 use crate::grpc::OnboardingApi;
 use crate::grpc::PaymentConfigurationApi;
 use crate::grpc::call::CallLayer;
+use crate::metrics::{self, Breaker, Funnel};
 use crate::operations::{Operations, StageTiming};
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingServiceServer;
 use crate::proto::payment_configuration_service_server::PaymentConfigurationServiceServer;
 use crate::reconciler::{self, ReconcilerSettings};
-use crate::simulator::{self, RunningSimulator, SimulatorConfig};
 use crate::storage::{StorageError, Store, StoreOptions};
 use anyhow::Context;
+use billecta_client::{Billecta, BillectaClient, BreakerState, ClientSettings, Observer};
+use billecta_sim::{self as simulator, RunningSimulator, SimulatorConfig};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,12 +67,15 @@ impl Sandbox {
                 ..SimulatorConfig::new(environment)
             })
         };
-        let test = start(Environment::Test, config.sandbox_test_listen)
+        let test = start(simulator::Environment::Test, config.sandbox_test_listen)
             .await
             .context("starting the sandbox's test-environment simulator")?;
-        let production = start(Environment::Production, config.sandbox_production_listen)
-            .await
-            .context("starting the sandbox's production simulator")?;
+        let production = start(
+            simulator::Environment::Production,
+            config.sandbox_production_listen,
+        )
+        .await
+        .context("starting the sandbox's production simulator")?;
         for (environment, simulator) in [("test", &test), ("production", &production)] {
             tracing::info!(
                 environment,
@@ -139,7 +143,11 @@ impl Application {
                 Some(sandbox) => sandbox.simulator(environment).base_url(),
                 None => config.billecta_url(environment).to_owned(),
             };
-            BillectaClient::new(environment, config.billecta_settings(&base_url))
+            let settings = ClientSettings {
+                observer: Some(Arc::new(CountedInMetrics)),
+                ..config.billecta_settings(&base_url)
+            };
+            BillectaClient::new(environment, settings)
         };
         let billecta = Billecta::new(client(Environment::Test)?, client(Environment::Production)?);
         Ok(Self {
@@ -327,15 +335,12 @@ async fn serve_metrics(listener: TcpListener, operations: Operations, shutdown: 
         get(move || {
             let operations = operations.clone();
             async move {
-                let text = crate::metrics::metrics()
-                    .render(operations.store(), operations.billecta())
-                    .await;
                 (
                     [(
                         http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    text,
+                    scrape(&operations).await,
                 )
             }
         }),
@@ -346,6 +351,41 @@ async fn serve_metrics(listener: TcpListener, operations: Operations, shutdown: 
         .await
     {
         tracing::error!(error = %error, "the metrics endpoint stopped");
+    }
+}
+
+/// The metrics' exposition, with what they cannot read themselves: the Billecta breakers' states and
+/// the funnel from the database, both as they are now.
+async fn scrape(operations: &Operations) -> String {
+    let billecta = operations.billecta();
+    let breaker = |environment| match billecta.client(environment).breaker_state() {
+        BreakerState::Closed => Breaker::Closed,
+        BreakerState::HalfOpen => Breaker::HalfOpen,
+        BreakerState::Open => Breaker::Open,
+    };
+    let funnel = async {
+        let counted = operations.store().funnel().await;
+        counted.map(|counted| Funnel {
+            onboardings: counted.onboardings,
+            stages: counted.stages,
+        })
+    };
+    metrics::metrics().render(breaker, funnel).await
+}
+
+/// Counts every request the Billecta clients send in the process's metrics.
+#[derive(Debug)]
+struct CountedInMetrics;
+
+impl Observer for CountedInMetrics {
+    fn request_finished(
+        &self,
+        environment: billecta_client::Environment,
+        endpoint: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        metrics::metrics().billecta_request(environment.as_str(), endpoint, outcome, elapsed);
     }
 }
 

@@ -8,7 +8,6 @@
 //! close a guess came.
 
 use crate::domain::validate::TenantId;
-use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -74,6 +73,15 @@ pub struct CallerEntry {
     pub tenants: Option<BTreeSet<String>>,
 }
 
+/// A valid caller without the permission, or outside its tenants. Says nothing of whether the
+/// resource exists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("caller {caller:?} may not do this: it needs the {permission} permission for this tenant")]
+pub struct PermissionDenied {
+    pub caller: String,
+    pub permission: Permission,
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -90,11 +98,11 @@ impl Caller {
         &self,
         permission: Permission,
         tenant: Option<&TenantId>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), PermissionDenied> {
         if !self.permissions.contains(&permission)
             || tenant.is_some_and(|tenant| !self.may_see(tenant.as_str()))
         {
-            return Err(Error::PermissionDenied {
+            return Err(PermissionDenied {
                 caller: self.name.clone(),
                 permission,
             });

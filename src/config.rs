@@ -2,21 +2,13 @@
 //! (`billecta-onboarding --help` lists them). Validated once at start-up.
 
 use crate::auth::Callers;
-use crate::billecta::{self, BreakerPolicy, ClientSettings, RetryPolicy};
 use crate::crypto::Keyring;
 use crate::domain::Environment;
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::telemetry::{LogFormat, TraceExport};
+use billecta_client::{BreakerPolicy, ClientSettings, RetryPolicy};
+use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One readable line per event, for a terminal.
-    Human,
-    /// One JSON object per line, with the call's span fields (request id, method), for log shippers.
-    Json,
-}
 
 /// Onboards Payway tenants onto Billecta over gRPC and keeps their integration healthy.
 #[derive(Debug, Clone, Parser)]
@@ -96,11 +88,11 @@ pub struct Config {
     pub sandbox_production_listen: SocketAddr,
 
     /// Base URL of Billecta's test environment API.
-    #[arg(long, env = "ONBOARDING_BILLECTA_TEST_URL", default_value = billecta::TEST_BASE_URL)]
+    #[arg(long, env = "ONBOARDING_BILLECTA_TEST_URL", default_value = billecta_client::TEST_BASE_URL)]
     pub billecta_test_url: String,
 
     /// Base URL of Billecta's production API.
-    #[arg(long, env = "ONBOARDING_BILLECTA_PRODUCTION_URL", default_value = billecta::PRODUCTION_BASE_URL)]
+    #[arg(long, env = "ONBOARDING_BILLECTA_PRODUCTION_URL", default_value = billecta_client::PRODUCTION_BASE_URL)]
     pub billecta_production_url: String,
 
     /// The longest one Billecta request may take, response included. A caller's shorter gRPC
@@ -353,9 +345,9 @@ pub enum Command {
 
 impl Config {
     /// Where and how traces are exported, if they are.
-    pub fn tracing_export(&self) -> Option<crate::telemetry::TraceExport> {
+    pub fn tracing_export(&self) -> Option<TraceExport> {
         let endpoint = self.otlp_endpoint.trim();
-        (!endpoint.is_empty()).then(|| crate::telemetry::TraceExport {
+        (!endpoint.is_empty()).then(|| TraceExport {
             endpoint: endpoint.to_owned(),
             service_name: self.otlp_service_name.clone(),
             sample_ratio: self.trace_sample_ratio,
@@ -456,6 +448,8 @@ impl Config {
                 open_for: Duration::from_millis(self.billecta_breaker_open_ms),
             },
             max_concurrency: self.billecta_max_concurrency,
+            // The application counts the requests in its metrics (`app`).
+            observer: None,
         }
     }
 

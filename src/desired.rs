@@ -2,12 +2,12 @@
 //! company settings are written into an existing one without losing anything else on it, and how to
 //! read back whether Billecta approved the bankgiro for payments.
 
-use crate::billecta::model::{
+use crate::domain::onboarding::CompanySettings;
+use crate::domain::swedish::{Bankgiro, OrganisationNumber};
+use billecta_client::model::{
     Creditor, CreditorBankInfo, OutgoingBankgiro, PaymentMethod, PaymentMethodPriority,
     PaymentMethodType,
 };
-use crate::domain::onboarding::CompanySettings;
-use crate::domain::swedish::{Bankgiro, OrganisationNumber};
 
 /// A new creditor: organisation number and company name, enabled, Swedish. Billecta reads a missing
 /// boolean as false, so the non-nullable ones are sent explicitly.

@@ -1,19 +1,16 @@
 //! The one error type of the service's operations. Each variant is something a caller can act on,
 //! except `Internal`, which carries the cause chain for the logs. The transport maps each variant to a
 //! gRPC status in exactly one place (`grpc::status`).
+//!
+//! The layers below have errors of their own, which this one wraps or translates: the domain's
+//! [`Refusal`], auth's [`PermissionDenied`] and the Billecta client's [`BillectaError`]. None of them
+//! knows about this type.
 
+use crate::auth::PermissionDenied;
+use crate::domain::failure::Refusal;
 use crate::domain::validate::FieldViolation;
-use crate::domain::{Stage, StageState};
+use billecta_client::BillectaError;
 use std::time::Duration;
-
-/// A stage that must be done before the call can proceed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnmetStage {
-    /// The stage's resource, such as `tenants/gp/environments/test/stages/AGREEMENT`.
-    pub subject: String,
-    pub stage: Stage,
-    pub state: StageState,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -27,13 +24,10 @@ pub enum Error {
     #[error("{resource} already exists")]
     AlreadyExists { resource: String },
 
-    /// The call came too early: earlier stages are not done.
-    #[error("{message}")]
-    StagesNotDone {
-        resource: String,
-        unmet: Vec<UnmetStage>,
-        message: String,
-    },
+    /// The domain refused the change: earlier stages are not done, or the record's state does not
+    /// allow it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 
     /// The call does not fit the resource's current state for another reason.
     #[error("{message}")]
@@ -54,15 +48,9 @@ pub enum Error {
     #[error("{message}")]
     Unauthenticated { message: String },
 
-    /// A valid caller without the permission, or outside its tenants. Says nothing of whether the
-    /// resource exists.
-    #[error(
-        "caller {caller:?} may not do this: it needs the {permission} permission for this tenant"
-    )]
-    PermissionDenied {
-        caller: String,
-        permission: crate::auth::Permission,
-    },
+    /// A valid caller without the permission, or outside its tenants.
+    #[error(transparent)]
+    PermissionDenied(#[from] PermissionDenied),
 
     /// The caller's etag is not the resource's current one (AIP-154).
     #[error("the etag does not match {resource}'s current etag")]
@@ -82,7 +70,7 @@ pub enum Error {
     /// or not finding a resource is a failed precondition; Billecta down or slow is UNAVAILABLE with
     /// the time to wait. Billecta's own message travels with it; credentials never do.
     #[error("{0}")]
-    Billecta(#[from] crate::billecta::BillectaError),
+    Billecta(#[from] BillectaError),
 
     /// Anything a caller cannot act on. Logged with its cause; callers see only that it happened.
     #[error("internal error")]

@@ -1,5 +1,9 @@
 //! The Billecta onboarding service.
 //!
+//! The Billecta client (`billecta_client`), the Billecta simulator (`billecta_sim`) and the drills and
+//! benchmarks (`billecta_tools`) are crates of their own under `crates/`; ARCHITECTURE.md says which
+//! may use which, and where each invariant is enforced.
+//!
 //! Layout, outermost first:
 //! - [`config`] — every setting, from flags or the environment.
 //! - [`app`] — builds the server from a configuration and runs it until shutdown.
@@ -9,35 +13,29 @@
 //! - [`domain`] — stages, validation and the onboarding record; no gRPC, no SQL.
 //! - [`storage`] — SQLite and PostgreSQL behind one API; every function takes the tenant it works on.
 //! - [`auth`] — callers, their API keys, permissions and tenants.
-//! - [`billecta`] — the typed client for Billecta's REST API, with retries and a circuit breaker.
-//! - [`simulator`] — a stateful stand-in for Billecta, for tests, benchmarks and `--sandbox`.
 //! - [`reconciler`] — the background worker: resumes waiting stages, re-checks live setups.
-//! - [`bench`] — the benchmarks `billecta-bench` prints (BENCHMARKS.md).
-//! - [`drill`] — reliability drills: many tenants through real processes, with faults and kills.
 //! - [`rotation`] — re-encrypting stored secrets under the active key, to retire an old one.
-//! - [`secret`] — a value that cannot be printed by accident.
+//! - [`scratch`] — fresh PostgreSQL databases for tests, drills and benchmarks.
+//! - [`secret`] — a value that cannot be printed by accident (the Billecta client's type).
 //! - [`crypto`] — encryption of stored secrets: AES-256-GCM, key ids, rotation.
 //! - [`metrics`] — Prometheus metrics and their endpoint.
 //! - [`telemetry`] — logging.
 
 pub mod app;
 pub mod auth;
-pub mod bench;
-pub mod billecta;
 pub mod bounded;
 pub mod config;
 pub mod crypto;
 pub mod desired;
 pub mod domain;
-pub mod drill;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod operations;
 pub mod reconciler;
 pub mod rotation;
+pub mod scratch;
 pub mod secret;
-pub mod simulator;
 pub mod storage;
 pub mod telemetry;
 

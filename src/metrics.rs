@@ -9,11 +9,11 @@
 //! - `onboarding_reconciler_runs_total{work, outcome}` (what the background worker did) and
 //!   `onboarding_integrations_broken_total{environment, stage}` (stages a live check found broken).
 //!
-//! Counters live in one process-wide registry, like the process they describe.
+//! Counters live in one process-wide registry, like the process they describe. Metrics depend on
+//! no layer above them: what a scrape reads from the Billecta clients and the database is handed to
+//! [`Metrics::render`] by the composition root (`app`).
 
-use crate::billecta::{Billecta, BreakerState};
 use crate::domain::{Environment, Stage};
-use crate::storage::Store;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -80,6 +80,22 @@ struct ReconcilerLabels {
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A circuit breaker's state, as the `billecta_breaker_state` gauge shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    Closed = 0,
+    HalfOpen = 1,
+    Open = 2,
+}
+
+/// Onboardings per (environment, state) and stages per (environment, stage, state), as counted at a
+/// scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Funnel {
+    pub onboardings: Vec<(String, String, i64)>,
+    pub stages: Vec<(String, String, String, i64)>,
+}
 
 /// From 0.5 ms to about 16 s, doubling.
 fn latency_histogram() -> Histogram {
@@ -227,15 +243,15 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// One HTTP request to Billecta's `endpoint` (a route template) and its outcome.
+    /// One HTTP request to Billecta's `environment` (its name) and `endpoint` (a route template),
+    /// and its outcome.
     pub fn billecta_request(
         &self,
-        environment: Environment,
+        environment: &'static str,
         endpoint: &'static str,
         outcome: &'static str,
         elapsed: Duration,
     ) {
-        let environment = environment.as_str();
         self.billecta_requests
             .get_or_create(&BillectaLabels {
                 environment,
@@ -271,24 +287,24 @@ impl Metrics {
             .inc();
     }
 
-    /// The exposition: the counters, the breakers' states, and the funnel read from `store` now.
-    pub async fn render(&self, store: &Store, billecta: &Billecta) -> String {
+    /// The exposition: the counters, each environment's breaker as `breaker` tells it now, and the
+    /// funnel as `funnel` reads it now.
+    pub async fn render<E: std::fmt::Display>(
+        &self,
+        breaker: impl Fn(Environment) -> Breaker,
+        funnel: impl Future<Output = Result<Funnel, E>>,
+    ) -> String {
         let _one_at_a_time = self.scrape.lock().await;
         for &environment in Environment::ALL {
-            let state = match billecta.client(environment).breaker_state() {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open => 2,
-            };
             self.breaker_state
                 .get_or_create(&EnvironmentLabels {
                     environment: environment.as_str().to_owned(),
                 })
-                .set(state);
+                .set(breaker(environment) as i64);
         }
         self.onboardings.clear();
         self.stages.clear();
-        match store.funnel().await {
+        match funnel.await {
             Ok(funnel) => {
                 for (environment, state, count) in funnel.onboardings {
                     self.onboardings

@@ -7,7 +7,6 @@
 //! and its trace id is logged. With an OTLP endpoint configured, the same spans are exported to an
 //! OpenTelemetry collector (batched, off the call's path).
 
-use crate::config::LogFormat;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -17,6 +16,15 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event, for a terminal.
+    Human,
+    /// One JSON object per line, with the call's span fields (request id, method), for log shippers.
+    Json,
+}
 
 /// Where traces go.
 #[derive(Debug, Clone)]

@@ -145,7 +145,10 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_without_a_restart(
         .create_onboarding(create_request(&tenant, proto::Environment::Test))
         .await
         .expect("writes are taken again");
-    assert_eq!(get(&server, &refused_name).await.unwrap().name, refused_name);
+    assert_eq!(
+        get(&server, &refused_name).await.unwrap().name,
+        refused_name
+    );
     server.shutdown.cancel();
     let _ = server.task.await;
 }

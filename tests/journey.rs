@@ -5,8 +5,8 @@
 
 mod common;
 
-use billecta_onboarding::billecta::model::{User, UserRight};
-use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
+use billecta_client::model::{User, UserRight};
+use billecta_client::{BillectaClient, ClientSettings, Deadline};
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::secret::Secret;
 use common::{

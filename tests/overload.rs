@@ -6,7 +6,7 @@
 mod common;
 
 use billecta_onboarding::domain::Environment;
-use billecta_onboarding::simulator::{Fault, NewAccount};
+use billecta_sim::{Fault, NewAccount};
 use common::{TestServer, fail_next, proto};
 use std::time::{Duration, Instant};
 use tonic::Code;

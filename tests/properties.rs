@@ -2,14 +2,14 @@
 //! client and the simulator read from the other side. For any input they answer (no panic), and what
 //! they accept is in its one normalised form, which they accept again unchanged.
 
-use billecta_onboarding::billecta::timestamp;
+use billecta_client::timestamp;
 use billecta_onboarding::domain::swedish::{
     Bankgiro, InvoiceNumber, OrganisationNumber, PostalCode,
 };
 use billecta_onboarding::domain::validate::{
     CreditorKey, Email, OnboardingKey, RequestId, TenantId, required_text,
 };
-use billecta_onboarding::simulator::schema::{self, View};
+use billecta_sim::schema::{self, View};
 use proptest::prelude::*;
 
 /// The Luhn check digit that completes `digits`.
@@ -153,15 +153,15 @@ proptest! {
 /// (400 for what does not parse or fit, never a 5xx), and nothing stored from a refused body.
 #[test]
 fn the_simulator_answers_any_request_body_like_billecta() {
-    use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
+    use billecta_client::{BillectaClient, ClientSettings, Deadline};
     use billecta_onboarding::domain::Environment;
     use billecta_onboarding::secret::Secret;
-    use billecta_onboarding::simulator::{self, SimulatorConfig};
+    use billecta_sim::{self as simulator, SimulatorConfig};
     use proptest::test_runner::{Config, TestRunner};
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (simulator, token) = runtime.block_on(async {
-        let simulator = simulator::start(SimulatorConfig::new(Environment::Test))
+        let simulator = simulator::start(SimulatorConfig::new(simulator::Environment::Test))
             .await
             .unwrap();
         simulator

@@ -6,7 +6,7 @@
 mod common;
 
 use billecta_onboarding::domain::Environment;
-use billecta_onboarding::simulator::{Fault, FaultBody, FaultRule};
+use billecta_sim::{Fault, FaultBody, FaultRule};
 use common::{
     ACCOUNT_EMAIL, ORG_NO, OnboardingOutcome, TestServer, activate_and_confirm_account,
     assert_refused, assert_retry_replays, bad_fields, confirm_request, create, create_creditor,
@@ -554,7 +554,7 @@ async fn retries_with_a_request_id_and_an_etag_after_billecta_failed() {
 
 #[tokio::test]
 async fn validation_reports_drift_field_by_field_and_marks_broken_stages() {
-    use billecta_onboarding::billecta::{BillectaClient, ClientSettings, Deadline};
+    use billecta_client::{BillectaClient, ClientSettings, Deadline};
     use billecta_onboarding::secret::Secret;
     for_each_backend(|server| async move {
         let simulator = server.simulator(Environment::Test);

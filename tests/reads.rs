@@ -5,8 +5,8 @@
 
 mod common;
 
+use billecta_client::Deadline;
 use billecta_onboarding::auth::SANDBOX_KEY;
-use billecta_onboarding::billecta::Deadline;
 use billecta_onboarding::proto;
 use common::*;
 

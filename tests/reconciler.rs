@@ -6,7 +6,7 @@
 mod common;
 
 use billecta_onboarding::domain::Environment;
-use billecta_onboarding::simulator::{Fault, FaultBody};
+use billecta_sim::{Fault, FaultBody};
 use common::{TestServer, proto};
 use std::time::{Duration, Instant};
 

@@ -6,9 +6,9 @@
 
 mod common;
 
-use billecta_onboarding::config::LogFormat;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto;
+use billecta_onboarding::telemetry::LogFormat;
 use billecta_onboarding::telemetry::{self, TraceExport};
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{

@@ -5,7 +5,9 @@
 //! - [`validate`] parses caller input into values that are valid by construction.
 //! - [`stages`] decides every stage's state, what is due and from whom, and the roll-up.
 //! - [`onboarding`] is the record one tenant and environment has, with the operations on it.
+//! - [`failure`] holds the domain's own errors: what it refuses and what it is told failed.
 
+pub mod failure;
 pub mod onboarding;
 pub mod stages;
 pub mod swedish;

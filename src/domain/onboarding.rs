@@ -2,10 +2,10 @@
 //! operation checks its preconditions, changes the record in memory and says what happened; the
 //! caller stores the result and the audit event in one transaction.
 
+use super::failure::Refusal;
 use super::stages::{self, ENVIRONMENT_STAGES};
 use super::validate::{OnboardingKey, TenantId};
 use super::{BlockedOn, CredentialField, Environment, Micros, OnboardingState, Stage, StageState};
-use crate::error::Error;
 use serde::{Deserialize, Serialize};
 
 /// The stored state of one onboarding.
@@ -403,10 +403,10 @@ impl OnboardingRecord {
 
     /// Records the account a person must create in Billecta's portal. Needs AGREEMENT; refused once
     /// ACCOUNT is completed, since the account then exists.
-    pub fn register_account(&mut self, account: Account, now: Micros) -> Result<String, Error> {
+    pub fn register_account(&mut self, account: Account, now: Micros) -> Result<String, Refusal> {
         stages::require_done(self, &[Stage::Agreement], "RegisterAccount")?;
         if self.stage(Stage::Account).state == StageState::Completed {
-            return Err(Error::Precondition {
+            return Err(Refusal::Precondition {
                 reason: "STAGE_ALREADY_COMPLETED",
                 subject: format!("{}/stages/{}", self.key().name(), Stage::Account),
                 message: "ACCOUNT is completed: the account is activated and can no longer be re-registered".to_owned(),
@@ -494,7 +494,7 @@ mod tests {
         let before = record.clone();
         let error = record.register_account(account(), 5).unwrap_err();
         match error {
-            Error::StagesNotDone { unmet, .. } => {
+            Refusal::StagesNotDone { unmet, .. } => {
                 assert_eq!(unmet.len(), 1);
                 assert_eq!(unmet[0].stage, Stage::Agreement);
                 assert_eq!(
@@ -588,16 +588,10 @@ mod tests {
 
     #[test]
     fn transient_failures_back_off_exponentially_up_to_a_cap_and_success_resets_them() {
-        use crate::billecta::{BillectaError, Failure};
-        let error = BillectaError {
-            environment: Environment::Test,
-            endpoint: "POST /v1/creditors/creditor",
-            failure: Failure::Status(503),
-            message: String::new(),
-            external_error_code: None,
-            retry_after: None,
-            attempts: 1,
-            outcome_unknown: false,
+        use crate::domain::failure::{FailureKind, StageFailure};
+        let error = StageFailure {
+            kind: FailureKind::Unavailable,
+            description: "Billecta test POST /v1/creditors/creditor: HTTP 503".to_owned(),
         };
         let mut stage = StageRecord::waiting(Stage::Creditor, BlockedOn::Nobody, vec![], "X", "");
         let mut waits = Vec::new();

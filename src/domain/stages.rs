@@ -5,10 +5,9 @@
 //! read shows exactly what the last change decided. The functions here are the only place that
 //! chooses those values.
 
+use super::failure::{FailureKind, Refusal, StageFailure, UnmetStage};
 use super::onboarding::{CreditorRecord, DueItem, OnboardingRecord, StageRecord};
 use super::{BlockedOn, Environment, Micros, OnboardingState, Stage, StageState};
-use crate::billecta::{BillectaError, ErrorKind};
-use crate::error::{Error, UnmetStage};
 
 /// The stages of an environment, in order.
 pub const ENVIRONMENT_STAGES: [Stage; 2] = [Stage::Agreement, Stage::Account];
@@ -214,7 +213,7 @@ pub fn require_done(
     record: &OnboardingRecord,
     required: &[Stage],
     action: &str,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let stages = required.iter().map(|stage| record.stage(*stage));
     unmet_error(record, None, stages, action)
 }
@@ -225,7 +224,7 @@ pub fn require_creditor_done(
     creditor: &CreditorRecord,
     required: &[Stage],
     action: &str,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     require_done(record, &ENVIRONMENT_STAGES, action)?;
     let stages = creditor
         .stages
@@ -241,7 +240,7 @@ fn unmet_error<'a>(
     owner: Option<&str>,
     stages: impl Iterator<Item = &'a StageRecord>,
     action: &str,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let mut unmet_stages = stages.filter(|stage| !stage.state.is_done()).peekable();
     if unmet_stages.peek().is_none() {
         return Ok(());
@@ -256,7 +255,7 @@ fn unmet_error<'a>(
         })
         .collect();
     let list: Vec<&str> = unmet.iter().map(|u| u.stage.as_str()).collect();
-    Err(Error::StagesNotDone {
+    Err(Refusal::StagesNotDone {
         message: format!(
             "{action} needs these stages completed first: {}",
             list.join(", ")
@@ -538,45 +537,45 @@ pub fn stage_skipped(creditor: &mut CreditorRecord, stage: Stage, reason: &str, 
 
 /// A Billecta call for the stage failed: transient failures leave it retrying (waiting is not
 /// failing), refusals say what must change and who must act.
-pub fn billecta_failed(stage: &mut StageRecord, error: &BillectaError, now: Micros) {
-    let (state, blocked_on, reason, message) = match error.kind() {
-        ErrorKind::Transient => (
+pub fn billecta_failed(stage: &mut StageRecord, failure: &StageFailure, now: Micros) {
+    let (state, blocked_on, reason, message) = match failure.kind {
+        FailureKind::Unavailable => (
             StageState::InProgress,
             BlockedOn::SystemRetrying,
             "BILLECTA_UNAVAILABLE",
-            format!("Billecta did not answer ({error}); the step is retried."),
+            format!("Billecta did not answer ({failure}); the step is retried."),
         ),
-        ErrorKind::BadCredentials => (
+        FailureKind::CredentialsRejected => (
             StageState::ActionRequired,
             BlockedOn::Tenant,
             "BILLECTA_CREDENTIALS_REJECTED",
             format!(
-                "Billecta refused the stored credentials ({error}). Confirm the account again with ConfirmAccountActivation."
+                "Billecta refused the stored credentials ({failure}). Confirm the account again with ConfirmAccountActivation."
             ),
         ),
-        ErrorKind::InvalidInput => (
+        FailureKind::Refused => (
             StageState::Failed,
             BlockedOn::PaywayOperations,
             "BILLECTA_REJECTED",
-            format!("Billecta refused the data: {error}"),
+            format!("Billecta refused the data: {failure}"),
         ),
-        ErrorKind::NotFound => (
+        FailureKind::Gone => (
             StageState::Broken,
             BlockedOn::PaywayOperations,
             "BILLECTA_NOT_FOUND",
-            format!("Billecta no longer has it: {error}"),
+            format!("Billecta no longer has it: {failure}"),
         ),
-        ErrorKind::Unexpected => (
+        FailureKind::Unexpected => (
             StageState::Failed,
             BlockedOn::PaywayOperations,
             "BILLECTA_UNEXPECTED_RESPONSE",
-            format!("Billecta answered unexpectedly: {error}"),
+            format!("Billecta answered unexpectedly: {failure}"),
         ),
     };
     let attempts = stage.attempts;
     stage.set(state, blocked_on, Vec::new(), reason, &message, now);
     stage.lease = None;
-    if error.is_transient() {
+    if failure.kind == FailureKind::Unavailable {
         // Capped exponential backoff for the reconciler: 5 s, 10 s, 20 s, ... at most 10 minutes.
         stage.attempts = attempts + 1;
         let exponent = u32::try_from(attempts.clamp(0, 7)).unwrap_or(7);
@@ -680,4 +679,845 @@ pub fn repaired(stage: &mut StageRecord, now: Micros) {
         "A live check found it working again.",
         now,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::onboarding::{CompanySettings, Lease};
+    use crate::domain::validate::{OnboardingKey, TenantId};
+
+    fn record(environment: Environment) -> OnboardingRecord {
+        let tenant = TenantId::parse("tenant", "gp").unwrap();
+        OnboardingRecord::new("id".into(), &OnboardingKey::new(tenant, environment), 0)
+    }
+
+    /// An onboarding whose agreement and account are done.
+    fn environment_done() -> OnboardingRecord {
+        let mut record = record(Environment::Test);
+        agreement_recorded(&mut record, 1);
+        account_registered(&mut record, 2);
+        account_confirmed(&mut record, 3);
+        record
+    }
+
+    /// A creditor being created in Billecta, with company settings asked for.
+    fn creditor(id: &str) -> CreditorRecord {
+        CreditorRecord {
+            id: id.to_owned(),
+            name: format!("tenants/gp/environments/test/creditors/{id}"),
+            organisation_number: "556000-0001".into(),
+            company_name: "GP AB".into(),
+            title: String::new(),
+            creditor_public_id: None,
+            stages: new_creditor_stages(),
+            company_settings: Some(CompanySettings {
+                address: "Storgatan 1".into(),
+                zip_code: "111 22".into(),
+                city: "Stockholm".into(),
+                country_code: "SE".into(),
+                bankgiro_invoicing: "123-4567".into(),
+                bankgiro_payments: "765-4321".into(),
+                bankgiro_payments_approved: false,
+            }),
+            invoice_settings: None,
+            api_access: None,
+            webhooks: None,
+        }
+    }
+
+    /// A creditor with every required stage completed and the optional ones never started.
+    fn ready_creditor(id: &str) -> CreditorRecord {
+        let mut creditor = creditor(id);
+        creditor_created(&mut creditor, false, 4);
+        company_settings_applied(&mut creditor, true, 5);
+        api_access_verified(&mut creditor, &[], 6);
+        payment_configuration_read(&mut creditor, "payway-payments", 7);
+        creditor
+    }
+
+    /// What a caller reads of a stage: state, whose move it is, what is due and why.
+    fn shown(stage: &StageRecord) -> (StageState, BlockedOn, Vec<&str>, &str) {
+        (
+            stage.state,
+            stage.blocked_on,
+            stage.due.iter().map(String::as_str).collect(),
+            stage.reason.as_str(),
+        )
+    }
+
+    fn of(creditor: &mut CreditorRecord, stage: Stage) -> (StageState, BlockedOn, Vec<&str>, &str) {
+        shown(creditor_stage(creditor, stage))
+    }
+
+    fn failure(kind: FailureKind) -> StageFailure {
+        StageFailure {
+            kind,
+            description: "Billecta test POST /v1/creditors/creditor: HTTP 503".into(),
+        }
+    }
+
+    fn due_items(record: &OnboardingRecord) -> Vec<(String, Stage, Option<String>, BlockedOn)> {
+        roll_up(record)
+            .2
+            .into_iter()
+            .map(|due| (due.item, due.stage, due.creditor, due.from))
+            .collect()
+    }
+
+    #[test]
+    fn a_new_onboarding_waits_on_operations_for_the_agreement_and_the_account_waits_for_it() {
+        let stages = initial_environment_stages(Environment::Test);
+        assert_eq!(
+            shown(&stages[0]),
+            (
+                StageState::NotStarted,
+                BlockedOn::PaywayOperations,
+                vec![AGREEMENT_RECORD],
+                "AWAITING_AGREEMENT"
+            )
+        );
+        assert_eq!(
+            shown(&stages[1]),
+            (
+                StageState::NotStarted,
+                BlockedOn::Nobody,
+                vec![],
+                "WAITING_FOR_EARLIER_STAGE"
+            )
+        );
+        let production = initial_environment_stages(Environment::Production);
+        assert!(
+            production[0].message.contains("production procedure"),
+            "{}",
+            production[0].message
+        );
+    }
+
+    #[test]
+    fn recording_the_agreement_asks_operations_to_register_the_account() {
+        let mut record = record(Environment::Test);
+        agreement_recorded(&mut record, 1);
+        assert_eq!(
+            shown(record.stage(Stage::Agreement)),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "AGREEMENT_RECORDED"
+            )
+        );
+        assert_eq!(
+            shown(record.stage(Stage::Account)),
+            (
+                StageState::NotStarted,
+                BlockedOn::PaywayOperations,
+                vec![ACCOUNT_REGISTER],
+                "AWAITING_ACCOUNT_DETAILS"
+            )
+        );
+        assert_eq!(
+            due_items(&record),
+            vec![(
+                ACCOUNT_REGISTER.to_owned(),
+                Stage::Account,
+                None,
+                BlockedOn::PaywayOperations
+            )]
+        );
+    }
+
+    #[test]
+    fn recording_the_agreement_again_leaves_an_account_that_moved_on() {
+        let mut record = record(Environment::Test);
+        agreement_recorded(&mut record, 1);
+        account_registered(&mut record, 2);
+        let account = record.stage(Stage::Account).clone();
+        agreement_recorded(&mut record, 3);
+        assert_eq!(record.stage(Stage::Account), &account);
+    }
+
+    #[test]
+    fn a_registered_account_waits_on_the_tenant_for_each_portal_step_in_order() {
+        let mut record = record(Environment::Test);
+        agreement_recorded(&mut record, 1);
+        account_registered(&mut record, 2);
+        let steps = vec![
+            ACCOUNT_CREATE,
+            ACCOUNT_ACTIVATE,
+            ACCOUNT_ACCEPT_TERMS,
+            ACCOUNT_CHANGE_PASSWORD,
+            ACCOUNT_CONFIRM,
+        ];
+        assert_eq!(
+            shown(record.stage(Stage::Account)),
+            (
+                StageState::ActionRequired,
+                BlockedOn::Tenant,
+                steps.clone(),
+                "AWAITING_ACTIVATION"
+            )
+        );
+        let (state, blocked_on, due) = roll_up(&record);
+        assert_eq!(
+            (state, blocked_on),
+            (OnboardingState::ActionRequired, BlockedOn::Tenant)
+        );
+        let items: Vec<&str> = due.iter().map(|due| due.item.as_str()).collect();
+        assert_eq!(items, steps);
+        assert!(due.iter().all(|due| due.from == BlockedOn::Tenant));
+        assert!(
+            due[0].description.contains("https://apptest.billecta.com"),
+            "{}",
+            due[0].description
+        );
+    }
+
+    #[test]
+    fn a_confirmed_account_completes_and_the_first_creditor_falls_due_from_operations() {
+        let record = environment_done();
+        assert_eq!(
+            shown(record.stage(Stage::Account)),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "ACCOUNT_ACTIVATED"
+            )
+        );
+        assert!(record.stage(Stage::Account).message.contains("test"));
+        assert_eq!(
+            roll_up(&record).0,
+            OnboardingState::ActionRequired,
+            "a setup without a creditor is not ready"
+        );
+        assert_eq!(
+            due_items(&record),
+            vec![(
+                CREDITOR_CREATE.to_owned(),
+                Stage::Creditor,
+                None,
+                BlockedOn::PaywayOperations
+            )]
+        );
+    }
+
+    #[test]
+    fn require_done_names_every_unmet_stage_with_its_resource() {
+        let record = record(Environment::Test);
+        let refusal = require_done(&record, &ENVIRONMENT_STAGES, "CreateCreditor").unwrap_err();
+        let Refusal::StagesNotDone {
+            resource,
+            unmet,
+            message,
+        } = refusal
+        else {
+            panic!("unexpected {refusal:?}");
+        };
+        assert_eq!(resource, "tenants/gp/environments/test");
+        assert_eq!(
+            message,
+            "CreateCreditor needs these stages completed first: AGREEMENT, ACCOUNT"
+        );
+        assert_eq!(
+            unmet,
+            vec![
+                UnmetStage {
+                    subject: "tenants/gp/environments/test/stages/AGREEMENT".into(),
+                    stage: Stage::Agreement,
+                    state: StageState::NotStarted,
+                },
+                UnmetStage {
+                    subject: "tenants/gp/environments/test/stages/ACCOUNT".into(),
+                    stage: Stage::Account,
+                    state: StageState::NotStarted,
+                },
+            ]
+        );
+        assert_eq!(
+            require_done(&environment_done(), &ENVIRONMENT_STAGES, "CreateCreditor"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn creditor_stages_need_the_environment_first_then_their_own_and_skipped_counts_as_done() {
+        let mut creditor = creditor("c1");
+        let refusal = require_creditor_done(
+            &record(Environment::Test),
+            &creditor,
+            &[Stage::Creditor],
+            "X",
+        )
+        .unwrap_err();
+        let Refusal::StagesNotDone { unmet, .. } = refusal else {
+            panic!("unexpected {refusal:?}");
+        };
+        assert_eq!(
+            unmet.iter().map(|u| u.stage).collect::<Vec<_>>(),
+            [Stage::Agreement, Stage::Account]
+        );
+
+        let record = environment_done();
+        let refusal =
+            require_creditor_done(&record, &creditor, &[Stage::Creditor], "X").unwrap_err();
+        let Refusal::StagesNotDone { unmet, .. } = refusal else {
+            panic!("unexpected {refusal:?}");
+        };
+        assert_eq!(
+            unmet,
+            vec![UnmetStage {
+                subject: "tenants/gp/environments/test/creditors/c1/stages/CREDITOR".into(),
+                stage: Stage::Creditor,
+                state: StageState::InProgress,
+            }]
+        );
+
+        creditor_created(&mut creditor, false, 4);
+        stage_skipped(&mut creditor, Stage::Webhooks, "not used", 5);
+        let required = [Stage::Creditor, Stage::Webhooks];
+        assert_eq!(
+            require_creditor_done(&record, &creditor, &required, "X"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_new_creditor_is_being_created_by_the_service_and_its_later_stages_wait() {
+        let stages = new_creditor_stages();
+        assert_eq!(
+            stages.iter().map(|s| s.stage).collect::<Vec<_>>(),
+            CREDITOR_STAGES
+        );
+        assert_eq!(
+            shown(&stages[0]),
+            (
+                StageState::InProgress,
+                BlockedOn::Nobody,
+                vec![],
+                "CREATING_IN_BILLECTA"
+            )
+        );
+        for later in &stages[1..] {
+            assert_eq!(
+                shown(later),
+                (
+                    StageState::NotStarted,
+                    BlockedOn::Nobody,
+                    vec![],
+                    "WAITING_FOR_EARLIER_STAGE"
+                ),
+                "{:?}",
+                later.stage
+            );
+        }
+        let mut record = environment_done();
+        record.creditors.push(creditor("c1"));
+        assert_eq!(
+            roll_up(&record),
+            (OnboardingState::InProgress, BlockedOn::Nobody, vec![])
+        );
+    }
+
+    #[test]
+    fn a_promoted_creditor_waits_for_operations_to_create_it_in_production() {
+        let stages = promoted_creditor_stages(9);
+        assert_eq!(
+            shown(&stages[0]),
+            (
+                StageState::NotStarted,
+                BlockedOn::PaywayOperations,
+                vec![CREDITOR_CREATE],
+                "PROMOTED"
+            )
+        );
+        assert_eq!(stages[0].update_time, Some(9));
+        assert_eq!(stages[1].reason, "WAITING_FOR_EARLIER_STAGE");
+    }
+
+    #[test]
+    fn a_created_creditor_asks_operations_for_its_settings_credentials_and_webhooks() {
+        let mut creditor = creditor("c1");
+        creditor_created(&mut creditor, false, 4);
+        assert_eq!(
+            of(&mut creditor, Stage::Creditor),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "CREDITOR_CREATED"
+            )
+        );
+        let waiting = [
+            (
+                Stage::CompanySettings,
+                COMPANY_SETTINGS_UPDATE,
+                "AWAITING_COMPANY_SETTINGS",
+            ),
+            (
+                Stage::InvoiceSettings,
+                INVOICE_SETTINGS_UPDATE,
+                "AWAITING_INVOICE_SETTINGS",
+            ),
+            (
+                Stage::ApiAccess,
+                API_ACCESS_REGISTER,
+                "AWAITING_API_CREDENTIALS",
+            ),
+            (Stage::Webhooks, WEBHOOKS_RECORD, "AWAITING_WEBHOOKS"),
+        ];
+        for (stage, due, reason) in waiting {
+            assert_eq!(
+                of(&mut creditor, stage),
+                (
+                    StageState::NotStarted,
+                    BlockedOn::PaywayOperations,
+                    vec![due],
+                    reason
+                )
+            );
+        }
+        assert_eq!(
+            of(&mut creditor, Stage::PaymentConfiguration).3,
+            "WAITING_FOR_EARLIER_STAGE",
+            "the payment configuration waits for the credentials"
+        );
+    }
+
+    #[test]
+    fn an_adopted_creditor_says_so_and_stages_that_moved_on_are_left_alone() {
+        let mut creditor = creditor("c1");
+        creditor_stage(&mut creditor, Stage::ApiAccess).set(
+            StageState::Completed,
+            BlockedOn::Nobody,
+            vec![],
+            "API_ACCESS_VERIFIED",
+            "",
+            3,
+        );
+        creditor_created(&mut creditor, true, 4);
+        assert_eq!(of(&mut creditor, Stage::Creditor).3, "CREDITOR_ADOPTED");
+        assert_eq!(
+            of(&mut creditor, Stage::ApiAccess),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "API_ACCESS_VERIFIED"
+            )
+        );
+    }
+
+    #[test]
+    fn company_settings_wait_on_billectas_support_until_the_payments_bankgiro_is_approved() {
+        let mut record = environment_done();
+        let mut waiting = creditor("c1");
+        creditor_created(&mut waiting, false, 4);
+        company_settings_applied(&mut waiting, false, 5);
+        assert_eq!(
+            of(&mut waiting, Stage::CompanySettings),
+            (
+                StageState::ActionRequired,
+                BlockedOn::BillectaSupport,
+                vec![COMPANY_SETTINGS_BANKGIRO_APPROVAL],
+                "AWAITING_BANKGIRO_APPROVAL"
+            )
+        );
+        assert!(
+            creditor_stage(&mut waiting, Stage::CompanySettings)
+                .message
+                .contains("765-4321"),
+            "the message names the bankgiro waiting for approval"
+        );
+        record.creditors.push(waiting.clone());
+        assert_eq!(roll_up(&record).0, OnboardingState::ActionRequired);
+        assert_eq!(roll_up(&record).1, BlockedOn::BillectaSupport);
+
+        company_settings_applied(&mut waiting, true, 6);
+        assert_eq!(
+            of(&mut waiting, Stage::CompanySettings),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "COMPANY_SETTINGS_APPLIED"
+            )
+        );
+    }
+
+    #[test]
+    fn invoice_settings_say_which_number_billecta_continues_from() {
+        let mut creditor = creditor("c1");
+        invoice_settings_applied(&mut creditor, Some(1001), 5);
+        let stage = creditor_stage(&mut creditor, Stage::InvoiceSettings).clone();
+        assert_eq!(
+            shown(&stage),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "INVOICE_SETTINGS_APPLIED"
+            )
+        );
+        assert!(stage.message.contains("1001"), "{}", stage.message);
+        invoice_settings_applied(&mut creditor, None, 6);
+        assert!(
+            creditor_stage(&mut creditor, Stage::InvoiceSettings)
+                .message
+                .contains("left as it is")
+        );
+    }
+
+    #[test]
+    fn a_skipped_stage_keeps_the_reason_given() {
+        let mut creditor = creditor("c1");
+        stage_skipped(&mut creditor, Stage::InvoiceSettings, "Billecta numbers", 5);
+        let stage = creditor_stage(&mut creditor, Stage::InvoiceSettings);
+        assert_eq!(
+            shown(stage),
+            (StageState::Skipped, BlockedOn::Nobody, vec![], "SKIPPED")
+        );
+        assert_eq!(stage.message, "Skipped: Billecta numbers");
+    }
+
+    #[test]
+    fn verified_api_access_makes_the_payment_configuration_due_again() {
+        let mut creditor = ready_creditor("c1");
+        assert_eq!(
+            of(&mut creditor, Stage::PaymentConfiguration).0,
+            StageState::Completed
+        );
+        let warnings = ["API_USER_IS_ACCOUNT_USER".to_owned()];
+        api_access_verified(&mut creditor, &warnings, 8);
+        let api_access = creditor_stage(&mut creditor, Stage::ApiAccess).clone();
+        assert_eq!(api_access.reason, "API_ACCESS_VERIFIED_WITH_WARNINGS");
+        assert!(api_access.message.contains("API_USER_IS_ACCOUNT_USER"));
+        assert_eq!(
+            of(&mut creditor, Stage::PaymentConfiguration),
+            (
+                StageState::NotStarted,
+                BlockedOn::PaywayOperations,
+                vec![PAYMENT_CONFIGURATION_READ],
+                "AWAITING_PAYMENT_CONFIGURATION_READ"
+            )
+        );
+        api_access_verified(&mut creditor, &[], 9);
+        assert_eq!(of(&mut creditor, Stage::ApiAccess).3, "API_ACCESS_VERIFIED");
+    }
+
+    #[test]
+    fn reading_the_payment_configuration_and_recording_webhooks_complete_their_stages() {
+        let mut creditor = creditor("c1");
+        payment_configuration_read(&mut creditor, "payway-payments", 5);
+        let read = creditor_stage(&mut creditor, Stage::PaymentConfiguration).clone();
+        assert_eq!(
+            shown(&read),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "PAYMENT_CONFIGURATION_READ"
+            )
+        );
+        assert_eq!(
+            read.message,
+            "Read by payway-payments after the last credential change."
+        );
+        webhooks_recorded(&mut creditor, 6);
+        assert_eq!(
+            of(&mut creditor, Stage::Webhooks),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "WEBHOOKS_RECORDED"
+            )
+        );
+    }
+
+    #[test]
+    fn each_failure_kind_sets_its_own_state_whose_move_it_is_and_reason() {
+        let expected = [
+            (
+                FailureKind::Unavailable,
+                StageState::InProgress,
+                BlockedOn::SystemRetrying,
+                "BILLECTA_UNAVAILABLE",
+            ),
+            (
+                FailureKind::CredentialsRejected,
+                StageState::ActionRequired,
+                BlockedOn::Tenant,
+                "BILLECTA_CREDENTIALS_REJECTED",
+            ),
+            (
+                FailureKind::Refused,
+                StageState::Failed,
+                BlockedOn::PaywayOperations,
+                "BILLECTA_REJECTED",
+            ),
+            (
+                FailureKind::Gone,
+                StageState::Broken,
+                BlockedOn::PaywayOperations,
+                "BILLECTA_NOT_FOUND",
+            ),
+            (
+                FailureKind::Unexpected,
+                StageState::Failed,
+                BlockedOn::PaywayOperations,
+                "BILLECTA_UNEXPECTED_RESPONSE",
+            ),
+        ];
+        for (kind, state, blocked_on, reason) in expected {
+            let mut stage = StageRecord::waiting(
+                Stage::Creditor,
+                BlockedOn::PaywayOperations,
+                vec![CREDITOR_CREATE.to_owned()],
+                "X",
+                "",
+            );
+            billecta_failed(&mut stage, &failure(kind), 10);
+            assert_eq!(
+                shown(&stage),
+                (state, blocked_on, vec![], reason),
+                "{kind:?}"
+            );
+            assert!(
+                stage.message.contains("HTTP 503"),
+                "{kind:?}: the message carries what Billecta said: {}",
+                stage.message
+            );
+            assert_eq!(stage.update_time, Some(10));
+        }
+    }
+
+    #[test]
+    fn only_a_transient_failure_schedules_a_retry() {
+        let mut retried = StageRecord::waiting(Stage::Creditor, BlockedOn::Nobody, vec![], "X", "");
+        billecta_failed(&mut retried, &failure(FailureKind::Unavailable), 1_000_000);
+        assert_eq!(
+            (retried.attempts, retried.next_attempt_time),
+            (1, Some(6_000_000))
+        );
+        for kind in [
+            FailureKind::CredentialsRejected,
+            FailureKind::Refused,
+            FailureKind::Gone,
+            FailureKind::Unexpected,
+        ] {
+            let mut stage = retried.clone();
+            billecta_failed(&mut stage, &failure(kind), 2_000_000);
+            assert_eq!(
+                (stage.attempts, stage.next_attempt_time),
+                (0, None),
+                "{kind:?} waits for a person, not for the reconciler"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failure_releases_the_stages_lease_and_other_changes_keep_it() {
+        let lease = Lease {
+            owner: "call-1".into(),
+            expire_time: 99,
+        };
+        let mut stage = StageRecord::waiting(Stage::Creditor, BlockedOn::Nobody, vec![], "X", "");
+        stage.lease = Some(lease.clone());
+        broken(
+            &mut stage,
+            "TOKEN_REJECTED",
+            "the token no longer signs in",
+            5,
+        );
+        assert_eq!(
+            stage.lease,
+            Some(lease),
+            "only the lease's holder lets it go"
+        );
+        billecta_failed(&mut stage, &failure(FailureKind::Refused), 6);
+        assert_eq!(stage.lease, None);
+    }
+
+    #[test]
+    fn a_broken_stage_is_repaired_by_a_live_check() {
+        let mut stage = StageRecord::waiting(Stage::ApiAccess, BlockedOn::Nobody, vec![], "X", "");
+        broken(
+            &mut stage,
+            "API_TOKEN_REJECTED",
+            "Billecta refused the API token",
+            5,
+        );
+        assert_eq!(
+            shown(&stage),
+            (
+                StageState::Broken,
+                BlockedOn::PaywayOperations,
+                vec![],
+                "API_TOKEN_REJECTED"
+            )
+        );
+        assert_eq!(stage.message, "Billecta refused the API token");
+        repaired(&mut stage, 6);
+        assert_eq!(
+            shown(&stage),
+            (
+                StageState::Completed,
+                BlockedOn::Nobody,
+                vec![],
+                "REVALIDATED"
+            )
+        );
+    }
+
+    #[test]
+    fn ready_needs_every_required_stage_completed_and_never_waits_for_untouched_optional_ones() {
+        let mut record = environment_done();
+        record.creditors.push(ready_creditor("c1"));
+        record.refresh();
+        assert_eq!(
+            (record.state, record.blocked_on),
+            (OnboardingState::Ready, BlockedOn::Nobody)
+        );
+        assert!(record.next_due().is_empty());
+
+        // An optional stage someone started holds READY back until it is done.
+        let creditor = &mut record.creditors[0];
+        creditor_stage(creditor, Stage::InvoiceSettings).set(
+            StageState::InProgress,
+            BlockedOn::Nobody,
+            vec![],
+            "APPLYING",
+            "",
+            8,
+        );
+        record.refresh();
+        assert_eq!(record.state, OnboardingState::InProgress);
+
+        let creditor = &mut record.creditors[0];
+        invoice_settings_applied(creditor, None, 9);
+        creditor_stage(creditor, Stage::PaymentConfiguration).set(
+            StageState::NotStarted,
+            BlockedOn::PaywayOperations,
+            vec![PAYMENT_CONFIGURATION_READ.to_owned()],
+            "AWAITING_PAYMENT_CONFIGURATION_READ",
+            "",
+            10,
+        );
+        record.refresh();
+        assert_eq!(
+            (record.state, record.blocked_on),
+            (OnboardingState::ActionRequired, BlockedOn::PaywayOperations)
+        );
+    }
+
+    #[test]
+    fn each_creditors_first_unfinished_stage_is_due_and_named_by_its_creditor() {
+        let mut record = environment_done();
+        let mut first = creditor("c1");
+        creditor_created(&mut first, false, 4);
+        let mut second = creditor("c2");
+        creditor_created(&mut second, false, 4);
+        company_settings_applied(&mut second, false, 5);
+        record.creditors = vec![first, second];
+        assert_eq!(
+            due_items(&record),
+            vec![
+                (
+                    COMPANY_SETTINGS_UPDATE.to_owned(),
+                    Stage::CompanySettings,
+                    Some("tenants/gp/environments/test/creditors/c1".to_owned()),
+                    BlockedOn::PaywayOperations
+                ),
+                (
+                    COMPANY_SETTINGS_BANKGIRO_APPROVAL.to_owned(),
+                    Stage::CompanySettings,
+                    Some("tenants/gp/environments/test/creditors/c2".to_owned()),
+                    BlockedOn::BillectaSupport
+                ),
+            ]
+        );
+        assert_eq!(
+            roll_up(&record).1,
+            BlockedOn::PaywayOperations,
+            "the first creditor's next step decides whose move it is"
+        );
+    }
+
+    #[test]
+    fn the_environment_is_due_before_any_creditor() {
+        let mut record = record(Environment::Test);
+        agreement_recorded(&mut record, 1);
+        record.creditors.push(ready_creditor("c1"));
+        let due = due_items(&record);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1, Stage::Account);
+    }
+
+    #[test]
+    fn broken_outranks_failed_which_outranks_waiting_and_retrying_is_in_progress() {
+        let mut record = environment_done();
+        let mut creditor = ready_creditor("c1");
+        billecta_failed(
+            creditor_stage(&mut creditor, Stage::CompanySettings),
+            &failure(FailureKind::Unavailable),
+            8,
+        );
+        record.creditors.push(creditor);
+        assert_eq!(roll_up(&record).0, OnboardingState::InProgress);
+        assert_eq!(roll_up(&record).1, BlockedOn::SystemRetrying);
+
+        billecta_failed(
+            creditor_stage(&mut record.creditors[0], Stage::InvoiceSettings),
+            &failure(FailureKind::Refused),
+            9,
+        );
+        assert_eq!(roll_up(&record).0, OnboardingState::Failed);
+
+        broken(
+            creditor_stage(&mut record.creditors[0], Stage::ApiAccess),
+            "API_TOKEN_REJECTED",
+            "",
+            10,
+        );
+        assert_eq!(roll_up(&record).0, OnboardingState::Broken);
+    }
+
+    #[test]
+    fn every_due_item_says_who_acts() {
+        let expected = [
+            (AGREEMENT_RECORD, BlockedOn::PaywayOperations),
+            (ACCOUNT_REGISTER, BlockedOn::PaywayOperations),
+            (ACCOUNT_CREATE, BlockedOn::Tenant),
+            (ACCOUNT_ACTIVATE, BlockedOn::Tenant),
+            (ACCOUNT_ACCEPT_TERMS, BlockedOn::Tenant),
+            (ACCOUNT_CHANGE_PASSWORD, BlockedOn::Tenant),
+            (ACCOUNT_CONFIRM, BlockedOn::Tenant),
+            (CREDITOR_CREATE, BlockedOn::PaywayOperations),
+            (COMPANY_SETTINGS_UPDATE, BlockedOn::PaywayOperations),
+            (
+                COMPANY_SETTINGS_BANKGIRO_APPROVAL,
+                BlockedOn::BillectaSupport,
+            ),
+            (INVOICE_SETTINGS_UPDATE, BlockedOn::PaywayOperations),
+            (API_ACCESS_REGISTER, BlockedOn::PaywayOperations),
+            (PAYMENT_CONFIGURATION_READ, BlockedOn::PaywayOperations),
+            (WEBHOOKS_RECORD, BlockedOn::Tenant),
+        ];
+        for (item, from) in expected {
+            let (blocked_on, description) = describe_due(item, Environment::Test);
+            assert_eq!(blocked_on, from, "{item}");
+            assert!(!description.is_empty(), "{item}");
+        }
+        let (blocked_on, description) = describe_due("made.up", Environment::Test);
+        assert_eq!(
+            (blocked_on, description.as_str()),
+            (BlockedOn::PaywayOperations, "Do made.up.")
+        );
+        let production = describe_due(ACCOUNT_CREATE, Environment::Production).1;
+        assert!(
+            production.contains("https://app.billecta.com"),
+            "{production}"
+        );
+    }
 }

@@ -279,14 +279,14 @@ fn is_acceptable_id(value: &str) -> bool {
 /// The caller's deadline, from the `grpc-timeout` header (gRPC over HTTP/2: at most eight digits and
 /// a unit, `H`, `M`, `S`, `m`, `u` or `n`). Billecta calls made for the call must end by then; without
 /// the header only the client's own timeouts apply.
-pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> crate::billecta::Deadline {
+pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> billecta_client::Deadline {
     metadata
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
         .and_then(parse_grpc_timeout)
         .map_or_else(
-            crate::billecta::Deadline::none,
-            crate::billecta::Deadline::after,
+            billecta_client::Deadline::none,
+            billecta_client::Deadline::after,
         )
 }
 

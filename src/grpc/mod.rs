@@ -121,7 +121,7 @@ fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Arc<Call
         .ok_or_else(|| Error::Unauthenticated {
             message: "a credential is required".to_owned(),
         })?;
-    caller.authorize(permission, None)?;
+    caller.authorize(permission, None).map_err(Error::from)?;
     Ok(caller)
 }
 
@@ -129,7 +129,9 @@ fn permitted<T>(request: &Request<T>, permission: Permission) -> Result<Arc<Call
 /// not given away.
 /// The call's tenant and environment go on its span here, once, for logs and traces.
 fn within(caller: &Caller, permission: Permission, scope: &impl Scope) -> Result<(), Status> {
-    caller.authorize(permission, Some(scope.tenant()))?;
+    caller
+        .authorize(permission, Some(scope.tenant()))
+        .map_err(Error::from)?;
     let span = tracing::Span::current();
     span.record("tenant", scope.tenant().as_str());
     if let Some(environment) = scope.environment() {

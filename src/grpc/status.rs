@@ -1,9 +1,10 @@
 //! The one place where the service's errors become gRPC statuses: each with exactly one ErrorInfo
 //! (an UPPER_SNAKE reason), plus BadRequest, PreconditionFailure or RetryInfo where they apply.
 
-use crate::billecta::{ErrorKind, Failure};
+use crate::domain::failure::Refusal;
 use crate::error::Error;
 use crate::storage::StorageError;
+use billecta_client::{ErrorKind, Failure};
 use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -58,11 +59,11 @@ pub fn to_status(error: Error) -> Status {
             );
             (Code::AlreadyExists, error.to_string())
         }
-        Error::StagesNotDone {
+        Error::Refused(Refusal::StagesNotDone {
             resource,
             unmet,
             message,
-        } => {
+        }) => {
             for stage in unmet {
                 details.add_precondition_failure_violation(
                     "STAGE",
@@ -82,7 +83,12 @@ pub fn to_status(error: Error) -> Status {
             reason,
             subject,
             message,
-        } => {
+        }
+        | Error::Refused(Refusal::Precondition {
+            reason,
+            subject,
+            message,
+        }) => {
             details.add_precondition_failure_violation("STATE", subject, message);
             details.set_error_info(*reason, ERROR_DOMAIN, metadata(&[("resource", subject)]));
             (Code::FailedPrecondition, message.clone())
@@ -106,11 +112,11 @@ pub fn to_status(error: Error) -> Status {
             details.set_error_info("UNAUTHENTICATED", ERROR_DOMAIN, HashMap::new());
             (Code::Unauthenticated, message.clone())
         }
-        Error::PermissionDenied { permission, .. } => {
+        Error::PermissionDenied(denied) => {
             details.set_error_info(
                 "PERMISSION_DENIED",
                 ERROR_DOMAIN,
-                metadata(&[("permission", permission.as_str())]),
+                metadata(&[("permission", denied.permission.as_str())]),
             );
             (Code::PermissionDenied, error.to_string())
         }
@@ -225,8 +231,7 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::billecta::BillectaError;
-    use crate::domain::Environment;
+    use billecta_client::{BillectaError, Environment};
     use std::time::Duration;
 
     fn billecta(failure: Failure, retry_after: Option<Duration>) -> Status {

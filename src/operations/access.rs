@@ -6,7 +6,6 @@ use super::provisioning::{
     settle_failure,
 };
 use super::{CallContext, Conventions, Mutation, Operations, Written};
-use crate::billecta::{BillectaError, Deadline, ErrorKind};
 use crate::domain::onboarding::{
     ApiAccess, CredentialRecord, OnboardingRecord, PaymentTerms, Webhooks,
 };
@@ -15,6 +14,7 @@ use crate::domain::validate::CreditorKey;
 use crate::domain::{CredentialField, Environment, Stage, StageState};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
+use billecta_client::{BillectaError, Deadline, ErrorKind};
 
 /// How the API user's credentials are given.
 pub enum ApiCredentials {

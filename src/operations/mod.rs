@@ -7,6 +7,7 @@
 //! outcome in a second one.
 
 mod access;
+mod billecta;
 mod provisioning;
 mod reconcile;
 mod validation;
@@ -16,7 +17,6 @@ pub use provisioning::NewCreditor;
 pub use reconcile::RECONCILER;
 pub use validation::{Check, CheckResult};
 
-use crate::billecta::Billecta;
 use crate::crypto::{Keyring, Sealed};
 use crate::domain::onboarding::{
     Account, Agreement, CredentialRecord, EventRecord, OnboardingRecord,
@@ -25,6 +25,7 @@ use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
 use crate::domain::{CredentialField, Micros, now_micros};
 use crate::error::{Error, Result};
 use crate::storage::{StorageError, Store, StoredResult, WriteTx};
+use billecta_client::Billecta;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -267,7 +268,7 @@ impl Operations {
                 username: None,
                 activate_time: None,
             };
-            record.register_account(account, now)
+            Ok(record.register_account(account, now)?)
         })
         .await
     }

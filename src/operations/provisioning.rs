@@ -15,10 +15,9 @@
 //! adopted, never repeated.
 
 use super::{CallContext, Committed, Conventions, Mutation, Operations, Written};
-use crate::billecta::model::Creditor;
-use crate::billecta::{BillectaError, Deadline, ErrorKind};
 use crate::crypto::SecretContext;
 use crate::desired;
+use crate::domain::failure::StageFailure;
 use crate::domain::onboarding::{
     CompanySettings, CredentialRecord, CreditorRecord, InvoiceSettings, Lease, OnboardingRecord,
     StageRecord,
@@ -29,6 +28,8 @@ use crate::domain::validate::{CreditorKey, FieldViolation, OnboardingKey};
 use crate::domain::{CredentialField, Micros, Stage, StageState, now_micros};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
+use billecta_client::model::Creditor;
+use billecta_client::{BillectaError, Deadline, ErrorKind};
 use std::time::Duration;
 
 /// The stage a call works on: an environment stage (`creditor` empty) or a creditor's.
@@ -124,7 +125,11 @@ pub(super) fn settle_failure(
     if claimed.before.state == StageState::Completed {
         restore(record, claimed);
     } else {
-        stages::billecta_failed(stage_mut(record, &claimed.target), error, now);
+        stages::billecta_failed(
+            stage_mut(record, &claimed.target),
+            &StageFailure::from(error),
+            now,
+        );
     }
 }
 
@@ -209,7 +214,7 @@ pub(super) fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Res
 /// The audit outcome of a failed Billecta step, as the caller will see it.
 pub(super) fn outcome_of(error: &BillectaError) -> &'static str {
     match error.kind() {
-        _ if error.failure == crate::billecta::Failure::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        _ if error.failure == billecta_client::Failure::DeadlineExceeded => "DEADLINE_EXCEEDED",
         ErrorKind::Transient => "UNAVAILABLE",
         ErrorKind::Unexpected => "INTERNAL",
         ErrorKind::InvalidInput | ErrorKind::BadCredentials | ErrorKind::NotFound => {
@@ -606,7 +611,8 @@ impl Operations {
                             verified: false,
                         };
                         let secret = self.seal(record, call, unverified, now)?;
-                        stages::billecta_failed(record.stage_mut(Stage::Account), &error, now);
+                        let failure = StageFailure::from(&error);
+                        stages::billecta_failed(record.stage_mut(Stage::Account), &failure, now);
                         Ok(Written {
                             summary,
                             secrets: vec![secret],

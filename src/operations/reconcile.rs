@@ -5,12 +5,12 @@
 use super::access::ApiCredentials;
 use super::provisioning::{NewCreditor, find_creditor};
 use super::{CallContext, Mutation, Operations};
-use crate::billecta::{BreakerState, Deadline};
 use crate::domain::swedish::OrganisationNumber;
 use crate::domain::validate::{CreditorKey, OnboardingKey, TenantId};
 use crate::domain::{CredentialField, Environment, Stage, now_micros};
 use crate::error::{Error, Result};
 use crate::storage::PendingStage;
+use billecta_client::{BreakerState, Deadline};
 use std::time::Duration;
 use tracing::Instrument;
 

@@ -4,8 +4,6 @@
 use super::access::shared_user_warnings;
 use super::provisioning::creditor_mut;
 use super::{CallContext, Mutation, Operations};
-use crate::billecta::model::Creditor;
-use crate::billecta::{BillectaClient, BillectaError, Deadline, ErrorKind};
 use crate::domain::onboarding::{CreditorRecord, OnboardingRecord, StageRecord};
 use crate::domain::stages::{self, creditor_stage};
 use crate::domain::swedish::{Bankgiro, InvoiceNumber};
@@ -13,6 +11,8 @@ use crate::domain::validate::{CreditorKey, OnboardingKey};
 use crate::domain::{CredentialField, Environment, OnboardingState, Stage, StageState, now_micros};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
+use billecta_client::model::Creditor;
+use billecta_client::{BillectaClient, BillectaError, Deadline, ErrorKind};
 
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,7 +339,7 @@ impl Operations {
                 .and_then(|methods| {
                     methods.iter().find(|method| {
                         method.priority
-                            == Some(crate::billecta::model::PaymentMethodPriority::Primary)
+                            == Some(billecta_client::model::PaymentMethodPriority::Primary)
                     })
                 })
                 .and_then(|method| method.bankgiro_no.clone())

@@ -205,11 +205,13 @@ impl Store {
             }
             Ok(())
         };
-        tokio::time::timeout(within, check).await.unwrap_or_else(|_| {
-            Err(StorageError::Unreachable(anyhow::anyhow!(
-                "no answer to the health check within {within:?}"
-            )))
-        })
+        tokio::time::timeout(within, check)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StorageError::Unreachable(anyhow::anyhow!(
+                    "no answer to the health check within {within:?}"
+                )))
+            })
     }
 
     /// Records what the health check found: while unreachable, every call is refused at once.

@@ -13,7 +13,7 @@ use billecta_onboarding::auth::SANDBOX_KEY;
 use billecta_onboarding::config::Config;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
-use billecta_onboarding::simulator::{Fault, FaultRule, NewAccount, RunningSimulator};
+use billecta_sim::{Fault, FaultRule, NewAccount, RunningSimulator};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -286,7 +286,7 @@ impl FreshDatabase {
             }
             Backend::Postgres(admin_url) => {
                 let name = format!("onboarding_test_{}", uuid::Uuid::new_v4().simple());
-                let url = billecta_onboarding::drill::create_database(admin_url, &name)
+                let url = billecta_onboarding::scratch::create_database(admin_url, &name)
                     .await
                     .expect("creates a test database on TEST_POSTGRES_URL's server");
                 Self {
@@ -317,7 +317,7 @@ impl Drop for FreshDatabase {
                 .block_on(async {
                     tokio::time::timeout(
                         std::time::Duration::from_secs(30),
-                        billecta_onboarding::drill::drop_database(&admin_url, &database),
+                        billecta_onboarding::scratch::drop_database(&admin_url, &database),
                     )
                     .await
                 })
@@ -880,25 +880,23 @@ pub fn remove_account_user(server: &TestServer) {
 }
 
 /// A Billecta client for the test environment's simulator, as the service's own.
-pub fn test_billecta(server: &TestServer) -> billecta_onboarding::billecta::BillectaClient {
-    billecta_onboarding::billecta::BillectaClient::new(
+pub fn test_billecta(server: &TestServer) -> billecta_client::BillectaClient {
+    billecta_client::BillectaClient::new(
         Environment::Test,
-        billecta_onboarding::billecta::ClientSettings::new(
-            server.simulator(Environment::Test).base_url(),
-        ),
+        billecta_client::ClientSettings::new(server.simulator(Environment::Test).base_url()),
     )
     .unwrap()
 }
 
 /// The test account's current SecureToken, signing in as the account user of [`ready_onboarding`].
 pub async fn account_token(
-    billecta: &billecta_onboarding::billecta::BillectaClient,
+    billecta: &billecta_client::BillectaClient,
 ) -> billecta_onboarding::secret::Secret {
     billecta
         .authenticate(
             ACCOUNT_EMAIL,
             &billecta_onboarding::secret::Secret::new(READY_PASSWORD),
-            billecta_onboarding::billecta::Deadline::none(),
+            billecta_client::Deadline::none(),
         )
         .await
         .unwrap()

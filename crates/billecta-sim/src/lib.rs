@@ -3,7 +3,7 @@
 //! environment (test or production): accounts with users, SecureTokens, creditors with their bank
 //! details, rights, and the errors Billecta answers. It is faithful where public material is clear
 //! and picks one documented answer where it is not (the open questions about Billecta's behaviour; see
-//! `README.md` beside this file). Every request and response body is checked against Billecta's
+//! the crate's `README.md`). Every request and response body is checked against Billecta's
 //! published schemas ([`schema`]), the same ones the client's contract tests use.
 //!
 //! - [`schema`] — the contract: the view models' schemas, adapted to the wire, and `validate`.
@@ -30,7 +30,6 @@ pub use state::{
     SimulatorState, TokenState, UserRightView, UserState,
 };
 
-use crate::domain::Environment;
 use anyhow::Context;
 use faults::FaultPlan;
 use state::{StaffFlag, Store};
@@ -42,6 +41,24 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// A Billecta environment, to behave like. Its own type: the simulator shares no code with the
+/// service it stands in for Billecta to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Environment {
+    Test,
+    Production,
+}
+
+impl std::fmt::Display for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Environment::Test => "test",
+            Environment::Production => "production",
+        })
+    }
+}
 
 /// How a simulator starts.
 #[derive(Debug, Clone, PartialEq)]

@@ -77,14 +77,14 @@ impl View {
     /// The published schema, unchanged.
     fn published(self) -> &'static str {
         match self {
-            View::SecureToken => include_str!("schemas/SecureTokenView.json"),
-            View::Created => include_str!("schemas/CreatedView.json"),
-            View::Creditor => include_str!("schemas/CreditorView.json"),
-            View::Creditors => include_str!("schemas/CreditorsView.json"),
-            View::CreditorSubs => include_str!("schemas/CreditorSubsView.json"),
-            View::User => include_str!("schemas/UserView.json"),
-            View::Users => include_str!("schemas/UsersView.json"),
-            View::Password => include_str!("schemas/PasswordView.json"),
+            View::SecureToken => include_str!("../schemas/SecureTokenView.json"),
+            View::Created => include_str!("../schemas/CreatedView.json"),
+            View::Creditor => include_str!("../schemas/CreditorView.json"),
+            View::Creditors => include_str!("../schemas/CreditorsView.json"),
+            View::CreditorSubs => include_str!("../schemas/CreditorSubsView.json"),
+            View::User => include_str!("../schemas/UserView.json"),
+            View::Users => include_str!("../schemas/UsersView.json"),
+            View::Password => include_str!("../schemas/PasswordView.json"),
         }
     }
 }

@@ -4,12 +4,12 @@
 //! fields belong to Billecta and cannot be written. The HTTP layer (`routes`, `admin`) parses,
 //! validates bodies against the schemas, takes the lock and calls one method.
 //!
-//! The choices for what public material leaves open are listed in `README.md` beside this file;
+//! The choices for what public material leaves open are listed in the crate's `README.md`;
 //! the comments below say which rule answers which question.
 
 use super::faults::FaultsState;
 use super::schema::{self, View};
-use crate::domain::Environment;
+use crate::Environment;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! A typed client for Billecta's REST API, one per environment.
 //!
 //! It works unchanged against `https://apitest.billecta.com`, `https://api.billecta.com` and the
-//! simulator in [`crate::simulator`]. Every call:
+//! simulator (`billecta-sim`). Every call:
 //! - authenticates with Basic credentials (only `POST /v1/authentication/apiauthenticate`) or with
 //!   `Authorization: SecureToken <base64(token)>`;
 //! - has a per-attempt timeout, shortened to the caller's [`Deadline`];
@@ -13,18 +13,21 @@
 //!   excerpt of a non-JSON body) with any echo of the credentials removed.
 //!
 //! Layout: [`model`] (wire types), [`error`] (classification), [`policy`] (deadline, retry, breaker),
-//! [`timestamp`] (Billecta's date-time spellings).
+//! [`timestamp`] (Billecta's date-time spellings), [`secret`] (credentials that cannot be printed).
+//!
+//! The crate knows nothing of the service that uses it: it has its own [`Environment`], and tells an
+//! [`Observer`] about every request it sends rather than counting them itself.
 
 pub mod error;
 pub mod model;
 pub mod policy;
+pub mod secret;
 pub mod timestamp;
 
 pub use error::{BillectaError, ErrorKind, Failure};
 pub use policy::{BreakerPolicy, BreakerState, Deadline, RetryPolicy};
+pub use secret::Secret;
 
-use crate::domain::Environment;
-use crate::secret::Secret;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use model::{CreatedView, Creditor, SecureTokenView, User};
@@ -43,6 +46,44 @@ use tracing::Instrument;
 pub const TEST_BASE_URL: &str = "https://apitest.billecta.com";
 pub const PRODUCTION_BASE_URL: &str = "https://api.billecta.com";
 
+/// A Billecta environment. The two are fully separate: credentials of one never work in the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Environment {
+    Test,
+    Production,
+}
+
+impl Environment {
+    /// The name used in errors, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Test => "test",
+            Environment::Production => "production",
+        }
+    }
+}
+
+impl std::fmt::Display for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Told about every HTTP request a client sends (retries included), so that the service can count
+/// them without this crate knowing how.
+pub trait Observer: std::fmt::Debug + Send + Sync {
+    /// One request to `endpoint` (a route template) ended after `elapsed` with `outcome`: `"ok"`,
+    /// the error kind's name ([`ErrorKind::as_str`]), or `"circuit_open"` when the breaker refused
+    /// it without sending anything.
+    fn request_finished(
+        &self,
+        environment: Environment,
+        endpoint: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    );
+}
+
 /// How the client for one environment behaves.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -56,6 +97,8 @@ pub struct ClientSettings {
     /// At most this many requests to this environment at once; more wait for a free slot (within
     /// their deadline).
     pub max_concurrency: usize,
+    /// Told about every request sent, when set.
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 impl ClientSettings {
@@ -67,6 +110,7 @@ impl ClientSettings {
             retry: RetryPolicy::default(),
             breaker: BreakerPolicy::default(),
             max_concurrency: 32,
+            observer: None,
         }
     }
 }
@@ -202,7 +246,7 @@ impl std::fmt::Debug for Request {
 /// The requests the client sends, one builder per endpoint.
 pub mod requests {
     use super::{Request, endpoints};
-    use crate::billecta::model::{Creditor, User};
+    use crate::model::{Creditor, User};
 
     fn bodiless(endpoint: &'static super::Endpoint, path: String) -> Request {
         Request {
@@ -344,8 +388,8 @@ impl Billecta {
         Billecta { test, production }
     }
 
-    pub fn client(&self, environment: Environment) -> &BillectaClient {
-        match environment {
+    pub fn client(&self, environment: impl Into<Environment>) -> &BillectaClient {
+        match environment.into() {
             Environment::Test => &self.test,
             Environment::Production => &self.production,
         }
@@ -378,6 +422,7 @@ struct Inner {
     retry: RetryPolicy,
     breaker: CircuitBreaker,
     slots: tokio::sync::Semaphore,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// The answer of one attempt that reached Billecta.
@@ -390,7 +435,11 @@ struct Answer {
 }
 
 impl BillectaClient {
-    pub fn new(environment: Environment, settings: ClientSettings) -> anyhow::Result<Self> {
+    pub fn new(
+        environment: impl Into<Environment>,
+        settings: ClientSettings,
+    ) -> anyhow::Result<Self> {
+        let environment = environment.into();
         install_tls_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
@@ -413,6 +462,7 @@ impl BillectaClient {
                 retry: settings.retry,
                 breaker: CircuitBreaker::new(settings.breaker),
                 slots: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
+                observer: settings.observer,
             }),
         })
     }
@@ -757,17 +807,21 @@ impl BillectaClient {
                     span.record("otel.status_code", "ERROR");
                 }
             }
-            crate::metrics::metrics().billecta_request(
-                self.inner.environment,
-                endpoint.route,
-                match &outcome {
-                    Ok(_) => "ok",
-                    // Refused here without a request: counted apart.
-                    Err(error) if matches!(error.failure, Failure::CircuitOpen) => "circuit_open",
-                    Err(error) => error.kind().as_str(),
-                },
-                sent.elapsed(),
-            );
+            if let Some(observer) = &self.inner.observer {
+                observer.request_finished(
+                    self.inner.environment,
+                    endpoint.route,
+                    match &outcome {
+                        Ok(_) => "ok",
+                        // Refused here without a request: counted apart.
+                        Err(error) if matches!(error.failure, Failure::CircuitOpen) => {
+                            "circuit_open"
+                        }
+                        Err(error) => error.kind().as_str(),
+                    },
+                    sent.elapsed(),
+                );
+            }
             let mut error = match outcome {
                 Ok(mut answer) => {
                     answer.attempts = attempt;

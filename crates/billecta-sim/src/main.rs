@@ -1,9 +1,8 @@
 //! `billecta-sim`: the Billecta simulator as a process, for running the service or a client by hand
 //! against something that behaves like Billecta. Prints the base URL once it listens; stops
-//! gracefully on SIGTERM or SIGINT. See `src/simulator/README.md`.
+//! gracefully on SIGTERM or SIGINT. See the crate's `README.md`.
 
-use billecta_onboarding::domain::Environment;
-use billecta_onboarding::simulator::{self, FaultRule, SimulatorConfig};
+use billecta_sim::{self as simulator, Environment, FaultRule, SimulatorConfig};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;

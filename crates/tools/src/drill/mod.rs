@@ -12,15 +12,15 @@
 pub mod fleet;
 pub mod journey;
 
-use crate::auth::Permission;
-use crate::domain::Environment;
-use crate::simulator::{Fault, FaultBody, FaultRule, RunningSimulator, SimulatorConfig};
+use billecta_onboarding::auth::{self, Permission};
+use billecta_onboarding::scratch::{create_database, drop_database};
+
 use anyhow::Context;
 use base64::Engine;
+use billecta_sim::{Environment, Fault, FaultBody, FaultRule, RunningSimulator, SimulatorConfig};
 use fleet::{CuttableProxy, Fleet};
 use futures::StreamExt;
 use journey::{CallLog, Clients, Driver, Portal, TenantAudit, TenantPlan};
-use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -407,31 +407,24 @@ impl fmt::Display for DrillReport {
     }
 }
 
-/// Creates the database `name` on the PostgreSQL server `admin_url` reaches; returns its URL.
-pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<url::Url> {
-    let mut url = url::Url::parse(admin_url).context("the PostgreSQL URL")?;
-    let mut admin = sqlx::PgConnection::connect(admin_url)
-        .await
-        .context("connecting to PostgreSQL")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await?;
-    admin.close().await.ok();
-    url.set_path(name);
-    Ok(url)
+/// The service binary of the same build: beside the running executable (`billecta-drill`,
+/// `billecta-bench`), or one folder up from a test's executable in `deps/`. Cargo builds it with
+/// the workspace (`cargo build`, `cargo test --workspace`); built alone, this crate does not.
+pub fn service_binary() -> anyhow::Result<PathBuf> {
+    let executable = std::env::current_exe()?;
+    let beside = executable.with_file_name(SERVICE_BINARY);
+    let above = executable
+        .parent()
+        .and_then(|folder| folder.parent())
+        .map(|folder| folder.join(SERVICE_BINARY));
+    Ok(match above {
+        Some(above) if !beside.exists() && above.exists() => above,
+        _ => beside,
+    })
 }
 
-/// Drops the database `name` made by [`create_database`], closing whatever is still connected.
-pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = sqlx::PgConnection::connect(admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    admin.close().await.ok();
-    Ok(())
-}
+/// The name of the service's binary.
+const SERVICE_BINARY: &str = "billecta-onboarding";
 
 /// A random key of `bytes` bytes, base64.
 pub fn random_key(bytes: usize) -> String {
@@ -514,9 +507,9 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
         settings.latency,
         settings.latency_share,
     );
-    let simulator = crate::simulator::start(simulator_config).await?;
+    let simulator = billecta_sim::start(simulator_config).await?;
     let database = prepare_database(&settings, &tag).await?;
-    let (api_key, caller) = crate::auth::new_key("drill", Permission::ALL.into(), None)?;
+    let (api_key, caller) = auth::new_key("drill", Permission::ALL.into(), None)?;
     let callers = serde_json::to_string(&[caller])?;
     let mut args: Vec<String> = [
         "--database",
@@ -712,12 +705,12 @@ async fn drive(
         billecta_faulted: state.faulted_counts.values().sum(),
         creditor_creates: state
             .request_counts
-            .get(crate::billecta::endpoints::CREATE_CREDITOR.route)
+            .get(billecta_client::endpoints::CREATE_CREDITOR.route)
             .copied()
             .unwrap_or_default(),
         creditor_creates_faulted: state
             .faulted_counts
-            .get(crate::billecta::endpoints::CREATE_CREDITOR.route)
+            .get(billecta_client::endpoints::CREATE_CREDITOR.route)
             .copied()
             .unwrap_or_default(),
         creditors: state.creditors.len(),

@@ -1,10 +1,11 @@
 //! `billecta-bench`: prints the figures BENCHMARKS.md records — the read path next to a bare gRPC
 //! handler, provisioning next to its ideal time, start-up and memory. Build with `--release`.
 
-use billecta_onboarding::bench::{self, BesideBare, LoadShape, ReadySetup};
-use billecta_onboarding::drill::{self, DrillDatabase, DrillSettings};
 use billecta_onboarding::proto;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
+use billecta_onboarding::scratch;
+use billecta_tools::bench::{self, BesideBare, LoadShape, ReadySetup};
+use billecta_tools::drill::{self, DrillDatabase, DrillSettings};
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -115,7 +116,7 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
             None => (work_dir.join("read.sqlite3").display().to_string(), None),
             Some(admin_url) => {
                 let name = format!("bench_{}", std::process::id());
-                let url = drill::create_database(admin_url, &name).await?;
+                let url = scratch::create_database(admin_url, &name).await?;
                 (url.to_string(), Some((admin_url, name)))
             }
         };
@@ -202,7 +203,7 @@ async fn read_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<()
         setup.stop().await;
         bare_stop.cancel();
         if let Some((admin_url, name)) = cleanup {
-            drill::drop_database(admin_url, &name).await?;
+            scratch::drop_database(admin_url, &name).await?;
         }
     }
     Ok(())
@@ -230,7 +231,7 @@ async fn provisioning(args: &Args, work_dir: &std::path::Path) -> anyhow::Result
         "\n== provisioning: {} tenants from nothing to READY (test), {} ms added to every Billecta call, Billecta concurrency {}",
         args.tenants, args.latency_ms, args.billecta_concurrency
     );
-    let server_binary = std::env::current_exe()?.with_file_name("billecta-onboarding");
+    let server_binary = drill::service_binary()?;
     let report = provision(args, work_dir, &server_binary, DrillDatabase::Sqlite).await?;
     if let Some(admin_url) = &args.postgres {
         let database = DrillDatabase::Postgres {

@@ -4,16 +4,15 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use billecta_onboarding::billecta::model::{
+use billecta_client::model::{
     Contact, Creditor, CreditorBankInfo, DeliveryMethod, ForeignAccount, InvoiceAddress, Language,
     OutgoingBankgiro, PaymentMethod, PaymentMethodPriority, PaymentMethodType, User, UserRight,
 };
-use billecta_onboarding::billecta::{
-    BillectaClient, ClientSettings, Deadline, Endpoint, Request, endpoints, requests,
+use billecta_client::{
+    BillectaClient, ClientSettings, Deadline, Endpoint, Environment, Request, Secret, endpoints,
+    requests,
 };
-use billecta_onboarding::domain::Environment;
-use billecta_onboarding::secret::Secret;
-use billecta_onboarding::simulator::schema::{self, View};
+use billecta_sim::schema::{self, View};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -359,10 +358,7 @@ async fn a_create_whose_answer_cannot_be_read_may_have_happened() {
         .create_creditor(&token, &full_creditor(), Deadline::none())
         .await
         .unwrap_err();
-    assert_eq!(
-        error.kind(),
-        billecta_onboarding::billecta::ErrorKind::Unexpected
-    );
+    assert_eq!(error.kind(), billecta_client::ErrorKind::Unexpected);
     assert!(
         error.outcome_unknown,
         "Billecta answered 2xx: the creditor exists"

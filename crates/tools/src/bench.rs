@@ -11,10 +11,10 @@
 //! Everything runs on one machine at once, so each figure is read next to its baseline from the
 //! same run: ratios, not absolute numbers, are what compare across machines.
 
-use crate::app::Application;
-use crate::config::Config;
 use crate::drill::journey::{CallLog, Clients, Driver, Portal, TenantPlan};
-use crate::proto;
+use billecta_onboarding::app::Application;
+use billecta_onboarding::config::Config;
+use billecta_onboarding::proto;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -400,14 +400,17 @@ impl ReadySetup {
         let simulator = application
             .sandbox()
             .expect("sandbox mode")
-            .simulator(crate::domain::Environment::Test)
+            .simulator(billecta_onboarding::domain::Environment::Test)
             .clone();
         let shutdown = application.shutdown_token();
         let task = tokio::spawn(application.run());
         let channel = channels(address, 1).await?.remove(0);
         let log = CallLog::default();
         let driver = Driver::new(
-            vec![Clients::new(channel, crate::auth::SANDBOX_KEY)],
+            vec![Clients::new(
+                channel,
+                billecta_onboarding::auth::SANDBOX_KEY,
+            )],
             &simulator,
             &log,
             Instant::now(),
@@ -447,7 +450,7 @@ impl ReadySetup {
 
 /// The `authorization` header value of the sandbox's development key.
 pub fn sandbox_bearer() -> tonic::metadata::MetadataValue<tonic::metadata::Ascii> {
-    format!("Bearer {}", crate::auth::SANDBOX_KEY)
+    format!("Bearer {}", billecta_onboarding::auth::SANDBOX_KEY)
         .parse()
         .expect("an ASCII key")
 }

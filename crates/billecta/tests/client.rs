@@ -2,22 +2,17 @@
 //! every injected fault — retried when transient and safe, not retried otherwise, the breaker opening
 //! and recovering, deadlines kept, Billecta's text surfaced, credentials never.
 
-mod common;
-
-use billecta_onboarding::billecta::model::{
+use billecta_client::model::{
     Creditor, CreditorBankInfo, OutgoingBankgiro, PaymentMethod, PaymentMethodPriority,
     PaymentMethodType, User, UserRight,
 };
-use billecta_onboarding::billecta::{
+use billecta_client::{
     BillectaClient, BillectaError, BreakerPolicy, BreakerState, ClientSettings, Deadline,
-    ErrorKind, Failure, RetryPolicy,
+    Environment, ErrorKind, Failure, RetryPolicy, Secret,
 };
-use billecta_onboarding::domain::Environment;
-use billecta_onboarding::secret::Secret;
-use billecta_onboarding::simulator::{
-    self, Fault, FaultBody, FaultRule, NewUser, RunningSimulator, SimulatorConfig,
+use billecta_sim::{
+    self as simulator, Fault, FaultBody, FaultRule, NewUser, RunningSimulator, SimulatorConfig,
 };
-use common::fail_next;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -43,6 +38,7 @@ fn fast_settings(base_url: String) -> ClientSettings {
             open_for: Duration::from_secs(30),
         },
         max_concurrency: 32,
+        observer: None,
     }
 }
 
@@ -54,6 +50,13 @@ struct Fixture {
     token: Secret,
 }
 
+/// The next `times` requests to `route` are answered with `fault`.
+fn fail_next(simulator: &RunningSimulator, route: &str, fault: Fault, times: u32) {
+    simulator
+        .set_faults(None, vec![FaultRule::new(fault).on(route).times(times)])
+        .expect("the simulator takes the fault");
+}
+
 async fn fixture(environment: Environment) -> Fixture {
     fixture_with(environment, |_| {}).await
 }
@@ -63,7 +66,11 @@ async fn fixture_with(
     environment: Environment,
     adjust: impl FnOnce(&mut ClientSettings),
 ) -> Fixture {
-    let simulator = simulator::start(SimulatorConfig::new(environment))
+    let simulated = match environment {
+        Environment::Test => simulator::Environment::Test,
+        Environment::Production => simulator::Environment::Production,
+    };
+    let simulator = simulator::start(SimulatorConfig::new(simulated))
         .await
         .expect("simulator starts");
     let account = simulator

@@ -1,7 +1,7 @@
 //! What can go wrong talking to Billecta, classified for the stage machine: fix your data, fix your
 //! credentials, the thing is gone, try again later, or something nobody expected.
 
-use crate::domain::Environment;
+use crate::Environment;
 use std::fmt;
 use std::time::Duration;
 

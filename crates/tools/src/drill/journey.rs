@@ -3,11 +3,11 @@
 //! transient (Billecta down, a replica killed, the database away) — with the simulator playing the
 //! people in Billecta's portal. Afterwards, [`audit`] checks what the service recorded.
 
-use crate::domain::swedish::luhn_check_digit;
-use crate::proto;
-use crate::proto::onboarding_service_client::OnboardingServiceClient;
-use crate::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
-use crate::simulator::{NewAccount, RunningSimulator};
+use billecta_onboarding::domain::swedish::luhn_check_digit;
+use billecta_onboarding::proto;
+use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
+use billecta_onboarding::proto::payment_configuration_service_client::PaymentConfigurationServiceClient;
+use billecta_sim::{NewAccount, RunningSimulator};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -674,7 +674,7 @@ pub fn audit(
                 transition.to_state,
             );
         }
-        if event.actor == crate::operations::RECONCILER
+        if event.actor == billecta_onboarding::operations::RECONCILER
             && event
                 .transitions
                 .iter()
@@ -820,13 +820,13 @@ mod tests {
 
     #[test]
     fn tenant_data_is_valid_and_distinct() {
-        use crate::domain::swedish::{Bankgiro, OrganisationNumber};
+        use billecta_onboarding::domain::swedish::{Bankgiro, OrganisationNumber};
         let plans: Vec<_> = (0..200).map(|index| TenantPlan::new("t1", index)).collect();
         for plan in &plans {
             OrganisationNumber::parse("o", &plan.organisation_number).unwrap();
             Bankgiro::parse("b", &plan.bankgiro_invoicing).unwrap();
             Bankgiro::parse("b", &plan.bankgiro_payments).unwrap();
-            crate::domain::validate::TenantId::parse("t", &plan.tenant).unwrap();
+            billecta_onboarding::domain::validate::TenantId::parse("t", &plan.tenant).unwrap();
         }
         let numbers: std::collections::HashSet<_> =
             plans.iter().map(|plan| &plan.organisation_number).collect();

@@ -3,7 +3,7 @@
 //! database away, then checks that nothing was lost or duplicated. Prints the figures and exits 1 if
 //! any promise was broken. See RELIABILITY.md.
 
-use billecta_onboarding::drill::{self, DrillDatabase, DrillSettings, OutageMethod, OutagePlan};
+use billecta_tools::drill::{self, DrillDatabase, DrillSettings, OutageMethod, OutagePlan};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,16 +70,15 @@ struct Args {
 async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DRILL_LOG").unwrap_or_else(|_| {
-                "warn,billecta_onboarding::simulator=error,billecta_onboarding::drill=info".into()
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("DRILL_LOG")
+                .unwrap_or_else(|_| "warn,billecta_sim=error,billecta_tools::drill=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let server_binary = match args.server_binary {
         Some(binary) => binary,
-        None => std::env::current_exe()?.with_file_name("billecta-onboarding"),
+        None => drill::service_binary()?,
     };
     let work_dir = match args.work_dir {
         Some(dir) => dir,

@@ -4,11 +4,10 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use billecta_onboarding::domain::Environment;
-use billecta_onboarding::simulator::schema::{self, View};
-use billecta_onboarding::simulator::{
-    self, AdminError, Fault, FaultBody, FaultRule, NewUser, PUBLIC_ROUTES, RunningSimulator,
-    SimulatorConfig, SimulatorState,
+use billecta_sim::schema::{self, View};
+use billecta_sim::{
+    self as simulator, AdminError, Environment, Fault, FaultBody, FaultRule, NewUser,
+    PUBLIC_ROUTES, RunningSimulator, SimulatorConfig, SimulatorState,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
