@@ -315,6 +315,24 @@ impl OnboardingRecord {
     /// Whether `self` differs from `other` in anything a caller sees (which callers have read the
     /// payment configuration is kept for the audit trail, and is not shown).
     pub fn differs_for_callers(&self, other: &OnboardingRecord) -> bool {
+        if self == other {
+            return false;
+        }
+        fn readers(record: &OnboardingRecord) -> Vec<Option<(&[String], Option<Micros>)>> {
+            record
+                .creditors
+                .iter()
+                .map(|c| {
+                    c.api_access
+                        .as_ref()
+                        .map(|a| (a.readers.as_slice(), a.read_credential))
+                })
+                .collect()
+        }
+        if readers(self) == readers(other) {
+            return true;
+        }
+        // The readers changed (a caller's first read): compare what is shown.
         let shown = |record: &OnboardingRecord| {
             let mut shown = record.clone();
             for creditor in &mut shown.creditors {

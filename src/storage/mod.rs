@@ -9,6 +9,7 @@
 
 mod cache;
 mod error;
+mod kept;
 mod rows;
 mod write;
 
@@ -21,14 +22,22 @@ use crate::domain::validate::TenantId;
 use crate::domain::{BlockedOn, CredentialField, Environment, OnboardingState};
 use anyhow::Context;
 use cache::{Cache, Snapshot};
+use kept::Kept;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A statement with its values bound.
+type Statement<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// How long a pooled connection may sit idle before it is tested on its way out (a database
+/// restart in between leaves it dead).
+const TEST_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Which database engine a [`Store`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +66,9 @@ pub struct Store {
     /// SQLite: one connection, so that writers queue here for the database's single write lock
     /// rather than fail with SQLITE_BUSY. PostgreSQL: the reader pool.
     writer: AnyPool,
+    /// Connections of `reader` and `writer` kept for the statements on every call's path.
+    reads: Arc<Kept>,
+    writes: Arc<Kept>,
     /// The health check's own connection: a pool busy with calls is not a database away.
     health: AnyPool,
     /// False while the health check cannot reach the database: calls are refused at once with
@@ -133,6 +145,14 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(connections)
                 .acquire_timeout(options.acquire_timeout)
+                // A connection is tested before use only after it sat idle: one in steady use has
+                // just answered, and a test before every query would double its round trips.
+                .test_before_acquire(false)
+                .before_acquire(|connection, meta| {
+                    Box::pin(async move {
+                        Ok(meta.idle_for < TEST_AFTER_IDLE || connection.ping().await.is_ok())
+                    })
+                })
                 .after_connect(move |connection, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
@@ -160,10 +180,18 @@ impl Store {
             Backend::Postgres => reader.clone(),
         };
         let health = pool_options(1).connect_lazy(&url)?;
+        let connections = options.max_connections.max(1);
+        let reads = Kept::new(reader.clone(), connections, options.acquire_timeout);
+        let writes = match backend {
+            Backend::Sqlite => Kept::new(writer.clone(), 1, options.acquire_timeout),
+            Backend::Postgres => reads.clone(),
+        };
         Ok(Self {
             backend,
             reader,
             writer,
+            reads,
+            writes,
             health,
             reachable: Arc::new(AtomicBool::new(true)),
             disk_full: Arc::new(AtomicBool::new(false)),
@@ -219,19 +247,6 @@ impl Store {
         self.reachable.store(reachable, Ordering::Relaxed);
     }
 
-    /// The pool for reads, unless the database is known to be unreachable.
-    fn reader(&self) -> Result<&AnyPool> {
-        self.check_reachable()?;
-        Ok(&self.reader)
-    }
-
-    /// The pool for writes outside an onboarding's transaction, unless the database is known to
-    /// be unreachable.
-    fn writer(&self) -> Result<&AnyPool> {
-        self.check_reachable()?;
-        Ok(&self.writer)
-    }
-
     fn check_reachable(&self) -> Result<()> {
         if self.reachable.load(Ordering::Relaxed) {
             Ok(())
@@ -242,8 +257,47 @@ impl Store {
         }
     }
 
+    /// One statement's rows, on a kept connection of `kept`.
+    async fn fetch_all(&self, kept: &Arc<Kept>, query: Statement<'_>) -> Result<Vec<AnyRow>> {
+        self.check_reachable()?;
+        let mut held = kept.take().await?;
+        let rows = query.fetch_all(held.connection()).await.map_err(db_error)?;
+        held.settled();
+        Ok(rows)
+    }
+
+    /// One statement's row, if any, on a kept connection of `kept`.
+    async fn fetch_optional(
+        &self,
+        kept: &Arc<Kept>,
+        query: Statement<'_>,
+    ) -> Result<Option<AnyRow>> {
+        self.check_reachable()?;
+        let mut held = kept.take().await?;
+        let row = query
+            .fetch_optional(held.connection())
+            .await
+            .map_err(db_error)?;
+        held.settled();
+        Ok(row)
+    }
+
+    /// How many rows one statement changed, on a kept connection of the writer.
+    async fn execute(&self, query: Statement<'_>) -> Result<u64> {
+        self.check_reachable()?;
+        let mut held = self.writes.take().await?;
+        let done = query
+            .execute(held.connection())
+            .await
+            .map_err(|error| write::noted(&self.disk_full, db_error(error)))?;
+        held.settled();
+        Ok(done.rows_affected())
+    }
+
     /// Waits for connections in use to be returned, then closes them.
     pub async fn close(&self) {
+        self.reads.release();
+        self.writes.release();
         self.writer.close().await;
         self.reader.close().await;
         self.health.close().await;
@@ -255,7 +309,7 @@ impl Store {
         self.check_reachable()?;
         WriteTx::begin(
             self.backend,
-            &self.writer,
+            &self.writes,
             self.cache.clone(),
             self.disk_full.clone(),
         )
@@ -269,13 +323,10 @@ impl Store {
         tenant: &TenantId,
         environment: Environment,
     ) -> Result<Option<Arc<OnboardingRecord>>> {
-        let Some(row) = sqlx::query(rows::SELECT_REVISION)
+        let revision = sqlx::query(rows::SELECT_REVISION)
             .bind(tenant.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(self.reader()?)
-            .await
-            .map_err(db_error)?
-        else {
+            .bind(environment.as_str());
+        let Some(row) = self.fetch_optional(&self.reads, revision).await? else {
             return Ok(None);
         };
         let id: String = row.try_get("id").map_err(db_error)?;
@@ -295,29 +346,42 @@ impl Store {
         tenant: &TenantId,
         environment: Environment,
     ) -> Result<Option<Arc<Snapshot>>> {
-        let mut tx = match self.backend {
+        self.check_reachable()?;
+        let mut held = self.reads.take().await?;
+        let begin = match self.backend {
             // SQLite (WAL): a read transaction sees one snapshot from its first read on.
-            Backend::Sqlite => self.reader()?.begin().await,
-            Backend::Postgres => {
-                self.reader()?
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await
-            }
-        }
-        .map_err(db_error)?;
-        let row = sqlx::query(rows::SELECT_ONBOARDING)
-            .bind(tenant.as_str())
-            .bind(environment.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let Some(row) = row else {
-            return Ok(None);
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         };
-        let snapshot = Arc::new(load_children(&mut tx, rows::onboarding(&row)?).await?);
-        tx.commit().await.map_err(db_error)?;
-        self.cache.put(snapshot.clone());
-        Ok(Some(snapshot))
+        let read = async {
+            let connection = held.connection();
+            connection.execute(begin).await.map_err(db_error)?;
+            let row = sqlx::query(rows::SELECT_ONBOARDING)
+                .bind(tenant.as_str())
+                .bind(environment.as_str())
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(db_error)?;
+            let snapshot = match row {
+                Some(row) => Some(load_children(connection, rows::onboarding(&row)?).await?),
+                None => None,
+            };
+            connection.execute("COMMIT").await.map_err(db_error)?;
+            Ok(snapshot)
+        };
+        let snapshot = match read.await {
+            Ok(snapshot) => snapshot.map(Arc::new),
+            Err(error) => {
+                // Perhaps still inside the read's transaction: not kept.
+                held.discard();
+                return Err(error);
+            }
+        };
+        held.settled();
+        if let Some(snapshot) = &snapshot {
+            self.cache.put(snapshot.clone());
+        }
+        Ok(snapshot)
     }
 
     /// Up to `limit` onboardings matching `filter`, ordered by (tenant, environment), starting after
@@ -329,23 +393,25 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<OnboardingRecord>> {
         let (after_tenant, after_environment) = after.unwrap_or(("", ""));
-        let found = sqlx::query(rows::LIST_ONBOARDINGS)
-            .bind(after_tenant)
-            .bind(after_environment)
-            .bind(filter.environment.map_or("", Environment::as_str))
-            .bind(filter.state.map_or("", OnboardingState::as_str))
-            .bind(filter.blocked_on.map_or("", BlockedOn::as_str))
-            .bind(limit)
-            // Tenant ids hold no commas (they are validated), so a comma-separated list is exact.
-            .bind(filter.tenants.as_ref().map_or_else(String::new, |tenants| {
-                format!(
-                    ",{},",
-                    tenants.iter().cloned().collect::<Vec<_>>().join(",")
-                )
-            }))
-            .fetch_all(self.reader()?)
-            .await
-            .map_err(db_error)?;
+        let found = self
+            .fetch_all(
+                &self.reads,
+                sqlx::query(rows::LIST_ONBOARDINGS)
+                    .bind(after_tenant)
+                    .bind(after_environment)
+                    .bind(filter.environment.map_or("", Environment::as_str))
+                    .bind(filter.state.map_or("", OnboardingState::as_str))
+                    .bind(filter.blocked_on.map_or("", BlockedOn::as_str))
+                    .bind(limit)
+                    // Tenant ids hold no commas (they are validated), so a comma-separated list is exact.
+                    .bind(filter.tenants.as_ref().map_or_else(String::new, |tenants| {
+                        format!(
+                            ",{},",
+                            tenants.iter().cloned().collect::<Vec<_>>().join(",")
+                        )
+                    })),
+            )
+            .await?;
         let mut records = Vec::with_capacity(found.len());
         for row in &found {
             let head = rows::onboarding(row)?;
@@ -371,13 +437,15 @@ impl Store {
         quiet_since: i64,
         limit: i64,
     ) -> Result<Vec<PendingStage>> {
-        let found = sqlx::query(rows::SELECT_STAGES_TO_RESUME)
-            .bind(now)
-            .bind(quiet_since)
-            .bind(limit)
-            .fetch_all(self.reader()?)
-            .await
-            .map_err(db_error)?;
+        let found = self
+            .fetch_all(
+                &self.reads,
+                sqlx::query(rows::SELECT_STAGES_TO_RESUME)
+                    .bind(now)
+                    .bind(quiet_since)
+                    .bind(limit),
+            )
+            .await?;
         found
             .iter()
             .filter_map(|row| {
@@ -399,14 +467,12 @@ impl Store {
     /// How many onboardings and stages are in each state, per environment: the funnel operators
     /// watch. Every tenant's, for metrics.
     pub async fn funnel(&self) -> Result<Funnel> {
-        let onboardings = sqlx::query(rows::COUNT_ONBOARDINGS)
-            .fetch_all(self.reader()?)
-            .await
-            .map_err(db_error)?;
-        let stages = sqlx::query(rows::COUNT_STAGES)
-            .fetch_all(self.reader()?)
-            .await
-            .map_err(db_error)?;
+        let onboardings = self
+            .fetch_all(&self.reads, sqlx::query(rows::COUNT_ONBOARDINGS))
+            .await?;
+        let stages = self
+            .fetch_all(&self.reads, sqlx::query(rows::COUNT_STAGES))
+            .await?;
         let text =
             |row: &AnyRow, column: &str| row.try_get::<String, _>(column).unwrap_or_default();
         let count = |row: &AnyRow| row.try_get::<i64, _>("n").unwrap_or_default();
@@ -431,22 +497,22 @@ impl Store {
 
     /// Gives each READY or BROKEN onboarding that has no scheduled live check one at `first`.
     pub async fn schedule_validations(&self, first: i64) -> Result<u64> {
-        let updated = sqlx::query(rows::SCHEDULE_VALIDATIONS)
-            .bind(first)
-            .execute(self.writer()?)
-            .await
-            .map_err(db_error)?;
-        Ok(updated.rows_affected())
+        let updated = self
+            .execute(sqlx::query(rows::SCHEDULE_VALIDATIONS).bind(first))
+            .await?;
+        Ok(updated)
     }
 
     /// READY and BROKEN onboardings whose live check is due at `now`, the longest due first.
     pub async fn validations_due(&self, now: i64, limit: i64) -> Result<Vec<ValidationDue>> {
-        let found = sqlx::query(rows::SELECT_VALIDATIONS_DUE)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(self.reader()?)
-            .await
-            .map_err(db_error)?;
+        let found = self
+            .fetch_all(
+                &self.reads,
+                sqlx::query(rows::SELECT_VALIDATIONS_DUE)
+                    .bind(now)
+                    .bind(limit),
+            )
+            .await?;
         Ok(found
             .iter()
             .filter_map(|row| {
@@ -463,35 +529,38 @@ impl Store {
     /// Takes a due check for this replica by moving it to `next`: `false` when another replica
     /// took it first.
     pub async fn take_validation(&self, due: &ValidationDue, next: i64) -> Result<bool> {
-        let updated = sqlx::query(rows::TAKE_VALIDATION)
-            .bind(next)
-            .bind(&due.tenant)
-            .bind(due.environment.as_str())
-            .bind(due.due)
-            .execute(self.writer()?)
-            .await
-            .map_err(db_error)?;
-        Ok(updated.rows_affected() == 1)
+        let updated = self
+            .execute(
+                sqlx::query(rows::TAKE_VALIDATION)
+                    .bind(next)
+                    .bind(&due.tenant)
+                    .bind(due.environment.as_str())
+                    .bind(due.due),
+            )
+            .await?;
+        Ok(updated == 1)
     }
 
     /// Deletes up to `limit` results stored under request_ids before `before`; how many it deleted.
     pub async fn expire_results(&self, before: i64, limit: i64) -> Result<u64> {
-        let deleted = sqlx::query(rows::DELETE_EXPIRED_RESULTS)
-            .bind(before)
-            .bind(limit)
-            .execute(self.writer()?)
-            .await
-            .map_err(db_error)?;
-        Ok(deleted.rows_affected())
+        let deleted = self
+            .execute(
+                sqlx::query(rows::DELETE_EXPIRED_RESULTS)
+                    .bind(before)
+                    .bind(limit),
+            )
+            .await?;
+        Ok(deleted)
     }
 
     /// Every stored secret not encrypted with `active_key_id`, with what its decryption needs.
     pub async fn credentials_to_reencrypt(&self, active_key_id: &str) -> Result<Vec<StoredSecret>> {
-        let found = sqlx::query(rows::SELECT_CREDENTIALS_TO_REENCRYPT)
-            .bind(active_key_id)
-            .fetch_all(self.reader()?)
-            .await
-            .map_err(db_error)?;
+        let found = self
+            .fetch_all(
+                &self.reads,
+                sqlx::query(rows::SELECT_CREDENTIALS_TO_REENCRYPT).bind(active_key_id),
+            )
+            .await?;
         found
             .iter()
             .map(|row| {
@@ -544,14 +613,16 @@ impl Store {
         scope: &str,
         field: CredentialField,
     ) -> Result<Option<Sealed>> {
-        let row = sqlx::query(rows::SELECT_SEALED)
-            .bind(&record.id)
-            .bind(&record.tenant)
-            .bind(scope)
-            .bind(field.as_str())
-            .fetch_optional(self.reader()?)
-            .await
-            .map_err(db_error)?;
+        let row = self
+            .fetch_optional(
+                &self.reads,
+                sqlx::query(rows::SELECT_SEALED)
+                    .bind(&record.id)
+                    .bind(&record.tenant)
+                    .bind(scope)
+                    .bind(field.as_str()),
+            )
+            .await?;
         row.as_ref().map(rows::sealed).transpose()
     }
 
@@ -568,14 +639,16 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<EventRecord>> {
-        let found = sqlx::query(rows::LIST_EVENTS)
-            .bind(onboarding_id)
-            .bind(tenant.as_str())
-            .bind(after)
-            .bind(limit)
-            .fetch_all(self.reader()?)
-            .await
-            .map_err(db_error)?;
+        let found = self
+            .fetch_all(
+                &self.reads,
+                sqlx::query(rows::LIST_EVENTS)
+                    .bind(onboarding_id)
+                    .bind(tenant.as_str())
+                    .bind(after)
+                    .bind(limit),
+            )
+            .await?;
         found.iter().map(rows::event).collect()
     }
 }

@@ -13,6 +13,7 @@
 
 use super::cache::{Cache, SealedSecrets, Snapshot};
 use super::error::classify;
+use super::kept::{Held, Kept};
 use super::{
     Backend, Result, StorageError, StoredResult, StoredSecret, db_error, load_children, rows,
 };
@@ -20,8 +21,7 @@ use crate::crypto::Sealed;
 use crate::domain::onboarding::{CredentialRecord, CreditorRecord, EventRecord, OnboardingRecord};
 use crate::domain::validate::TenantId;
 use crate::domain::{CredentialField, Environment};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, Executor};
+use sqlx::{AnyConnection, Executor};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,7 +37,7 @@ pub struct Locked {
 pub struct WriteTx {
     backend: Backend,
     /// The connection inside the transaction; taken by commit, rolled back if still here on drop.
-    connection: Option<PoolConnection<Any>>,
+    connection: Option<Held>,
     cache: Arc<Cache>,
     /// The store's note of a write refused for a full disk (see [`super::Store::ping`]).
     disk_full: Arc<AtomicBool>,
@@ -49,18 +49,23 @@ pub struct WriteTx {
 impl WriteTx {
     pub(super) async fn begin(
         backend: Backend,
-        writer: &sqlx::AnyPool,
+        writer: &Arc<Kept>,
         cache: Arc<Cache>,
         disk_full: Arc<AtomicBool>,
     ) -> Result<Self> {
-        let mut connection = writer.acquire().await.map_err(db_error)?;
+        let mut connection = writer.take().await?;
         let begin = match backend {
             // Takes the write lock now, not at the first write: a transaction that read first
             // could otherwise fail to upgrade its lock when another process wrote meanwhile.
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        connection.execute(begin).await.map_err(db_error)?;
+        // Failed, BEGIN leaves no transaction: the connection goes back through the pool.
+        connection
+            .connection()
+            .execute(begin)
+            .await
+            .map_err(db_error)?;
         Ok(Self {
             backend,
             connection: Some(connection),
@@ -438,8 +443,9 @@ impl WriteTx {
     /// The transaction's connection.
     fn db(&mut self) -> &mut AnyConnection {
         self.connection
-            .as_deref_mut()
+            .as_mut()
             .expect("a write's connection is there until it commits")
+            .connection()
     }
 
     /// Commits, and keeps what the onboarding now holds for the next read or write of it.
@@ -448,11 +454,12 @@ impl WriteTx {
             .connection
             .take()
             .expect("a write's connection is there until it commits");
-        if let Err(error) = connection.execute("COMMIT").await {
+        if let Err(error) = connection.connection().execute("COMMIT").await {
             // Committed, rolled back, or still open: not known, so not reused.
-            connection.close_on_drop();
+            connection.discard();
             return Err(noted(&self.disk_full, db_error(error)));
         }
+        connection.settled();
         self.disk_full.store(false, Ordering::Relaxed);
         if let Some((mut record, sealed)) = self.after.take() {
             super::in_stored_order(&mut record);
@@ -476,12 +483,13 @@ impl Drop for WriteTx {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if connection.execute("ROLLBACK").await.is_err() {
-                        connection.close_on_drop();
+                    match connection.connection().execute("ROLLBACK").await {
+                        Ok(_) => connection.settled(),
+                        Err(_) => connection.discard(),
                     }
                 });
             }
-            Err(_) => connection.close_on_drop(),
+            Err(_) => connection.discard(),
         }
     }
 }
@@ -498,7 +506,7 @@ fn creditor_row_changed(before: &CreditorRecord, after: &CreditorRecord) -> bool
 }
 
 /// `error`, noted in `disk_full` if it is a full disk: health reports that until a write commits.
-fn noted(disk_full: &AtomicBool, error: StorageError) -> StorageError {
+pub(super) fn noted(disk_full: &AtomicBool, error: StorageError) -> StorageError {
     if matches!(error, StorageError::DiskFull(_)) {
         disk_full.store(true, Ordering::Relaxed);
     }
