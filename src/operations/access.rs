@@ -356,10 +356,12 @@ impl Operations {
                 let id = find_creditor(record, key)?.id.clone();
                 // Credentials stored since the answer was read were not read: nothing waiting for
                 // them is done, though the read is still recorded.
-                let current = record
-                    .credentials
-                    .iter()
-                    .any(|c| c.scope == id && c.field == CredentialField::ApiToken && c == read);
+                let current = record.credentials.iter().any(|c| {
+                    c.scope == id
+                        && c.field == CredentialField::ApiToken
+                        && c.set_time == read.set_time
+                        && c.fingerprint == read.fingerprint
+                });
                 let creditor = creditor_mut(record, &id);
                 let waiting = creditor.stages.iter().any(|s| {
                     s.stage == Stage::PaymentConfiguration && s.state != StageState::Completed

@@ -75,11 +75,10 @@ impl Kept {
     /// Hands the kept connections back to the pool, and lets nobody take one again (before the
     /// pool is closed).
     pub fn release(&self) {
+        // Under the lock, so that no connection is kept after this.
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         self.turns.close();
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        idle.clear();
     }
 }
 
@@ -121,12 +120,17 @@ impl Drop for Held {
         let Some(connection) = self.connection.take() else {
             return;
         };
-        if self.settled {
-            self.kept
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((connection, Instant::now()));
+        if !self.settled {
+            return;
+        }
+        let mut idle = self
+            .kept
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Once the store is closing, every connection goes back to the pool, which waits for them.
+        if !self.kept.turns.is_closed() {
+            idle.push((connection, Instant::now()));
         }
     }
 }
