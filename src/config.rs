@@ -34,13 +34,10 @@ pub struct Config {
     )]
     pub database: String,
 
-    /// Most database connections the service holds (SQLite additionally keeps one writer).
-    #[arg(
-        long,
-        env = "ONBOARDING_DATABASE_MAX_CONNECTIONS",
-        default_value_t = 16
-    )]
-    pub database_max_connections: u32,
+    /// Most database connections for calls [default: 4 on SQLite, whose readers share one file
+    /// and gain nothing from more; 16 on PostgreSQL]. SQLite keeps one writer besides.
+    #[arg(long, env = "ONBOARDING_DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
 
     /// How long a call waits for a free database connection before failing with UNAVAILABLE.
     #[arg(
@@ -365,7 +362,7 @@ impl Config {
             "--trace-sample-ratio must be between 0 and 1"
         );
         anyhow::ensure!(
-            self.database_max_connections >= 1,
+            self.database_max_connections.is_none_or(|n| n >= 1),
             "--database-max-connections must be at least 1"
         );
         anyhow::ensure!(

@@ -87,7 +87,7 @@ async fn reencrypt(
 ) -> anyhow::Result<billecta_onboarding::rotation::Reencrypted> {
     let store = Store::connect(&StoreOptions {
         database: config.database.clone(),
-        max_connections: 2,
+        max_connections: Some(2),
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
         cached_onboardings: 0,
     })

@@ -19,7 +19,7 @@ const PASSWORD: &str = "Höst-2026-lösen";
 async fn store(database: &str) -> Store {
     Store::connect(&StoreOptions {
         database: database.to_owned(),
-        max_connections: 2,
+        max_connections: Some(2),
         acquire_timeout: Duration::from_secs(5),
         cached_onboardings: 0,
     })

@@ -46,12 +46,24 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// Connections for calls when none are configured. SQLite's readers share one file on one
+    /// machine, and each connection costs a thread and a page cache: a few do as much as many.
+    pub fn default_connections(self) -> u32 {
+        match self {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        }
+    }
+}
+
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// A SQLite file path (or `sqlite:` URL), or a `postgres://` URL.
     pub database: String,
-    pub max_connections: u32,
+    /// Connections for calls; `None` for the engine's default (see [`Backend::default_connections`]).
+    pub max_connections: Option<u32>,
     /// How long a call waits for a free connection before it fails with UNAVAILABLE.
     pub acquire_timeout: Duration,
     /// Onboardings kept in memory between reads (see [`cache`]); 0 keeps none.
@@ -171,7 +183,11 @@ impl Store {
                     })
                 })
         };
-        let reader = pool_options(options.max_connections.max(1))
+        let connections = options
+            .max_connections
+            .unwrap_or(backend.default_connections())
+            .max(1);
+        let reader = pool_options(connections)
             .connect(&url)
             .await
             .with_context(|| format!("connecting to the {backend:?} database"))?;
@@ -180,7 +196,6 @@ impl Store {
             Backend::Postgres => reader.clone(),
         };
         let health = pool_options(1).connect_lazy(&url)?;
-        let connections = options.max_connections.max(1);
         let reads = Kept::new(reader.clone(), connections, options.acquire_timeout);
         let writes = match backend {
             Backend::Sqlite => Kept::new(writer.clone(), 1, options.acquire_timeout),
@@ -761,7 +776,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&StoreOptions {
             database: dir.path().join("busy.sqlite3").display().to_string(),
-            max_connections: 2,
+            max_connections: Some(2),
             acquire_timeout: Duration::from_secs(5),
             cached_onboardings: 0,
         })
