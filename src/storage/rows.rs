@@ -26,8 +26,23 @@ pub const SELECT_ONBOARDING: &str = onboarding_select!("WHERE tenant = $1 AND en
 /// The revision of an onboarding: whether what the cache keeps of it is current.
 pub const SELECT_REVISION: &str =
     "SELECT id, revision FROM onboardings WHERE tenant = $1 AND environment = $2";
-pub const SELECT_ONBOARDING_FOR_UPDATE: &str =
-    onboarding_select!("WHERE tenant = $1 AND environment = $2 FOR UPDATE");
+/// The onboarding a write locks, with the columns of [`SELECT_RESULT`] beside it for the tenant's
+/// request_id $3 (NULL when none is stored, or $3 is NULL): one round trip for both.
+macro_rules! locked_select {
+    ($($tail:literal)*) => {
+        concat!(
+            "SELECT o.id, o.tenant, o.environment, o.state, o.blocked_on, o.version, o.last_event, o.revision, o.agreement, o.account, o.create_time, o.update_time, \
+             r.method, r.request_hash, r.response FROM onboardings o \
+             LEFT JOIN idempotency_keys r ON r.tenant = o.tenant AND r.request_id = $3 \
+             WHERE o.tenant = $1 AND o.environment = $2",
+            $($tail),*
+        )
+    };
+}
+/// SQLite: the transaction already holds the database's write lock.
+pub const SELECT_LOCKED: &str = locked_select!();
+/// PostgreSQL: locks the onboarding's row (not the result's).
+pub const SELECT_LOCKED_FOR_UPDATE: &str = locked_select!(" FOR UPDATE OF o");
 pub const LIST_ONBOARDINGS: &str = onboarding_select!(
     "WHERE (tenant > $1 OR (tenant = $1 AND environment > $2)) "
     "AND ($3 = '' OR environment = $3) AND ($4 = '' OR state = $4) AND ($5 = '' OR blocked_on = $5) "

@@ -85,34 +85,37 @@ impl WriteTx {
         result_of: Option<&str>,
     ) -> Result<Locked> {
         let select = match self.backend {
-            Backend::Sqlite => rows::SELECT_ONBOARDING,
-            Backend::Postgres => rows::SELECT_ONBOARDING_FOR_UPDATE,
+            Backend::Sqlite => rows::SELECT_LOCKED,
+            Backend::Postgres => rows::SELECT_LOCKED_FOR_UPDATE,
         };
         let row = sqlx::query(select)
             .bind(tenant.as_str())
             .bind(environment.as_str())
+            .bind(result_of)
             .fetch_optional(self.db())
             .await
             .map_err(db_error)?;
-        let result = match result_of {
-            Some(request_id) => sqlx::query(rows::SELECT_RESULT)
-                .bind(tenant.as_str())
-                .bind(request_id)
-                .fetch_optional(self.db())
-                .await
-                .map_err(db_error)?
-                .as_ref()
-                .map(rows::stored_result)
-                .transpose()?
-                .flatten(),
-            None => None,
-        };
         let Some(row) = row else {
+            // No onboarding to find the result beside (a create): the result alone.
+            let result = match result_of {
+                Some(request_id) => sqlx::query(rows::SELECT_RESULT)
+                    .bind(tenant.as_str())
+                    .bind(request_id)
+                    .fetch_optional(self.db())
+                    .await
+                    .map_err(db_error)?
+                    .as_ref()
+                    .map(rows::stored_result)
+                    .transpose()?
+                    .flatten(),
+                None => None,
+            };
             return Ok(Locked {
                 record: None,
                 result,
             });
         };
+        let result = rows::stored_result(&row)?;
         let head = rows::onboarding(&row)?;
         let snapshot = match self
             .cache
