@@ -202,7 +202,12 @@ impl Operations {
     /// The scheduled live check of one onboarding, recorded with `reconciler` as actor.
     pub async fn revalidate(&self, key: &OnboardingKey) -> Result<()> {
         let checked = self
-            .validate_onboarding(&call(), key, Deadline::after(STEP_DEADLINE))
+            .validate_onboarding(
+                &call(),
+                key,
+                &mutation("ValidateOnboarding"),
+                Deadline::after(STEP_DEADLINE),
+            )
             .await;
         let outcome = match &checked {
             Ok((record, _)) if record.state == crate::domain::OnboardingState::Broken => "broken",
