@@ -2,14 +2,15 @@
 //! replay an earlier result for a retried request_id, check the etag, apply the domain operation,
 //! write the record, its changed stages and one audit event, and tell watchers.
 //!
-//! The stages that drive Billecta ([`provisioning`]) never hold a transaction while they wait for
-//! Billecta: they claim the stage with a lease in one transaction, talk to Billecta, and record the
+//! The stages that drive Billecta never hold a transaction while they wait for Billecta: one runner
+//! ([`stage`]) claims the stage with a lease in one transaction, talks to Billecta, and records the
 //! outcome in a second one.
 
 mod access;
 mod billecta;
 mod provisioning;
 mod reconcile;
+mod stage;
 mod validation;
 
 pub use access::{ApiCredentials, PaymentConfiguration};
