@@ -158,13 +158,7 @@ impl Operations {
         read: &CredentialRecord,
     ) -> Result<()> {
         let reader = call.actor.clone();
-        let mutation = Mutation {
-            method: "GetPaymentConfiguration",
-            request_id: None,
-            request_hash: String::new(),
-            etag: None,
-            validate_only: false,
-        };
+        let mutation = Mutation::plain("GetPaymentConfiguration");
         self.transact(
             call,
             &key.onboarding,

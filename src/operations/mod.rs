@@ -53,6 +53,20 @@ pub struct Mutation {
     pub validate_only: bool,
 }
 
+impl Mutation {
+    /// A write the service makes on its own under `method`, without a caller's conventions: no
+    /// request_id to replay, no etag, never validate_only.
+    pub fn plain(method: &'static str) -> Self {
+        Mutation {
+            method,
+            request_id: None,
+            request_hash: String::new(),
+            etag: None,
+            validate_only: false,
+        }
+    }
+}
+
 /// A committed change to an onboarding, as announced to watchers in this process.
 #[derive(Debug, Clone)]
 pub struct Change {

@@ -506,13 +506,7 @@ impl Operations {
                 record.refresh();
                 return Ok(record);
             }
-            let create = Mutation {
-                method: "PromoteToProduction",
-                request_id: None,
-                request_hash: String::new(),
-                etag: None,
-                validate_only: false,
-            };
+            let create = Mutation::plain("PromoteToProduction");
             match self.create_onboarding(call, &production, &create).await {
                 Ok(_) | Err(Error::AlreadyExists { .. }) => {}
                 Err(error) => return Err(error),
