@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod convert;
+mod mutating;
 mod provisioning;
 
 pub use provisioning::PaymentConfigurationApi;
@@ -11,20 +12,17 @@ mod tokens;
 
 use crate::auth::{Caller, Permission};
 use crate::bounded::Bounded;
+use crate::domain::Environment;
 use crate::domain::onboarding::OnboardingRecord;
-use crate::domain::validate::{
-    self, CreditorKey, FieldViolation, OnboardingKey, RequestId, TenantId, Violations,
-};
-use crate::domain::{Environment, now_micros};
+use crate::domain::validate::{CreditorKey, FieldViolation, OnboardingKey, TenantId, Violations};
 use crate::error::Error;
-use crate::operations::{CallContext, Mutation, Operations};
+use crate::operations::{CallContext, Operations};
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingService;
 use crate::storage::ListFilter;
 use call::CorrelationId;
-use prost::Message;
+use mutating::mutating;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -34,9 +32,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
-
-/// Longest accepted attestation texts.
-const MAX_TEXT: usize = 200;
 
 /// The `OnboardingService` implementation.
 #[derive(Clone)]
@@ -165,111 +160,13 @@ impl Scope for CreditorKey {
 }
 
 /// A tenant, and the environment if it parsed (CreateOnboarding).
-impl Scope for (&TenantId, Option<Environment>) {
+impl Scope for (TenantId, Option<Environment>) {
     fn tenant(&self) -> &TenantId {
-        self.0
+        &self.0
     }
     fn environment(&self) -> Option<Environment> {
         self.1
     }
-}
-
-/// A request of a mutating call, with the conventions every one of them shares.
-pub(crate) trait MutatingRequest: Message + Clone {
-    fn request_id(&self) -> &str;
-    fn etag(&self) -> &str;
-    fn validate_only(&self) -> bool;
-    /// The request as its fingerprint sees it: without request_id, etag and validate_only, so that a
-    /// retry fingerprints the same, and without secrets, whose digest could be attacked offline (a
-    /// retry with the same request_id is the same request whatever its password).
-    fn fingerprinted(&self) -> Self;
-}
-
-macro_rules! mutating_request {
-    ($type:ty $(, secrets: [$($secret:ident),*])?) => {
-        impl MutatingRequest for $type {
-            fn request_id(&self) -> &str {
-                &self.request_id
-            }
-            fn etag(&self) -> &str {
-                &self.etag
-            }
-            fn validate_only(&self) -> bool {
-                self.validate_only
-            }
-            fn fingerprinted(&self) -> Self {
-                Self {
-                    request_id: String::new(),
-                    etag: String::new(),
-                    validate_only: false,
-                    $($($secret: String::new(),)*)?
-                    ..self.clone()
-                }
-            }
-        }
-    };
-    (without etag: $type:ty) => {
-        impl MutatingRequest for $type {
-            fn request_id(&self) -> &str {
-                &self.request_id
-            }
-            fn etag(&self) -> &str {
-                ""
-            }
-            fn validate_only(&self) -> bool {
-                self.validate_only
-            }
-            fn fingerprinted(&self) -> Self {
-                Self {
-                    request_id: String::new(),
-                    validate_only: false,
-                    ..self.clone()
-                }
-            }
-        }
-    };
-}
-
-mutating_request!(without etag: proto::CreateOnboardingRequest);
-mutating_request!(proto::RecordAgreementRequest);
-mutating_request!(proto::RegisterAccountRequest);
-mutating_request!(proto::ConfirmAccountActivationRequest, secrets: [password]);
-mutating_request!(proto::CreateCreditorRequest);
-mutating_request!(proto::UpdateCompanySettingsRequest);
-mutating_request!(proto::UpdateInvoiceSettingsRequest);
-mutating_request!(proto::SkipStageRequest);
-mutating_request!(proto::RegisterApiCredentialsRequest, secrets: [password, secure_token]);
-mutating_request!(proto::RecordWebhookSetupRequest, secrets: [authorization]);
-mutating_request!(without etag: proto::PromoteToProductionRequest);
-
-/// The shared conventions of a mutating request: its request_id (checked), the fingerprint that tells
-/// a retry from a reused id, the etag and validate_only. The caller is part of the fingerprint: the
-/// first result of a request_id is only ever replayed to the caller that made it.
-fn mutation<R: MutatingRequest>(
-    violations: &mut Violations,
-    caller: &Caller,
-    method: &'static str,
-    request: &R,
-) -> Option<Mutation> {
-    let request_id = violations.check(RequestId::parse_optional(
-        "request_id",
-        request.request_id(),
-    ))?;
-    let request_hash = hex::encode(
-        Sha256::new()
-            .chain_update(caller.name.as_bytes())
-            .chain_update([0])
-            .chain_update(request.fingerprinted().encode_to_vec())
-            .finalize(),
-    );
-    let etag = request.etag();
-    Some(Mutation {
-        method,
-        request_id,
-        request_hash,
-        etag: (!etag.is_empty()).then(|| etag.to_owned()),
-        validate_only: request.validate_only(),
-    })
 }
 
 /// Unwraps values that [`Violations::finish`] has vouched for.
@@ -301,29 +198,7 @@ impl OnboardingService for OnboardingApi {
         &self,
         request: Request<proto::CreateOnboardingRequest>,
     ) -> Result<Response<proto::CreateOnboardingResponse>, Status> {
-        let call = call_context(&request);
-        let caller = permitted(&request, Permission::Write)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let tenant = violations.check(TenantId::parse("tenant", &request.tenant));
-        let environment = violations.check(convert::parse_environment(
-            "environment",
-            request.environment,
-        ));
-        if let Some(tenant) = &tenant {
-            within(&caller, Permission::Write, &(tenant, environment))?;
-        }
-        let mutation = mutation(&mut violations, &caller, "CreateOnboarding", &request);
-        violations.finish().map_err(Error::from)?;
-        let key = OnboardingKey::new(checked(tenant), checked(environment));
-        let record = self
-            .operations
-            .create_onboarding(&call, &key, &checked(mutation))
-            .await?;
-        tracing::info!(onboarding = %key, validate_only = request.validate_only, "onboarding created");
-        Ok(Response::new(proto::CreateOnboardingResponse {
-            onboarding: Some(convert::onboarding(&record)),
-        }))
+        mutating(&self.operations, request).await
     }
 
     async fn get_onboarding(
@@ -423,156 +298,77 @@ impl OnboardingService for OnboardingApi {
         &self,
         request: Request<proto::RecordAgreementRequest>,
     ) -> Result<Response<proto::RecordAgreementResponse>, Status> {
-        let call = call_context(&request);
-        let caller = permitted(&request, Permission::Write)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let key = violations.check(OnboardingKey::parse_name("name", &request.name));
-        if let Some(key) = &key {
-            within(&caller, Permission::Write, key)?;
-        }
-        let attested_by = violations.check(validate::required_text(
-            "attested_by",
-            &request.attested_by,
-            MAX_TEXT,
-        ));
-        let agreement_time = violations.check(validate::past_time(
-            "agreement_time",
-            request.agreement_time.as_ref().map(convert::micros),
-            now_micros(),
-        ));
-        let reference = violations.check(validate::required_text(
-            "reference",
-            &request.reference,
-            MAX_TEXT,
-        ));
-        let mutation = mutation(&mut violations, &caller, "RecordAgreement", &request);
-        violations.finish().map_err(Error::from)?;
-        let record = self
-            .operations
-            .record_agreement(
-                &call,
-                &checked(key),
-                &checked(mutation),
-                checked(attested_by),
-                checked(agreement_time),
-                checked(reference),
-            )
-            .await?;
-        Ok(Response::new(proto::RecordAgreementResponse {
-            onboarding: Some(convert::onboarding(&record)),
-        }))
+        mutating(&self.operations, request).await
     }
 
     async fn register_account(
         &self,
         request: Request<proto::RegisterAccountRequest>,
     ) -> Result<Response<proto::RegisterAccountResponse>, Status> {
-        let call = call_context(&request);
-        let caller = permitted(&request, Permission::Write)?;
-        let request = request.into_inner();
-        let mut violations = Violations::new();
-        let key = violations.check(OnboardingKey::parse_name("name", &request.name));
-        if let Some(key) = &key {
-            within(&caller, Permission::Write, key)?;
-        }
-        let account = request.account.clone().unwrap_or_default();
-        if request.account.is_none() {
-            violations.push(FieldViolation::new(
-                "account",
-                "is required: full_name, company_name and email",
-            ));
-        }
-        let full_name = violations.check(validate::required_text(
-            "account.full_name",
-            &account.full_name,
-            MAX_TEXT,
-        ));
-        let company_name = violations.check(validate::required_text(
-            "account.company_name",
-            &account.company_name,
-            MAX_TEXT,
-        ));
-        let email = violations.check(validate::Email::parse("account.email", &account.email));
-        let mutation = mutation(&mut violations, &caller, "RegisterAccount", &request);
-        violations.finish().map_err(Error::from)?;
-        let record = self
-            .operations
-            .register_account(
-                &call,
-                &checked(key),
-                &checked(mutation),
-                checked(full_name),
-                checked(company_name),
-                checked(email).into_string(),
-            )
-            .await?;
-        Ok(Response::new(proto::RegisterAccountResponse {
-            onboarding: Some(convert::onboarding(&record)),
-        }))
+        mutating(&self.operations, request).await
     }
 
     async fn confirm_account_activation(
         &self,
         request: Request<proto::ConfirmAccountActivationRequest>,
     ) -> Result<Response<proto::ConfirmAccountActivationResponse>, Status> {
-        provisioning::confirm_account_activation(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn create_creditor(
         &self,
         request: Request<proto::CreateCreditorRequest>,
     ) -> Result<Response<proto::CreateCreditorResponse>, Status> {
-        provisioning::create_creditor(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn update_company_settings(
         &self,
         request: Request<proto::UpdateCompanySettingsRequest>,
     ) -> Result<Response<proto::UpdateCompanySettingsResponse>, Status> {
-        provisioning::update_company_settings(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn update_invoice_settings(
         &self,
         request: Request<proto::UpdateInvoiceSettingsRequest>,
     ) -> Result<Response<proto::UpdateInvoiceSettingsResponse>, Status> {
-        provisioning::update_invoice_settings(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn skip_stage(
         &self,
         request: Request<proto::SkipStageRequest>,
     ) -> Result<Response<proto::SkipStageResponse>, Status> {
-        provisioning::skip_stage(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn register_api_credentials(
         &self,
         request: Request<proto::RegisterApiCredentialsRequest>,
     ) -> Result<Response<proto::RegisterApiCredentialsResponse>, Status> {
-        provisioning::register_api_credentials(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn record_webhook_setup(
         &self,
         request: Request<proto::RecordWebhookSetupRequest>,
     ) -> Result<Response<proto::RecordWebhookSetupResponse>, Status> {
-        provisioning::record_webhook_setup(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn validate_onboarding(
         &self,
         request: Request<proto::ValidateOnboardingRequest>,
     ) -> Result<Response<proto::ValidateOnboardingResponse>, Status> {
-        provisioning::validate_onboarding(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn promote_to_production(
         &self,
         request: Request<proto::PromoteToProductionRequest>,
     ) -> Result<Response<proto::PromoteToProductionResponse>, Status> {
-        provisioning::promote_to_production(&self.operations, request).await
+        mutating(&self.operations, request).await
     }
 
     async fn list_onboarding_events(

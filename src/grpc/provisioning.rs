@@ -1,21 +1,26 @@
-//! The RPCs of the stages the service drives in Billecta: each parses its request (every bad field
-//! at once, before anything reaches Billecta), passes the caller's deadline on, and converts the
-//! result.
+//! The RPCs that change an onboarding, each as what sets it apart from the others: how its request
+//! parses (every bad field at once, before anything reaches Billecta), the operation it runs and what
+//! it answers. The skeleton they share is [`super::mutating`]. Also `PaymentConfigurationService`.
 
-use super::{call_context, checked, convert, mutation, permitted, within};
+use super::mutating::{MutatingRpc, Parsed};
+use super::{call_context, checked, convert, permitted, within};
 use crate::auth::Permission;
-use crate::domain::onboarding::{CompanySettings, InvoiceSettings, PaymentTerms, Webhooks};
+use crate::domain::onboarding::{
+    CompanySettings, InvoiceSettings, OnboardingRecord, PaymentTerms, Webhooks,
+};
 use crate::domain::swedish::{self, Bankgiro, InvoiceNumber, OrganisationNumber, PostalCode};
-use crate::domain::validate::{self, CreditorKey, FieldViolation, OnboardingKey, Violations};
+use crate::domain::validate::{
+    self, CreditorKey, FieldViolation, OnboardingKey, TenantId, Violations,
+};
+use crate::domain::{Environment, Micros, Stage, now_micros};
 use crate::error::Error;
-use crate::grpc::call::caller_deadline;
-use crate::operations::{ApiCredentials, NewCreditor, Operations};
+use crate::operations::{ApiCredentials, Check, NewCreditor, Operations};
 use crate::proto;
 use crate::secret::Secret;
-use std::future::Future;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
+/// Longest accepted attestation texts.
+const MAX_TEXT: usize = 200;
 /// Longest company name, address and city.
 const MAX_NAME: usize = 200;
 /// Longest Payway title.
@@ -27,17 +32,177 @@ const MAX_EVENTS: usize = 50;
 /// Longest password or username.
 const MAX_CREDENTIAL: usize = 256;
 
-/// Runs a call's work in a task of its own. A caller that goes away midway (deadline, cancel) would
-/// otherwise drop the work between Billecta's answer and recording it, leaving the stage claimed until
-/// its lease runs out; detached, the outcome is always recorded.
-async fn detached<T: Send + 'static>(
-    work: impl Future<Output = Result<T, Error>> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::spawn(work.in_current_span())
-        .await
-        .map_err(|failure| {
-            Error::Internal(anyhow::Error::new(failure).context("a call's task failed"))
-        })?
+/// The answers that are the onboarding as the call left it.
+macro_rules! onboarding_answer {
+    ($($response:ty),* $(,)?) => {$(
+        impl From<OnboardingRecord> for $response {
+            fn from(record: OnboardingRecord) -> Self {
+                Self {
+                    onboarding: Some(convert::onboarding(&record)),
+                }
+            }
+        }
+    )*};
+}
+
+onboarding_answer!(
+    proto::CreateOnboardingResponse,
+    proto::RecordAgreementResponse,
+    proto::RegisterAccountResponse,
+    proto::ConfirmAccountActivationResponse,
+    proto::UpdateCompanySettingsResponse,
+    proto::UpdateInvoiceSettingsResponse,
+    proto::SkipStageResponse,
+    proto::RegisterApiCredentialsResponse,
+    proto::RecordWebhookSetupResponse,
+    proto::PromoteToProductionResponse,
+);
+
+/// The onboarding and the creditor created (or adopted), named by its resource name.
+impl From<(OnboardingRecord, String)> for proto::CreateCreditorResponse {
+    fn from((record, name): (OnboardingRecord, String)) -> Self {
+        let onboarding = convert::onboarding(&record);
+        let creditor = onboarding
+            .creditors
+            .iter()
+            .find(|creditor| creditor.name == name)
+            .cloned();
+        Self {
+            onboarding: Some(onboarding),
+            creditor,
+        }
+    }
+}
+
+impl From<(OnboardingRecord, Vec<Check>)> for proto::ValidateOnboardingResponse {
+    fn from((record, checks): (OnboardingRecord, Vec<Check>)) -> Self {
+        Self {
+            onboarding: Some(convert::onboarding(&record)),
+            checks: checks.iter().map(convert::check).collect(),
+        }
+    }
+}
+
+impl MutatingRpc for proto::CreateOnboardingRequest {
+    const METHOD: &'static str = "CreateOnboarding";
+    const DETACHED: bool = false;
+    /// The tenant, and the environment if it parsed: a tenant outside the caller's is refused
+    /// whatever the environment says.
+    type Target = (TenantId, Option<Environment>);
+    type Input = ();
+    type Output = OnboardingRecord;
+    type Response = proto::CreateOnboardingResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<Self::Target> {
+        let tenant = violations.check(TenantId::parse("tenant", &self.tenant));
+        let environment =
+            violations.check(convert::parse_environment("environment", self.environment));
+        tenant.map(|tenant| (tenant, environment))
+    }
+
+    fn input(&self, _: &mut Violations) -> Option<()> {
+        Some(())
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, (tenant, environment), mutation, _): Parsed<'_, Self::Target>,
+        (): (),
+    ) -> Result<OnboardingRecord, Error> {
+        let key = OnboardingKey::new(tenant.clone(), checked(*environment));
+        let record = operations.create_onboarding(call, &key, mutation).await?;
+        tracing::info!(onboarding = %key, validate_only = mutation.validate_only, "onboarding created");
+        Ok(record)
+    }
+}
+
+impl MutatingRpc for proto::RecordAgreementRequest {
+    const METHOD: &'static str = "RecordAgreement";
+    const DETACHED: bool = false;
+    type Target = OnboardingKey;
+    /// Who attested it, when it was agreed, and its reference.
+    type Input = (String, Micros, String);
+    type Output = OnboardingRecord;
+    type Response = proto::RecordAgreementResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<OnboardingKey> {
+        violations.check(OnboardingKey::parse_name("name", &self.name))
+    }
+
+    fn input(&self, violations: &mut Violations) -> Option<Self::Input> {
+        let attested_by = violations.check(validate::required_text(
+            "attested_by",
+            &self.attested_by,
+            MAX_TEXT,
+        ));
+        let agreement_time = violations.check(validate::past_time(
+            "agreement_time",
+            self.agreement_time.as_ref().map(convert::micros),
+            now_micros(),
+        ));
+        let reference = violations.check(validate::required_text(
+            "reference",
+            &self.reference,
+            MAX_TEXT,
+        ));
+        Some((attested_by?, agreement_time?, reference?))
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, _): Parsed<'_, OnboardingKey>,
+        (attested_by, agreement_time, reference): Self::Input,
+    ) -> Result<OnboardingRecord, Error> {
+        operations
+            .record_agreement(call, key, mutation, attested_by, agreement_time, reference)
+            .await
+    }
+}
+
+impl MutatingRpc for proto::RegisterAccountRequest {
+    const METHOD: &'static str = "RegisterAccount";
+    const DETACHED: bool = false;
+    type Target = OnboardingKey;
+    /// The person's full name, the company's name and the e-mail address.
+    type Input = (String, String, String);
+    type Output = OnboardingRecord;
+    type Response = proto::RegisterAccountResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<OnboardingKey> {
+        violations.check(OnboardingKey::parse_name("name", &self.name))
+    }
+
+    fn input(&self, violations: &mut Violations) -> Option<Self::Input> {
+        let account = self.account.clone().unwrap_or_default();
+        if self.account.is_none() {
+            violations.push(FieldViolation::new(
+                "account",
+                "is required: full_name, company_name and email",
+            ));
+        }
+        let full_name = violations.check(validate::required_text(
+            "account.full_name",
+            &account.full_name,
+            MAX_TEXT,
+        ));
+        let company_name = violations.check(validate::required_text(
+            "account.company_name",
+            &account.company_name,
+            MAX_TEXT,
+        ));
+        let email = violations.check(validate::Email::parse("account.email", &account.email));
+        Some((full_name?, company_name?, email?.into_string()))
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, _): Parsed<'_, OnboardingKey>,
+        (full_name, company_name, email): Self::Input,
+    ) -> Result<OnboardingRecord, Error> {
+        operations
+            .register_account(call, key, mutation, full_name, company_name, email)
+            .await
+    }
 }
 
 /// A secret as typed: required, not blank, at most `MAX_CREDENTIAL` characters. Never echoed.
@@ -54,140 +219,124 @@ fn secret(field: &str, text: &str) -> Result<Secret, FieldViolation> {
     Ok(Secret::new(text))
 }
 
-pub async fn confirm_account_activation(
-    operations: &Operations,
-    request: Request<proto::ConfirmAccountActivationRequest>,
-) -> Result<Response<proto::ConfirmAccountActivationResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let deadline = caller_deadline(request.metadata());
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = violations.check(OnboardingKey::parse_name("name", &request.name));
-    if let Some(key) = &key {
-        within(&caller, Permission::Write, key)?;
+impl MutatingRpc for proto::ConfirmAccountActivationRequest {
+    const METHOD: &'static str = "ConfirmAccountActivation";
+    const DETACHED: bool = true;
+    type Target = OnboardingKey;
+    /// The username and password the person chose in Billecta's portal.
+    type Input = (String, Secret);
+    type Output = OnboardingRecord;
+    type Response = proto::ConfirmAccountActivationResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<OnboardingKey> {
+        violations.check(OnboardingKey::parse_name("name", &self.name))
     }
-    let username = violations.check(validate::required_text(
-        "username",
-        &request.username,
-        MAX_CREDENTIAL,
-    ));
-    let password = violations.check(secret("password", &request.password));
-    let mutation = mutation(
-        &mut violations,
-        &caller,
-        "ConfirmAccountActivation",
-        &request,
-    );
-    violations.finish().map_err(Error::from)?;
-    let operations = operations.clone();
-    let (key, mutation, username, password) = (
-        checked(key),
-        checked(mutation),
-        checked(username),
-        checked(password),
-    );
-    let record = detached(async move {
+
+    fn input(&self, violations: &mut Violations) -> Option<Self::Input> {
+        let username = violations.check(validate::required_text(
+            "username",
+            &self.username,
+            MAX_CREDENTIAL,
+        ));
+        let password = violations.check(secret("password", &self.password));
+        Some((username?, password?))
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, deadline): Parsed<'_, OnboardingKey>,
+        (username, password): Self::Input,
+    ) -> Result<OnboardingRecord, Error> {
         operations
-            .confirm_account_activation(&call, &key, &mutation, username, password, deadline)
+            .confirm_account_activation(call, key, mutation, username, password, deadline)
             .await
-    })
-    .await?;
-    Ok(Response::new(proto::ConfirmAccountActivationResponse {
-        onboarding: Some(convert::onboarding(&record)),
-    }))
+    }
 }
 
-pub async fn create_creditor(
-    operations: &Operations,
-    request: Request<proto::CreateCreditorRequest>,
-) -> Result<Response<proto::CreateCreditorResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    // No caller deadline: a create runs to its end within its lease (see Operations::create_creditor).
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = violations.check(OnboardingKey::parse_name("parent", &request.parent));
-    if let Some(key) = &key {
-        within(&caller, Permission::Write, key)?;
+impl MutatingRpc for proto::CreateCreditorRequest {
+    const METHOD: &'static str = "CreateCreditor";
+    const DETACHED: bool = true;
+    type Target = OnboardingKey;
+    type Input = NewCreditor;
+    /// The onboarding and the creditor's resource name.
+    type Output = (OnboardingRecord, String);
+    type Response = proto::CreateCreditorResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<OnboardingKey> {
+        violations.check(OnboardingKey::parse_name("parent", &self.parent))
     }
-    let organisation_number = violations.check(OrganisationNumber::parse(
-        "organisation_number",
-        &request.organisation_number,
-    ));
-    let company_name = violations.check(validate::required_text(
-        "company_name",
-        &request.company_name,
-        MAX_NAME,
-    ));
-    let title = if request.title.trim().is_empty() {
-        Some(String::new())
-    } else {
-        violations.check(validate::required_text("title", &request.title, MAX_TITLE))
-    };
-    let mutation = mutation(&mut violations, &caller, "CreateCreditor", &request);
-    violations.finish().map_err(Error::from)?;
-    let operations = operations.clone();
-    let (key, mutation) = (checked(key), checked(mutation));
-    let (organisation_number, company_name, title) = (
-        checked(organisation_number),
-        checked(company_name),
-        checked(title),
-    );
-    let new = NewCreditor {
-        organisation_number,
-        company_name,
-        title,
-    };
-    let (record, name) = detached(async move {
-        operations
-            .create_creditor(&call, &key, &mutation, new)
-            .await
-    })
-    .await?;
-    let onboarding = convert::onboarding(&record);
-    let creditor = onboarding
-        .creditors
-        .iter()
-        .find(|creditor| creditor.name == name)
-        .cloned();
-    Ok(Response::new(proto::CreateCreditorResponse {
-        onboarding: Some(onboarding),
-        creditor,
-    }))
+
+    fn input(&self, violations: &mut Violations) -> Option<NewCreditor> {
+        let organisation_number = violations.check(OrganisationNumber::parse(
+            "organisation_number",
+            &self.organisation_number,
+        ));
+        let company_name = violations.check(validate::required_text(
+            "company_name",
+            &self.company_name,
+            MAX_NAME,
+        ));
+        let title = if self.title.trim().is_empty() {
+            Some(String::new())
+        } else {
+            violations.check(validate::required_text("title", &self.title, MAX_TITLE))
+        };
+        Some(NewCreditor {
+            organisation_number: organisation_number?,
+            company_name: company_name?,
+            title: title?,
+        })
+    }
+
+    /// No caller deadline: a create runs to its end within its lease (see
+    /// `Operations::create_creditor`).
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, _): Parsed<'_, OnboardingKey>,
+        new: NewCreditor,
+    ) -> Result<Self::Output, Error> {
+        operations.create_creditor(call, key, mutation, new).await
+    }
 }
 
-pub async fn update_company_settings(
-    operations: &Operations,
-    request: Request<proto::UpdateCompanySettingsRequest>,
-) -> Result<Response<proto::UpdateCompanySettingsResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let deadline = caller_deadline(request.metadata());
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = violations.check(CreditorKey::parse_name("name", &request.name));
-    if let Some(key) = &key {
-        within(&caller, Permission::Write, key)?;
+impl MutatingRpc for proto::UpdateCompanySettingsRequest {
+    const METHOD: &'static str = "UpdateCompanySettings";
+    const DETACHED: bool = true;
+    type Target = CreditorKey;
+    type Input = Option<CompanySettings>;
+    type Output = OnboardingRecord;
+    type Response = proto::UpdateCompanySettingsResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<CreditorKey> {
+        violations.check(CreditorKey::parse_name("name", &self.name))
     }
-    // Without settings, those asked for before (or promoted from test) are applied.
-    let settings = match &request.company_settings {
-        Some(given) => company_settings(&mut violations, given).map(Some),
+
+    fn input(&self, violations: &mut Violations) -> Option<Self::Input> {
+        optional(violations, self.company_settings.as_ref(), company_settings)
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, deadline): Parsed<'_, CreditorKey>,
+        settings: Self::Input,
+    ) -> Result<OnboardingRecord, Error> {
+        operations
+            .update_company_settings(call, key, mutation, settings, deadline)
+            .await
+    }
+}
+
+/// Settings as given, or `None` when the request gives none: those asked for before (or promoted
+/// from test) are applied then.
+fn optional<Given, Settings>(
+    violations: &mut Violations,
+    given: Option<&Given>,
+    parse: fn(&mut Violations, &Given) -> Option<Settings>,
+) -> Option<Option<Settings>> {
+    match given {
+        Some(given) => parse(violations, given).map(Some),
         None => Some(None),
-    };
-    let mutation = mutation(&mut violations, &caller, "UpdateCompanySettings", &request);
-    violations.finish().map_err(Error::from)?;
-    let operations = operations.clone();
-    let (key, mutation, settings) = (checked(key), checked(mutation), checked(settings));
-    let record = detached(async move {
-        operations
-            .update_company_settings(&call, &key, &mutation, settings, deadline)
-            .await
-    })
-    .await?;
-    Ok(Response::new(proto::UpdateCompanySettingsResponse {
-        onboarding: Some(convert::onboarding(&record)),
-    }))
+    }
 }
 
 /// Every field of the company settings, each violation named by its path.
@@ -232,37 +381,31 @@ fn company_settings(
     })
 }
 
-pub async fn update_invoice_settings(
-    operations: &Operations,
-    request: Request<proto::UpdateInvoiceSettingsRequest>,
-) -> Result<Response<proto::UpdateInvoiceSettingsResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let deadline = caller_deadline(request.metadata());
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = violations.check(CreditorKey::parse_name("name", &request.name));
-    if let Some(key) = &key {
-        within(&caller, Permission::Write, key)?;
+impl MutatingRpc for proto::UpdateInvoiceSettingsRequest {
+    const METHOD: &'static str = "UpdateInvoiceSettings";
+    const DETACHED: bool = true;
+    type Target = CreditorKey;
+    type Input = Option<InvoiceSettings>;
+    type Output = OnboardingRecord;
+    type Response = proto::UpdateInvoiceSettingsResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<CreditorKey> {
+        violations.check(CreditorKey::parse_name("name", &self.name))
     }
-    // Without settings, those asked for before (or promoted from test) are applied.
-    let settings = match &request.invoice_settings {
-        Some(given) => invoice_settings(&mut violations, given).map(Some),
-        None => Some(None),
-    };
-    let mutation = mutation(&mut violations, &caller, "UpdateInvoiceSettings", &request);
-    violations.finish().map_err(Error::from)?;
-    let operations = operations.clone();
-    let (key, mutation, settings) = (checked(key), checked(mutation), checked(settings));
-    let record = detached(async move {
+
+    fn input(&self, violations: &mut Violations) -> Option<Self::Input> {
+        optional(violations, self.invoice_settings.as_ref(), invoice_settings)
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, deadline): Parsed<'_, CreditorKey>,
+        settings: Self::Input,
+    ) -> Result<OnboardingRecord, Error> {
         operations
-            .update_invoice_settings(&call, &key, &mutation, settings, deadline)
+            .update_invoice_settings(call, key, mutation, settings, deadline)
             .await
-    })
-    .await?;
-    Ok(Response::new(proto::UpdateInvoiceSettingsResponse {
-        onboarding: Some(convert::onboarding(&record)),
-    }))
+    }
 }
 
 /// The invoice settings given: a next invoice number (0: leave Billecta's as it is), payment terms,
@@ -342,121 +485,112 @@ fn payment_terms(violations: &mut Violations, given: &proto::PaymentTerms) -> Op
     })
 }
 
-pub async fn skip_stage(
-    operations: &Operations,
-    request: Request<proto::SkipStageRequest>,
-) -> Result<Response<proto::SkipStageResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = violations.check(CreditorKey::parse_name("name", &request.name));
-    if let Some(key) = &key {
-        within(&caller, Permission::Write, key)?;
-    }
-    let stage = match proto::Stage::try_from(request.stage)
-        .ok()
-        .and_then(convert::stage_from)
-    {
-        Some(stage) if stage.is_optional() => Some(stage),
-        _ => {
-            violations.push(FieldViolation::new(
-                "stage",
-                "must be an optional stage: STAGE_INVOICE_SETTINGS or STAGE_WEBHOOKS",
-            ));
-            None
-        }
-    };
-    let reason = violations.check(validate::required_text(
-        "reason",
-        &request.reason,
-        MAX_REASON,
-    ));
-    let mutation = mutation(&mut violations, &caller, "SkipStage", &request);
-    violations.finish().map_err(Error::from)?;
-    let record = operations
-        .skip_stage(
-            &call,
-            &checked(key),
-            &checked(mutation),
-            checked(stage),
-            checked(reason),
-        )
-        .await?;
-    Ok(Response::new(proto::SkipStageResponse {
-        onboarding: Some(convert::onboarding(&record)),
-    }))
-}
+impl MutatingRpc for proto::SkipStageRequest {
+    const METHOD: &'static str = "SkipStage";
+    const DETACHED: bool = false;
+    type Target = CreditorKey;
+    /// The optional stage and why it is skipped.
+    type Input = (Stage, String);
+    type Output = OnboardingRecord;
+    type Response = proto::SkipStageResponse;
 
-pub async fn register_api_credentials(
-    operations: &Operations,
-    request: Request<proto::RegisterApiCredentialsRequest>,
-) -> Result<Response<proto::RegisterApiCredentialsResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let deadline = caller_deadline(request.metadata());
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = violations.check(CreditorKey::parse_name("name", &request.name));
-    if let Some(key) = &key {
-        within(&caller, Permission::Write, key)?;
+    fn target(&self, violations: &mut Violations) -> Option<CreditorKey> {
+        violations.check(CreditorKey::parse_name("name", &self.name))
     }
-    let username = if request.username.trim().is_empty() {
-        None
-    } else {
-        violations.check(validate::required_text(
-            "username",
-            &request.username,
-            MAX_CREDENTIAL,
-        ))
-    };
-    let credentials = match (request.password.is_empty(), request.secure_token.is_empty()) {
-        (false, true) => match username.clone() {
-            Some(username) => violations
-                .check(secret("password", &request.password))
-                .map(|password| ApiCredentials::Password { username, password }),
-            None => {
+
+    fn input(&self, violations: &mut Violations) -> Option<Self::Input> {
+        let stage = match proto::Stage::try_from(self.stage)
+            .ok()
+            .and_then(convert::stage_from)
+        {
+            Some(stage) if stage.is_optional() => Some(stage),
+            _ => {
                 violations.push(FieldViolation::new(
-                    "username",
-                    "is required with a password",
+                    "stage",
+                    "must be an optional stage: STAGE_INVOICE_SETTINGS or STAGE_WEBHOOKS",
                 ));
                 None
             }
-        },
-        (true, false) => violations
-            .check(secret("secure_token", &request.secure_token))
-            .map(|token| ApiCredentials::Token {
-                username: username.clone(),
-                token,
-            }),
-        (false, false) => {
-            violations.push(FieldViolation::new(
-                "secure_token",
-                "give either password (with username) or secure_token, not both",
-            ));
-            None
-        }
-        (true, true) => {
-            violations.push(FieldViolation::new(
-                "password",
-                "give either password (with username) or secure_token",
-            ));
-            None
-        }
-    };
-    let mutation = mutation(&mut violations, &caller, "RegisterApiCredentials", &request);
-    violations.finish().map_err(Error::from)?;
-    let operations = operations.clone();
-    let (key, mutation, credentials) = (checked(key), checked(mutation), checked(credentials));
-    let record = detached(async move {
+        };
+        let reason = violations.check(validate::required_text("reason", &self.reason, MAX_REASON));
+        Some((stage?, reason?))
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, _): Parsed<'_, CreditorKey>,
+        (stage, reason): Self::Input,
+    ) -> Result<OnboardingRecord, Error> {
         operations
-            .register_api_credentials(&call, &key, &mutation, credentials, deadline)
+            .skip_stage(call, key, mutation, stage, reason)
             .await
-    })
-    .await?;
-    Ok(Response::new(proto::RegisterApiCredentialsResponse {
-        onboarding: Some(convert::onboarding(&record)),
-    }))
+    }
+}
+
+impl MutatingRpc for proto::RegisterApiCredentialsRequest {
+    const METHOD: &'static str = "RegisterApiCredentials";
+    const DETACHED: bool = true;
+    type Target = CreditorKey;
+    type Input = ApiCredentials;
+    type Output = OnboardingRecord;
+    type Response = proto::RegisterApiCredentialsResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<CreditorKey> {
+        violations.check(CreditorKey::parse_name("name", &self.name))
+    }
+
+    fn input(&self, violations: &mut Violations) -> Option<ApiCredentials> {
+        let username = if self.username.trim().is_empty() {
+            None
+        } else {
+            violations.check(validate::required_text(
+                "username",
+                &self.username,
+                MAX_CREDENTIAL,
+            ))
+        };
+        match (self.password.is_empty(), self.secure_token.is_empty()) {
+            (false, true) => match username {
+                Some(username) => violations
+                    .check(secret("password", &self.password))
+                    .map(|password| ApiCredentials::Password { username, password }),
+                None => {
+                    violations.push(FieldViolation::new(
+                        "username",
+                        "is required with a password",
+                    ));
+                    None
+                }
+            },
+            (true, false) => violations
+                .check(secret("secure_token", &self.secure_token))
+                .map(|token| ApiCredentials::Token { username, token }),
+            (false, false) => {
+                violations.push(FieldViolation::new(
+                    "secure_token",
+                    "give either password (with username) or secure_token, not both",
+                ));
+                None
+            }
+            (true, true) => {
+                violations.push(FieldViolation::new(
+                    "password",
+                    "give either password (with username) or secure_token",
+                ));
+                None
+            }
+        }
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, deadline): Parsed<'_, CreditorKey>,
+        credentials: ApiCredentials,
+    ) -> Result<OnboardingRecord, Error> {
+        operations
+            .register_api_credentials(call, key, mutation, credentials, deadline)
+            .await
+    }
 }
 
 /// An https URL without spaces, at most 2000 characters.
@@ -476,126 +610,137 @@ fn https_url(field: &str, text: &str) -> Result<String, FieldViolation> {
     Ok(trimmed.to_owned())
 }
 
-pub async fn record_webhook_setup(
-    operations: &Operations,
-    request: Request<proto::RecordWebhookSetupRequest>,
-) -> Result<Response<proto::RecordWebhookSetupResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = violations.check(CreditorKey::parse_name("name", &request.name));
-    if let Some(key) = &key {
-        within(&caller, Permission::Write, key)?;
+impl MutatingRpc for proto::RecordWebhookSetupRequest {
+    const METHOD: &'static str = "RecordWebhookSetup";
+    const DETACHED: bool = false;
+    type Target = CreditorKey;
+    /// The attestation, and the Authorization value Billecta sends with each webhook.
+    type Input = (Webhooks, Secret);
+    type Output = OnboardingRecord;
+    type Response = proto::RecordWebhookSetupResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<CreditorKey> {
+        violations.check(CreditorKey::parse_name("name", &self.name))
     }
-    let target_url = violations.check(https_url("target_url", &request.target_url));
-    let events = if request.events.len() > MAX_EVENTS {
-        violations.push(FieldViolation::new(
-            "events",
-            format!("must list at most {MAX_EVENTS} events"),
-        ));
-        None
-    } else if request.events.is_empty() {
-        violations.push(FieldViolation::new(
-            "events",
-            "is required: the events chosen in the portal, such as InvoicePaymentReceived",
-        ));
-        None
-    } else if let Some(bad) = request.events.iter().position(|event| {
-        event.is_empty()
-            || event.len() > 100
-            || !event.bytes().all(|b| b.is_ascii_alphanumeric())
-            || !event.starts_with(|c: char| c.is_ascii_alphabetic())
-    }) {
-        violations.push(FieldViolation::new(
-            format!("events[{bad}]"),
-            "must be an event name such as InvoicePaymentReceived",
-        ));
-        None
-    } else {
-        Some(request.events.clone())
-    };
-    let authorization = violations.check(secret("authorization", &request.authorization));
-    let attested_by = violations.check(validate::required_text(
-        "attested_by",
-        &request.attested_by,
-        MAX_NAME,
-    ));
-    let mutation = mutation(&mut violations, &caller, "RecordWebhookSetup", &request);
-    violations.finish().map_err(Error::from)?;
-    let webhooks = Webhooks {
-        target_url: checked(target_url),
-        events: checked(events),
-        attested_by: checked(attested_by),
-        record_time: 0,
-    };
-    let record = operations
-        .record_webhook_setup(
-            &call,
-            &checked(key),
-            &checked(mutation),
-            webhooks,
-            checked(authorization),
-        )
-        .await?;
-    Ok(Response::new(proto::RecordWebhookSetupResponse {
-        onboarding: Some(convert::onboarding(&record)),
-    }))
-}
 
-pub async fn validate_onboarding(
-    operations: &Operations,
-    request: Request<proto::ValidateOnboardingRequest>,
-) -> Result<Response<proto::ValidateOnboardingResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let deadline = caller_deadline(request.metadata());
-    let request = request.into_inner();
-    let key = OnboardingKey::parse_name("name", &request.name).map_err(Error::from)?;
-    within(&caller, Permission::Write, &key)?;
-    let operations = operations.clone();
-    let (record, checks) =
-        detached(async move { operations.validate_onboarding(&call, &key, deadline).await })
-            .await?;
-    Ok(Response::new(proto::ValidateOnboardingResponse {
-        onboarding: Some(convert::onboarding(&record)),
-        checks: checks.iter().map(convert::check).collect(),
-    }))
-}
-
-pub async fn promote_to_production(
-    operations: &Operations,
-    request: Request<proto::PromoteToProductionRequest>,
-) -> Result<Response<proto::PromoteToProductionResponse>, Status> {
-    let call = call_context(&request);
-    let caller = permitted(&request, Permission::Write)?;
-    let request = request.into_inner();
-    let mut violations = Violations::new();
-    let key = match OnboardingKey::parse_name("name", &request.name) {
-        Ok(key) if key.environment == crate::domain::Environment::Test => {
-            within(&caller, Permission::Write, &key)?;
-            Some(key)
-        }
-        Ok(_) => {
+    fn input(&self, violations: &mut Violations) -> Option<Self::Input> {
+        let target_url = violations.check(https_url("target_url", &self.target_url));
+        let events = if self.events.len() > MAX_EVENTS {
             violations.push(FieldViolation::new(
-                "name",
-                "must name the test onboarding to promote: tenants/{tenant}/environments/test",
+                "events",
+                format!("must list at most {MAX_EVENTS} events"),
             ));
             None
-        }
-        Err(violation) => {
-            violations.push(violation);
+        } else if self.events.is_empty() {
+            violations.push(FieldViolation::new(
+                "events",
+                "is required: the events chosen in the portal, such as InvoicePaymentReceived",
+            ));
             None
+        } else if let Some(bad) = self.events.iter().position(|event| {
+            event.is_empty()
+                || event.len() > 100
+                || !event.bytes().all(|b| b.is_ascii_alphanumeric())
+                || !event.starts_with(|c: char| c.is_ascii_alphabetic())
+        }) {
+            violations.push(FieldViolation::new(
+                format!("events[{bad}]"),
+                "must be an event name such as InvoicePaymentReceived",
+            ));
+            None
+        } else {
+            Some(self.events.clone())
+        };
+        let authorization = violations.check(secret("authorization", &self.authorization));
+        let attested_by = violations.check(validate::required_text(
+            "attested_by",
+            &self.attested_by,
+            MAX_NAME,
+        ));
+        let webhooks = Webhooks {
+            target_url: target_url?,
+            events: events?,
+            attested_by: attested_by?,
+            record_time: 0,
+        };
+        Some((webhooks, authorization?))
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, _): Parsed<'_, CreditorKey>,
+        (webhooks, authorization): Self::Input,
+    ) -> Result<OnboardingRecord, Error> {
+        operations
+            .record_webhook_setup(call, key, mutation, webhooks, authorization)
+            .await
+    }
+}
+
+impl MutatingRpc for proto::ValidateOnboardingRequest {
+    const METHOD: &'static str = "ValidateOnboarding";
+    const DETACHED: bool = true;
+    type Target = OnboardingKey;
+    type Input = ();
+    type Output = (OnboardingRecord, Vec<Check>);
+    type Response = proto::ValidateOnboardingResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<OnboardingKey> {
+        violations.check(OnboardingKey::parse_name("name", &self.name))
+    }
+
+    fn input(&self, _: &mut Violations) -> Option<()> {
+        Some(())
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, deadline): Parsed<'_, OnboardingKey>,
+        (): (),
+    ) -> Result<Self::Output, Error> {
+        operations
+            .validate_onboarding(call, key, mutation, deadline)
+            .await
+    }
+}
+
+impl MutatingRpc for proto::PromoteToProductionRequest {
+    const METHOD: &'static str = "PromoteToProduction";
+    const DETACHED: bool = false;
+    /// The test onboarding to promote.
+    type Target = OnboardingKey;
+    type Input = ();
+    type Output = OnboardingRecord;
+    type Response = proto::PromoteToProductionResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<OnboardingKey> {
+        match OnboardingKey::parse_name("name", &self.name) {
+            Ok(key) if key.environment == Environment::Test => Some(key),
+            Ok(_) => {
+                violations.push(FieldViolation::new(
+                    "name",
+                    "must name the test onboarding to promote: tenants/{tenant}/environments/test",
+                ));
+                None
+            }
+            Err(violation) => {
+                violations.push(violation);
+                None
+            }
         }
-    };
-    let mutation = mutation(&mut violations, &caller, "PromoteToProduction", &request);
-    violations.finish().map_err(Error::from)?;
-    let record = operations
-        .promote_to_production(&call, &checked(key), &checked(mutation))
-        .await?;
-    Ok(Response::new(proto::PromoteToProductionResponse {
-        onboarding: Some(convert::onboarding(&record)),
-    }))
+    }
+
+    fn input(&self, _: &mut Violations) -> Option<()> {
+        Some(())
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, _): Parsed<'_, OnboardingKey>,
+        (): (),
+    ) -> Result<OnboardingRecord, Error> {
+        operations.promote_to_production(call, key, mutation).await
+    }
 }
 
 /// `PaymentConfigurationService`: what Payway's payment code reads.

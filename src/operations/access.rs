@@ -2,19 +2,20 @@
 //! payment configuration over, and attesting the webhook addon.
 
 use super::provisioning::{
-    Claim, NewSecret, creditor_mut, find_creditor, open_creditor_stage, outcome_of, restore,
-    settle_failure,
+    NewSecret, creditor_mut, creditor_public_id, find_creditor, open_creditor_stage,
 };
+use super::stage::{BillectaStage, Claimed, Prepared, Unsuccessful};
 use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::domain::onboarding::{
     ApiAccess, CredentialRecord, OnboardingRecord, PaymentTerms, Webhooks,
 };
 use crate::domain::stages;
 use crate::domain::validate::CreditorKey;
-use crate::domain::{CredentialField, Environment, Stage, StageState};
+use crate::domain::{CredentialField, Environment, Micros, Stage, StageState};
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use billecta_client::{BillectaError, Deadline, ErrorKind};
+use std::sync::Arc;
 
 /// How the API user's credentials are given.
 pub enum ApiCredentials {
@@ -103,196 +104,13 @@ impl Operations {
             }
             Environment::Test => None,
         };
-        let claim = self
-            .claim(call, onboarding, mutation, |record, now| {
-                let (_, target) = open_creditor_stage(
-                    record,
-                    key,
-                    Stage::ApiAccess,
-                    &[Stage::Creditor, Stage::CompanySettings],
-                    "RegisterApiCredentials",
-                    now,
-                )?;
-                Ok((
-                    format!("verifying the API credentials of {}", key.creditor),
-                    target,
-                ))
-            })
-            .await?;
-        let claimed = match claim {
-            Claim::Answered(record) => return Ok(*record),
-            Claim::Claimed(claimed) => claimed,
+        let verification = ApiAccessVerification {
+            key,
+            credentials,
+            test,
         };
-        let public_id = match super::provisioning::creditor_public_id(&claimed) {
-            Ok(id) => id,
-            Err(error) => {
-                return self
-                    .abandon(call, onboarding, mutation, &claimed, error)
-                    .await;
-            }
-        };
-        let client = self.billecta.client(onboarding.environment);
-        let billecta_deadline = self.billecta_deadline(deadline, &claimed);
-        // What is kept, unverified, if Billecta cannot be asked now.
-        let (username, password, pending) = match &credentials {
-            ApiCredentials::Password { username, password } => (
-                Some(username.clone()),
-                Some(password.clone()),
-                (CredentialField::ApiPassword, password.clone()),
-            ),
-            ApiCredentials::Token { username, token } => (
-                username.clone(),
-                None,
-                (CredentialField::ApiToken, token.clone()),
-            ),
-        };
-        let verified: std::result::Result<Secret, BillectaError> = async {
-            let token = match credentials {
-                ApiCredentials::Password { username, password } => {
-                    client
-                        .authenticate(&username, &password, billecta_deadline)
-                        .await?
-                        .value
-                }
-                ApiCredentials::Token { token, .. } => token,
-            };
-            client
-                .get_creditor(&token, &public_id, billecta_deadline)
-                .await?;
-            Ok(token)
-        }
-        .await;
-        let creditor_id = claimed.target.creditor.clone();
-        let principal = username.clone().unwrap_or_default();
-        match verified {
-            Ok(token) => {
-                let warnings = shared_user_warnings(
-                    &claimed.record,
-                    test.as_deref(),
-                    username.as_deref(),
-                    &token.fingerprint(),
-                );
-                self.record(call, onboarding, mutation, &claimed, "OK", |record, now| {
-                    let secret = |field, secret| NewSecret {
-                        scope: &creditor_id,
-                        field,
-                        secret,
-                        principal: &principal,
-                        verified: true,
-                    };
-                    let mut secrets = vec![self.seal(
-                        record,
-                        call,
-                        secret(CredentialField::ApiToken, &token),
-                        now,
-                    )?];
-                    if let Some(password) = &password {
-                        secrets.push(self.seal(
-                            record,
-                            call,
-                            secret(CredentialField::ApiPassword, password),
-                            now,
-                        )?);
-                    }
-                    // A token given without a password replaces both: an older password would
-                    // no longer belong with it.
-                    let removed = if password.is_none() {
-                        vec![(creditor_id.clone(), CredentialField::ApiPassword)]
-                    } else {
-                        Vec::new()
-                    };
-                    let creditor = creditor_mut(record, &creditor_id);
-                    creditor.api_access = Some(ApiAccess::new(username.clone(), warnings.clone()));
-                    stages::api_access_verified(creditor, &warnings, now);
-                    let flagged = if warnings.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (flagged: {})", warnings.join(", "))
-                    };
-                    Ok(Written {
-                        summary: format!(
-                            "API credentials of {} verified: they read the creditor{flagged}",
-                            key.creditor
-                        ),
-                        secrets,
-                        removed,
-                    })
-                })
-                .await
-            }
-            Err(error) if error.kind() == ErrorKind::BadCredentials => {
-                self.record(
-                    call,
-                    onboarding,
-                    mutation,
-                    &claimed,
-                    "FAILED_PRECONDITION",
-                    |record, _| {
-                        restore(record, &claimed);
-                        Ok(Written::from(format!(
-                            "Billecta refused the API credentials of {}: {error}",
-                            key.creditor
-                        )))
-                    },
-                )
-                .await?;
-                Err(Error::Precondition {
-                    reason: "BILLECTA_CREDENTIALS_REJECTED",
-                    subject: format!("{}/stages/{}", key.name(), Stage::ApiAccess),
-                    message: format!(
-                        "Billecta's {} environment refused these API credentials, or they cannot read this creditor: the password or token is wrong, the user lacks rights on the creditor, or the credentials belong to the other environment. Billecta said: {}",
-                        onboarding.environment, error.message
-                    ),
-                })
-            }
-            Err(error) => {
-                let what = format!("verifying the API credentials of {}", key.creditor);
-                if claimed.before.state == StageState::Completed {
-                    // The stored credentials still work; nothing is kept of these.
-                    return self
-                        .failed(call, onboarding, mutation, &claimed, error, &what)
-                        .await;
-                }
-                // Kept, unverified, so that the reconciler can verify them without the caller;
-                // the payment configuration stays closed until they are.
-                self.record(
-                    call,
-                    onboarding,
-                    mutation,
-                    &claimed,
-                    outcome_of(&error),
-                    |record, now| {
-                        let (field, secret) = &pending;
-                        let secret = self.seal(
-                            record,
-                            call,
-                            NewSecret {
-                                scope: &creditor_id,
-                                field: *field,
-                                secret,
-                                principal: &principal,
-                                verified: false,
-                            },
-                            now,
-                        )?;
-                        // A pending token is tried on its own: no older password goes with it.
-                        let removed = if *field == CredentialField::ApiToken {
-                            vec![(creditor_id.clone(), CredentialField::ApiPassword)]
-                        } else {
-                            Vec::new()
-                        };
-                        settle_failure(record, &claimed, &error, now);
-                        Ok(Written {
-                            summary: format!("{what} failed: {error}"),
-                            secrets: vec![secret],
-                            removed,
-                        })
-                    },
-                )
-                .await?;
-                Err(Error::Billecta(error))
-            }
-        }
+        self.run_stage(call, onboarding, mutation, deadline, verification)
+            .await
     }
 
     /// GetPaymentConfiguration: the one read that returns a secret. Every read is one audit log
@@ -340,13 +158,7 @@ impl Operations {
         read: &CredentialRecord,
     ) -> Result<()> {
         let reader = call.actor.clone();
-        let mutation = Mutation {
-            method: "GetPaymentConfiguration",
-            request_id: None,
-            request_hash: String::new(),
-            etag: None,
-            validate_only: false,
-        };
+        let mutation = Mutation::plain("GetPaymentConfiguration");
         self.transact(
             call,
             &key.onboarding,
@@ -518,6 +330,206 @@ impl Operations {
             )
             .await?;
         Ok(committed.into_record())
+    }
+}
+
+/// API_ACCESS: the API user's credentials, verified by reading the creditor with them.
+struct ApiAccessVerification<'a> {
+    key: &'a CreditorKey,
+    credentials: ApiCredentials,
+    /// The test environment's onboarding when this is production's, for the shared-user flags.
+    test: Option<Arc<OnboardingRecord>>,
+}
+
+impl ApiAccessVerification<'_> {
+    fn username(&self) -> Option<&str> {
+        match &self.credentials {
+            ApiCredentials::Password { username, .. } => Some(username),
+            ApiCredentials::Token { username, .. } => username.as_deref(),
+        }
+    }
+
+    /// The secret given: kept, unverified, if Billecta cannot be asked now.
+    fn given(&self) -> (CredentialField, &Secret) {
+        match &self.credentials {
+            ApiCredentials::Password { password, .. } => (CredentialField::ApiPassword, password),
+            ApiCredentials::Token { token, .. } => (CredentialField::ApiToken, token),
+        }
+    }
+
+    fn new_secret<'a>(
+        &'a self,
+        creditor_id: &'a str,
+        field: CredentialField,
+        secret: &'a Secret,
+        verified: bool,
+    ) -> NewSecret<'a> {
+        NewSecret {
+            scope: creditor_id,
+            field,
+            secret,
+            principal: self.username().unwrap_or_default(),
+            verified,
+        }
+    }
+}
+
+impl BillectaStage for ApiAccessVerification<'_> {
+    /// The SecureToken, and the production flags it raises.
+    type Answer = (Secret, Vec<String>);
+
+    fn step(&self) -> String {
+        format!("verifying the API credentials of {}", self.key.creditor)
+    }
+
+    fn prepare(&mut self, record: &mut OnboardingRecord, now: Micros) -> Result<Prepared> {
+        let (_, target) = open_creditor_stage(
+            record,
+            self.key,
+            Stage::ApiAccess,
+            &[Stage::Creditor, Stage::CompanySettings],
+            "RegisterApiCredentials",
+            now,
+        )?;
+        Ok((self.step(), target))
+    }
+
+    async fn call(
+        &self,
+        operations: &Operations,
+        claimed: &Claimed,
+        deadline: Deadline,
+    ) -> std::result::Result<Self::Answer, Unsuccessful> {
+        let public_id = creditor_public_id(claimed)?;
+        let client = operations.billecta.client(self.key.onboarding.environment);
+        let verified: std::result::Result<Secret, BillectaError> = async {
+            let token = match &self.credentials {
+                ApiCredentials::Password { username, password } => {
+                    client
+                        .authenticate(username, password, deadline)
+                        .await?
+                        .value
+                }
+                ApiCredentials::Token { token, .. } => token.clone(),
+            };
+            client.get_creditor(&token, &public_id, deadline).await?;
+            Ok(token)
+        }
+        .await;
+        match verified {
+            Ok(token) => {
+                let warnings = shared_user_warnings(
+                    &claimed.record,
+                    self.test.as_deref(),
+                    self.username(),
+                    &token.fingerprint(),
+                );
+                Ok((token, warnings))
+            }
+            Err(error) if error.kind() == ErrorKind::BadCredentials => Err(Unsuccessful::Refused {
+                summary: format!(
+                    "Billecta refused the API credentials of {}: {error}",
+                    self.key.creditor
+                ),
+                error: Error::Precondition {
+                    reason: "BILLECTA_CREDENTIALS_REJECTED",
+                    subject: format!("{}/stages/{}", self.key.name(), Stage::ApiAccess),
+                    message: format!(
+                        "Billecta's {} environment refused these API credentials, or they cannot read this creditor: the password or token is wrong, the user lacks rights on the creditor, or the credentials belong to the other environment. Billecta said: {}",
+                        self.key.onboarding.environment, error.message
+                    ),
+                },
+            }),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn succeeded(
+        &self,
+        operations: &Operations,
+        call: &CallContext,
+        claimed: &Claimed,
+        record: &mut OnboardingRecord,
+        (token, warnings): &Self::Answer,
+        now: Micros,
+    ) -> Result<Written> {
+        let creditor_id = &claimed.target.creditor;
+        let mut secrets = vec![operations.seal(
+            record,
+            call,
+            self.new_secret(creditor_id, CredentialField::ApiToken, token, true),
+            now,
+        )?];
+        let password = match &self.credentials {
+            ApiCredentials::Password { password, .. } => Some(password),
+            ApiCredentials::Token { .. } => None,
+        };
+        if let Some(password) = password {
+            secrets.push(operations.seal(
+                record,
+                call,
+                self.new_secret(creditor_id, CredentialField::ApiPassword, password, true),
+                now,
+            )?);
+        }
+        // A token given without a password replaces both: an older password would no longer belong
+        // with it.
+        let removed = if password.is_none() {
+            vec![(creditor_id.clone(), CredentialField::ApiPassword)]
+        } else {
+            Vec::new()
+        };
+        let creditor = creditor_mut(record, creditor_id);
+        creditor.api_access = Some(ApiAccess::new(
+            self.username().map(str::to_owned),
+            warnings.clone(),
+        ));
+        stages::api_access_verified(creditor, warnings, now);
+        let flagged = if warnings.is_empty() {
+            String::new()
+        } else {
+            format!(" (flagged: {})", warnings.join(", "))
+        };
+        Ok(Written {
+            summary: format!(
+                "API credentials of {} verified: they read the creditor{flagged}",
+                self.key.creditor
+            ),
+            secrets,
+            removed,
+        })
+    }
+
+    fn failed(
+        &self,
+        operations: &Operations,
+        call: &CallContext,
+        claimed: &Claimed,
+        record: &mut OnboardingRecord,
+        _: &BillectaError,
+        now: Micros,
+    ) -> Result<Written> {
+        // Kept, unverified, so that the reconciler can verify them without the caller; the payment
+        // configuration stays closed until they are.
+        let creditor_id = &claimed.target.creditor;
+        let (field, secret) = self.given();
+        let pending = operations.seal(
+            record,
+            call,
+            self.new_secret(creditor_id, field, secret, false),
+            now,
+        )?;
+        // A pending token is tried on its own: no older password goes with it.
+        let removed = if field == CredentialField::ApiToken {
+            vec![(creditor_id.clone(), CredentialField::ApiPassword)]
+        } else {
+            Vec::new()
+        };
+        Ok(Written {
+            summary: String::new(),
+            secrets: vec![pending],
+            removed,
+        })
     }
 }
 

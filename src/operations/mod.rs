@@ -2,14 +2,15 @@
 //! replay an earlier result for a retried request_id, check the etag, apply the domain operation,
 //! write the record, its changed stages and one audit event, and tell watchers.
 //!
-//! The stages that drive Billecta ([`provisioning`]) never hold a transaction while they wait for
-//! Billecta: they claim the stage with a lease in one transaction, talk to Billecta, and record the
+//! The stages that drive Billecta never hold a transaction while they wait for Billecta: one runner
+//! ([`stage`]) claims the stage with a lease in one transaction, talks to Billecta, and records the
 //! outcome in a second one.
 
 mod access;
 mod billecta;
 mod provisioning;
 mod reconcile;
+mod stage;
 mod validation;
 
 pub use access::{ApiCredentials, PaymentConfiguration};
@@ -50,6 +51,20 @@ pub struct Mutation {
     /// When set, the call applies only to this version of the onboarding.
     pub etag: Option<String>,
     pub validate_only: bool,
+}
+
+impl Mutation {
+    /// A write the service makes on its own under `method`, without a caller's conventions: no
+    /// request_id to replay, no etag, never validate_only.
+    pub fn plain(method: &'static str) -> Self {
+        Mutation {
+            method,
+            request_id: None,
+            request_hash: String::new(),
+            etag: None,
+            validate_only: false,
+        }
+    }
 }
 
 /// A committed change to an onboarding, as announced to watchers in this process.

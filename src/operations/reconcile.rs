@@ -27,17 +27,6 @@ fn call() -> CallContext {
     }
 }
 
-/// A resumed step is recorded under the RPC whose work it carries on.
-fn mutation(method: &'static str) -> Mutation {
-    Mutation {
-        method,
-        request_id: None,
-        request_hash: String::new(),
-        etag: None,
-        validate_only: false,
-    }
-}
-
 impl Operations {
     /// One pass over stages waiting on the system and quiet for at least `quiet_for`: each is carried
     /// on, at most `limit` of them. Environments whose Billecta is paused by the breaker are left for
@@ -91,6 +80,7 @@ impl Operations {
             onboarding: key.clone(),
             creditor: creditor.clone(),
         });
+        // Each step is recorded under the RPC whose work it carries on.
         match (pending.stage, creditor_key) {
             (Stage::Account, _) => {
                 let record = self.get_onboarding(&key).await?;
@@ -108,7 +98,7 @@ impl Operations {
                 self.confirm_account_activation(
                     &call(),
                     &key,
-                    &mutation("ConfirmAccountActivation"),
+                    &Mutation::plain("ConfirmAccountActivation"),
                     username,
                     password,
                     deadline,
@@ -129,14 +119,14 @@ impl Operations {
                     company_name: creditor.company_name.clone(),
                     title: creditor.title.clone(),
                 };
-                self.create_creditor(&call(), &key, &mutation("CreateCreditor"), new)
+                self.create_creditor(&call(), &key, &Mutation::plain("CreateCreditor"), new)
                     .await?;
             }
             (Stage::CompanySettings, Some(creditor_key)) => {
                 self.update_company_settings(
                     &call(),
                     &creditor_key,
-                    &mutation("UpdateCompanySettings"),
+                    &Mutation::plain("UpdateCompanySettings"),
                     None,
                     deadline,
                 )
@@ -146,7 +136,7 @@ impl Operations {
                 self.update_invoice_settings(
                     &call(),
                     &creditor_key,
-                    &mutation("UpdateInvoiceSettings"),
+                    &Mutation::plain("UpdateInvoiceSettings"),
                     None,
                     deadline,
                 )
@@ -183,7 +173,7 @@ impl Operations {
                 self.register_api_credentials(
                     &call(),
                     &creditor_key,
-                    &mutation("RegisterApiCredentials"),
+                    &Mutation::plain("RegisterApiCredentials"),
                     credentials,
                     deadline,
                 )
@@ -202,7 +192,12 @@ impl Operations {
     /// The scheduled live check of one onboarding, recorded with `reconciler` as actor.
     pub async fn revalidate(&self, key: &OnboardingKey) -> Result<()> {
         let checked = self
-            .validate_onboarding(&call(), key, Deadline::after(STEP_DEADLINE))
+            .validate_onboarding(
+                &call(),
+                key,
+                &Mutation::plain("ValidateOnboarding"),
+                Deadline::after(STEP_DEADLINE),
+            )
             .await;
         let outcome = match &checked {
             Ok((record, _)) if record.state == crate::domain::OnboardingState::Broken => "broken",

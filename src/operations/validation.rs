@@ -147,6 +147,7 @@ impl Operations {
         &self,
         call: &CallContext,
         key: &OnboardingKey,
+        mutation: &Mutation,
         deadline: Deadline,
     ) -> Result<(OnboardingRecord, Vec<Check>)> {
         let record = self.get_onboarding(key).await?;
@@ -221,13 +222,6 @@ impl Operations {
             .await;
         }
 
-        let mutation = Mutation {
-            method: "ValidateOnboarding",
-            request_id: None,
-            request_hash: String::new(),
-            etag: None,
-            validate_only: false,
-        };
         let tally = |result| checks.iter().filter(|c| c.result == result).count();
         let summary = format!(
             "validated in Billecta: {} passed, {} warnings, {} failed, {} unknown",
@@ -238,7 +232,7 @@ impl Operations {
         );
         let seen = stage_times(&record);
         let updated = self
-            .mutate(call, key, &mutation, |record, now| {
+            .mutate(call, key, mutation, |record, now| {
                 apply_checks(record, &checks, &seen, now);
                 Ok(summary.clone())
             })
@@ -512,13 +506,7 @@ impl Operations {
                 record.refresh();
                 return Ok(record);
             }
-            let create = Mutation {
-                method: "PromoteToProduction",
-                request_id: None,
-                request_hash: String::new(),
-                etag: None,
-                validate_only: false,
-            };
+            let create = Mutation::plain("PromoteToProduction");
             match self.create_onboarding(call, &production, &create).await {
                 Ok(_) | Err(Error::AlreadyExists { .. }) => {}
                 Err(error) => return Err(error),

@@ -1,0 +1,397 @@
+//! The runner of every stage that calls Billecta, [`Operations::run_stage`]. It works in three steps,
+//! so that no database transaction waits on Billecta:
+//! 1. **Claim** (one transaction): replay a retried request_id, check the etag and the stage order,
+//!    record what was asked for, and put the stage IN_PROGRESS under a lease. validate_only stops
+//!    here, before Billecta is contacted.
+//! 2. **Billecta**, outside any transaction, within the caller's deadline and the lease.
+//! 3. **Record** (a second transaction): if the lease still holds, store the outcome — the stage's
+//!    new state, any secrets, one audit event with the outcome — and, on success, the result under
+//!    the request_id.
+//!
+//! A stage supplies only what sets it apart ([`BillectaStage`]): the claim's checks, the work in
+//! Billecta, and what success and failure change. A lease that expires (its holder crashed) lets the
+//! next call take the stage over.
+
+use super::{CallContext, Committed, Conventions, Mutation, Operations, Written};
+use crate::domain::failure::StageFailure;
+use crate::domain::onboarding::{Lease, OnboardingRecord, StageRecord};
+use crate::domain::stages::{self, creditor_stage};
+use crate::domain::validate::OnboardingKey;
+use crate::domain::{Micros, Stage, StageState, now_micros};
+use crate::error::{Error, Result};
+use billecta_client::{BillectaError, Deadline, ErrorKind};
+use std::future::Future;
+use std::time::Duration;
+
+/// A stage that calls Billecta: what sets it apart from the others, step by step.
+pub(super) trait BillectaStage: Send + Sync {
+    /// What the Billecta step found or made, for the record step.
+    type Answer: Send + Sync;
+
+    /// The Billecta step in the audit trail's words, as in "{step} failed: {error}".
+    fn step(&self) -> String;
+
+    /// Step 1, in the claim's transaction: checks that the stage may be worked on now (the stages it
+    /// needs done, no other call on it), records what was asked for, and returns the audit summary
+    /// and the stage to claim.
+    fn prepare(&mut self, record: &mut OnboardingRecord, now: Micros) -> Result<Prepared>;
+
+    /// Step 2, outside any transaction: the work in Billecta, within `deadline`.
+    fn call(
+        &self,
+        operations: &Operations,
+        claimed: &Claimed,
+        deadline: Deadline,
+    ) -> impl Future<Output = std::result::Result<Self::Answer, Unsuccessful>> + Send;
+
+    /// Step 3 after success: settles the stage and says what was done.
+    fn succeeded(
+        &self,
+        operations: &Operations,
+        call: &CallContext,
+        claimed: &Claimed,
+        record: &mut OnboardingRecord,
+        answer: &Self::Answer,
+        now: Micros,
+    ) -> Result<Written>;
+
+    /// Step 3 after Billecta failed, once the stage shows the failure (a stage completed before the
+    /// call stays as it was, and this is not asked): what else is kept, such as secrets to try again
+    /// with. Nothing, unless a stage says otherwise.
+    fn failed(
+        &self,
+        _operations: &Operations,
+        _call: &CallContext,
+        _claimed: &Claimed,
+        _record: &mut OnboardingRecord,
+        _error: &BillectaError,
+        _now: Micros,
+    ) -> Result<Written> {
+        Ok(Written::default())
+    }
+}
+
+/// What the claim's preparation settles: the claim's audit summary, and the stage to claim.
+pub(super) type Prepared = (String, StageRef);
+
+/// Why the Billecta step did not succeed.
+pub(super) enum Unsuccessful {
+    /// The call could not go on before reaching Billecta (a stored secret missing or unreadable).
+    /// The stage is given back as it was.
+    Stopped(Error),
+    /// Billecta failed. The stage shows it, unless it was completed before the call.
+    Billecta(BillectaError),
+    /// Billecta's answer rules the request out as it is (credentials refused, an invoice number
+    /// behind Billecta's). The stage is given back as it was, the audit event says why in `summary`,
+    /// and the caller gets `error`.
+    Refused { summary: String, error: Error },
+}
+
+impl From<Error> for Unsuccessful {
+    fn from(error: Error) -> Self {
+        Unsuccessful::Stopped(error)
+    }
+}
+
+impl From<BillectaError> for Unsuccessful {
+    fn from(error: BillectaError) -> Self {
+        Unsuccessful::Billecta(error)
+    }
+}
+
+/// The stage a call works on: an environment stage (`creditor` empty) or a creditor's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct StageRef {
+    /// The creditor's internal id; empty for the environment.
+    pub creditor: String,
+    pub stage: Stage,
+}
+
+/// What the claim step leaves for the Billecta step.
+pub(super) struct Claimed {
+    pub record: OnboardingRecord,
+    pub lease: Lease,
+    /// The stage as it was before the claim.
+    pub before: StageRecord,
+    /// The whole onboarding before the call, to put back what a refused call changed.
+    pub original: OnboardingRecord,
+    pub target: StageRef,
+}
+
+/// Either the claim, or the answer when the call must not go on (validate_only, or a retry whose
+/// first result is stored).
+enum Claim {
+    Claimed(Box<Claimed>),
+    Answered(Box<OnboardingRecord>),
+}
+
+/// Time kept back from the lease, so the outcome is recorded before another call may take over.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Undoes what a call changed on the way in (the stage, what was asked for, a creditor it added):
+/// a refused call changes nothing but the audit trail.
+fn restore(record: &mut OnboardingRecord, claimed: &Claimed) {
+    let target = &claimed.target;
+    if target.creditor.is_empty() {
+        *record.stage_mut(target.stage) = claimed.before.clone();
+        record.account = claimed.original.account.clone();
+        return;
+    }
+    let original = claimed
+        .original
+        .creditors
+        .iter()
+        .find(|creditor| creditor.id == target.creditor);
+    match original {
+        Some(original) => {
+            if let Some(creditor) = record
+                .creditors
+                .iter_mut()
+                .find(|creditor| creditor.id == target.creditor)
+            {
+                *creditor = original.clone();
+            }
+        }
+        None => record
+            .creditors
+            .retain(|creditor| creditor.id != target.creditor),
+    }
+}
+
+pub(super) fn stage_mut<'a>(
+    record: &'a mut OnboardingRecord,
+    target: &StageRef,
+) -> &'a mut StageRecord {
+    if target.creditor.is_empty() {
+        return record.stage_mut(target.stage);
+    }
+    let creditor = record
+        .creditors
+        .iter_mut()
+        .find(|creditor| creditor.id == target.creditor)
+        .expect("a claimed creditor is never removed");
+    creditor_stage(creditor, target.stage)
+}
+
+/// Refuses a stage another call is working on, unless its lease ran out.
+pub(super) fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Result<()> {
+    match &stage.lease {
+        Some(lease) if lease.expire_time > now => Err(Error::Busy {
+            resource: format!("{subject}/stages/{}", stage.stage),
+            retry_after: Duration::from_micros(
+                u64::try_from(lease.expire_time - now).unwrap_or_default(),
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The audit outcome of a failed Billecta step, as the caller will see it.
+fn outcome_of(error: &BillectaError) -> &'static str {
+    match error.kind() {
+        _ if error.failure == billecta_client::Failure::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        ErrorKind::Transient => "UNAVAILABLE",
+        ErrorKind::Unexpected => "INTERNAL",
+        ErrorKind::InvalidInput | ErrorKind::BadCredentials | ErrorKind::NotFound => {
+            "FAILED_PRECONDITION"
+        }
+    }
+}
+
+impl Operations {
+    /// Runs `stage` in its three steps. Answers the record as the call left it; a retried
+    /// request_id's first result; or, for validate_only, the record as the claim checked it.
+    pub(super) async fn run_stage(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        deadline: Deadline,
+        mut stage: impl BillectaStage,
+    ) -> Result<OnboardingRecord> {
+        let claim = self
+            .claim(call, key, mutation, |record, now| {
+                stage.prepare(record, now)
+            })
+            .await?;
+        let claimed = match claim {
+            Claim::Answered(record) => return Ok(*record),
+            Claim::Claimed(claimed) => claimed,
+        };
+        let deadline = billecta_deadline(deadline, &claimed);
+        let (summary, error) = match stage.call(self, &claimed, deadline).await {
+            Ok(answer) => {
+                return self
+                    .record(call, key, mutation, &claimed, "OK", |record, now| {
+                        stage.succeeded(self, call, &claimed, record, &answer, now)
+                    })
+                    .await;
+            }
+            Err(Unsuccessful::Billecta(error)) => {
+                let outcome = outcome_of(&error);
+                self.record(call, key, mutation, &claimed, outcome, |record, now| {
+                    let summary = format!("{} failed: {error}", stage.step());
+                    if claimed.before.state == StageState::Completed {
+                        // The setup in Billecta is what it was and works: the stage stays as it
+                        // was, and nothing of this call is kept.
+                        restore(record, &claimed);
+                        return Ok(Written::from(summary));
+                    }
+                    // Any other stage shows the failure, waiting on the system when it is transient.
+                    stages::billecta_failed(
+                        stage_mut(record, &claimed.target),
+                        &StageFailure::from(&error),
+                        now,
+                    );
+                    let kept = stage.failed(self, call, &claimed, record, &error, now)?;
+                    Ok(Written { summary, ..kept })
+                })
+                .await?;
+                return Err(Error::Billecta(error));
+            }
+            Err(Unsuccessful::Stopped(error)) => (
+                format!(
+                    "{} stopped before reaching Billecta: {error}",
+                    mutation.method
+                ),
+                error,
+            ),
+            Err(Unsuccessful::Refused { summary, error }) => (summary, error),
+        };
+        // A refused call changes nothing but the audit trail.
+        let outcome = match error {
+            Error::Internal(_) => "INTERNAL",
+            _ => "FAILED_PRECONDITION",
+        };
+        self.record(call, key, mutation, &claimed, outcome, |record, _| {
+            restore(record, &claimed);
+            Ok(Written::from(summary.clone()))
+        })
+        .await?;
+        Err(error)
+    }
+
+    /// Step 1: claims `target` for this call after `prepare` checked the order and recorded what was
+    /// asked for.
+    async fn claim(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        mut prepare: impl FnMut(&mut OnboardingRecord, Micros) -> Result<Prepared>,
+    ) -> Result<Claim> {
+        let owner = uuid::Uuid::new_v4().to_string();
+        let lease_micros = i64::try_from(self.timing.lease.as_micros()).unwrap_or(i64::MAX);
+        let mut claimed = None;
+        let conventions = Conventions {
+            first_write: true,
+            save_result: false,
+            bump_version: false,
+            outcome: "OK",
+        };
+        let written = self
+            .transact(call, key, mutation, conventions, |record, now| {
+                let original = record.clone();
+                let (summary, target) = prepare(record, now)?;
+                let prepared = record.clone();
+                let lease = Lease {
+                    owner: owner.clone(),
+                    expire_time: now.saturating_add(lease_micros),
+                };
+                let stage = stage_mut(record, &target);
+                let before = stage.clone();
+                // A completed stage stays completed while it is redone: what Billecta has works
+                // until the new call succeeds.
+                if stage.state != StageState::Completed {
+                    stage.state = StageState::InProgress;
+                    stage.blocked_on = crate::domain::BlockedOn::Nobody;
+                    stage.update_time = Some(now);
+                }
+                stage.lease = Some(lease.clone());
+                claimed = Some((lease, before, original, prepared, target));
+                Ok(Written::from(summary))
+            })
+            .await?;
+        match written {
+            Committed::Replayed(record) => Ok(Claim::Answered(Box::new(record))),
+            Committed::Stored(record) => {
+                let (lease, before, original, prepared, target) =
+                    claimed.expect("a stored claim ran its preparation");
+                tracing::Span::current().record("stage", before.stage.as_str());
+                if mutation.validate_only {
+                    // What was asked for, checked; the stage is not claimed and Billecta not asked.
+                    let mut answer = prepared;
+                    answer.refresh();
+                    return Ok(Claim::Answered(Box::new(answer)));
+                }
+                Ok(Claim::Claimed(Box::new(Claimed {
+                    record,
+                    lease,
+                    before,
+                    original,
+                    target,
+                })))
+            }
+        }
+    }
+
+    /// Step 3: records the outcome if this call still holds its lease. `apply` gets the record with
+    /// the stage still claimed, and must settle the stage.
+    async fn record(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        claimed: &Claimed,
+        outcome: &'static str,
+        mut apply: impl FnMut(&mut OnboardingRecord, Micros) -> Result<Written>,
+    ) -> Result<OnboardingRecord> {
+        let conventions = Conventions {
+            first_write: false,
+            save_result: outcome == "OK",
+            bump_version: outcome == "OK",
+            outcome,
+        };
+        let written = self
+            .transact(call, key, mutation, conventions, |record, now| {
+                let target = &claimed.target;
+                if !target.creditor.is_empty()
+                    && !record.creditors.iter().any(|c| c.id == target.creditor)
+                {
+                    // Only a copy older than the claim lacks the creditor (what a replica keeps
+                    // may be one): refused, the write is made again on the onboarding as locked.
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "the claimed creditor {} is not in the onboarding",
+                        target.creditor
+                    )));
+                }
+                let stage = stage_mut(record, &claimed.target);
+                if stage.lease.as_ref() != Some(&claimed.lease) {
+                    return Err(Error::Busy {
+                        resource: format!("{}/stages/{}", key.name(), claimed.target.stage),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                stage.lease = None;
+                apply(record, now)
+            })
+            .await?;
+        match written {
+            Committed::Replayed(record) | Committed::Stored(record) => Ok(record),
+        }
+    }
+}
+
+/// The deadline of the Billecta step: the caller's, but never past the lease, less a margin to
+/// record the outcome in.
+fn billecta_deadline(caller: Deadline, claimed: &Claimed) -> Deadline {
+    let lease_left = Duration::from_micros(
+        u64::try_from(claimed.lease.expire_time - now_micros()).unwrap_or_default(),
+    )
+    .saturating_sub(LEASE_MARGIN);
+    let lease = Deadline::after(lease_left);
+    match (caller.remaining(), lease.remaining()) {
+        (Some(caller_left), Some(lease_left)) if caller_left < lease_left => caller,
+        _ => lease,
+    }
+}
