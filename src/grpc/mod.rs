@@ -16,10 +16,9 @@ use crate::domain::Environment;
 use crate::domain::onboarding::OnboardingRecord;
 use crate::domain::validate::{CreditorKey, FieldViolation, OnboardingKey, TenantId, Violations};
 use crate::error::Error;
-use crate::operations::{CallContext, Operations};
+use crate::operations::{CallContext, ListFilter, Operations};
 use crate::proto;
 use crate::proto::onboarding_service_server::OnboardingService;
-use crate::storage::ListFilter;
 use call::CorrelationId;
 use mutating::mutating;
 use serde::{Deserialize, Serialize};
@@ -68,7 +67,7 @@ impl OnboardingApi {
 }
 
 /// Onboardings as answers, converted once per record: reads of an unchanged onboarding share one
-/// record (see `storage::fresh`), and an answer is reused only for the very record it was made
+/// record (see `storage::cache`), and an answer is reused only for the very record it was made
 /// from. The record is held weakly — its allocation, not its contents — so that no other record
 /// can take its address while the answer is kept.
 struct Answers(Bounded<(Weak<OnboardingRecord>, Arc<proto::Onboarding>)>);
@@ -274,10 +273,8 @@ impl OnboardingService for OnboardingApi {
             .map(|page| (page.tenant.as_str(), page.environment.as_str()));
         let mut records = self
             .operations
-            .store()
             .list_onboardings(&filter, after, limit + 1)
-            .await
-            .map_err(Error::from)?;
+            .await?;
         let more = records.len() as i64 > limit;
         records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let next_page_token = match records.last() {
@@ -406,10 +403,8 @@ impl OnboardingService for OnboardingApi {
         let after = page.map_or(0, |page| page.after);
         let events = self
             .operations
-            .store()
             .list_events(&key.tenant, &record.id, after, limit)
-            .await
-            .map_err(Error::from)?;
+            .await?;
         let next_page_token = match events.last() {
             Some(last) if last.sequence < record.last_event => tokens::encode(&EventsPage {
                 onboarding: key.name(),
@@ -549,10 +544,8 @@ impl Watch {
         loop {
             let events = self
                 .operations
-                .store()
                 .list_events(&self.key.tenant, &self.onboarding_id, cursor, 100)
-                .await
-                .map_err(Error::from)?;
+                .await?;
             if events.is_empty() {
                 return Ok(Some(cursor));
             }

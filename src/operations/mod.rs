@@ -25,6 +25,7 @@ use crate::domain::onboarding::{
 use crate::domain::validate::{OnboardingKey, RequestId, TenantId};
 use crate::domain::{CredentialField, Micros, now_micros};
 use crate::error::{Error, Result};
+pub use crate::storage::ListFilter;
 use crate::storage::{StorageError, Store, StoredResult, WriteTx};
 use billecta_client::Billecta;
 use std::sync::Arc;
@@ -361,6 +362,30 @@ impl Operations {
             onboarding_id: onboarding_id.to_owned(),
             sequence,
         });
+    }
+
+    /// Up to `limit` onboardings matching `filter`, after the (tenant, environment) `after`.
+    pub async fn list_onboardings(
+        &self,
+        filter: &ListFilter,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<OnboardingRecord>> {
+        Ok(self.store.list_onboardings(filter, after, limit).await?)
+    }
+
+    /// Up to `limit` events of the onboarding `onboarding_id` of `tenant` after sequence `after`.
+    pub async fn list_events(
+        &self,
+        tenant: &TenantId,
+        onboarding_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRecord>> {
+        Ok(self
+            .store
+            .list_events(tenant, onboarding_id, after, limit)
+            .await?)
     }
 
     pub async fn get_onboarding(&self, key: &OnboardingKey) -> Result<Arc<OnboardingRecord>> {
