@@ -238,12 +238,10 @@ impl Store {
                 .await
                 .map_err(db_error)?;
             if self.disk_full.load(Ordering::Relaxed) {
-                let written = sqlx::query(rows::PROBE_WRITE)
-                    .bind(crate::domain::now_micros())
-                    .execute(&self.writer)
-                    .await
-                    .map_err(db_error);
-                written?;
+                // Through the kept connections: on SQLite the writer pool's one connection may
+                // be kept there, and the pool itself would have none to give.
+                let probe = sqlx::query(rows::PROBE_WRITE).bind(crate::domain::now_micros());
+                self.execute(probe).await?;
                 self.disk_full.store(false, Ordering::Relaxed);
             }
             Ok(())
