@@ -1,12 +1,12 @@
 //! The admin API under `/admin`: what people do in Billecta's portal (create and activate an
 //! account, add users) and what Billecta's staff do (approve a bankgiro), plus the simulator's own
-//! knobs (faults, reset) and a view of everything it holds. JSON with snake_case fields, no
-//! authentication. Errors are `{"error": "..."}` with 400, 404 or 409. The same operations are
-//! available in-process on [`RunningSimulator`](super::RunningSimulator).
+//! knobs (faults, settings, reset) and a view of everything it holds. JSON with snake_case fields
+//! (the settings excepted), no authentication. Errors are `{"error": "..."}` with 400, 404 or 409.
+//! The same operations are available in-process on [`RunningSimulator`](super::RunningSimulator).
 
-use super::Shared;
 use super::faults::FaultRule;
 use super::state::{AdminError, NewAccount, NewUser, StaffFlag};
+use super::{Shared, SignIn};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -32,6 +32,16 @@ pub struct FaultsRequest {
     #[serde(default)]
     pub seed: Option<u64>,
     pub rules: Vec<FaultRule>,
+}
+
+/// The body of `PUT /admin/settings` and the answer of `GET /admin/settings`: how the simulator
+/// answers the questions about Billecta it offers more than one answer to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// What `POST /v1/authentication/apiauthenticate` does with a user's live token.
+    #[serde(rename = "SignIn")]
+    pub sign_in: SignIn,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +70,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/admin/faults",
             get(get_faults).put(put_faults).delete(clear_faults),
         )
+        .route("/admin/settings", get(get_settings).put(put_settings))
         .route("/admin/reset", post(reset))
         .route_layer(middleware::from_fn(admin_layer))
         .with_state(shared)
@@ -199,6 +210,27 @@ async fn put_faults(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response
 async fn clear_faults(State(shared): State<Arc<Shared>>) -> Response {
     shared.clear_faults();
     StatusCode::NO_CONTENT.into_response()
+}
+
+fn settings(shared: &Shared) -> Settings {
+    Settings {
+        sign_in: shared.store().sign_in(),
+    }
+}
+
+async fn get_settings(State(shared): State<Arc<Shared>>) -> Response {
+    Json(settings(&shared)).into_response()
+}
+
+/// 200 with the settings now in force.
+async fn put_settings(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
+    match body::<Settings>(&bytes) {
+        Ok(request) => {
+            shared.set_sign_in(request.sign_in);
+            Json(settings(&shared)).into_response()
+        }
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn reset(State(shared): State<Arc<Shared>>) -> Response {

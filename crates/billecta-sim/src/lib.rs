@@ -3,8 +3,10 @@
 //! environment (test or production): accounts with users, SecureTokens, creditors with their bank
 //! details, rights, and the errors Billecta answers. It is faithful where public material is clear
 //! and picks one documented answer where it is not (the open questions about Billecta's behaviour; see
-//! the crate's `README.md`). Every request and response body is checked against Billecta's
-//! published schemas ([`schema`]), the same ones the client's contract tests use.
+//! the crate's `README.md`), except where the service must be tested under each answer: whether
+//! sign-in rotates the token is a [`SignIn`] mode, changeable at run time. Every request and
+//! response body is checked against Billecta's published schemas ([`schema`]), the same ones the
+//! client's contract tests use.
 //!
 //! - [`schema`] — the contract: the view models' schemas, adapted to the wire, and `validate`.
 //! - `state` — what the environment holds and every business rule.
@@ -22,7 +24,7 @@ pub mod schema;
 mod server;
 mod state;
 
-pub use admin::FaultsRequest;
+pub use admin::{FaultsRequest, Settings};
 pub use faults::{ActiveRule, Fault, FaultBody, FaultRule, FaultRuleError, FaultsState};
 pub use routes::PUBLIC_ROUTES;
 pub use state::{
@@ -60,6 +62,54 @@ impl std::fmt::Display for Environment {
     }
 }
 
+/// What `POST /v1/authentication/apiauthenticate` does with a user's live token: an open question
+/// about Billecta (its API.md §2.3), so the simulator offers both answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SignIn {
+    /// Returns the user's live token; issues one only if it has none (or it expired).
+    #[default]
+    ReturnsLiveToken,
+    /// Issues a new token at every sign-in, which invalidates the one before.
+    IssuesNewToken,
+}
+
+impl SignIn {
+    const RETURNS_LIVE_TOKEN: &'static str = "returns-live-token";
+    const ISSUES_NEW_TOKEN: &'static str = "issues-new-token";
+}
+
+impl std::fmt::Display for SignIn {
+    /// The name the `--sign-in` flag takes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SignIn::ReturnsLiveToken => Self::RETURNS_LIVE_TOKEN,
+            SignIn::IssuesNewToken => Self::ISSUES_NEW_TOKEN,
+        })
+    }
+}
+
+impl std::str::FromStr for SignIn {
+    type Err = UnknownSignIn;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            Self::RETURNS_LIVE_TOKEN => Ok(SignIn::ReturnsLiveToken),
+            Self::ISSUES_NEW_TOKEN => Ok(SignIn::IssuesNewToken),
+            _ => Err(UnknownSignIn(text.to_owned())),
+        }
+    }
+}
+
+/// A name that is not a [`SignIn`] mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown sign-in mode {0:?}: expected {returns} or {issues}",
+    returns = SignIn::RETURNS_LIVE_TOKEN,
+    issues = SignIn::ISSUES_NEW_TOKEN
+)]
+pub struct UnknownSignIn(String);
+
 /// How a simulator starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimulatorConfig {
@@ -73,13 +123,15 @@ pub struct SimulatorConfig {
     pub faults: Vec<FaultRule>,
     /// How long a SecureToken lives.
     pub token_lifetime: Duration,
+    /// What apiauthenticate does with a live token, from the start and again after a reset.
+    pub sign_in: SignIn,
 }
 
 impl SimulatorConfig {
     /// The default token lifetime: a year.
     pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-    /// `127.0.0.1`, a random port, no faults, seed 0.
+    /// `127.0.0.1`, a random port, no faults, seed 0, apiauthenticate returning the live token.
     pub fn new(environment: Environment) -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -87,6 +139,7 @@ impl SimulatorConfig {
             seed: 0,
             faults: Vec::new(),
             token_lifetime: Self::DEFAULT_TOKEN_LIFETIME,
+            sign_in: SignIn::default(),
         }
     }
 }
@@ -141,6 +194,11 @@ impl Shared {
         tracing::info!("fault rules cleared");
     }
 
+    pub(crate) fn set_sign_in(&self, sign_in: SignIn) {
+        let previous = self.store().set_sign_in(sign_in);
+        tracing::info!(from = %previous, to = %sign_in, "sign-in mode set");
+    }
+
     pub(crate) fn state(&self) -> SimulatorState {
         let faults = self.faults().state();
         self.store().snapshot(faults)
@@ -158,7 +216,11 @@ pub async fn start(config: SimulatorConfig) -> anyhow::Result<RunningSimulator> 
         .with_context(|| format!("binding {}", config.listen))?;
     let local_addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
-        store: Mutex::new(Store::new(config.environment, config.token_lifetime)),
+        store: Mutex::new(Store::new(
+            config.environment,
+            config.token_lifetime,
+            config.sign_in,
+        )),
         faults: Mutex::new(FaultPlan::new(config.seed, config.faults.clone())),
         start_seed: config.seed,
         shutdown: CancellationToken::new(),
@@ -172,6 +234,7 @@ pub async fn start(config: SimulatorConfig) -> anyhow::Result<RunningSimulator> 
         environment = %config.environment,
         seed = config.seed,
         faults = config.faults.len(),
+        sign_in = %config.sign_in,
         "billecta simulator listening"
     );
     Ok(RunningSimulator {
@@ -298,12 +361,31 @@ impl RunningSimulator {
         self.shared.store().request_count(route)
     }
 
+    /// Changes what apiauthenticate does from the next sign-in on. Tokens already handed out stay
+    /// as they are: switching to [`SignIn::IssuesNewToken`] kills nothing until someone signs in.
+    pub fn set_sign_in(&self, sign_in: SignIn) {
+        self.shared.set_sign_in(sign_in);
+    }
+
+    /// What apiauthenticate does now.
+    pub fn sign_in(&self) -> SignIn {
+        self.shared.store().sign_in()
+    }
+
+    /// Successful `POST /v1/authentication/apiauthenticate` calls (those answered with a token) of
+    /// the user named `username`, compared without regard to case; 0 for no such user. Refused and
+    /// faulted attempts count only in [`request_count`](Self::request_count).
+    pub fn sign_ins(&self, username: &str) -> u64 {
+        self.shared.store().sign_ins(username)
+    }
+
     /// Everything the simulator holds, without passwords or token values.
     pub fn state(&self) -> SimulatorState {
         self.shared.state()
     }
 
-    /// Forgets accounts, users, tokens, creditors and request counts; keeps the fault rules.
+    /// Forgets accounts, users, tokens, creditors and request counts, and goes back to the sign-in
+    /// mode the simulator was started with; keeps the fault rules.
     pub fn reset(&self) {
         self.shared.store().reset();
     }
@@ -324,5 +406,37 @@ impl RunningSimulator {
 impl Drop for RunningSimulator {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_in_modes_have_kebab_names_for_flags_and_screaming_ones_on_the_wire() {
+        for (mode, name, wire) in [
+            (
+                SignIn::ReturnsLiveToken,
+                "returns-live-token",
+                "\"RETURNS_LIVE_TOKEN\"",
+            ),
+            (
+                SignIn::IssuesNewToken,
+                "issues-new-token",
+                "\"ISSUES_NEW_TOKEN\"",
+            ),
+        ] {
+            assert_eq!(mode.to_string(), name);
+            assert_eq!(name.parse::<SignIn>(), Ok(mode));
+            assert_eq!(serde_json::to_string(&mode).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<SignIn>(wire).unwrap(), mode);
+        }
+        let error = "rotate".parse::<SignIn>().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "unknown sign-in mode \"rotate\": expected returns-live-token or issues-new-token"
+        );
+        assert_eq!(SimulatorConfig::default().sign_in, SignIn::ReturnsLiveToken);
     }
 }

@@ -2,7 +2,8 @@
 //! against something that behaves like Billecta. Prints the base URL once it listens; stops
 //! gracefully on SIGTERM or SIGINT. See the crate's `README.md`.
 
-use billecta_sim::{self as simulator, Environment, FaultRule, SimulatorConfig};
+use billecta_sim::{self as simulator, Environment, FaultRule, SignIn, SimulatorConfig};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,6 +50,19 @@ struct Cli {
     #[arg(long, default_value_t = 365)]
     token_lifetime_days: u64,
 
+    /// What POST /v1/authentication/apiauthenticate does with the user's live token: return it, or
+    /// issue a new one that invalidates it. Changeable at run time with PUT /admin/settings.
+    #[arg(
+        long,
+        env = "BILLECTA_SIM_SIGN_IN",
+        default_value = "returns-live-token",
+        // The names are listed here for `--help`; `SignIn`'s own parser reads them, so the flag
+        // and the library cannot disagree on what a name means.
+        value_parser = PossibleValuesParser::new(["returns-live-token", "issues-new-token"])
+            .try_map(|name| name.parse::<SignIn>()),
+    )]
+    sign_in: SignIn,
+
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "BILLECTA_SIM_LOG", default_value = "info")]
     log: String,
@@ -70,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         seed: cli.seed,
         faults: cli.faults,
         token_lifetime: Duration::from_secs(cli.token_lifetime_days.saturating_mul(24 * 60 * 60)),
+        sign_in: cli.sign_in,
     })
     .await?;
     println!("{}", running.base_url());
@@ -120,5 +135,38 @@ mod tests {
         assert_eq!(cli.environment, EnvironmentArg::Production);
         let error = Cli::try_parse_from(["billecta-sim", "--fault", "status=404"]).unwrap_err();
         assert!(error.to_string().contains("500 to 599"), "{error}");
+    }
+
+    #[test]
+    fn the_sign_in_flag_parses_both_modes_and_defaults_to_the_live_token() {
+        for mode in [SignIn::ReturnsLiveToken, SignIn::IssuesNewToken] {
+            let name = mode.to_string();
+            let cli = Cli::try_parse_from(["billecta-sim", "--sign-in", &name]).unwrap();
+            assert_eq!(cli.sign_in, mode, "--sign-in {name}");
+        }
+        let error = Cli::try_parse_from(["billecta-sim", "--sign-in", "ISSUES_NEW_TOKEN"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("returns-live-token") && error.contains("issues-new-token"),
+            "{error}"
+        );
+        let command = Cli::command();
+        let flag = command
+            .get_arguments()
+            .find(|argument| argument.get_long() == Some("sign-in"))
+            .unwrap();
+        assert_eq!(
+            flag.get_env().and_then(|name| name.to_str()),
+            Some("BILLECTA_SIM_SIGN_IN")
+        );
+        // Read from the definition, not by parsing no flags: a BILLECTA_SIM_SIGN_IN in the
+        // environment the tests run in would stand in for the default.
+        let default: Vec<_> = flag.get_default_values().iter().collect();
+        assert_eq!(default, ["returns-live-token"]);
+        assert_eq!(
+            "returns-live-token".parse::<SignIn>(),
+            Ok(SignIn::default())
+        );
     }
 }

@@ -9,7 +9,7 @@
 
 use super::faults::FaultsState;
 use super::schema::{self, View};
-use crate::Environment;
+use crate::{Environment, SignIn};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -218,6 +218,8 @@ pub struct CreatedUser {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimulatorState {
     pub environment: Environment,
+    /// What apiauthenticate does with a live token now.
+    pub sign_in: SignIn,
     pub accounts: Vec<AccountState>,
     pub users: Vec<UserState>,
     pub creditors: Vec<CreditorState>,
@@ -262,6 +264,8 @@ pub struct UserState {
     pub created: String,
     pub last_login: Option<String>,
     pub token: Option<TokenState>,
+    /// Successful apiauthenticate calls (those answered with a token) so far.
+    pub sign_ins: u64,
 }
 
 /// A SecureToken without its value.
@@ -374,6 +378,10 @@ struct User {
     receive_system_update_notification: bool,
     two_factor_bank_id_auth_enabled: bool,
     token: Option<Token>,
+    /// Successful apiauthenticate calls: a test tells "the service reused its token" from "it
+    /// signed in again" by this, which the request count cannot do once refusals and faults are
+    /// in it.
+    sign_ins: u64,
 }
 
 impl User {
@@ -404,6 +412,7 @@ impl User {
             receive_system_update_notification: false,
             two_factor_bank_id_auth_enabled: false,
             token: None,
+            sign_ins: 0,
         }
     }
 
@@ -482,6 +491,7 @@ impl User {
             created: wire_time(self.created),
             last_login: self.last_login.map(wire_time),
             token: self.token.as_ref().map(Token::state),
+            sign_ins: self.sign_ins,
         }
     }
 
@@ -531,6 +541,10 @@ pub(crate) struct ListQuery {
 pub(crate) struct Store {
     environment: Environment,
     token_lifetime: Duration,
+    /// The mode the simulator was started with, which a reset returns to: a reset starts a test
+    /// afresh, and a mode left behind by the test before would change what the next one sees.
+    start_sign_in: SignIn,
+    sign_in: SignIn,
     accounts: Vec<Account>,
     users: Vec<User>,
     creditors: Vec<Creditor>,
@@ -539,10 +553,12 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(environment: Environment, token_lifetime: Duration) -> Self {
+    pub(crate) fn new(environment: Environment, token_lifetime: Duration, sign_in: SignIn) -> Self {
         Self {
             environment,
             token_lifetime,
+            start_sign_in: sign_in,
+            sign_in,
             accounts: Vec::new(),
             users: Vec::new(),
             creditors: Vec::new(),
@@ -551,9 +567,27 @@ impl Store {
         }
     }
 
-    /// Forgets everything: accounts, users, tokens, creditors and request counts.
+    /// Forgets everything: accounts, users, tokens, creditors and request counts; the sign-in mode
+    /// is the start mode again.
     pub(crate) fn reset(&mut self) {
-        *self = Self::new(self.environment, self.token_lifetime);
+        *self = Self::new(self.environment, self.token_lifetime, self.start_sign_in);
+    }
+
+    pub(crate) fn sign_in(&self) -> SignIn {
+        self.sign_in
+    }
+
+    /// Sets the sign-in mode; the one it replaces.
+    pub(crate) fn set_sign_in(&mut self, sign_in: SignIn) -> SignIn {
+        std::mem::replace(&mut self.sign_in, sign_in)
+    }
+
+    /// Successful sign-ins of the user named `username` (any letter case), 0 for no such user.
+    pub(crate) fn sign_ins(&self, username: &str) -> u64 {
+        self.users
+            .iter()
+            .find(|user| user.username.eq_ignore_ascii_case(username))
+            .map_or(0, |user| user.sign_ins)
     }
 
     /// Counts a request to `route`; `faulted` when an injected fault answers it instead of the
@@ -599,8 +633,11 @@ impl Store {
 
     // ---- authentication -------------------------------------------------------------------
 
-    /// `POST /v1/authentication/apiauthenticate`: the user's live token, or a new one if it has
-    /// none. It does not rotate: every service instance that authenticates gets the same token.
+    /// `POST /v1/authentication/apiauthenticate`. Whether Billecta rotates the token here is not
+    /// known, so it depends on the mode: [`SignIn::ReturnsLiveToken`] answers the user's live token
+    /// (every service instance that signs in gets the same one) and issues one only if there is
+    /// none; [`SignIn::IssuesNewToken`] always issues one, and the one before dies, as Billecta
+    /// allows one token per user.
     pub(crate) fn api_authenticate(
         &mut self,
         username: &str,
@@ -629,9 +666,13 @@ impl Store {
             return Err(ApiError::Unauthorized(NOT_ACTIVATED.to_owned()));
         }
         let id = user.id;
+        let reuse_live_token = self.sign_in == SignIn::ReturnsLiveToken;
         let holder = self.user_mut(id).ok_or_else(ApiError::denied)?;
         holder.last_login = Some(now);
-        if let Some(live) = holder.token.as_ref().filter(|token| token.is_live(now)) {
+        holder.sign_ins += 1;
+        if reuse_live_token
+            && let Some(live) = holder.token.as_ref().filter(|token| token.is_live(now))
+        {
             return Ok(live.view());
         }
         let token = Token::issue(now, lifetime);
@@ -1184,6 +1225,7 @@ impl Store {
         }
         SimulatorState {
             environment: self.environment,
+            sign_in: self.sign_in,
             accounts: self
                 .accounts
                 .iter()
@@ -1445,7 +1487,7 @@ mod tests {
     }
 
     fn activated_store(environment: Environment) -> (Store, Uuid) {
-        let mut store = Store::new(environment, Duration::from_secs(3600));
+        let mut store = Store::new(environment, Duration::from_secs(3600), SignIn::default());
         let created = store
             .admin_create_account(
                 NewAccount {
@@ -1497,6 +1539,72 @@ mod tests {
             .api_authenticate("BILLING@example.com", "secret", later)
             .unwrap();
         assert_ne!(old["Value"], new["Value"]);
+    }
+
+    fn sign_in(store: &mut Store) -> String {
+        let token = store
+            .api_authenticate("billing@example.com", "secret", now())
+            .unwrap();
+        token["Value"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn sign_in_returns_the_live_token_or_issues_a_new_one_by_mode() {
+        let (mut store, caller) = activated_store(Environment::Test);
+        let first = sign_in(&mut store);
+        assert_eq!(sign_in(&mut store), first);
+        assert_eq!(store.authenticate(&first, now()), Ok(caller));
+
+        assert_eq!(
+            store.set_sign_in(SignIn::IssuesNewToken),
+            SignIn::ReturnsLiveToken
+        );
+        // The switch alone kills nothing; the next sign-in does.
+        assert_eq!(store.authenticate(&first, now()), Ok(caller));
+        let second = sign_in(&mut store);
+        let third = sign_in(&mut store);
+        assert!(first != second && second != third && first != third);
+        for dead in [&first, &second] {
+            assert_eq!(store.authenticate(dead, now()), Err(ApiError::denied()));
+        }
+        assert_eq!(store.authenticate(&third, now()), Ok(caller));
+
+        store.set_sign_in(SignIn::ReturnsLiveToken);
+        assert_eq!(sign_in(&mut store), third);
+    }
+
+    #[test]
+    fn only_successful_sign_ins_are_counted() {
+        let (mut store, _) = activated_store(Environment::Test);
+        // `activated_store` signed in once.
+        assert_eq!(store.sign_ins("BILLING@EXAMPLE.COM"), 1);
+        assert_eq!(
+            store.api_authenticate("billing@example.com", "wrong", now()),
+            Err(ApiError::denied())
+        );
+        assert_eq!(store.sign_ins("billing@example.com"), 1);
+        store.set_sign_in(SignIn::IssuesNewToken);
+        sign_in(&mut store);
+        assert_eq!(store.sign_ins("billing@example.com"), 2);
+        assert_eq!(store.sign_ins("nobody@example.com"), 0);
+        let state = store.snapshot(FaultsState {
+            seed: 0,
+            rules: Vec::new(),
+        });
+        assert_eq!(state.users[0].sign_ins, 2);
+        assert_eq!(state.sign_in, SignIn::IssuesNewToken);
+    }
+
+    #[test]
+    fn a_reset_returns_to_the_start_sign_in_mode() {
+        let mut store = Store::new(
+            Environment::Test,
+            Duration::from_secs(3600),
+            SignIn::IssuesNewToken,
+        );
+        store.set_sign_in(SignIn::ReturnsLiveToken);
+        store.reset();
+        assert_eq!(store.sign_in(), SignIn::IssuesNewToken);
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! The Billecta simulator over real HTTP: account lifecycle and tokens, creditors, users and rights,
-//! refused bodies, every fault kind, request counts and shutdown. Every response body these tests
-//! receive from the public API is checked against Billecta's schemas.
+//! The Billecta simulator over real HTTP: account lifecycle and tokens, both sign-in modes,
+//! creditors, users and rights, refused bodies, every fault kind, request counts and shutdown.
+//! Every response body these tests receive from the public API is checked against Billecta's
+//! schemas.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use billecta_sim::schema::{self, View};
 use billecta_sim::{
-    self as simulator, AdminError, Environment, Fault, FaultBody, FaultRule, NewUser,
-    PUBLIC_ROUTES, RunningSimulator, SimulatorConfig, SimulatorState,
+    self as simulator, AdminError, Environment, Fault, FaultBody, FaultRule, NewAccount, NewUser,
+    PUBLIC_ROUTES, RunningSimulator, Settings, SignIn, SimulatorConfig, SimulatorState,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -396,7 +397,7 @@ async fn account_lifecycle_and_secure_tokens() {
     .unwrap();
     assert!(expires > time::OffsetDateTime::now_utc() + Duration::from_secs(364 * 24 * 3600));
 
-    // apiauthenticate does not rotate: the same token again.
+    // By default apiauthenticate does not rotate: the same token again.
     assert_eq!(api.authenticate(email, PASSWORD).await, value);
     let current = api
         .token(&value)
@@ -455,6 +456,276 @@ async fn account_lifecycle_and_secure_tokens() {
     assert_eq!(user.token.as_ref().unwrap().fingerprint.len(), 8);
     let state_text = serde_json::to_string(&state).unwrap();
     assert!(!state_text.contains(&fresh) && !state_text.contains(PASSWORD));
+    simulator.shutdown().await;
+}
+
+const SIGN_IN: &str = "POST /v1/authentication/apiauthenticate";
+
+async fn start_signing_in(sign_in: SignIn) -> RunningSimulator {
+    simulator::start(SimulatorConfig {
+        sign_in,
+        ..SimulatorConfig::new(Environment::Test)
+    })
+    .await
+    .expect("starting the simulator")
+}
+
+/// Whether `token` still works, on an authenticated route that every user may call.
+async fn works(api: &Api, token: &str) -> bool {
+    let reply = api.token(token).get("/v1/creditors/creditors").await;
+    if reply.status == StatusCode::OK {
+        reply.view(View::Creditors);
+        true
+    } else {
+        reply.denied();
+        false
+    }
+}
+
+/// The settings as `GET /admin/settings` answers them.
+async fn settings(admin: &Api) -> Settings {
+    let reply = admin.get("/admin/settings").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    serde_json::from_value(reply.json()).expect("settings")
+}
+
+#[tokio::test]
+async fn by_default_sign_in_returns_the_live_token() {
+    let simulator = start(Environment::Test).await;
+    assert_eq!(simulator.sign_in(), SignIn::ReturnsLiveToken);
+    let email = "owner@tidningen.se";
+    simulator.create_activated_account(email, PASSWORD).unwrap();
+    let api = Api::new(&simulator);
+
+    let first = api.authenticate(email, PASSWORD).await;
+    let second = api.authenticate(email, PASSWORD).await;
+    assert_eq!(first, second);
+    assert!(works(&api, &first).await && works(&api, &second).await);
+
+    assert_eq!(simulator.sign_ins(email), 2);
+    let state = simulator.state();
+    assert_eq!(state.sign_in, SignIn::ReturnsLiveToken);
+    assert_eq!(state.users[0].sign_ins, 2);
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn issuing_a_new_token_at_sign_in_kills_the_one_before_at_once() {
+    let simulator = start_signing_in(SignIn::IssuesNewToken).await;
+    assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
+    let email = "owner@tidningen.se";
+    simulator.create_activated_account(email, PASSWORD).unwrap();
+    let api = Api::new(&simulator);
+
+    let first = api.authenticate(email, PASSWORD).await;
+    assert!(works(&api, &first).await);
+    let fingerprint = |simulator: &RunningSimulator| {
+        simulator.state().users[0]
+            .token
+            .as_ref()
+            .expect("a token")
+            .fingerprint
+            .clone()
+    };
+    let first_fingerprint = fingerprint(&simulator);
+
+    let second = api.authenticate(email, PASSWORD).await;
+    assert_ne!(first, second);
+    assert!(!works(&api, &first).await, "the first token still works");
+    assert!(works(&api, &second).await);
+    assert_ne!(fingerprint(&simulator), first_fingerprint);
+
+    assert_eq!(simulator.sign_ins(email), 2);
+    let state = simulator.state();
+    assert_eq!(state.sign_in, SignIn::IssuesNewToken);
+    assert_eq!(state.users[0].sign_ins, 2);
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sign_in_mode_changes_at_run_time_from_the_next_sign_in() {
+    let simulator = start(Environment::Test).await;
+    let email = "owner@tidningen.se";
+    simulator.create_activated_account(email, PASSWORD).unwrap();
+    let api = Api::new(&simulator);
+    let admin = api.anonymous();
+    let shown = admin.get("/admin/settings").await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.json(), json!({"SignIn": "RETURNS_LIVE_TOKEN"}));
+    let first = api.authenticate(email, PASSWORD).await;
+
+    // Through the admin API.
+    let set = admin
+        .put("/admin/settings", &json!({"SignIn": "ISSUES_NEW_TOKEN"}))
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    assert_eq!(set.json(), json!({"SignIn": "ISSUES_NEW_TOKEN"}));
+    assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
+    let state: SimulatorState =
+        serde_json::from_value(admin.get("/admin/state").await.json()).unwrap();
+    assert_eq!(state.sign_in, SignIn::IssuesNewToken);
+    // Switching kills nothing by itself; the next sign-in does.
+    assert!(works(&api, &first).await);
+    let second = api.authenticate(email, PASSWORD).await;
+    assert_ne!(second, first);
+    assert!(!works(&api, &first).await && works(&api, &second).await);
+
+    // In-process.
+    simulator.set_sign_in(SignIn::ReturnsLiveToken);
+    assert_eq!(
+        settings(&admin).await,
+        Settings {
+            sign_in: SignIn::ReturnsLiveToken
+        }
+    );
+    let third = api.authenticate(email, PASSWORD).await;
+    assert_eq!(third, second);
+    assert!(works(&api, &third).await);
+    simulator.set_sign_in(SignIn::IssuesNewToken);
+    let fourth = api.authenticate(email, PASSWORD).await;
+    assert_ne!(fourth, third);
+    assert!(!works(&api, &third).await && works(&api, &fourth).await);
+
+    // A body that is not a mode is refused and changes nothing.
+    for body in [
+        json!({"SignIn": "SOMETIMES"}),
+        json!({"SignIn": "returns-live-token"}),
+        json!({"sign_in": "RETURNS_LIVE_TOKEN"}),
+        json!({"SignIn": "RETURNS_LIVE_TOKEN", "Rotate": false}),
+        json!({}),
+    ] {
+        let refused = admin.put("/admin/settings", &body).await;
+        assert!(
+            refused
+                .admin_error(StatusCode::BAD_REQUEST)
+                .contains("does not parse"),
+            "{body}"
+        );
+    }
+    let not_json = Api::read(
+        admin
+            .request(Method::PUT, "/admin/settings")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body("ISSUES_NEW_TOKEN"),
+    )
+    .await
+    .unwrap();
+    not_json.admin_error(StatusCode::BAD_REQUEST);
+    assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
+    assert_eq!(simulator.sign_ins(email), 4);
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reset_returns_to_the_sign_in_mode_the_simulator_started_with() {
+    let simulator = start_signing_in(SignIn::IssuesNewToken).await;
+    let admin = Api::new(&simulator);
+    simulator.set_sign_in(SignIn::ReturnsLiveToken);
+    admin.post("/admin/reset", None).await.no_content();
+    assert_eq!(
+        settings(&admin).await,
+        Settings {
+            sign_in: SignIn::IssuesNewToken
+        }
+    );
+
+    let set = admin
+        .put("/admin/settings", &json!({"SignIn": "RETURNS_LIVE_TOKEN"}))
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    simulator.reset();
+    assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
+    assert_eq!(simulator.state().sign_in, SignIn::IssuesNewToken);
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_sign_ins_answered_with_a_token_count_as_sign_ins() {
+    let simulator = start(Environment::Production).await;
+    let email = "owner@tidningen.se";
+    let created = simulator
+        .create_account(NewAccount {
+            name: "Payway Billecta".into(),
+            company_name: "Tidningen i Norr AB".into(),
+            email: email.into(),
+            password: "initial".into(),
+        })
+        .unwrap();
+    let api = Api::new(&simulator);
+    let other = simulator
+        .create_user(
+            created.account_id,
+            NewUser {
+                username: "api@tidningen.se".into(),
+                password: Some(PASSWORD.into()),
+                is_api_user: true,
+                ..NewUser::default()
+            },
+        )
+        .unwrap();
+
+    // Not activated yet.
+    let refused = api.api_authenticate(email, "initial").await;
+    assert!(
+        refused
+            .message(StatusCode::UNAUTHORIZED)
+            .contains("not been activated")
+    );
+    simulator
+        .activate_account(created.account_id, PASSWORD)
+        .unwrap();
+    api.api_authenticate(email, "wrong").await.denied();
+    assert_eq!(simulator.sign_ins(email), 0);
+
+    // The username in another letter case is the same user.
+    api.authenticate("Owner@Tidningen.SE", PASSWORD).await;
+    assert_eq!(simulator.sign_ins(email), 1);
+    assert_eq!(simulator.sign_ins("OWNER@tidningen.se"), 1);
+
+    simulator
+        .set_user_enabled(created.user_public_id, false)
+        .unwrap();
+    api.api_authenticate(email, PASSWORD).await.denied();
+    simulator
+        .set_user_enabled(created.user_public_id, true)
+        .unwrap();
+
+    // A faulted sign-in never reached Billecta.
+    simulator
+        .set_faults(
+            None,
+            vec![
+                FaultRule::new(Fault::Status {
+                    status: 503,
+                    body: FaultBody::Json,
+                })
+                .on(SIGN_IN)
+                .times(1),
+            ],
+        )
+        .unwrap();
+    let faulted = api.api_authenticate(email, PASSWORD).await;
+    assert_eq!(faulted.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(simulator.sign_ins(email), 1);
+
+    simulator.set_sign_in(SignIn::IssuesNewToken);
+    api.authenticate(email, PASSWORD).await;
+    assert_eq!(simulator.sign_ins(email), 2);
+    assert_eq!(simulator.request_count(SIGN_IN), 6);
+
+    let state = simulator.state();
+    let sign_ins_of = |id: Uuid| {
+        state
+            .users
+            .iter()
+            .find(|user| user.user_public_id == id)
+            .expect("the user")
+            .sign_ins
+    };
+    assert_eq!(sign_ins_of(created.user_public_id), 2);
+    assert_eq!(sign_ins_of(other.user_public_id), 0);
+    assert_eq!(simulator.sign_ins(&other.username), 0);
+    assert_eq!(simulator.sign_ins("nobody@tidningen.se"), 0);
     simulator.shutdown().await;
 }
 
