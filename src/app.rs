@@ -64,6 +64,7 @@ impl Sandbox {
         let start = |environment, listen| {
             simulator::start(SimulatorConfig {
                 listen,
+                sign_in: config.sandbox_sign_in,
                 ..SimulatorConfig::new(environment)
             })
         };
@@ -80,6 +81,7 @@ impl Sandbox {
             tracing::info!(
                 environment,
                 base_url = %simulator.base_url(),
+                sign_in = %config.sandbox_sign_in,
                 "sandbox: Billecta simulator listening (admin API under /admin)"
             );
         }

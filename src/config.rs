@@ -84,6 +84,16 @@ pub struct Config {
     )]
     pub sandbox_production_listen: SocketAddr,
 
+    /// In sandbox mode: what the simulators' sign-in (`apiauthenticate`) does with a user's live
+    /// SecureToken: `returns-live-token`, or `issues-new-token` (and invalidates the old one). Which
+    /// one Billecta does is not known; the service must work with both.
+    #[arg(
+        long,
+        env = "ONBOARDING_SANDBOX_SIGN_IN",
+        default_value = "returns-live-token"
+    )]
+    pub sandbox_sign_in: billecta_sim::SignIn,
+
     /// Base URL of Billecta's test environment API.
     #[arg(long, env = "ONBOARDING_BILLECTA_TEST_URL", default_value = billecta_client::TEST_BASE_URL)]
     pub billecta_test_url: String,

@@ -103,7 +103,7 @@ async fn the_metrics_endpoint_exposes_every_family_after_a_short_run() {
             1.0,
         );
         at_least(
-            r#"billecta_requests_total{environment="test",endpoint="GET /v1/creditors/creditor/{id}",outcome="bad_credentials"}"#,
+            r#"billecta_requests_total{environment="test",endpoint="GET /v1/authentication/securetoken",outcome="bad_credentials"}"#,
             1.0,
         );
         at_least(

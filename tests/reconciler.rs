@@ -102,10 +102,11 @@ async fn api_credentials_given_while_billecta_is_down_are_verified_later() {
         .await;
         let (name, creditor) = settled_creditor(&server).await;
 
-        // Billecta is down for the sign-in: the caller is told UNAVAILABLE and goes away.
+        // Billecta is down for the verification (the account's user and password: the stored token
+        // is used, no sign-in): the caller is told UNAVAILABLE and goes away.
         common::fail_next(
             server.simulator(Environment::Test),
-            "POST /v1/authentication/apiauthenticate",
+            "GET /v1/creditors/creditor/{id}",
             Fault::Status {
                 status: 503,
                 body: FaultBody::Json,
@@ -156,7 +157,11 @@ async fn api_credentials_given_while_billecta_is_down_are_verified_later() {
         assert_eq!(configuration.username, common::ACCOUNT_EMAIL);
         assert_eq!(configuration.password, PASSWORD);
 
-        // Registered again with the SecureToken alone: the password no longer goes with it.
+        // Registered again with the SecureToken alone: it is recognised as the same user's token, so
+        // the user's password stays with it, and nobody signs in.
+        let sign_ins = server
+            .simulator(Environment::Test)
+            .sign_ins(common::ACCOUNT_EMAIL);
         server
             .client
             .clone()
@@ -171,10 +176,17 @@ async fn api_credentials_given_while_billecta_is_down_are_verified_later() {
             .await
             .unwrap();
         assert_eq!(
-            configuration.password, "",
-            "no password beside a token given alone"
+            configuration.password, PASSWORD,
+            "the user's password stays with its token"
         );
         assert!(!configuration.secure_token.is_empty());
+        assert_eq!(
+            server
+                .simulator(Environment::Test)
+                .sign_ins(common::ACCOUNT_EMAIL),
+            sign_ins,
+            "a token given needs no sign-in"
+        );
     }
 }
 

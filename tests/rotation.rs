@@ -128,7 +128,7 @@ async fn a_tampered_ciphertext_fails_loudly_and_nothing_else_is_touched() {
         };
         let mut tampered = rows(pool.clone()).await[1].clone();
         tampered[0] ^= 0x01;
-        sqlx::query("UPDATE credentials SET ciphertext = $1 WHERE field = 'account_secure_token'")
+        sqlx::query("UPDATE credentials SET ciphertext = $1 WHERE field = 'secure_token'")
             .bind(tampered.clone())
             .execute(&pool)
             .await

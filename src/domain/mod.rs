@@ -118,18 +118,22 @@ stored_enum! {
 }
 
 stored_enum! {
-    /// A kind of secret the service keeps, encrypted, per environment or creditor.
+    /// A kind of secret the service keeps, encrypted: a Billecta user's (scoped by the user's id) or
+    /// a creditor's.
     CredentialField {
-        /// The Billecta account's password, to sign in again when its token stops working.
-        AccountPassword => "account_password",
-        /// The account's SecureToken, which the service provisions creditors with.
-        AccountToken => "account_secure_token",
-        /// The API user's password, when the token was obtained with it.
-        ApiPassword => "api_password",
-        /// The API user's SecureToken, handed to Payway's payment configuration.
-        ApiToken => "api_secure_token",
-        /// The `Authorization` value Billecta's webhooks send to Payway.
+        /// A Billecta user's SecureToken: the account's, and the one Payway's payment
+        /// configuration holds for every creditor whose API user it is.
+        Token => "secure_token",
+        /// A Billecta user's password, when it was given: to sign in again, only when the stored
+        /// token is refused.
+        Password => "password",
+        /// The `Authorization` value Billecta's webhooks send to Payway (a creditor's).
         WebhookAuthorization => "webhook_authorization",
+        /// Stored before credentials were kept per user; only the start-up upgrade reads these.
+        LegacyAccountPassword => "account_password",
+        LegacyAccountToken => "account_secure_token",
+        LegacyApiPassword => "api_password",
+        LegacyApiToken => "api_secure_token",
     }
 }
 

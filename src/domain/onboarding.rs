@@ -31,6 +31,9 @@ pub struct OnboardingRecord {
     /// The environment-level stages, in [`ENVIRONMENT_STAGES`] order.
     pub stages: Vec<StageRecord>,
     pub creditors: Vec<CreditorRecord>,
+    /// The Billecta users whose credentials the service holds, each once.
+    #[serde(default)]
+    pub users: Vec<BillectaUser>,
     /// What is known of the stored secrets (never the secrets themselves).
     #[serde(default)]
     pub credentials: Vec<CredentialRecord>,
@@ -38,10 +41,41 @@ pub struct OnboardingRecord {
     pub update_time: Micros,
 }
 
+/// A Billecta user whose credentials the service holds. Billecta allows one live SecureToken per
+/// user, so its token and password are stored once, under the user's id, and the account and every
+/// creditor's API access refer to the user: a new token replaces the old for every use at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillectaUser {
+    /// Internal id (`user-1`, `user-2`, … per onboarding), the scope of the user's secrets; never
+    /// shown to callers.
+    pub id: String,
+    /// The Billecta username, when known (a token may be registered without it).
+    pub username: Option<String>,
+    /// Billecta's id of the user, once seen.
+    #[serde(default)]
+    pub user_public_id: Option<String>,
+}
+
+impl BillectaUser {
+    /// Whether this is the user Billecta knows as `username` (usernames are case-insensitive).
+    pub fn is_named(&self, username: &str) -> bool {
+        self.username
+            .as_deref()
+            .is_some_and(|name| name.eq_ignore_ascii_case(username))
+    }
+
+    /// How the audit trail and messages name the user.
+    pub fn label(&self) -> &str {
+        self.username
+            .as_deref()
+            .unwrap_or("the user of the registered token")
+    }
+}
+
 /// A stored secret, described without revealing it. The ciphertext lives only in storage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialRecord {
-    /// The creditor's internal id, or empty for the environment.
+    /// The id of the user it belongs to, or the creditor's internal id (webhook authorization).
     pub scope: String,
     pub field: CredentialField,
     pub fingerprint: String,
@@ -112,10 +146,13 @@ impl Default for PaymentTerms {
 }
 
 /// The API credentials registered for a creditor (the secrets live encrypted in storage).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiAccess {
     /// The API user's Billecta username, when known.
     pub username: Option<String>,
+    /// The id of the [`BillectaUser`] whose token the payment configuration hands out.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Flags such as `API_USER_IS_ACCOUNT_USER`.
     pub warnings: Vec<String>,
     /// The callers that have read the payment configuration with the credential set at
@@ -129,10 +166,11 @@ pub struct ApiAccess {
 }
 
 impl ApiAccess {
-    /// Access as registered, read by nobody yet.
-    pub fn new(username: Option<String>, warnings: Vec<String>) -> Self {
+    /// Access as registered for `user`, read by nobody yet.
+    pub fn new(user: &BillectaUser, warnings: Vec<String>) -> Self {
         Self {
-            username,
+            username: user.username.clone(),
+            user: Some(user.id.clone()),
             warnings,
             readers: Vec::new(),
             read_credential: None,
@@ -237,6 +275,9 @@ pub struct Account {
     /// The username that signed in when the activation was confirmed.
     #[serde(default)]
     pub username: Option<String>,
+    /// The id of the [`BillectaUser`] the service provisions with.
+    #[serde(default)]
+    pub user: Option<String>,
     #[serde(default)]
     pub activate_time: Option<Micros>,
 }
@@ -361,6 +402,7 @@ impl OnboardingRecord {
             account: None,
             stages: stages::initial_environment_stages(key.environment),
             creditors: Vec::new(),
+            users: Vec::new(),
             credentials: Vec::new(),
             create_time: now,
             update_time: now,
@@ -448,6 +490,83 @@ impl OnboardingRecord {
         )
     }
 
+    /// The user with internal id `id`.
+    pub fn user(&self, id: &str) -> Option<&BillectaUser> {
+        self.users.iter().find(|user| user.id == id)
+    }
+
+    /// The user Billecta knows as `username`.
+    pub fn user_named(&self, username: &str) -> Option<&BillectaUser> {
+        self.users.iter().find(|user| user.is_named(username))
+    }
+
+    /// The user whose stored token has `fingerprint`.
+    pub fn user_with_token(&self, fingerprint: &str) -> Option<&BillectaUser> {
+        self.users.iter().find(|user| {
+            self.secret_of(&user.id, CredentialField::Token)
+                .is_some_and(|token| token.fingerprint == fingerprint)
+        })
+    }
+
+    /// The user the account provisions with, once confirmed.
+    pub fn account_user(&self) -> Option<&BillectaUser> {
+        self.account
+            .as_ref()
+            .and_then(|account| account.user.as_deref())
+            .and_then(|id| self.user(id))
+    }
+
+    /// The API user of a creditor, once registered.
+    pub fn api_user(&self, creditor: &CreditorRecord) -> Option<&BillectaUser> {
+        creditor
+            .api_access
+            .as_ref()
+            .and_then(|access| access.user.as_deref())
+            .and_then(|id| self.user(id))
+    }
+
+    /// What is stored of a secret: a user's (`scope` its id) or a creditor's.
+    pub fn secret_of(&self, scope: &str, field: CredentialField) -> Option<&CredentialRecord> {
+        self.credentials
+            .iter()
+            .find(|credential| credential.scope == scope && credential.field == field)
+    }
+
+    /// Adds a user, or gives the one Billecta knows by the same name; returns its id.
+    pub fn add_user(&mut self, username: Option<&str>) -> String {
+        if let Some(user) = username.and_then(|name| self.user_named(name)) {
+            return user.id.clone();
+        }
+        let next = self
+            .users
+            .iter()
+            .filter_map(|user| user.id.strip_prefix("user-")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let id = format!("user-{next}");
+        self.users.push(BillectaUser {
+            id: id.clone(),
+            username: username.map(str::to_owned),
+            user_public_id: None,
+        });
+        id
+    }
+
+    /// The creditors whose payment configuration hands out the token of user `id`.
+    pub fn creditors_of_user(&self, id: &str) -> Vec<String> {
+        self.creditors
+            .iter()
+            .filter(|creditor| {
+                creditor
+                    .api_access
+                    .as_ref()
+                    .is_some_and(|access| access.user.as_deref() == Some(id))
+            })
+            .map(|creditor| creditor.name.clone())
+            .collect()
+    }
+
     /// The stage state changes from `before` to `self`.
     pub fn transitions_since(&self, before: &OnboardingRecord) -> Vec<StageTransition> {
         self.every_stage()
@@ -491,6 +610,7 @@ mod tests {
             email: "billecta@gp.se".into(),
             register_time: 3,
             username: None,
+            user: None,
             activate_time: None,
         }
     }

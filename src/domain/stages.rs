@@ -46,6 +46,10 @@ pub const API_ACCESS_REGISTER: &str = "api_access.register";
 pub const PAYMENT_CONFIGURATION_READ: &str = "payment_configuration.read";
 /// Due item: set up the webhook addon in the portal and attest it with `RecordWebhookSetup`.
 pub const WEBHOOKS_RECORD: &str = "webhooks.record";
+/// Due item: the creditor is gone or disabled in Billecta; restore it there.
+pub const CREDITOR_RESTORE: &str = "creditor.restore";
+/// Due item: nobody's; the service retries a step after a transient Billecta failure.
+pub const SYSTEM_RETRY: &str = "system.retry";
 
 /// Who must act on a due item, and what they must do, for a person to read.
 pub fn describe_due(item: &str, environment: Environment) -> (BlockedOn, String) {
@@ -115,6 +119,14 @@ pub fn describe_due(item: &str, environment: Environment) -> (BlockedOn, String)
         WEBHOOKS_RECORD => (
             BlockedOn::Tenant,
             format!("Set up the webhook addon to Payway at {portal} (Settings, Addons, Webhooks), then attest it with RecordWebhookSetup, or skip the stage."),
+        ),
+        CREDITOR_RESTORE => (
+            BlockedOn::PaywayOperations,
+            format!("Billecta no longer holds the creditor as it was (deleted or disabled): enable it at {portal} or ask Billecta's support, then run ValidateOnboarding."),
+        ),
+        SYSTEM_RETRY => (
+            BlockedOn::SystemRetrying,
+            "Billecta did not answer; the service retries the step by itself (the stage says when). Nothing to do unless it keeps failing: then see the stage's message.".to_owned(),
         ),
         other => (BlockedOn::PaywayOperations, format!("Do {other}.")),
     }
@@ -231,6 +243,31 @@ pub fn require_creditor_done(
         .iter()
         .filter(|stage| required.contains(&stage.stage));
     unmet_error(record, Some(&creditor.name), stages, action)
+}
+
+/// COMPANY_SETTINGS is applied in Billecta: done, or waiting only for Billecta's support to approve
+/// the bankgiro for payments, which may take days and has nothing to do with the API credentials
+/// (READY still waits for it).
+pub fn require_company_settings_applied(
+    record: &OnboardingRecord,
+    creditor: &CreditorRecord,
+    action: &str,
+) -> Result<(), Refusal> {
+    let stages = creditor.stages.iter().filter(|stage| {
+        stage.stage == Stage::CompanySettings && !is_awaiting_bankgiro_approval(stage)
+    });
+    unmet_error(record, Some(&creditor.name), stages, action)
+}
+
+/// Whether the stage is COMPANY_SETTINGS applied in Billecta but for the approval of the bankgiro
+/// for payments.
+pub fn is_awaiting_bankgiro_approval(stage: &StageRecord) -> bool {
+    stage.stage == Stage::CompanySettings
+        && stage.state == StageState::ActionRequired
+        && stage
+            .due
+            .iter()
+            .any(|item| item == COMPANY_SETTINGS_BANKGIRO_APPROVAL)
 }
 
 /// The error naming `stages` of `record` that are not done, if any; `owner` is the resource they
@@ -572,16 +609,60 @@ pub fn billecta_failed(stage: &mut StageRecord, failure: &StageFailure, now: Mic
             format!("Billecta answered unexpectedly: {failure}"),
         ),
     };
+    let due = match failure.kind {
+        FailureKind::Unavailable => SYSTEM_RETRY,
+        // The stored token was refused and could not be renewed: the account's credentials must be
+        // given again, or, for API_ACCESS, the API user's.
+        FailureKind::CredentialsRejected if stage.stage != Stage::ApiAccess => ACCOUNT_CONFIRM,
+        FailureKind::Gone if stage.stage == Stage::Creditor => CREDITOR_RESTORE,
+        _ => repair_item(stage.stage),
+    };
     let attempts = stage.attempts;
-    stage.set(state, blocked_on, Vec::new(), reason, &message, now);
+    stage.set(
+        state,
+        blocked_on,
+        vec![due.to_owned()],
+        reason,
+        &message,
+        now,
+    );
     stage.lease = None;
     if failure.kind == FailureKind::Unavailable {
         // Capped exponential backoff for the reconciler: 5 s, 10 s, 20 s, ... at most 10 minutes.
         stage.attempts = attempts + 1;
         let exponent = u32::try_from(attempts.clamp(0, 7)).unwrap_or(7);
         let wait = (RETRY_BASE_MICROS << exponent).min(RETRY_CAP_MICROS);
-        stage.next_attempt_time = Some(now.saturating_add(wait));
+        let next = now.saturating_add(wait);
+        stage.next_attempt_time = Some(next);
+        stage.message = format!("{} Next attempt at {}.", stage.message, time_text(next));
     }
+}
+
+/// The due item that puts a stage right when it failed or broke: the call that sets it up again.
+fn repair_item(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Agreement => AGREEMENT_RECORD,
+        Stage::Account => ACCOUNT_CONFIRM,
+        Stage::Creditor => CREDITOR_RESTORE,
+        Stage::CompanySettings => COMPANY_SETTINGS_UPDATE,
+        Stage::InvoiceSettings => INVOICE_SETTINGS_UPDATE,
+        Stage::ApiAccess => API_ACCESS_REGISTER,
+        Stage::PaymentConfiguration => PAYMENT_CONFIGURATION_READ,
+        Stage::Webhooks => WEBHOOKS_RECORD,
+    }
+}
+
+/// A time for a person to read, RFC 3339 in UTC.
+fn time_text(micros: Micros) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .ok()
+        .and_then(|time| {
+            time.replace_nanosecond(0)
+                .ok()?
+                .format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| micros.to_string())
 }
 
 /// The first wait before the reconciler retries a stage after a transient failure.
@@ -599,8 +680,14 @@ pub fn creditor_stage(creditor: &mut CreditorRecord, stage: Stage) -> &mut Stage
 }
 
 /// The API credentials read the creditor: API_ACCESS is completed (with any warnings in its message),
-/// and Payway's payment code must read the new credentials.
-pub fn api_access_verified(creditor: &mut CreditorRecord, warnings: &[String], now: Micros) {
+/// and, if the token the payment configuration hands out `changed`, Payway's payment code must read
+/// it.
+pub fn api_access_verified(
+    creditor: &mut CreditorRecord,
+    warnings: &[String],
+    changed: bool,
+    now: Micros,
+) {
     let (reason, message) = if warnings.is_empty() {
         (
             "API_ACCESS_VERIFIED",
@@ -623,7 +710,11 @@ pub fn api_access_verified(creditor: &mut CreditorRecord, warnings: &[String], n
         &message,
         now,
     );
-    creditor_stage(creditor, Stage::PaymentConfiguration).set(
+    let configuration = creditor_stage(creditor, Stage::PaymentConfiguration);
+    if !changed && configuration.state != StageState::NotStarted {
+        return;
+    }
+    configuration.set(
         StageState::NotStarted,
         BlockedOn::PaywayOperations,
         vec![PAYMENT_CONFIGURATION_READ.to_owned()],
@@ -657,16 +748,66 @@ pub fn webhooks_recorded(creditor: &mut CreditorRecord, now: Micros) {
     );
 }
 
-/// A live check found a completed stage no longer works.
+/// A live check found a completed stage no longer works: due is what puts it right.
 pub fn broken(stage: &mut StageRecord, reason: &str, message: &str, now: Micros) {
+    let due = match (stage.stage, reason) {
+        (Stage::Creditor, _) => CREDITOR_RESTORE,
+        (_, "TOKEN_REJECTED" | "CREDENTIAL_MISSING" | "CREDENTIAL_UNREADABLE")
+            if stage.stage != Stage::ApiAccess =>
+        {
+            ACCOUNT_CONFIRM
+        }
+        _ => repair_item(stage.stage),
+    };
     stage.set(
         StageState::Broken,
         BlockedOn::PaywayOperations,
-        Vec::new(),
+        vec![due.to_owned()],
         reason,
         message,
         now,
     );
+}
+
+/// The SecureToken of a user changed (`cause` says why): every creditor whose payment
+/// configuration hands it out waits until Payway's payment code reads it again, since the token
+/// Payway holds may no longer work. Returns those creditors' names.
+pub fn token_changed(
+    record: &mut OnboardingRecord,
+    user: &str,
+    cause: &str,
+    now: Micros,
+) -> Vec<String> {
+    let label = record
+        .user(user)
+        .map(|user| user.label().to_owned())
+        .unwrap_or_default();
+    let mut affected = Vec::new();
+    for creditor in &mut record.creditors {
+        let uses = creditor
+            .api_access
+            .as_ref()
+            .is_some_and(|access| access.user.as_deref() == Some(user));
+        let configured = creditor
+            .stages
+            .iter()
+            .any(|s| s.stage == Stage::ApiAccess && s.state != StageState::NotStarted);
+        if !(uses && configured) {
+            continue;
+        }
+        creditor_stage(creditor, Stage::PaymentConfiguration).set(
+            StageState::ActionRequired,
+            BlockedOn::PaywayOperations,
+            vec![PAYMENT_CONFIGURATION_READ.to_owned()],
+            "SECURE_TOKEN_CHANGED",
+            &format!(
+                "The SecureToken of {label} changed ({cause}); the token Payway's payment code holds may no longer work: it must read the payment configuration again."
+            ),
+            now,
+        );
+        affected.push(creditor.name.clone());
+    }
+    affected
 }
 
 /// A live check found a broken stage working again.
@@ -731,7 +872,7 @@ mod tests {
         let mut creditor = creditor(id);
         creditor_created(&mut creditor, false, 4);
         company_settings_applied(&mut creditor, true, 5);
-        api_access_verified(&mut creditor, &[], 6);
+        api_access_verified(&mut creditor, &[], true, 6);
         payment_configuration_read(&mut creditor, "payway-payments", 7);
         creditor
     }
@@ -1188,7 +1329,7 @@ mod tests {
             StageState::Completed
         );
         let warnings = ["API_USER_IS_ACCOUNT_USER".to_owned()];
-        api_access_verified(&mut creditor, &warnings, 8);
+        api_access_verified(&mut creditor, &warnings, true, 8);
         let api_access = creditor_stage(&mut creditor, Stage::ApiAccess).clone();
         assert_eq!(api_access.reason, "API_ACCESS_VERIFIED_WITH_WARNINGS");
         assert!(api_access.message.contains("API_USER_IS_ACCOUNT_USER"));
@@ -1201,7 +1342,7 @@ mod tests {
                 "AWAITING_PAYMENT_CONFIGURATION_READ"
             )
         );
-        api_access_verified(&mut creditor, &[], 9);
+        api_access_verified(&mut creditor, &[], true, 9);
         assert_eq!(of(&mut creditor, Stage::ApiAccess).3, "API_ACCESS_VERIFIED");
     }
 
@@ -1243,33 +1384,38 @@ mod tests {
                 StageState::InProgress,
                 BlockedOn::SystemRetrying,
                 "BILLECTA_UNAVAILABLE",
+                SYSTEM_RETRY,
             ),
             (
                 FailureKind::CredentialsRejected,
                 StageState::ActionRequired,
                 BlockedOn::Tenant,
                 "BILLECTA_CREDENTIALS_REJECTED",
+                ACCOUNT_CONFIRM,
             ),
             (
                 FailureKind::Refused,
                 StageState::Failed,
                 BlockedOn::PaywayOperations,
                 "BILLECTA_REJECTED",
+                CREDITOR_RESTORE,
             ),
             (
                 FailureKind::Gone,
                 StageState::Broken,
                 BlockedOn::PaywayOperations,
                 "BILLECTA_NOT_FOUND",
+                CREDITOR_RESTORE,
             ),
             (
                 FailureKind::Unexpected,
                 StageState::Failed,
                 BlockedOn::PaywayOperations,
                 "BILLECTA_UNEXPECTED_RESPONSE",
+                CREDITOR_RESTORE,
             ),
         ];
-        for (kind, state, blocked_on, reason) in expected {
+        for (kind, state, blocked_on, reason, due) in expected {
             let mut stage = StageRecord::waiting(
                 Stage::Creditor,
                 BlockedOn::PaywayOperations,
@@ -1280,8 +1426,8 @@ mod tests {
             billecta_failed(&mut stage, &failure(kind), 10);
             assert_eq!(
                 shown(&stage),
-                (state, blocked_on, vec![], reason),
-                "{kind:?}"
+                (state, blocked_on, vec![due], reason),
+                "{kind:?}: never waiting without saying on what"
             );
             assert!(
                 stage.message.contains("HTTP 503"),
@@ -1353,7 +1499,7 @@ mod tests {
             (
                 StageState::Broken,
                 BlockedOn::PaywayOperations,
-                vec![],
+                vec![API_ACCESS_REGISTER],
                 "API_TOKEN_REJECTED"
             )
         );

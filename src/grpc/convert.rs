@@ -222,7 +222,10 @@ fn creditor(onboarding: &OnboardingRecord, record: &CreditorRecord) -> proto::Cr
             }),
         api_access: record.api_access.as_ref().map(|access| proto::ApiAccess {
             username: access.username.clone().unwrap_or_default(),
-            credential: stored_credential(onboarding, record, CredentialField::ApiToken),
+            credential: onboarding
+                .api_user(record)
+                .and_then(|user| onboarding.secret_of(&user.id, CredentialField::Token))
+                .map(credential),
             warnings: access.warnings.clone(),
         }),
         webhooks: record.webhooks.as_ref().map(|webhooks| proto::Webhooks {
@@ -288,9 +291,8 @@ pub fn onboarding(record: &OnboardingRecord) -> proto::Onboarding {
             register_time: Some(timestamp(a.register_time)),
             username: a.username.clone().unwrap_or_default(),
             credential: record
-                .credentials
-                .iter()
-                .find(|c| c.scope.is_empty() && c.field == CredentialField::AccountPassword)
+                .account_user()
+                .and_then(|user| record.secret_of(&user.id, CredentialField::Password))
                 .map(credential),
             activate_time: a.activate_time.map(timestamp),
         }),

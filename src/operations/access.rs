@@ -2,12 +2,14 @@
 //! payment configuration over, and attesting the webhook addon.
 
 use super::provisioning::{
-    NewSecret, creditor_mut, creditor_public_id, find_creditor, open_creditor_stage,
+    NewSecret, creditor_mut, creditor_public_id, find_creditor, open_creditor_stage, pending_in,
+    sign_in_plan, sign_in_sentence, store_user_credentials,
 };
 use super::stage::{BillectaStage, Claimed, Prepared, Unsuccessful};
+use super::users::Obtained;
 use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::domain::onboarding::{
-    ApiAccess, CredentialRecord, OnboardingRecord, PaymentTerms, Webhooks,
+    ApiAccess, BillectaUser, CredentialRecord, OnboardingRecord, PaymentTerms, Webhooks,
 };
 use crate::domain::stages;
 use crate::domain::validate::CreditorKey;
@@ -42,6 +44,7 @@ pub struct PaymentConfiguration {
 }
 
 /// Production flags: an API user that is the account user, or the test environment's API user.
+/// The user is recognised by its username or by its token.
 pub fn shared_user_warnings(
     record: &OnboardingRecord,
     test: Option<&OnboardingRecord>,
@@ -51,32 +54,21 @@ pub fn shared_user_warnings(
     if record.environment != Environment::Production {
         return Vec::new();
     }
-    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let is = |onboarding: &OnboardingRecord, user: &BillectaUser| {
+        username.is_some_and(|name| user.is_named(name))
+            || onboarding
+                .secret_of(&user.id, CredentialField::Token)
+                .is_some_and(|token| token.fingerprint == token_fingerprint)
+    };
     let mut warnings = Vec::new();
-    let account_user = record.account.as_ref().and_then(|a| a.username.as_deref());
-    let account_token = record.credentials.iter().any(|c| {
-        c.scope.is_empty()
-            && c.field == CredentialField::AccountToken
-            && c.fingerprint == token_fingerprint
-    });
-    let same_name = matches!((username, account_user), (Some(a), Some(b)) if same(a, b));
-    if same_name || account_token {
+    if record.account_user().is_some_and(|user| is(record, user)) {
         warnings.push("API_USER_IS_ACCOUNT_USER".to_owned());
     }
     let shared_with_test = test.is_some_and(|test| {
-        test.creditors.iter().any(|creditor| {
-            let test_user = creditor
-                .api_access
-                .as_ref()
-                .and_then(|a| a.username.as_deref());
-            let same_user = matches!((username, test_user), (Some(a), Some(b)) if same(a, b));
-            let same_token = test.credentials.iter().any(|c| {
-                c.scope == creditor.id
-                    && c.field == CredentialField::ApiToken
-                    && c.fingerprint == token_fingerprint
-            });
-            same_user || same_token
-        })
+        test.creditors
+            .iter()
+            .filter_map(|creditor| test.api_user(creditor))
+            .any(|user| is(test, user))
     });
     if shared_with_test {
         warnings.push("API_USER_SHARED_WITH_TEST".to_owned());
@@ -104,10 +96,16 @@ impl Operations {
             }
             Environment::Test => None,
         };
+        let password_fingerprint = match &credentials {
+            ApiCredentials::Password { password, .. } => self.keyring.keyed_fingerprint(password),
+            ApiCredentials::Token { .. } => String::new(),
+        };
         let verification = ApiAccessVerification {
             key,
             credentials,
             test,
+            password_fingerprint,
+            validate_only: mutation.validate_only,
         };
         self.run_stage(call, onboarding, mutation, deadline, verification)
             .await
@@ -165,15 +163,16 @@ impl Operations {
             &mutation,
             Conventions::WHOLE,
             |record, now| {
-                let id = find_creditor(record, key)?.id.clone();
+                let creditor = find_creditor(record, key)?;
+                let id = creditor.id.clone();
                 // Credentials stored since the answer was read were not read: nothing waiting for
                 // them is done, though the read is still recorded.
-                let current = record.credentials.iter().any(|c| {
-                    c.scope == id
-                        && c.field == CredentialField::ApiToken
-                        && c.set_time == read.set_time
-                        && c.fingerprint == read.fingerprint
-                });
+                let current = record
+                    .api_user(creditor)
+                    .and_then(|user| record.secret_of(&user.id, CredentialField::Token))
+                    .is_some_and(|c| {
+                        c.set_time == read.set_time && c.fingerprint == read.fingerprint
+                    });
                 let creditor = creditor_mut(record, &id);
                 let waiting = creditor.stages.iter().any(|s| {
                     s.stage == Stage::PaymentConfiguration && s.state != StageState::Completed
@@ -217,30 +216,25 @@ impl Operations {
             &[Stage::ApiAccess],
             "GetPaymentConfiguration",
         )?;
-        let scope = creditor.id.clone();
-        let credential = record
-            .credentials
-            .iter()
-            .find(|c| c.scope == scope && c.field == CredentialField::ApiToken)
-            .cloned();
-        let secure_token = self
-            .secret(record, &scope, CredentialField::ApiToken)
-            .await?;
-        // `secret` found the token, so its record is there.
-        let credential = credential.ok_or_else(|| {
-            Error::Internal(anyhow::anyhow!("a stored token without its description"))
+        let user = record.api_user(creditor).ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "completed API access without its user: {}",
+                creditor.name
+            ))
         })?;
-        let has_password = record
-            .credentials
-            .iter()
-            .any(|c| c.scope == scope && c.field == CredentialField::ApiPassword);
-        let password = if has_password {
-            Some(
-                self.secret(record, &scope, CredentialField::ApiPassword)
+        let credential = record
+            .secret_of(&user.id, CredentialField::Token)
+            .cloned()
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("no token stored for an API user")))?;
+        let secure_token = self
+            .secret(record, &user.id, CredentialField::Token)
+            .await?;
+        let password = match record.secret_of(&user.id, CredentialField::Password) {
+            Some(_) => Some(
+                self.secret(record, &user.id, CredentialField::Password)
                     .await?,
-            )
-        } else {
-            None
+            ),
+            None => None,
         };
         let payment_methods = creditor
             .company_settings
@@ -256,10 +250,7 @@ impl Operations {
                 .base_url()
                 .to_owned(),
             creditor_public_id: creditor.creditor_public_id.clone().unwrap_or_default(),
-            username: creditor
-                .api_access
-                .as_ref()
-                .and_then(|a| a.username.clone()),
+            username: user.username.clone(),
             password,
             secure_token,
             payment_terms: creditor
@@ -333,12 +324,16 @@ impl Operations {
     }
 }
 
-/// API_ACCESS: the API user's credentials, verified by reading the creditor with them.
+/// API_ACCESS: the API user's credentials, verified by reading the creditor with them. With a
+/// password, the service signs in only if it holds no working token of that user with it.
 struct ApiAccessVerification<'a> {
     key: &'a CreditorKey,
     credentials: ApiCredentials,
     /// The test environment's onboarding when this is production's, for the shared-user flags.
     test: Option<Arc<OnboardingRecord>>,
+    /// The given password's keyed fingerprint (empty for a token).
+    password_fingerprint: String,
+    validate_only: bool,
 }
 
 impl ApiAccessVerification<'_> {
@@ -352,31 +347,24 @@ impl ApiAccessVerification<'_> {
     /// The secret given: kept, unverified, if Billecta cannot be asked now.
     fn given(&self) -> (CredentialField, &Secret) {
         match &self.credentials {
-            ApiCredentials::Password { password, .. } => (CredentialField::ApiPassword, password),
-            ApiCredentials::Token { token, .. } => (CredentialField::ApiToken, token),
+            ApiCredentials::Password { password, .. } => (CredentialField::Password, password),
+            ApiCredentials::Token { token, .. } => (CredentialField::Token, token),
         }
     }
 
-    fn new_secret<'a>(
-        &'a self,
-        creditor_id: &'a str,
-        field: CredentialField,
-        secret: &'a Secret,
-        verified: bool,
-    ) -> NewSecret<'a> {
-        NewSecret {
-            scope: creditor_id,
-            field,
-            secret,
-            principal: self.username().unwrap_or_default(),
-            verified,
+    /// The user the credentials belong to: by name, else by the token, else a new one.
+    fn user(&self, record: &mut OnboardingRecord, token: &Secret) -> String {
+        if self.username().is_none()
+            && let Some(user) = record.user_with_token(&token.fingerprint())
+        {
+            return user.id.clone();
         }
+        record.add_user(self.username())
     }
 }
 
 impl BillectaStage for ApiAccessVerification<'_> {
-    /// The SecureToken, and the production flags it raises.
-    type Answer = (Secret, Vec<String>);
+    type Answer = Obtained;
 
     fn step(&self) -> String {
         format!("verifying the API credentials of {}", self.key.creditor)
@@ -387,10 +375,25 @@ impl BillectaStage for ApiAccessVerification<'_> {
             record,
             self.key,
             Stage::ApiAccess,
-            &[Stage::Creditor, Stage::CompanySettings],
+            &[Stage::Creditor],
             "RegisterApiCredentials",
             now,
         )?;
+        let creditor = find_creditor(record, self.key)?;
+        stages::require_company_settings_applied(record, creditor, "RegisterApiCredentials")?;
+        if self.validate_only {
+            let plan = match &self.credentials {
+                ApiCredentials::Password { username, .. } => {
+                    sign_in_plan(record, username, &self.password_fingerprint)
+                }
+                ApiCredentials::Token { .. } => {
+                    "Would verify the given SecureToken by reading the creditor; no sign-in."
+                        .to_owned()
+                }
+            };
+            let id = target.creditor.clone();
+            stages::creditor_stage(creditor_mut(record, &id), Stage::ApiAccess).message = plan;
+        }
         Ok((self.step(), target))
     }
 
@@ -399,48 +402,48 @@ impl BillectaStage for ApiAccessVerification<'_> {
         operations: &Operations,
         claimed: &Claimed,
         deadline: Deadline,
-    ) -> std::result::Result<Self::Answer, Unsuccessful> {
+    ) -> std::result::Result<Obtained, Unsuccessful> {
         let public_id = creditor_public_id(claimed)?;
+        let public_id = public_id.as_str();
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let verified: std::result::Result<Secret, BillectaError> = async {
-            let token = match &self.credentials {
-                ApiCredentials::Password { username, password } => {
-                    client
-                        .authenticate(username, password, deadline)
-                        .await?
-                        .value
-                }
-                ApiCredentials::Token { token, .. } => token.clone(),
-            };
-            client.get_creditor(&token, &public_id, deadline).await?;
-            Ok(token)
-        }
-        .await;
-        match verified {
-            Ok(token) => {
-                let warnings = shared_user_warnings(
-                    &claimed.record,
-                    self.test.as_deref(),
-                    self.username(),
-                    &token.fingerprint(),
-                );
-                Ok((token, warnings))
+        let reads = |token: Secret| async move {
+            client
+                .get_creditor(&token, public_id, deadline)
+                .await
+                .map(drop)
+        };
+        let obtained = match &self.credentials {
+            ApiCredentials::Password { username, password } => {
+                operations
+                    .token_for_password(&claimed.record, username, password, deadline, reads)
+                    .await
             }
-            Err(error) if error.kind() == ErrorKind::BadCredentials => Err(Unsuccessful::Refused {
-                summary: format!(
-                    "Billecta refused the API credentials of {}: {error}",
-                    self.key.creditor
-                ),
-                error: Error::Precondition {
-                    reason: "BILLECTA_CREDENTIALS_REJECTED",
-                    subject: format!("{}/stages/{}", self.key.name(), Stage::ApiAccess),
-                    message: format!(
-                        "Billecta's {} environment refused these API credentials, or they cannot read this creditor: the password or token is wrong, the user lacks rights on the creditor, or the credentials belong to the other environment. Billecta said: {}",
-                        self.key.onboarding.environment, error.message
+            ApiCredentials::Token { token, .. } => match reads(token.clone()).await {
+                Ok(()) => Ok(Obtained {
+                    token: token.clone(),
+                    signed_in: false,
+                }),
+                Err(error) => Err(error.into()),
+            },
+        };
+        match obtained {
+            Err(Unsuccessful::Billecta(error)) if error.kind() == ErrorKind::BadCredentials => {
+                Err(Unsuccessful::Refused {
+                    summary: format!(
+                        "Billecta refused the API credentials of {}: {error}",
+                        self.key.creditor
                     ),
-                },
-            }),
-            Err(error) => Err(error.into()),
+                    error: Error::Precondition {
+                        reason: "BILLECTA_CREDENTIALS_REJECTED",
+                        subject: format!("{}/stages/{}", self.key.name(), Stage::ApiAccess),
+                        message: format!(
+                            "Billecta's {} environment refused these API credentials, or they cannot read this creditor: the password or token is wrong, the user lacks rights on the creditor, or the credentials belong to the other environment. Billecta said: {}",
+                            self.key.onboarding.environment, error.message
+                        ),
+                    },
+                })
+            }
+            other => other,
         }
     }
 
@@ -450,41 +453,52 @@ impl BillectaStage for ApiAccessVerification<'_> {
         call: &CallContext,
         claimed: &Claimed,
         record: &mut OnboardingRecord,
-        (token, warnings): &Self::Answer,
+        obtained: &Obtained,
         now: Micros,
     ) -> Result<Written> {
         let creditor_id = &claimed.target.creditor;
-        let mut secrets = vec![operations.seal(
+        let token = &obtained.token;
+        let warnings = shared_user_warnings(
             record,
-            call,
-            self.new_secret(creditor_id, CredentialField::ApiToken, token, true),
-            now,
-        )?];
+            self.test.as_deref(),
+            self.username(),
+            &token.fingerprint(),
+        );
+        let user = self.user(record, token);
         let password = match &self.credentials {
             ApiCredentials::Password { password, .. } => Some(password),
             ApiCredentials::Token { .. } => None,
         };
-        if let Some(password) = password {
-            secrets.push(operations.seal(
-                record,
-                call,
-                self.new_secret(creditor_id, CredentialField::ApiPassword, password, true),
-                now,
-            )?);
-        }
-        // A token given without a password replaces both: an older password would no longer belong
-        // with it.
-        let removed = if password.is_none() {
-            vec![(creditor_id.clone(), CredentialField::ApiPassword)]
-        } else {
-            Vec::new()
+        let handed_out = |record: &OnboardingRecord| {
+            let creditor = record.creditors.iter().find(|c| c.id == *creditor_id)?;
+            let user = record.api_user(creditor)?;
+            let token = record.secret_of(&user.id, CredentialField::Token)?;
+            Some((user.id.clone(), token.fingerprint.clone()))
         };
+        let before = handed_out(record);
+        let stored = store_user_credentials(operations, call, record, &user, token, password, now)?;
+        let cause = format!(
+            "RegisterApiCredentials for {} {}",
+            self.key.creditor,
+            if obtained.signed_in {
+                "signed in again"
+            } else {
+                "registered another token"
+            }
+        );
+        let said = sign_in_sentence(record, &user, obtained, stored.token_changed, &cause, now);
+        let unchanged = before == Some((user.clone(), token.fingerprint()));
         let creditor = creditor_mut(record, creditor_id);
-        creditor.api_access = Some(ApiAccess::new(
-            self.username().map(str::to_owned),
-            warnings.clone(),
-        ));
-        stages::api_access_verified(creditor, warnings, now);
+        let readers = creditor.api_access.take().filter(|_| unchanged);
+        let username = record.user(&user).and_then(|u| u.username.clone());
+        let creditor = creditor_mut(record, creditor_id);
+        creditor.api_access = Some(ApiAccess {
+            username,
+            user: Some(user.clone()),
+            warnings: warnings.clone(),
+            ..readers.unwrap_or_default()
+        });
+        stages::api_access_verified(creditor, &warnings, !unchanged, now);
         let flagged = if warnings.is_empty() {
             String::new()
         } else {
@@ -492,11 +506,16 @@ impl BillectaStage for ApiAccessVerification<'_> {
         };
         Ok(Written {
             summary: format!(
-                "API credentials of {} verified: they read the creditor{flagged}",
+                "API credentials of {} verified: they read the creditor{flagged}. {said}",
                 self.key.creditor
             ),
-            secrets,
-            removed,
+            secrets: stored.secrets,
+            // What a failed attempt kept to try again with is now the user's.
+            removed: pending_in(
+                record,
+                creditor_id,
+                &[CredentialField::Password, CredentialField::Token],
+            ),
         })
     }
 
@@ -509,26 +528,32 @@ impl BillectaStage for ApiAccessVerification<'_> {
         _: &BillectaError,
         now: Micros,
     ) -> Result<Written> {
-        // Kept, unverified, so that the reconciler can verify them without the caller; the payment
-        // configuration stays closed until they are.
+        // Kept, unverified, with the creditor's stage (not with a user: they may be wrong), so
+        // that the reconciler can verify them without the caller; the payment configuration stays
+        // as it was until they are.
         let creditor_id = &claimed.target.creditor;
         let (field, secret) = self.given();
         let pending = operations.seal(
             record,
             call,
-            self.new_secret(creditor_id, field, secret, false),
+            NewSecret {
+                scope: creditor_id,
+                field,
+                secret,
+                principal: self.username().unwrap_or_default(),
+                verified: false,
+            },
             now,
         )?;
-        // A pending token is tried on its own: no older password goes with it.
-        let removed = if field == CredentialField::ApiToken {
-            vec![(creditor_id.clone(), CredentialField::ApiPassword)]
-        } else {
-            Vec::new()
+        // The other kind of pending secret belonged to an earlier attempt.
+        let other = match field {
+            CredentialField::Token => CredentialField::Password,
+            _ => CredentialField::Token,
         };
         Ok(Written {
             summary: String::new(),
             secrets: vec![pending],
-            removed,
+            removed: pending_in(record, creditor_id, &[other]),
         })
     }
 }
@@ -539,24 +564,28 @@ mod tests {
     use crate::domain::onboarding::{Account, CredentialRecord, CreditorRecord};
     use crate::domain::validate::{OnboardingKey, TenantId};
 
+    /// An onboarding whose account user `billecta@gp.se` (user-1) holds token `sha256:account`.
     fn onboarding(environment: Environment) -> OnboardingRecord {
         let key = OnboardingKey::new(TenantId::parse("tenant", "gp").unwrap(), environment);
         let mut record = OnboardingRecord::new("id".into(), &key, 0);
+        let user = record.add_user(Some("billecta@gp.se"));
         record.account = Some(Account {
             full_name: "Payway Billecta".into(),
             company_name: "GP AB".into(),
             email: "billecta@gp.se".into(),
             register_time: 0,
             username: Some("billecta@gp.se".into()),
+            user: Some(user.clone()),
             activate_time: Some(1),
         });
+        record.credentials.push(token(&user, "sha256:account"));
         record
     }
 
-    fn token(scope: &str, field: CredentialField, fingerprint: &str) -> CredentialRecord {
+    fn token(scope: &str, fingerprint: &str) -> CredentialRecord {
         CredentialRecord {
             scope: scope.into(),
-            field,
+            field: CredentialField::Token,
             fingerprint: fingerprint.into(),
             principal: None,
             set_by: "ops".into(),
@@ -567,14 +596,11 @@ mod tests {
 
     #[test]
     fn production_flags_the_account_user_by_name_or_by_token() {
-        let mut production = onboarding(Environment::Production);
+        let production = onboarding(Environment::Production);
         assert_eq!(
             shared_user_warnings(&production, None, Some("BILLECTA@gp.se"), "sha256:1"),
             ["API_USER_IS_ACCOUNT_USER"]
         );
-        production
-            .credentials
-            .push(token("", CredentialField::AccountToken, "sha256:account"));
         assert_eq!(
             shared_user_warnings(&production, None, None, "sha256:account"),
             ["API_USER_IS_ACCOUNT_USER"],
@@ -592,6 +618,8 @@ mod tests {
     fn production_flags_the_test_environments_api_user() {
         let production = onboarding(Environment::Production);
         let mut test = onboarding(Environment::Test);
+        let api_user = test.add_user(Some("api@gp.se"));
+        test.credentials.push(token(&api_user, "sha256:test-api"));
         let mut creditor = CreditorRecord {
             id: "c1".into(),
             name: "tenants/gp/environments/test/creditors/556036-0793".into(),
@@ -602,12 +630,10 @@ mod tests {
             stages: Vec::new(),
             company_settings: None,
             invoice_settings: None,
-            api_access: Some(ApiAccess::new(Some("api@gp.se".into()), Vec::new())),
+            api_access: Some(ApiAccess::new(test.user(&api_user).unwrap(), Vec::new())),
             webhooks: None,
         };
         test.creditors.push(creditor.clone());
-        test.credentials
-            .push(token("c1", CredentialField::ApiToken, "sha256:test-api"));
         assert_eq!(
             shared_user_warnings(&production, Some(&test), Some("API@gp.se"), "sha256:3"),
             ["API_USER_SHARED_WITH_TEST"]
@@ -618,10 +644,10 @@ mod tests {
         );
         creditor.api_access = None;
         test.creditors = vec![creditor];
-        test.credentials.clear();
         assert!(
             shared_user_warnings(&production, Some(&test), Some("api@gp.se"), "sha256:3")
-                .is_empty()
+                .is_empty(),
+            "a test user no creditor's payment configuration hands out is not shared"
         );
     }
 }

@@ -11,6 +11,7 @@ mod billecta;
 mod provisioning;
 mod reconcile;
 mod stage;
+mod users;
 mod validation;
 
 pub use access::{ApiCredentials, PaymentConfiguration};
@@ -282,6 +283,7 @@ impl Operations {
                 email: email.clone(),
                 register_time: now,
                 username: None,
+                user: None,
                 activate_time: None,
             };
             Ok(record.register_account(account, now)?)

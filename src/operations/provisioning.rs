@@ -8,6 +8,7 @@
 use super::stage::{
     BillectaStage, Claimed, Prepared, StageRef, Unsuccessful, check_free, stage_mut,
 };
+use super::users::Obtained;
 use super::{CallContext, Mutation, Operations, Written};
 use crate::crypto::SecretContext;
 use crate::desired;
@@ -96,13 +97,36 @@ pub(super) fn open_creditor_stage<'a>(
 }
 
 impl Operations {
-    /// The claimed creditor's Billecta id and the account's token, to work on the creditor with.
-    pub(super) async fn account_access(&self, claimed: &Claimed) -> Result<(String, Secret)> {
+    /// The claimed creditor's Billecta id and the account user's token, checked by the step's first
+    /// request `first` (a refused token is renewed once, see [`Operations::with_token`]); the token
+    /// is handed on for the rest of the step.
+    pub(super) async fn account_access<T, F, Fut>(
+        &self,
+        claimed: &Claimed,
+        deadline: Deadline,
+        first: F,
+    ) -> std::result::Result<(String, Secret, T), Unsuccessful>
+    where
+        F: Fn(Secret, String) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, BillectaError>>,
+    {
         let public_id = creditor_public_id(claimed)?;
-        let token = self
-            .secret(&claimed.record, "", CredentialField::AccountToken)
+        let user = account_user_id(&claimed.record)?;
+        let first = &first;
+        let public = public_id.as_str();
+        let (token, answer) = self
+            .with_token(
+                &claimed.record,
+                &user,
+                deadline,
+                &claimed.renewals,
+                |token| async move {
+                    let answer = first(token.clone(), public.to_owned()).await?;
+                    Ok((token, answer))
+                },
+            )
             .await?;
-        Ok((public_id, token))
+        Ok((public_id, token, answer))
     }
 
     fn secret_context<'a>(
@@ -143,10 +167,13 @@ impl Operations {
             scope: scope.to_owned(),
             field,
             fingerprint: match field {
-                CredentialField::AccountToken | CredentialField::ApiToken => secret.fingerprint(),
-                CredentialField::AccountPassword
-                | CredentialField::ApiPassword
-                | CredentialField::WebhookAuthorization => self.keyring.keyed_fingerprint(secret),
+                CredentialField::Token
+                | CredentialField::LegacyAccountToken
+                | CredentialField::LegacyApiToken => secret.fingerprint(),
+                CredentialField::Password
+                | CredentialField::WebhookAuthorization
+                | CredentialField::LegacyAccountPassword
+                | CredentialField::LegacyApiPassword => self.keyring.keyed_fingerprint(secret),
             },
             principal: Some(principal.to_owned()),
             set_by: call.actor.clone(),
@@ -206,8 +233,10 @@ impl Operations {
     ) -> Result<OnboardingRecord> {
         let activation = AccountActivation {
             key,
+            password_fingerprint: self.keyring.keyed_fingerprint(&password),
             username,
             password,
+            validate_only: mutation.validate_only,
         };
         self.run_stage(call, key, mutation, deadline, activation)
             .await
@@ -308,6 +337,20 @@ impl Operations {
     }
 }
 
+/// The id of the user the account provisions with (ACCOUNT is completed, so there is one).
+pub(super) fn account_user_id(record: &OnboardingRecord) -> Result<String> {
+    record
+        .account_user()
+        .map(|user| user.id.clone())
+        .ok_or_else(|| Error::Precondition {
+            reason: "CREDENTIAL_MISSING",
+            subject: record.key().name(),
+            message:
+                "no account token is stored; confirm the account with ConfirmAccountActivation"
+                    .to_owned(),
+        })
+}
+
 /// The Billecta id of the claimed creditor (its CREDITOR stage is completed, so it has one).
 pub(super) fn creditor_public_id(claimed: &Claimed) -> Result<String> {
     claimed
@@ -343,16 +386,19 @@ fn credentials_refused(key: &OnboardingKey, username: &str, error: &BillectaErro
     }
 }
 
-/// ACCOUNT: signing in to Billecta with the credentials the person chose in its portal.
+/// ACCOUNT: the account user's token, from the credentials the person chose in Billecta's portal.
+/// The service signs in only if it holds no working token of that user with that password.
 struct AccountActivation<'a> {
     key: &'a OnboardingKey,
     username: String,
     password: Secret,
+    /// The password's keyed fingerprint, to tell whether it is the one stored.
+    password_fingerprint: String,
+    validate_only: bool,
 }
 
 impl BillectaStage for AccountActivation<'_> {
-    /// The account's token.
-    type Answer = Secret;
+    type Answer = Obtained;
 
     fn step(&self) -> String {
         format!("signing in as {}", self.username)
@@ -369,6 +415,10 @@ impl BillectaStage for AccountActivation<'_> {
             });
         }
         check_free(record.stage(Stage::Account), &key.name(), now)?;
+        if self.validate_only {
+            record.stage_mut(Stage::Account).message =
+                sign_in_plan(record, &self.username, &self.password_fingerprint);
+        }
         let target = StageRef {
             creditor: String::new(),
             stage: Stage::Account,
@@ -382,23 +432,30 @@ impl BillectaStage for AccountActivation<'_> {
     async fn call(
         &self,
         operations: &Operations,
-        _: &Claimed,
+        claimed: &Claimed,
         deadline: Deadline,
-    ) -> std::result::Result<Secret, Unsuccessful> {
+    ) -> std::result::Result<Obtained, Unsuccessful> {
         let client = operations.billecta.client(self.key.environment);
-        match client
-            .authenticate(&self.username, &self.password, deadline)
-            .await
-        {
-            Ok(token) => Ok(token.value),
-            Err(error) if error.kind() == ErrorKind::BadCredentials => Err(Unsuccessful::Refused {
-                summary: format!(
-                    "Billecta refused the credentials of {}: {error}",
-                    self.username
-                ),
-                error: credentials_refused(self.key, &self.username, &error),
-            }),
-            Err(error) => Err(error.into()),
+        let obtained = operations
+            .token_for_password(
+                &claimed.record,
+                &self.username,
+                &self.password,
+                deadline,
+                |token| async move { client.current_token(&token, deadline).await.map(drop) },
+            )
+            .await;
+        match obtained {
+            Err(Unsuccessful::Billecta(error)) if error.kind() == ErrorKind::BadCredentials => {
+                Err(Unsuccessful::Refused {
+                    summary: format!(
+                        "Billecta refused the credentials of {}: {error}",
+                        self.username
+                    ),
+                    error: credentials_refused(self.key, &self.username, &error),
+                })
+            }
+            other => other,
         }
     }
 
@@ -408,32 +465,37 @@ impl BillectaStage for AccountActivation<'_> {
         call: &CallContext,
         _: &Claimed,
         record: &mut OnboardingRecord,
-        token: &Secret,
+        obtained: &Obtained,
         now: Micros,
     ) -> Result<Written> {
         let username = &self.username;
-        let verified = |field, secret| NewSecret {
-            scope: "",
-            field,
-            secret,
-            principal: username,
-            verified: true,
-        };
-        let password = verified(CredentialField::AccountPassword, &self.password);
-        let token = verified(CredentialField::AccountToken, token);
-        let secrets = vec![
-            operations.seal(record, call, password, now)?,
-            operations.seal(record, call, token, now)?,
-        ];
+        let user = record.add_user(Some(username));
+        let stored = store_user_credentials(
+            operations,
+            call,
+            record,
+            &user,
+            &obtained.token,
+            Some(&self.password),
+            now,
+        )?;
         if let Some(account) = record.account.as_mut() {
             account.username = Some(username.clone());
+            account.user = Some(user.clone());
             account.activate_time = Some(now);
         }
         stages::account_confirmed(record, now);
+        let cause = format!("ConfirmAccountActivation signed in again as {username}");
+        let said = sign_in_sentence(record, &user, obtained, stored.token_changed, &cause, now);
+        let stage = record.stage_mut(Stage::Account);
+        stage.message = format!("{} {said}", stage.message);
         Ok(Written {
-            summary: format!("account activation confirmed: {username} signs in to Billecta"),
-            secrets,
-            removed: Vec::new(),
+            summary: format!(
+                "account activation confirmed: {username} signs in to Billecta. {said}"
+            ),
+            secrets: stored.secrets,
+            // What a failed attempt kept to try again with is now the user's.
+            removed: pending_in(record, "", &[CredentialField::Password]),
         })
     }
 
@@ -446,10 +508,11 @@ impl BillectaStage for AccountActivation<'_> {
         _: &BillectaError,
         now: Micros,
     ) -> Result<Written> {
-        // Kept, unverified, so that the sign-in can be tried again without the caller.
+        // Kept, unverified, with the stage (not the user, whose credentials it may not be), so
+        // that the sign-in can be tried again without the caller.
         let unverified = NewSecret {
             scope: "",
-            field: CredentialField::AccountPassword,
+            field: CredentialField::Password,
             secret: &self.password,
             principal: &self.username,
             verified: false,
@@ -459,6 +522,153 @@ impl BillectaStage for AccountActivation<'_> {
             ..Written::default()
         })
     }
+}
+
+/// What storing a user's credentials did.
+pub(super) struct StoredCredentials {
+    pub secrets: Vec<(CredentialRecord, crate::crypto::Sealed)>,
+    /// What the user's stored token was before: `None` for none, `Some(true)` when it was another.
+    pub token_changed: Option<bool>,
+}
+
+/// Stores a user's verified token and, if given, password, unless they are the ones stored (a
+/// token stored again would look new to the payment configuration's readers).
+pub(super) fn store_user_credentials(
+    operations: &Operations,
+    call: &CallContext,
+    record: &OnboardingRecord,
+    user: &str,
+    token: &Secret,
+    password: Option<&Secret>,
+    now: Micros,
+) -> Result<StoredCredentials> {
+    let principal = record
+        .user(user)
+        .and_then(|user| user.username.clone())
+        .unwrap_or_default();
+    let stored_token = record
+        .secret_of(user, CredentialField::Token)
+        .map(|stored| stored.fingerprint.clone());
+    let mut secrets = Vec::new();
+    let verified = |field, secret| NewSecret {
+        scope: user,
+        field,
+        secret,
+        principal: &principal,
+        verified: true,
+    };
+    if stored_token.as_deref() != Some(token.fingerprint().as_str()) {
+        secrets.push(operations.seal(
+            record,
+            call,
+            verified(CredentialField::Token, token),
+            now,
+        )?);
+    }
+    if let Some(password) = password {
+        let same = record
+            .secret_of(user, CredentialField::Password)
+            .is_some_and(|stored| {
+                stored.fingerprint == operations.keyring.keyed_fingerprint(password)
+            });
+        if !same {
+            secrets.push(operations.seal(
+                record,
+                call,
+                verified(CredentialField::Password, password),
+                now,
+            )?);
+        }
+    }
+    Ok(StoredCredentials {
+        secrets,
+        token_changed: stored_token.map(|stored| stored != token.fingerprint()),
+    })
+}
+
+/// The pending (unverified) secrets of `fields` kept with a stage's scope, to remove.
+pub(super) fn pending_in(
+    record: &OnboardingRecord,
+    scope: &str,
+    fields: &[CredentialField],
+) -> Vec<(String, CredentialField)> {
+    fields
+        .iter()
+        .filter(|field| record.secret_of(scope, **field).is_some())
+        .map(|field| (scope.to_owned(), *field))
+        .collect()
+}
+
+/// What a call that obtained a token from a caller's credentials says of it, after putting every
+/// payment configuration that hands out a changed token back to waiting for Payway's read.
+pub(super) fn sign_in_sentence(
+    record: &mut OnboardingRecord,
+    user: &str,
+    obtained: &Obtained,
+    token_changed: Option<bool>,
+    cause: &str,
+    now: Micros,
+) -> String {
+    let label = record
+        .user(user)
+        .map(|user| user.label().to_owned())
+        .unwrap_or_default();
+    let prefix = match (obtained.signed_in, token_changed) {
+        (false, None) => return format!("Registered the SecureToken given for {label}."),
+        (false, Some(false)) => {
+            return format!("The stored SecureToken of {label} works: no sign-in was needed.");
+        }
+        (true, None) => return format!("Signed in as {label}."),
+        (true, Some(false)) => {
+            return format!("Signed in as {label}; Billecta kept the user's SecureToken.");
+        }
+        (false, Some(true)) => format!("A new SecureToken of {label} was given"),
+        (true, Some(true)) => format!("Signed in as {label}; Billecta issued a new SecureToken"),
+    };
+    let affected = stages::token_changed(record, user, cause, now);
+    if affected.is_empty() {
+        format!("{prefix}, which replaced the stored one.")
+    } else {
+        format!(
+            "{prefix}, which replaced the stored one: the payment configuration of {} must be read again.",
+            affected.join(", ")
+        )
+    }
+}
+
+/// What validate_only says a call with a password would do with the user's token.
+pub(super) fn sign_in_plan(
+    record: &OnboardingRecord,
+    username: &str,
+    password_fingerprint: &str,
+) -> String {
+    let user = record.user_named(username);
+    let same_password = user.is_some_and(|user| {
+        record.secret_of(&user.id, CredentialField::Token).is_some()
+            && record
+                .secret_of(&user.id, CredentialField::Password)
+                .is_some_and(|stored| stored.fingerprint == password_fingerprint)
+    });
+    if same_password {
+        return format!(
+            "Would use the stored SecureToken of {username}, and sign in only if Billecta refuses it."
+        );
+    }
+    let affected = user
+        .map(|user| record.creditors_of_user(&user.id))
+        .unwrap_or_default();
+    let mut plan = format!(
+        "Would sign in to Billecta as {username}: Billecta may issue a new SecureToken and invalidate the one before"
+    );
+    if affected.is_empty() {
+        plan.push('.');
+    } else {
+        plan.push_str(&format!(
+            ", which the payment configuration of {} hands out: Payway's payment code would have to read it again.",
+            affected.join(", ")
+        ));
+    }
+    plan
 }
 
 /// CREDITOR: creating the creditor in Billecta, or adopting the one it holds for the organisation
@@ -533,12 +743,21 @@ impl BillectaStage for CreditorCreation<'_> {
         deadline: Deadline,
     ) -> std::result::Result<(String, bool), Unsuccessful> {
         let organisation_number = &self.new.organisation_number;
-        let token = operations
-            .secret(&claimed.record, "", CredentialField::AccountToken)
-            .await?;
         let client = operations.billecta.client(self.key.environment);
-        let found = client
-            .find_creditors_by_org_no(&token, organisation_number.as_str(), deadline)
+        let user = account_user_id(&claimed.record)?;
+        let (token, found) = operations
+            .with_token(
+                &claimed.record,
+                &user,
+                deadline,
+                &claimed.renewals,
+                |token| async move {
+                    let found = client
+                        .find_creditors_by_org_no(&token, organisation_number.as_str(), deadline)
+                        .await?;
+                    Ok((token, found))
+                },
+            )
             .await?;
         if let Some(existing) = found.iter().find_map(|c| c.creditor_public_id.clone()) {
             if found.len() > 1 {
@@ -666,9 +885,12 @@ impl BillectaStage for CompanySettingsUpdate<'_> {
             .settings
             .as_ref()
             .expect("a claim resolved the settings");
-        let (public_id, token) = operations.account_access(claimed).await?;
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let mut creditor: Creditor = client.get_creditor(&token, &public_id, deadline).await?;
+        let (public_id, token, mut creditor): (String, Secret, Creditor) = operations
+            .account_access(claimed, deadline, |token, public_id| async move {
+                client.get_creditor(&token, &public_id, deadline).await
+            })
+            .await?;
         desired::apply_company_settings(&mut creditor, settings);
         client.update_creditor(&token, &creditor, deadline).await?;
         let shown = client.get_creditor(&token, &public_id, deadline).await?;
@@ -773,9 +995,12 @@ impl BillectaStage for InvoiceSettingsUpdate<'_> {
         claimed: &Claimed,
         deadline: Deadline,
     ) -> std::result::Result<(), Unsuccessful> {
-        let (public_id, token) = operations.account_access(claimed).await?;
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let mut creditor = client.get_creditor(&token, &public_id, deadline).await?;
+        let (_, token, mut creditor) = operations
+            .account_access(claimed, deadline, |token, public_id| async move {
+                client.get_creditor(&token, &public_id, deadline).await
+            })
+            .await?;
         let Some(number) = self.number else {
             return Ok(());
         };

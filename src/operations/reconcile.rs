@@ -84,17 +84,14 @@ impl Operations {
         match (pending.stage, creditor_key) {
             (Stage::Account, _) => {
                 let record = self.get_onboarding(&key).await?;
+                // The password a confirmation kept, unverified, when Billecta could not be asked.
                 let username = record
-                    .credentials
-                    .iter()
-                    .find(|c| c.scope.is_empty() && c.field == CredentialField::AccountPassword)
+                    .secret_of("", CredentialField::Password)
                     .and_then(|c| c.principal.clone());
                 let Some(username) = username else {
                     return Ok(false);
                 };
-                let password = self
-                    .secret(&record, "", CredentialField::AccountPassword)
-                    .await?;
+                let password = self.secret(&record, "", CredentialField::Password).await?;
                 self.confirm_account_activation(
                     &call(),
                     &key,
@@ -153,18 +150,18 @@ impl Operations {
                         c.scope == creditor.id && c.field == field && c.verify_time.is_none()
                     })
                 };
-                let credentials = if let Some(stored) = pending(CredentialField::ApiPassword) {
+                let credentials = if let Some(stored) = pending(CredentialField::Password) {
                     ApiCredentials::Password {
                         username: stored.principal.clone().unwrap_or_default(),
                         password: self
-                            .secret(&record, &creditor.id, CredentialField::ApiPassword)
+                            .secret(&record, &creditor.id, CredentialField::Password)
                             .await?,
                     }
-                } else if let Some(stored) = pending(CredentialField::ApiToken) {
+                } else if let Some(stored) = pending(CredentialField::Token) {
                     ApiCredentials::Token {
                         username: stored.principal.clone().filter(|name| !name.is_empty()),
                         token: self
-                            .secret(&record, &creditor.id, CredentialField::ApiToken)
+                            .secret(&record, &creditor.id, CredentialField::Token)
                             .await?,
                     }
                 } else {

@@ -12,6 +12,7 @@
 //! Billecta, and what success and failure change. A lease that expires (its holder crashed) lets the
 //! next call take the stage over.
 
+use super::users::Renewals;
 use super::{CallContext, Committed, Conventions, Mutation, Operations, Written};
 use crate::domain::failure::StageFailure;
 use crate::domain::onboarding::{Lease, OnboardingRecord, StageRecord};
@@ -116,6 +117,8 @@ pub(super) struct Claimed {
     /// The whole onboarding before the call, to put back what a refused call changed.
     pub original: OnboardingRecord,
     pub target: StageRef,
+    /// Tokens the Billecta step renewed, stored with whatever outcome the call records.
+    pub renewals: Renewals,
 }
 
 /// Either the claim, or the answer when the call must not go on (validate_only, or a retry whose
@@ -330,6 +333,7 @@ impl Operations {
                     before,
                     original,
                     target,
+                    renewals: Renewals::default(),
                 })))
             }
         }
@@ -373,7 +377,21 @@ impl Operations {
                     });
                 }
                 stage.lease = None;
-                apply(record, now)
+                let mut written = apply(record, now)?;
+                let (renewed, said) = self.store_renewals(record, call, &claimed.renewals, now)?;
+                if !renewed.is_empty() {
+                    // What the stage stored itself was obtained last, so it wins.
+                    for (new, sealed) in renewed {
+                        let own = written.secrets.iter().any(|(stored, _)| {
+                            stored.scope == new.scope && stored.field == new.field
+                        });
+                        if !own {
+                            written.secrets.push((new, sealed));
+                        }
+                    }
+                    written.summary = format!("{} {said}", written.summary).trim().to_owned();
+                }
+                Ok(written)
             })
             .await?;
         match written {

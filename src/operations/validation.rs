@@ -3,7 +3,9 @@
 
 use super::access::shared_user_warnings;
 use super::provisioning::creditor_mut;
-use super::{CallContext, Mutation, Operations};
+use super::stage::Unsuccessful;
+use super::users::Renewals;
+use super::{CallContext, Conventions, Mutation, Operations, Written};
 use crate::domain::onboarding::{CreditorRecord, OnboardingRecord, StageRecord};
 use crate::domain::stages::{self, creditor_stage};
 use crate::domain::swedish::{Bankgiro, InvoiceNumber};
@@ -112,19 +114,75 @@ impl Check {
     }
 }
 
-/// A stored secret that is missing, or that none of the configured keys decrypts (a key removed too
-/// early, a tampered row).
-fn unreadable(check: Check, error: &Error, what: &str) -> Check {
-    match error {
-        Error::Precondition { .. } => {
-            check.fail(true, "CREDENTIAL_MISSING", format!("no {what} is stored"))
+/// What a validation found of one user's stored token.
+#[derive(Clone)]
+enum TokenOutcome {
+    Works(Secret),
+    /// Refused, renewed with the stored password; the new token (and the user, named).
+    Renewed(Secret, String),
+    /// Refused, and could not be renewed: why.
+    Refused(String),
+    /// Billecta did not answer.
+    Unknown(String),
+    /// None is stored (`true`), or it cannot be decrypted; the user, named.
+    Unreadable(bool, String),
+}
+
+/// The outcome of each user's token, asked once per validation: in test the account user is the
+/// API user, and a second sign-in could invalidate the token the first one obtained.
+type UserTokens = std::collections::HashMap<String, TokenOutcome>;
+
+impl TokenOutcome {
+    fn token(&self) -> Option<Secret> {
+        match self {
+            TokenOutcome::Works(token) | TokenOutcome::Renewed(token, _) => Some(token.clone()),
+            _ => None,
         }
-        _ => check.fail(
-            true,
-            "CREDENTIAL_UNREADABLE",
-            format!("the stored {what} cannot be decrypted with the configured encryption keys"),
-        ),
     }
+
+    /// `check` with this outcome; `passed` says what passing means.
+    fn check(&self, check: Check, passed: &str) -> Check {
+        match self {
+            TokenOutcome::Works(_) => check.pass(passed),
+            TokenOutcome::Renewed(_, user) => check.warn(
+                "TOKEN_RENEWED",
+                format!(
+                    "{passed}, after Billecta refused the stored token of {user}: the service signed in again with the stored password and stored the new token"
+                ),
+            ),
+            TokenOutcome::Refused(message) => check.fail(true, "TOKEN_REJECTED", message.clone()),
+            TokenOutcome::Unknown(message) => {
+                let mut check = check;
+                check.result = CheckResult::Unknown;
+                check.reason = "BILLECTA_UNAVAILABLE".to_owned();
+                check.message = message.clone();
+                check
+            }
+            TokenOutcome::Unreadable(true, user) => check.fail(
+                true,
+                "CREDENTIAL_MISSING",
+                format!("no token of {user} is stored"),
+            ),
+            TokenOutcome::Unreadable(false, user) => check.fail(
+                true,
+                "CREDENTIAL_UNREADABLE",
+                format!(
+                    "the stored token of {user} cannot be decrypted with the configured encryption keys"
+                ),
+            ),
+        }
+    }
+}
+
+/// What the API access check of one creditor works with.
+struct ApiAccessCheck<'a> {
+    client: &'a BillectaClient,
+    record: &'a OnboardingRecord,
+    test: Option<&'a OnboardingRecord>,
+    creditor: &'a CreditorRecord,
+    public_id: &'a str,
+    deadline: Deadline,
+    renewals: &'a Renewals,
 }
 
 fn is_checked(stage: Option<&StageRecord>) -> bool {
@@ -155,42 +213,25 @@ impl Operations {
         let name = key.name();
         let mut checks = Vec::new();
 
-        let account_token = if record.stage(Stage::Account).state == StageState::NotStarted
-            || record
-                .account
-                .as_ref()
-                .and_then(|a| a.username.as_ref())
-                .is_none()
-        {
-            None
-        } else {
-            let check = Check::new(
-                "account.signs_in",
-                &name,
-                Some((String::new(), Stage::Account)),
-            );
-            match self
-                .secret(&record, "", CredentialField::AccountToken)
-                .await
-            {
-                Err(error) => {
-                    checks.push(unreadable(check, &error, "account token"));
-                    None
-                }
-                Ok(token) => match client.current_token(&token, deadline).await {
-                    Ok(_) => {
-                        checks.push(check.pass("the account's token signs in"));
-                        Some(token)
-                    }
-                    Err(error) => {
-                        checks.push(check.billecta(
-                            &error,
-                            "TOKEN_REJECTED",
-                            "Billecta refused the account's token",
-                        ));
-                        None
-                    }
-                },
+        let renewals = Renewals::default();
+        let mut tokens = UserTokens::default();
+        let account_user = record
+            .account_user()
+            .filter(|_| record.stage(Stage::Account).state != StageState::NotStarted)
+            .map(|user| user.id.clone());
+        let account_token = match account_user {
+            None => None,
+            Some(user) => {
+                let check = Check::new(
+                    "account.signs_in",
+                    &name,
+                    Some((String::new(), Stage::Account)),
+                );
+                let outcome = self
+                    .checked_token(&record, &user, deadline, &renewals, &mut tokens)
+                    .await;
+                checks.push(outcome.check(check, "the account's token signs in"));
+                outcome.token()
             }
         };
 
@@ -210,16 +251,17 @@ impl Operations {
                 self.check_creditor(client, token, creditor, public_id, deadline, &mut checks)
                     .await;
             }
-            self.check_api_access(
+            let access = ApiAccessCheck {
                 client,
-                &record,
-                test.as_deref(),
+                record: &record,
+                test: test.as_deref(),
                 creditor,
                 public_id,
                 deadline,
-                &mut checks,
-            )
-            .await;
+                renewals: &renewals,
+            };
+            self.check_api_access(access, &mut tokens, &mut checks)
+                .await;
         }
 
         let tally = |result| checks.iter().filter(|c| c.result == result).count();
@@ -232,11 +274,18 @@ impl Operations {
         );
         let seen = stage_times(&record);
         let updated = self
-            .mutate(call, key, mutation, |record, now| {
+            .transact(call, key, mutation, Conventions::WHOLE, |record, now| {
                 apply_checks(record, &checks, &seen, now);
-                Ok(summary.clone())
+                // After the checks: a renewed token puts payment configurations back to waiting.
+                let (secrets, said) = self.store_renewals(record, call, &renewals, now)?;
+                Ok(Written {
+                    summary: format!("{summary} {said}").trim_end().to_owned(),
+                    secrets,
+                    removed: Vec::new(),
+                })
             })
-            .await?;
+            .await?
+            .into_record();
         for stage in newly_broken(&record, &updated) {
             crate::metrics::metrics().integration_broken(key.environment, stage);
         }
@@ -404,51 +453,116 @@ impl Operations {
         }
     }
 
+    /// Whether the stored token of `user` works, asked once per validation (a token Billecta
+    /// refuses is renewed once with the stored password).
+    async fn checked_token(
+        &self,
+        record: &OnboardingRecord,
+        user: &str,
+        deadline: Deadline,
+        renewals: &Renewals,
+        tokens: &mut UserTokens,
+    ) -> TokenOutcome {
+        if let Some(known) = tokens.get(user) {
+            return known.clone();
+        }
+        let client = self.billecta.client(record.environment);
+        let stored = record
+            .secret_of(user, CredentialField::Token)
+            .map(|token| token.fingerprint.clone());
+        let label = record
+            .user(user)
+            .map(|user| user.label().to_owned())
+            .unwrap_or_default();
+        let works = |token: Secret| async move {
+            client.current_token(&token, deadline).await.map(|_| token)
+        };
+        let outcome = match self
+            .with_token(record, user, deadline, renewals, works)
+            .await
+        {
+            Ok(token) if stored.as_deref() == Some(token.fingerprint().as_str()) => {
+                TokenOutcome::Works(token)
+            }
+            Ok(token) => TokenOutcome::Renewed(token, label),
+            Err(Unsuccessful::Billecta(error)) if error.kind() == ErrorKind::BadCredentials => {
+                let password = record.secret_of(user, CredentialField::Password).is_some();
+                TokenOutcome::Refused(format!(
+                    "Billecta refused the stored token of {label}, and {}: the user was probably removed or disabled, or its password changed. Billecta said: {error}",
+                    if password {
+                        "the stored password no longer signs in"
+                    } else {
+                        "no password is stored to sign in again with"
+                    }
+                ))
+            }
+            Err(Unsuccessful::Billecta(error)) => {
+                TokenOutcome::Unknown(format!("could not be checked now: {error}"))
+            }
+            Err(Unsuccessful::Stopped(error)) => {
+                TokenOutcome::Unreadable(matches!(error, Error::Precondition { .. }), label)
+            }
+            Err(Unsuccessful::Refused { error, .. }) => TokenOutcome::Unknown(error.to_string()),
+        };
+        tokens.insert(user.to_owned(), outcome.clone());
+        outcome
+    }
+
     /// The API credentials read their creditor in this environment, and production does not share
     /// a user with the account or with test.
-    #[allow(clippy::too_many_arguments)]
     async fn check_api_access(
         &self,
-        client: &BillectaClient,
-        record: &OnboardingRecord,
-        test: Option<&OnboardingRecord>,
-        creditor: &CreditorRecord,
-        public_id: &str,
-        deadline: Deadline,
+        access: ApiAccessCheck<'_>,
+        tokens: &mut UserTokens,
         checks: &mut Vec<Check>,
     ) {
+        let ApiAccessCheck {
+            client,
+            record,
+            test,
+            creditor,
+            public_id,
+            deadline,
+            renewals,
+        } = access;
         if !is_checked(creditor_stage_of(creditor, Stage::ApiAccess)) {
             return;
         }
         let subject = creditor.name.as_str();
         let at = Some((creditor.id.clone(), Stage::ApiAccess));
         let check = Check::new("api_access.reads_creditor", subject, at.clone());
-        let token = match self
-            .secret(record, &creditor.id, CredentialField::ApiToken)
-            .await
-        {
-            Ok(token) => token,
-            Err(error) => {
-                checks.push(unreadable(check, &error, "API token"));
-                return;
-            }
+        let Some(user) = record.api_user(creditor) else {
+            checks.push(check.fail(
+                true,
+                "CREDENTIAL_MISSING",
+                "no API credentials are stored for this creditor",
+            ));
+            return;
+        };
+        let outcome = self
+            .checked_token(record, &user.id, deadline, renewals, tokens)
+            .await;
+        let Some(token) = outcome.token() else {
+            checks.push(outcome.check(check, ""));
+            return;
         };
         match client.get_creditor(&token, public_id, deadline).await {
-            Ok(_) => checks.push(check.pass(format!(
-                "the API token reads the creditor in Billecta's {} environment",
-                record.environment
-            ))),
+            Ok(_) => {
+                let read = format!(
+                    "the API token reads the creditor in Billecta's {} environment",
+                    record.environment
+                );
+                checks.push(outcome.check(check, &read));
+            }
             Err(error) => checks.push(check.billecta(
                 &error,
-                "TOKEN_REJECTED",
-                "Billecta refused the API token: the API user was probably removed or disabled, or its token replaced",
+                "CREDITOR_UNREADABLE",
+                "the API user's token works but cannot read the creditor: the user lacks rights on it",
             )),
         }
-        let username = creditor
-            .api_access
-            .as_ref()
-            .and_then(|a| a.username.as_deref());
-        for warning in shared_user_warnings(record, test, username, &token.fingerprint()) {
+        for warning in
+            shared_user_warnings(record, test, user.username.as_deref(), &token.fingerprint())
+        {
             let message = match warning.as_str() {
                 "API_USER_IS_ACCOUNT_USER" => {
                     "production uses the account's own user as API user; a separate API user is recommended"

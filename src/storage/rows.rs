@@ -16,7 +16,7 @@ use sqlx::any::AnyRow;
 macro_rules! onboarding_select {
     ($($tail:literal)*) => {
         concat!(
-            "SELECT id, tenant, environment, state, blocked_on, version, last_event, revision, agreement, account, create_time, update_time FROM onboardings ",
+            "SELECT id, tenant, environment, state, blocked_on, version, last_event, revision, agreement, account, users, create_time, update_time FROM onboardings ",
             $($tail),*
         )
     };
@@ -31,7 +31,7 @@ pub const SELECT_REVISION: &str =
 macro_rules! locked_select {
     ($($tail:literal)*) => {
         concat!(
-            "SELECT o.id, o.tenant, o.environment, o.state, o.blocked_on, o.version, o.last_event, o.revision, o.agreement, o.account, o.create_time, o.update_time, \
+            "SELECT o.id, o.tenant, o.environment, o.state, o.blocked_on, o.version, o.last_event, o.revision, o.agreement, o.account, o.users, o.create_time, o.update_time, \
              r.method, r.request_hash, r.response FROM onboardings o \
              LEFT JOIN idempotency_keys r ON r.tenant = o.tenant AND r.request_id = $3 \
              WHERE o.tenant = $1 AND o.environment = $2",
@@ -49,10 +49,10 @@ pub const LIST_ONBOARDINGS: &str = onboarding_select!(
     "AND ($7 = '' OR $7 LIKE '%,' || tenant || ',%') "
     "ORDER BY tenant, environment LIMIT $6"
 );
-pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time, revision) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7, revision = $8 \
-     WHERE id = $9 AND tenant = $10 AND revision = $11";
+pub const INSERT_ONBOARDING: &str = "INSERT INTO onboardings (id, tenant, environment, state, blocked_on, version, last_event, agreement, account, create_time, update_time, revision, users) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+pub const UPDATE_ONBOARDING: &str = "UPDATE onboardings SET state = $1, blocked_on = $2, version = $3, last_event = $4, agreement = $5, account = $6, update_time = $7, revision = $8, users = $9 \
+     WHERE id = $10 AND tenant = $11 AND revision = $12";
 
 pub const SELECT_STAGES: &str = "SELECT creditor_id, stage, state, blocked_on, due, reason, message, update_time, lease_owner, lease_expire_time, attempts, next_attempt_time FROM stages \
      WHERE onboarding_id = $1 AND tenant = $2";
@@ -150,6 +150,14 @@ pub fn json_opt<T: Serialize>(value: &Option<T>) -> Result<Option<String>> {
     value.as_ref().map(json).transpose()
 }
 
+/// Serialises a list into a JSON column that is NULL while the list is empty.
+pub fn json_list<T: Serialize>(values: &[T]) -> Result<Option<String>> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    json(&values).map(Some)
+}
+
 fn parse_json<T: DeserializeOwned>(column: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| {
         StorageError::Internal(
@@ -175,6 +183,7 @@ fn stored<T>(row: &AnyRow, column: &str, parse: fn(&str) -> Option<T>) -> Result
 pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
     let agreement: Option<String> = get(row, "agreement")?;
     let account: Option<String> = get(row, "account")?;
+    let users: Option<String> = get(row, "users")?;
     Ok(OnboardingRecord {
         id: get(row, "id")?,
         tenant: get(row, "tenant")?,
@@ -192,6 +201,10 @@ pub fn onboarding(row: &AnyRow) -> Result<OnboardingRecord> {
             .transpose()?,
         stages: Vec::new(),
         creditors: Vec::new(),
+        users: users
+            .map(|text| parse_json("users", &text))
+            .transpose()?
+            .unwrap_or_default(),
         credentials: Vec::new(),
         create_time: get(row, "create_time")?,
         update_time: get(row, "update_time")?,

@@ -177,6 +177,7 @@ impl WriteTx {
             .bind(record.create_time)
             .bind(record.update_time)
             .bind(record.revision)
+            .bind(rows::json_list(&record.users)?)
             .execute(self.db())
             .await
             .map_err(|error| noted(&self.disk_full, classify(error, || record.key().name())))?;
@@ -216,6 +217,7 @@ impl WriteTx {
             .bind(rows::json_opt(&after.account)?)
             .bind(after.update_time)
             .bind(after.revision)
+            .bind(rows::json_list(&after.users)?)
             .bind(&after.id)
             .bind(&after.tenant)
             .bind(before.revision)
