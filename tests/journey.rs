@@ -5,15 +5,15 @@
 
 mod common;
 
-use billecta_client::model::{User, UserRight};
 use billecta_client::{BillectaClient, ClientSettings, Deadline};
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::secret::Secret;
+use billecta_sim::NewUser;
 use common::{
     ACCOUNT_EMAIL, ORG_NO, OnboardingOutcome, TestServer, assert_refused, confirm_account,
-    create_creditor, creditor_request, events, for_each_backend, gp_company_settings,
-    payment_configuration, proto, settle_company_settings, skip_webhooks, stage_state,
-    stage_status, validate,
+    create_creditor, creditor_request, events, for_each_backend, for_each_backend_and_sign_in,
+    gp_company_settings, payment_configuration, proto, settle_company_settings, skip_webhooks,
+    stage_state, stage_status, validate,
 };
 use std::sync::{Arc, Mutex, OnceLock};
 use tonic::Code;
@@ -145,7 +145,7 @@ async fn token_works(
 #[tokio::test]
 async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
     let logs = captured_logs();
-    for_each_backend(|server| {
+    for_each_backend_and_sign_in(|server, sign_in| {
         let logs = logs.clone();
         async move {
             let mut client = server.client.clone();
@@ -264,6 +264,13 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
                 state(validated.onboarding.as_ref().unwrap()),
                 proto::OnboardingState::Ready
             );
+            // One user, one sign-in: the registration with the same password used the stored
+            // token, and no check signed in.
+            assert_eq!(
+                server.simulator(Environment::Test).sign_ins(ACCOUNT_EMAIL),
+                1,
+                "{sign_in}"
+            );
 
             // ---- promotion ----
             let production = promote(&server, &test).await.unwrap();
@@ -304,40 +311,23 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             assert_eq!(in_billecta["City"], "Göteborg");
 
             // A person creates a separate API user in the portal, with rights on the creditor.
-            let billecta = BillectaClient::new(
-                Environment::Production,
-                ClientSettings::new(server.simulator(Environment::Production).base_url()),
-            )
-            .unwrap();
-            let admin = billecta
-                .authenticate(
-                    ACCOUNT_EMAIL,
-                    &Secret::new(PRODUCTION_PASSWORD),
-                    Deadline::none(),
-                )
-                .await
-                .unwrap()
-                .value;
-            let api_user_id = billecta
+            let account =
+                common::simulator_account(&server, Environment::Production, ACCOUNT_EMAIL);
+            let api_user_id = server
+                .simulator(Environment::Production)
                 .create_user(
-                    &admin,
-                    &User {
-                        username: Some(API_USER.into()),
+                    account,
+                    NewUser {
+                        username: API_USER.into(),
                         email: Some(API_USER.into()),
-                        password: Some(Secret::new(API_PASSWORD)),
-                        is_enabled: Some(true),
-                        is_api_user: Some(true),
-                        rights: Some(vec![UserRight {
-                            creditor_public_id: Some(creditor.creditor_public_id.clone()),
-                            can_read_creditor: Some(true),
-                            ..UserRight::default()
-                        }]),
-                        ..User::default()
+                        password: Some(API_PASSWORD.into()),
+                        is_api_user: true,
+                        creditors: vec![creditor.creditor_public_id.parse().unwrap()],
+                        ..NewUser::default()
                     },
-                    Deadline::none(),
                 )
-                .await
-                .unwrap();
+                .unwrap()
+                .user_public_id;
             let registered =
                 register_api_credentials(&server, &creditor.name, API_USER, API_PASSWORD).await;
             assert!(
@@ -355,11 +345,29 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             assert_eq!(configuration.password, API_PASSWORD);
             skip_webhooks(&server, &creditor.name, "webhooks are set up next quarter").await;
             assert_ready(&server, &name).await;
+            let validated = validate(&server, &name).await;
+            assert_eq!(
+                state(validated.onboarding.as_ref().unwrap()),
+                proto::OnboardingState::Ready,
+                "{:?}",
+                validated.checks
+            );
+            assert!(token_works(&configuration, Environment::Production).await);
+            // One sign-in per user: the account's and the API user's.
+            let production_sim = server.simulator(Environment::Production);
+            assert_eq!(
+                (
+                    production_sim.sign_ins(ACCOUNT_EMAIL),
+                    production_sim.sign_ins(API_USER)
+                ),
+                (1, 1),
+                "{sign_in}"
+            );
 
             // ---- someone deletes the API user in Billecta ----
             server
                 .simulator(Environment::Production)
-                .delete_user(api_user_id.parse().unwrap())
+                .delete_user(api_user_id)
                 .unwrap();
             let report = validate(&server, &name).await;
             let broken = report

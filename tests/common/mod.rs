@@ -13,6 +13,7 @@ use billecta_onboarding::auth::SANDBOX_KEY;
 use billecta_onboarding::config::Config;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::proto::onboarding_service_client::OnboardingServiceClient;
+pub use billecta_sim::SignIn;
 use billecta_sim::{Fault, FaultRule, NewAccount, RunningSimulator};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,6 +63,36 @@ where
         let server = TestServer::start(&backend).await;
         scenario(server).await;
     }
+}
+
+/// Runs `scenario` once per backend and per answer Billecta's sign-in may give (the live token, or
+/// a new one that invalidates it: not known, so the service must work with both), each on a fresh
+/// server and database.
+pub async fn for_each_backend_and_sign_in<F, Fut>(scenario: F)
+where
+    F: Fn(TestServer, SignIn) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for backend in backends() {
+        for sign_in in [SignIn::ReturnsLiveToken, SignIn::IssuesNewToken] {
+            eprintln!("backend: {backend:?}, sign-in: {sign_in}");
+            let server =
+                TestServer::start_with(&backend, |config| config.sandbox_sign_in = sign_in).await;
+            scenario(server, sign_in).await;
+        }
+    }
+}
+
+/// The account id of the user `username` in `environment`'s simulator.
+pub fn simulator_account(server: &TestServer, environment: Environment, username: &str) -> Uuid {
+    server
+        .simulator(environment)
+        .state()
+        .users
+        .iter()
+        .find(|user| user.username.eq_ignore_ascii_case(username))
+        .expect("the user exists in the simulator")
+        .account_id
 }
 
 pub struct TestServer {

@@ -56,6 +56,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/accounts/{id}/users", post(create_user))
         .route("/admin/users/{id}", delete(delete_user))
         .route("/admin/users/{id}/disable", post(disable_user))
+        .route("/admin/users/{id}/password", post(set_password))
         .route("/admin/users/{id}/enable", post(enable_user))
         .route(
             "/admin/creditors/{id}/outgoing-bankgiros/{bankgiro}/approve",
@@ -166,6 +167,23 @@ async fn delete_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>
 
 async fn disable_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -> Response {
     done(id(&user).and_then(|user_id| shared.store().admin_set_user_enabled(user_id, false)))
+}
+
+/// `POST /admin/users/{id}/password` with `{"password": "..."}`.
+async fn set_password(
+    State(shared): State<Arc<Shared>>,
+    Path(user): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewPassword {
+        password: String,
+    }
+    done(id(&user).and_then(|user_id| {
+        let new: NewPassword = body(&bytes)?;
+        shared.store().admin_set_password(user_id, &new.password)
+    }))
 }
 
 async fn enable_user(State(shared): State<Arc<Shared>>, Path(user): Path<String>) -> Response {

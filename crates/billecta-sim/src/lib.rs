@@ -312,6 +312,13 @@ impl RunningSimulator {
         self.shared.store().admin_delete_user(user_public_id)
     }
 
+    /// A person changes the user's password in the portal; its token stays as it is.
+    pub fn set_password(&self, user_public_id: Uuid, password: &str) -> Result<(), AdminError> {
+        self.shared
+            .store()
+            .admin_set_password(user_public_id, password)
+    }
+
     /// Disables (dropping its token) or enables a user.
     pub fn set_user_enabled(&self, user_public_id: Uuid, enabled: bool) -> Result<(), AdminError> {
         self.shared

@@ -1177,6 +1177,23 @@ impl Store {
         Ok(())
     }
 
+    /// A person changes the user's password in the portal. The token stays as it is: nothing
+    /// public says a password change revokes it.
+    pub(crate) fn admin_set_password(
+        &mut self,
+        id: Uuid,
+        password: &str,
+    ) -> Result<(), AdminError> {
+        if password.is_empty() {
+            return Err(AdminError::Invalid("password is required".to_owned()));
+        }
+        let user = self
+            .user_mut(id)
+            .ok_or_else(|| AdminError::NotFound(format!("no user {id}")))?;
+        user.password = Some(PasswordHash::new(password));
+        Ok(())
+    }
+
     /// Disabling also drops the user's token: enabling again needs a new one.
     pub(crate) fn admin_set_user_enabled(
         &mut self,

@@ -1456,3 +1456,36 @@ async fn a_bodiless_post_needs_no_content_length() {
     assert_eq!(schema::validate(View::SecureToken, &token), Ok(()));
     simulator.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_password_changed_in_the_portal_signs_in_and_leaves_the_token_alone() {
+    let simulator = start(Environment::Test).await;
+    let email = "owner@tidningen.se";
+    let created = simulator.create_activated_account(email, PASSWORD).unwrap();
+    let api = Api::new(&simulator);
+    let token = api.authenticate(email, PASSWORD).await;
+
+    simulator
+        .set_password(created.user_public_id, "a new one")
+        .unwrap();
+    assert_eq!(
+        api.api_authenticate(email, PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the old password no longer signs in"
+    );
+    assert!(works(&api, &token).await, "the token lives on");
+    assert_eq!(api.authenticate(email, "a new one").await, token);
+
+    // Over the admin API too; an empty password or an unknown user is refused.
+    let admin = Api::new(&simulator);
+    let path = format!("/admin/users/{}/password", created.user_public_id);
+    let reply = admin.post(&path, Some(&json!({"password": "third"}))).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    assert_eq!(api.authenticate(email, "third").await, token);
+    let empty = admin.post(&path, Some(&json!({"password": ""}))).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    let unknown = format!("/admin/users/{}/password", Uuid::new_v4());
+    let missing = admin.post(&unknown, Some(&json!({"password": "x"}))).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    simulator.shutdown().await;
+}

@@ -1,0 +1,492 @@
+//! Credentials as Billecta issues them, on SQLite and PostgreSQL, under both answers Billecta's
+//! sign-in may give (the live token, or a new one that invalidates it): one token per user, a sign-in
+//! only when no stored token works, a refused token renewed once with the stored password, and every
+//! changed token handed to Payway's payment code before the onboarding counts as READY again.
+
+mod common;
+
+use billecta_client::Deadline;
+use billecta_onboarding::domain::Environment;
+use billecta_onboarding::secret::Secret;
+use billecta_sim::NewUser;
+use common::{
+    ACCOUNT_EMAIL, READY_PASSWORD, SignIn, TestServer, for_each_backend,
+    for_each_backend_and_sign_in, payment_configuration, proto, ready_onboarding, stage_status,
+    validate,
+};
+
+fn state(onboarding: &proto::Onboarding) -> proto::OnboardingState {
+    proto::OnboardingState::try_from(onboarding.state).unwrap()
+}
+
+/// The creditor of the READY test onboarding `ready_onboarding` makes.
+async fn creditor_of(server: &TestServer, name: &str) -> proto::Creditor {
+    common::get(server, name).await.unwrap().creditors[0].clone()
+}
+
+/// Billecta accepts `token`: it reads the creditor.
+async fn works(server: &TestServer, token: &str, creditor: &proto::Creditor) -> bool {
+    common::test_billecta(server)
+        .get_creditor(
+            &Secret::new(token),
+            &creditor.creditor_public_id,
+            Deadline::none(),
+        )
+        .await
+        .is_ok()
+}
+
+/// The user's token stops working, as when someone revokes it in Billecta.
+async fn revoke(server: &TestServer, token: &str) {
+    common::test_billecta(server)
+        .revoke_token(&Secret::new(token), Deadline::none())
+        .await
+        .unwrap();
+}
+
+fn sign_ins(server: &TestServer) -> u64 {
+    server.simulator(Environment::Test).sign_ins(ACCOUNT_EMAIL)
+}
+
+fn check<'a>(
+    report: &'a proto::ValidateOnboardingResponse,
+    name: &str,
+) -> &'a proto::ValidationCheck {
+    report
+        .checks
+        .iter()
+        .find(|check| check.check == name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", report.checks))
+}
+
+#[tokio::test]
+async fn a_refused_token_is_renewed_once_and_reaches_payway_before_ready() {
+    for_each_backend_and_sign_in(|server, sign_in| async move {
+        let name = ready_onboarding(&server).await;
+        let creditor = creditor_of(&server, &name).await;
+        let held = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap()
+            .secure_token;
+        assert_eq!(sign_ins(&server), 1, "{sign_in}");
+
+        // The user's token dies in Billecta (revoked): the next check signs in once with the
+        // stored password and carries on with the new token.
+        revoke(&server, &held).await;
+        let report = validate(&server, &name).await;
+        let signs_in = check(&report, "account.signs_in");
+        assert_eq!(
+            (signs_in.result, signs_in.reason.as_str()),
+            (proto::CheckResult::Warn as i32, "TOKEN_RENEWED"),
+            "{sign_in}: {signs_in:?}"
+        );
+        let reads = check(&report, "api_access.reads_creditor");
+        assert_ne!(reads.result, proto::CheckResult::Fail as i32, "{reads:?}");
+        assert_eq!(
+            sign_ins(&server),
+            2,
+            "{sign_in}: one renewal for the one user"
+        );
+
+        // Payway's payment code holds a dead token: the onboarding is not READY until it reads the
+        // new one, and says why.
+        let onboarding = report.onboarding.unwrap();
+        assert_eq!(state(&onboarding), proto::OnboardingState::ActionRequired);
+        let configuration = stage_status(
+            &onboarding.creditors[0].stages,
+            proto::Stage::PaymentConfiguration,
+        );
+        assert_eq!(configuration.reason, "SECURE_TOKEN_CHANGED");
+        assert_eq!(
+            configuration.blocked_on,
+            proto::BlockedOn::PaywayOperations as i32
+        );
+        assert!(
+            configuration.message.contains("refused"),
+            "{}",
+            configuration.message
+        );
+        assert_eq!(onboarding.next_due[0].item, "payment_configuration.read");
+        let trail = common::events(&server, &name).await;
+        let renewal = trail.last().unwrap();
+        assert!(
+            renewal.summary.contains("signed in again") && renewal.summary.contains(&creditor.name),
+            "{}",
+            renewal.summary
+        );
+
+        let read = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap()
+            .secure_token;
+        assert_ne!(read, held);
+        assert!(works(&server, &read, &creditor).await);
+        assert_eq!(
+            state(&common::get(&server, &name).await.unwrap()),
+            proto::OnboardingState::Ready
+        );
+        // Nothing more to renew: the next check signs nobody in.
+        let again = validate(&server, &name).await;
+        assert!(
+            again
+                .checks
+                .iter()
+                .all(|check| check.result == proto::CheckResult::Pass as i32),
+            "{:?}",
+            again.checks
+        );
+        assert_eq!(sign_ins(&server), 2);
+        assert_eq!(
+            state(again.onboarding.as_ref().unwrap()),
+            proto::OnboardingState::Ready
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stage_renews_a_refused_account_token_and_carries_on() {
+    for_each_backend_and_sign_in(|server, sign_in| async move {
+        let (name, creditor) = common::settled_creditor(&server).await;
+        // A token of the account user, as Payway's payment code or a person would hold it.
+        let token = common::account_token(&common::test_billecta(&server)).await;
+        let before = sign_ins(&server);
+        revoke(&server, token.expose()).await;
+        if sign_in == SignIn::ReturnsLiveToken {
+            // The live token was the stored one; with the other answer the sign-in above replaced
+            // the stored token already.
+            assert!(!works(&server, token.expose(), &creditor).await);
+        }
+
+        let updated = server
+            .client
+            .clone()
+            .update_invoice_settings(proto::UpdateInvoiceSettingsRequest {
+                name: creditor.name.clone(),
+                invoice_settings: Some(proto::InvoiceSettings {
+                    next_invoice_number: 7001,
+                    payment_terms: None,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(
+            common::stage_state(&updated.creditors[0].stages, proto::Stage::InvoiceSettings),
+            proto::StageState::Completed,
+            "{sign_in}"
+        );
+        assert_eq!(sign_ins(&server), before + 1, "{sign_in}: renewed once");
+        let trail = common::events(&server, &name).await;
+        assert!(
+            trail.last().unwrap().summary.contains("signed in again"),
+            "{}",
+            trail.last().unwrap().summary
+        );
+        // The renewed token is the one stored: the next stage needs no sign-in.
+        let validated = validate(&server, &name).await;
+        assert_eq!(
+            check(&validated, "account.signs_in").result,
+            proto::CheckResult::Pass as i32
+        );
+        assert_eq!(sign_ins(&server), before + 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn validate_only_says_whether_a_sign_in_would_replace_a_token_payway_holds() {
+    for_each_backend(|server| async move {
+        let name = ready_onboarding(&server).await;
+        let creditor = creditor_of(&server, &name).await;
+        let before = common::get(&server, &name).await.unwrap();
+        let confirm = |password: &str| proto::ConfirmAccountActivationRequest {
+            validate_only: true,
+            ..common::confirm_request(&name, password)
+        };
+        let account_message = |onboarding: proto::Onboarding| {
+            stage_status(&onboarding.stages, proto::Stage::Account)
+                .message
+                .clone()
+        };
+
+        let same = server
+            .client
+            .clone()
+            .confirm_account_activation(confirm(READY_PASSWORD))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let said = account_message(same);
+        assert!(said.contains("Would use the stored SecureToken"), "{said}");
+
+        let other = server
+            .client
+            .clone()
+            .confirm_account_activation(confirm("Vår-2027-lösen"))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let said = account_message(other);
+        assert!(said.contains("Would sign in"), "{said}");
+        assert!(
+            said.contains(&creditor.name),
+            "names what it may break: {said}"
+        );
+
+        // The API credentials: the same user, so the same answer.
+        let api = server
+            .client
+            .clone()
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.name.clone(),
+                username: ACCOUNT_EMAIL.into(),
+                password: "Vår-2027-lösen".into(),
+                validate_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let said = stage_status(&api.creditors[0].stages, proto::Stage::ApiAccess)
+            .message
+            .clone();
+        assert!(said.contains("Would sign in"), "{said}");
+
+        // Nothing was done.
+        assert_eq!(sign_ins(&server), 1);
+        let after = common::get(&server, &name).await.unwrap();
+        assert_eq!(after.etag, before.etag);
+        assert_eq!(after.last_event, before.last_event);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_password_signs_in_and_a_replaced_token_reaches_payway() {
+    for_each_backend_and_sign_in(|server, sign_in| async move {
+        let name = ready_onboarding(&server).await;
+        let creditor = creditor_of(&server, &name).await;
+        let held = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap()
+            .secure_token;
+        // A person changes the password in the portal and confirms the account with it.
+        let simulator = server.simulator(Environment::Test);
+        let user = simulator.state().users[0].user_public_id;
+        simulator.set_password(user, "Vår-2027-lösen").unwrap();
+        let confirmed = server
+            .client
+            .clone()
+            .confirm_account_activation(common::confirm_request(&name, "Vår-2027-lösen"))
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        assert_eq!(
+            sign_ins(&server),
+            2,
+            "{sign_in}: the new password had to sign in"
+        );
+        let configuration = stage_status(
+            &confirmed.creditors[0].stages,
+            proto::Stage::PaymentConfiguration,
+        );
+        let event = common::events(&server, &name).await.pop().unwrap();
+        match sign_in {
+            SignIn::ReturnsLiveToken => {
+                // The token Payway holds still works: nothing for Payway to do.
+                assert!(works(&server, &held, &creditor).await);
+                assert_eq!(state(&confirmed), proto::OnboardingState::Ready);
+                assert!(event.summary.contains("kept"), "{}", event.summary);
+            }
+            SignIn::IssuesNewToken => {
+                assert!(!works(&server, &held, &creditor).await);
+                assert_eq!(state(&confirmed), proto::OnboardingState::ActionRequired);
+                assert_eq!(configuration.reason, "SECURE_TOKEN_CHANGED");
+                assert!(
+                    configuration.message.contains("ConfirmAccountActivation"),
+                    "names the cause: {}",
+                    configuration.message
+                );
+                assert!(
+                    event.summary.contains("new SecureToken")
+                        && event.summary.contains(&creditor.name),
+                    "{}",
+                    event.summary
+                );
+                let read = payment_configuration(&server, &creditor.name)
+                    .await
+                    .unwrap();
+                assert!(works(&server, &read.secure_token, &creditor).await);
+                assert_eq!(read.password, "Vår-2027-lösen");
+                assert_eq!(
+                    state(&common::get(&server, &name).await.unwrap()),
+                    proto::OnboardingState::Ready
+                );
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_token_registered_without_a_password_breaks_api_access() {
+    for_each_backend(|server| async move {
+        let name = ready_onboarding(&server).await;
+        let creditor = creditor_of(&server, &name).await;
+        // In production a separate API user; here a second token-only user is not possible (the
+        // test environment has one user), so production plays it.
+        let production = common::create(&server, "gp", proto::Environment::Production)
+            .await
+            .name;
+        common::confirm_account(
+            &server,
+            &production,
+            Environment::Production,
+            READY_PASSWORD,
+        )
+        .await;
+        let prod_creditor =
+            common::create_creditor(&server, common::creditor_request(&production)).await;
+        common::settle_company_settings(
+            &server,
+            Environment::Production,
+            &prod_creditor,
+            Some(common::gp_company_settings()),
+        )
+        .await;
+        let simulator = server.simulator(Environment::Production);
+        let account = common::simulator_account(&server, Environment::Production, ACCOUNT_EMAIL);
+        simulator
+            .create_user(
+                account,
+                NewUser {
+                    username: "api@gp.se".into(),
+                    password: Some("Api-lösen".into()),
+                    is_api_user: true,
+                    creditors: vec![prod_creditor.creditor_public_id.parse().unwrap()],
+                    ..NewUser::default()
+                },
+            )
+            .unwrap();
+        // Payway's operator signs in as the API user and registers only the token.
+        let billecta = billecta_client::BillectaClient::new(
+            Environment::Production,
+            billecta_client::ClientSettings::new(simulator.base_url()),
+        )
+        .unwrap();
+        let token = billecta
+            .authenticate("api@gp.se", &Secret::new("Api-lösen"), Deadline::none())
+            .await
+            .unwrap()
+            .value;
+        server
+            .client
+            .clone()
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: prod_creditor.name.clone(),
+                secure_token: token.expose().to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        billecta
+            .revoke_token(&token, Deadline::none())
+            .await
+            .unwrap();
+
+        let report = validate(&server, &production).await;
+        let reads = check(&report, "api_access.reads_creditor");
+        assert_eq!(reads.result, proto::CheckResult::Fail as i32);
+        assert_eq!(reads.reason, "TOKEN_REJECTED");
+        assert!(reads.message.contains("no password"), "{}", reads.message);
+        let onboarding = report.onboarding.unwrap();
+        let access = stage_status(&onboarding.creditors[0].stages, proto::Stage::ApiAccess);
+        assert_eq!(access.state, proto::StageState::Broken as i32);
+        let due: Vec<_> = onboarding
+            .next_due
+            .iter()
+            .map(|item| item.item.as_str())
+            .collect();
+        assert!(due.contains(&"api_access.register"), "{due:?}");
+        assert_eq!(
+            simulator.sign_ins("api@gp.se"),
+            1,
+            "only the operator's own"
+        );
+        // The test onboarding is untouched by production's trouble.
+        assert_eq!(
+            state(&common::get(&server, &name).await.unwrap()),
+            proto::OnboardingState::Ready
+        );
+        let _ = creditor;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_access_goes_ahead_while_the_bankgiro_awaits_approval_but_ready_waits_for_it() {
+    for_each_backend(|server| async move {
+        let name = common::create(&server, "gp", proto::Environment::Test)
+            .await
+            .name;
+        common::confirm_account(&server, &name, Environment::Test, READY_PASSWORD).await;
+        let creditor = common::create_creditor(&server, common::creditor_request(&name)).await;
+        server
+            .client
+            .clone()
+            .update_company_settings(proto::UpdateCompanySettingsRequest {
+                name: creditor.name.clone(),
+                company_settings: Some(common::gp_company_settings()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let registered = server
+            .client
+            .clone()
+            .register_api_credentials(proto::RegisterApiCredentialsRequest {
+                name: creditor.name.clone(),
+                username: ACCOUNT_EMAIL.into(),
+                password: READY_PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .onboarding
+            .unwrap();
+        let stages = &registered.creditors[0].stages;
+        assert_eq!(
+            common::stage_state(stages, proto::Stage::ApiAccess),
+            proto::StageState::Completed
+        );
+        assert_eq!(
+            common::stage_state(stages, proto::Stage::CompanySettings),
+            proto::StageState::ActionRequired
+        );
+        payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        common::skip_webhooks(&server, &creditor.name, "later").await;
+        let waiting = common::get(&server, &name).await.unwrap();
+        assert_eq!(state(&waiting), proto::OnboardingState::ActionRequired);
+        assert_eq!(
+            waiting.next_due[0].item,
+            "company_settings.bankgiro_payments"
+        );
+        assert_eq!(waiting.blocked_on, proto::BlockedOn::BillectaSupport as i32);
+    })
+    .await;
+}
