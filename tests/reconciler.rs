@@ -129,6 +129,13 @@ async fn api_credentials_given_while_billecta_is_down_are_verified_later() {
         let waiting = common::get(&server, &name).await.unwrap();
         let access = common::stage_status(&waiting.creditors[0].stages, proto::Stage::ApiAccess);
         assert_eq!(access.blocked_on, proto::BlockedOn::SystemRetrying as i32);
+        // Waiting on the system still says what is due, and when the next attempt is.
+        assert_eq!(waiting.next_due[0].item, "system.retry");
+        assert!(
+            access.message.contains("Next attempt at"),
+            "{}",
+            access.message
+        );
         // Unverified credentials are not handed out.
         let closed = payment_configuration(&server, &creditor.name)
             .await
@@ -223,6 +230,68 @@ async fn a_removed_api_user_is_found_by_the_scheduled_validation() {
             .find(|event| event.method == "ValidateOnboarding")
             .unwrap();
         assert_eq!(check.actor, "reconciler");
+    }
+}
+
+#[tokio::test]
+async fn a_ready_onboarding_stays_ready_over_scheduled_validations_whatever_sign_in_does() {
+    for backend in common::backends() {
+        for sign_in in [
+            common::SignIn::ReturnsLiveToken,
+            common::SignIn::IssuesNewToken,
+        ] {
+            let server = TestServer::start_with(&backend, |config| {
+                config.sandbox_sign_in = sign_in;
+                config.reconcile_interval_ms = 100;
+                config.revalidate_interval_ms = 400;
+            })
+            .await;
+            let name = ready_onboarding(&server).await;
+            let creditor = common::get(&server, &name).await.unwrap().creditors[0].clone();
+            let held = payment_configuration(&server, &creditor.name)
+                .await
+                .unwrap();
+
+            // Several scheduled checks later, nothing signed in, and Payway's token still works.
+            let started = Instant::now();
+            loop {
+                let scheduled = common::events(&server, &name)
+                    .await
+                    .into_iter()
+                    .filter(|e| e.method == "ValidateOnboarding" && e.actor == "reconciler")
+                    .count();
+                if scheduled >= 3 {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{scheduled} checks"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let onboarding = common::get(&server, &name).await.unwrap();
+            assert_eq!(
+                onboarding.state,
+                proto::OnboardingState::Ready as i32,
+                "{sign_in}: {:?}",
+                onboarding.next_due
+            );
+            assert_eq!(
+                server
+                    .simulator(Environment::Test)
+                    .sign_ins(common::ACCOUNT_EMAIL),
+                1,
+                "{sign_in}"
+            );
+            let still = common::test_billecta(&server)
+                .get_creditor(
+                    &billecta_onboarding::secret::Secret::new(held.secure_token.clone()),
+                    &held.creditor_public_id,
+                    billecta_client::Deadline::none(),
+                )
+                .await;
+            assert!(still.is_ok(), "{sign_in}: Payway's token works");
+        }
     }
 }
 

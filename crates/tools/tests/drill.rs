@@ -4,6 +4,7 @@
 //! every tenant through two replicas sharing the database while it is taken away. Every tenant must end READY, with one creditor per organisation
 //! number in Billecta and a whole audit trail.
 
+use billecta_sim::SignIn;
 use billecta_tools::drill::{self, DrillDatabase, DrillSettings, OutageMethod, OutagePlan};
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ async fn faults_and_kill_9_on_sqlite_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings(&dir);
     settings.kills = 2;
+    // Billecta's harsher possible answer: every sign-in replaces the user's token (the PostgreSQL
+    // drill runs with the other).
+    settings.sign_in = SignIn::IssuesNewToken;
     let report = drill::run(settings).await.expect("the drill runs");
     assert_passed(&report);
     assert_eq!(report.restarts.len(), 2, "{report}");

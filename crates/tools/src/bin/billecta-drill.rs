@@ -38,6 +38,10 @@ struct Args {
     /// Seeds the simulator's fault decisions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// What the simulator's sign-in does with a user's live token: returns-live-token, or
+    /// issues-new-token (invalidating the one before).
+    #[arg(long, default_value = "returns-live-token")]
+    sign_in: billecta_sim::SignIn,
     /// `kill -9` a replica this many times, spread over the run (each restarted at once).
     #[arg(long, default_value_t = 0)]
     kills: u32,
@@ -96,6 +100,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     settings.failure_rate = args.failure_rate;
     settings.latency = Duration::from_millis(args.latency_ms);
     settings.seed = args.seed;
+    settings.sign_in = args.sign_in;
     settings.kills = args.kills;
     settings.patience = Duration::from_secs(args.patience_secs);
     settings.outage = args.outage_ms.map(|ms| OutagePlan {

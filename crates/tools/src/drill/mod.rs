@@ -17,7 +17,9 @@ use billecta_onboarding::scratch::{create_database, drop_database};
 
 use anyhow::Context;
 use base64::Engine;
-use billecta_sim::{Environment, Fault, FaultBody, FaultRule, RunningSimulator, SimulatorConfig};
+use billecta_sim::{
+    Environment, Fault, FaultBody, FaultRule, RunningSimulator, SignIn, SimulatorConfig,
+};
 use fleet::{CuttableProxy, Fleet};
 use futures::StreamExt;
 use journey::{CallLog, Clients, Driver, Portal, TenantAudit, TenantPlan};
@@ -77,6 +79,8 @@ pub struct DrillSettings {
     pub latency: Duration,
     pub latency_share: f64,
     pub seed: u64,
+    /// What the simulator's sign-in does with a user's live token (Billecta's answer is not known).
+    pub sign_in: SignIn,
     /// `kill -9` of a replica this many times, spread over the run; each is restarted at once.
     pub kills: u32,
     pub outage: Option<OutagePlan>,
@@ -100,6 +104,7 @@ impl DrillSettings {
             latency: Duration::from_millis(20),
             latency_share: 0.5,
             seed: 1,
+            sign_in: SignIn::default(),
             kills: 0,
             outage: None,
             patience: Duration::from_secs(600),
@@ -189,6 +194,9 @@ pub struct DrillReport {
     pub rpc_failures: BTreeMap<String, u64>,
     pub billecta_requests: u64,
     pub billecta_faulted: u64,
+    /// What the simulator's sign-in did, and how many sign-ins succeeded in all.
+    pub sign_in: SignIn,
+    pub sign_ins: u64,
     pub creditor_creates: u64,
     pub creditor_creates_faulted: u64,
     pub creditors: usize,
@@ -333,6 +341,13 @@ impl fmt::Display for DrillReport {
             )
         )?;
         writeln!(f, "READY                {} of {}", self.ready, self.tenants)?;
+        writeln!(
+            f,
+            "sign-ins             {} ({:.2} per tenant); the sign-in {}",
+            self.sign_ins,
+            self.sign_ins as f64 / self.tenants.max(1) as f64,
+            self.sign_in
+        )?;
         let share = self.billecta_faulted as f64 / self.billecta_requests.max(1) as f64;
         writeln!(
             f,
@@ -502,6 +517,7 @@ pub async fn run(settings: DrillSettings) -> anyhow::Result<DrillReport> {
     let tag = format!("{:x}", uuid::Uuid::new_v4().as_u128() & 0xffff_ffff_ffff);
     let mut simulator_config = SimulatorConfig::new(Environment::Test);
     simulator_config.seed = settings.seed;
+    simulator_config.sign_in = settings.sign_in;
     simulator_config.faults = fault_rules(
         settings.failure_rate,
         settings.latency,
@@ -703,6 +719,8 @@ async fn drive(
         rpc_failures: journey::failures_by_kind(&failures),
         billecta_requests: state.request_counts.values().sum(),
         billecta_faulted: state.faulted_counts.values().sum(),
+        sign_in: state.sign_in,
+        sign_ins: state.users.iter().map(|user| user.sign_ins).sum(),
         creditor_creates: state
             .request_counts
             .get(billecta_client::endpoints::CREATE_CREDITOR.route)
