@@ -224,6 +224,11 @@ impl Application {
                 settle: Duration::from_millis(config.billecta_timeout_ms.saturating_mul(2)),
             },
         );
+        // Before the first call: the service reads credentials only where this puts them.
+        operations
+            .upgrade_credentials()
+            .await
+            .context("moving stored credentials to their Billecta users")?;
         let payment_configuration_service = PaymentConfigurationServiceServer::new(
             PaymentConfigurationApi::new(operations.clone()),
         )

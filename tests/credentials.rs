@@ -2,6 +2,9 @@
 //! sign-in may give (the live token, or a new one that invalidates it): one token per user, a sign-in
 //! only when no stored token works, a refused token renewed once with the stored password, and every
 //! changed token handed to Payway's payment code before the onboarding counts as READY again.
+//!
+//! The tests run on two workers: a connection the server is still opening when a test's PostgreSQL
+//! database is dropped (on the test's thread) must be able to finish, or DROP DATABASE waits for it.
 
 mod common;
 
@@ -59,7 +62,7 @@ fn check<'a>(
         .unwrap_or_else(|| panic!("no {name} in {:?}", report.checks))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_renewed_once_and_reaches_payway_before_ready() {
     for_each_backend_and_sign_in(|server, sign_in| async move {
         let name = ready_onboarding(&server).await;
@@ -144,7 +147,7 @@ async fn a_refused_token_is_renewed_once_and_reaches_payway_before_ready() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_renews_a_refused_account_token_and_carries_on() {
     for_each_backend_and_sign_in(|server, sign_in| async move {
         let (name, creditor) = common::settled_creditor(&server).await;
@@ -197,7 +200,7 @@ async fn a_stage_renews_a_refused_account_token_and_carries_on() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_only_says_whether_a_sign_in_would_replace_a_token_payway_holds() {
     for_each_backend(|server| async move {
         let name = ready_onboarding(&server).await;
@@ -271,7 +274,7 @@ async fn validate_only_says_whether_a_sign_in_would_replace_a_token_payway_holds
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_password_signs_in_and_a_replaced_token_reaches_payway() {
     for_each_backend_and_sign_in(|server, sign_in| async move {
         let name = ready_onboarding(&server).await;
@@ -340,7 +343,7 @@ async fn a_new_password_signs_in_and_a_replaced_token_reaches_payway() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_registered_without_a_password_breaks_api_access() {
     for_each_backend(|server| async move {
         let name = ready_onboarding(&server).await;
@@ -435,7 +438,7 @@ async fn a_refused_token_registered_without_a_password_breaks_api_access() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_access_goes_ahead_while_the_bankgiro_awaits_approval_but_ready_waits_for_it() {
     for_each_backend(|server| async move {
         let name = common::create(&server, "gp", proto::Environment::Test)

@@ -233,7 +233,9 @@ async fn a_removed_api_user_is_found_by_the_scheduled_validation() {
     }
 }
 
-#[tokio::test]
+// On two workers: a connection the server is still opening when the PostgreSQL database is dropped
+// (on the test's thread) must be able to finish, or DROP DATABASE waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_onboarding_stays_ready_over_scheduled_validations_whatever_sign_in_does() {
     for backend in common::backends() {
         for sign_in in [

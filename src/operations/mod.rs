@@ -11,6 +11,7 @@ mod billecta;
 mod provisioning;
 mod reconcile;
 mod stage;
+mod upgrade;
 mod users;
 mod validation;
 

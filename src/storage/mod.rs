@@ -566,6 +566,26 @@ impl Store {
         Ok(deleted)
     }
 
+    /// The onboardings (tenant, environment) that still hold secrets stored before credentials were
+    /// kept per Billecta user, for the start-up upgrade: a work list across tenants.
+    pub async fn legacy_credentials(&self) -> Result<Vec<(String, Environment)>> {
+        let found = self
+            .fetch_all(&self.reads, sqlx::query(rows::SELECT_LEGACY_CREDENTIALS))
+            .await?;
+        found
+            .iter()
+            .map(|row| {
+                let environment: String = row.try_get("environment").map_err(db_error)?;
+                let environment = Environment::parse(&environment).ok_or_else(|| {
+                    StorageError::internal(format!(
+                        "stored environment {environment:?} is not known"
+                    ))
+                })?;
+                Ok((row.try_get("tenant").map_err(db_error)?, environment))
+            })
+            .collect()
+    }
+
     /// Every stored secret not encrypted with `active_key_id`, with what its decryption needs.
     pub async fn credentials_to_reencrypt(&self, active_key_id: &str) -> Result<Vec<StoredSecret>> {
         let found = self

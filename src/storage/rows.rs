@@ -94,6 +94,11 @@ pub const TAKE_VALIDATION: &str = "UPDATE onboardings SET next_validation_time =
 pub const SELECT_CREDENTIALS_TO_REENCRYPT: &str = "SELECT c.onboarding_id, c.creditor_id, c.field, c.tenant, o.environment, c.key_id, c.nonce, c.ciphertext \
      FROM credentials c JOIN onboardings o ON o.id = c.onboarding_id AND o.tenant = c.tenant \
      WHERE c.key_id <> $1 ORDER BY c.tenant, c.onboarding_id, c.creditor_id, c.field";
+/// The onboardings that still hold secrets stored before credentials were kept per Billecta user.
+pub const SELECT_LEGACY_CREDENTIALS: &str = "SELECT DISTINCT o.tenant, o.environment FROM credentials c \
+     JOIN onboardings o ON o.id = c.onboarding_id AND o.tenant = c.tenant \
+     WHERE c.field IN ('account_password', 'account_secure_token', 'api_password', 'api_secure_token') \
+     ORDER BY o.tenant, o.environment";
 pub const REPLACE_SEALED: &str = "UPDATE credentials SET key_id = $1, nonce = $2, ciphertext = $3 \
      WHERE onboarding_id = $4 AND creditor_id = $5 AND field = $6 AND tenant = $7 AND key_id = $8 AND nonce = $9";
 pub const UPSERT_CREDENTIAL: &str = "INSERT INTO credentials (onboarding_id, creditor_id, field, tenant, key_id, nonce, ciphertext, fingerprint, principal, set_by, set_time, verify_time) \
