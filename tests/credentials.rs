@@ -371,7 +371,7 @@ async fn a_refused_token_registered_without_a_password_breaks_api_access() {
         .await;
         let simulator = server.simulator(Environment::Production);
         let account = common::simulator_account(&server, Environment::Production, ACCOUNT_EMAIL);
-        simulator
+        let api_user = simulator
             .create_user(
                 account,
                 NewUser {
@@ -382,7 +382,8 @@ async fn a_refused_token_registered_without_a_password_breaks_api_access() {
                     ..NewUser::default()
                 },
             )
-            .unwrap();
+            .unwrap()
+            .user_public_id;
         // Payway's operator signs in as the API user and registers only the token.
         let billecta = billecta_client::BillectaClient::new(
             Environment::Production,
@@ -399,6 +400,7 @@ async fn a_refused_token_registered_without_a_password_breaks_api_access() {
             .clone()
             .register_api_credentials(proto::RegisterApiCredentialsRequest {
                 name: prod_creditor.name.clone(),
+                username: "api@gp.se".into(),
                 secure_token: token.expose().to_owned(),
                 ..Default::default()
             })
@@ -414,7 +416,7 @@ async fn a_refused_token_registered_without_a_password_breaks_api_access() {
         assert_eq!(reads.result, proto::CheckResult::Fail as i32);
         assert_eq!(reads.reason, "TOKEN_REJECTED");
         assert!(reads.message.contains("no password"), "{}", reads.message);
-        let onboarding = report.onboarding.unwrap();
+        let onboarding = report.onboarding.clone().unwrap();
         let access = stage_status(&onboarding.creditors[0].stages, proto::Stage::ApiAccess);
         assert_eq!(access.state, proto::StageState::Broken as i32);
         let due: Vec<_> = onboarding
@@ -428,6 +430,18 @@ async fn a_refused_token_registered_without_a_password_breaks_api_access() {
             1,
             "only the operator's own"
         );
+        let exists = check(&report, "api_access.user_exists");
+        assert_eq!(exists.result, proto::CheckResult::Pass as i32, "{exists:?}");
+
+        // Someone disables the API user in the portal: named as such.
+        simulator.set_user_enabled(api_user, false).unwrap();
+        let report = validate(&server, &production).await;
+        let exists = check(&report, "api_access.user_exists");
+        assert_eq!(
+            (exists.result, exists.reason.as_str()),
+            (proto::CheckResult::Fail as i32, "API_USER_DISABLED")
+        );
+        assert!(exists.message.contains("api@gp.se"), "{}", exists.message);
         // The test onboarding is untouched by production's trouble.
         assert_eq!(
             state(&common::get(&server, &name).await.unwrap()),

@@ -379,12 +379,23 @@ async fn a_tenant_goes_from_nothing_to_ready_in_test_and_production() {
             assert!(broken.critical);
             assert_eq!(broken.reason, "TOKEN_REJECTED");
             assert!(broken.message.contains("removed"), "{}", broken.message);
+            // The account lists Billecta's users: the API user is named as removed.
+            let removed = report
+                .checks
+                .iter()
+                .find(|check| check.check == "api_access.user_exists")
+                .unwrap();
+            assert_eq!(
+                (removed.result, removed.reason.as_str()),
+                (proto::CheckResult::Fail as i32, "API_USER_REMOVED")
+            );
+            assert!(removed.message.contains(API_USER), "{}", removed.message);
             let onboarding = report.onboarding.unwrap();
             assert_eq!(state(&onboarding), proto::OnboardingState::Broken);
-            assert_eq!(
-                stage_state(&onboarding.creditors[0].stages, proto::Stage::ApiAccess),
-                proto::StageState::Broken
-            );
+            let access = stage_status(&onboarding.creditors[0].stages, proto::Stage::ApiAccess);
+            assert_eq!(access.state, proto::StageState::Broken as i32);
+            assert_eq!(access.reason, "API_USER_REMOVED");
+            assert_eq!(onboarding.next_due[0].item, "api_access.register");
             let trail = events(&server, &name).await;
             assert!(trail.iter().any(|event| {
                 event.method == "ValidateOnboarding"

@@ -6,7 +6,7 @@ use super::provisioning::creditor_mut;
 use super::stage::Unsuccessful;
 use super::users::Renewals;
 use super::{CallContext, Conventions, Mutation, Operations, Written};
-use crate::domain::onboarding::{CreditorRecord, OnboardingRecord, StageRecord};
+use crate::domain::onboarding::{BillectaUser, CreditorRecord, OnboardingRecord, StageRecord};
 use crate::domain::stages::{self, creditor_stage};
 use crate::domain::swedish::{Bankgiro, InvoiceNumber};
 use crate::domain::validate::{CreditorKey, OnboardingKey};
@@ -235,6 +235,14 @@ impl Operations {
             }
         };
 
+        // Before the API access checks: a removed user is what their refused token means.
+        let seen_users = match &account_token {
+            Some(token) => {
+                self.check_api_users(client, &record, token, deadline, &mut checks)
+                    .await
+            }
+            None => Vec::new(),
+        };
         let test = match key.environment {
             Environment::Production => {
                 self.store
@@ -276,6 +284,11 @@ impl Operations {
         let updated = self
             .transact(call, key, mutation, Conventions::WHOLE, |record, now| {
                 apply_checks(record, &checks, &seen, now);
+                for (user, public_id) in &seen_users {
+                    if let Some(user) = record.users.iter_mut().find(|u| u.id == *user) {
+                        user.user_public_id.get_or_insert_with(|| public_id.clone());
+                    }
+                }
                 // After the checks: a renewed token puts payment configurations back to waiting.
                 let (secrets, said) = self.store_renewals(record, call, &renewals, now)?;
                 Ok(Written {
@@ -451,6 +464,87 @@ impl Operations {
                 _ => check.drift(true, &expected.to_string(), &observed),
             });
         }
+    }
+
+    /// Every creditor's API user still exists in Billecta and is enabled, as the account's user
+    /// lists them: a removed user is named as such, not only as a refused token. Returns the
+    /// users found, with Billecta's id of each, to remember.
+    async fn check_api_users(
+        &self,
+        client: &BillectaClient,
+        record: &OnboardingRecord,
+        account_token: &Secret,
+        deadline: Deadline,
+        checks: &mut Vec<Check>,
+    ) -> Vec<(String, String)> {
+        let api_users: Vec<(&CreditorRecord, &BillectaUser)> = record
+            .creditors
+            .iter()
+            .filter(|creditor| is_checked(creditor_stage_of(creditor, Stage::ApiAccess)))
+            .filter_map(|creditor| Some((creditor, record.api_user(creditor)?)))
+            .filter(|(_, user)| user.username.is_some() || user.user_public_id.is_some())
+            .collect();
+        if api_users.is_empty() {
+            return Vec::new();
+        }
+        let listed = client.list_users(account_token, deadline).await;
+        let mut seen = Vec::new();
+        for (creditor, user) in api_users {
+            let check = Check::new(
+                "api_access.user_exists",
+                &creditor.name,
+                Some((creditor.id.clone(), Stage::ApiAccess)),
+            );
+            let label = user.label();
+            let users = match &listed {
+                Ok(users) => users,
+                Err(error) if error.kind() == ErrorKind::BadCredentials => {
+                    checks.push(check.warn(
+                        "USERS_UNREADABLE",
+                        format!(
+                            "the account's user may not list Billecta's users, so whether {label} still exists was not checked: {error}"
+                        ),
+                    ));
+                    continue;
+                }
+                Err(error) => {
+                    let mut check = check;
+                    check.result = CheckResult::Unknown;
+                    check.reason = "BILLECTA_UNAVAILABLE".to_owned();
+                    check.message = format!("could not be checked now: {error}");
+                    checks.push(check);
+                    continue;
+                }
+            };
+            let found = users.iter().find(|listed| match &user.user_public_id {
+                Some(id) => listed.user_public_id.as_deref() == Some(id.as_str()),
+                None => listed
+                    .username
+                    .as_deref()
+                    .is_some_and(|name| user.is_named(name)),
+            });
+            checks.push(match found {
+                None => check.fail(
+                    true,
+                    "API_USER_REMOVED",
+                    format!(
+                        "the API user {label} no longer exists in Billecta (removed in the portal?): Payway's payment code cannot call Billecta with its token"
+                    ),
+                ),
+                Some(listed) if listed.is_enabled == Some(false) => check.fail(
+                    true,
+                    "API_USER_DISABLED",
+                    format!("the API user {label} is disabled in Billecta"),
+                ),
+                Some(listed) => {
+                    if let Some(id) = &listed.user_public_id {
+                        seen.push((user.id.clone(), id.clone()));
+                    }
+                    check.pass(format!("the API user {label} exists and is enabled"))
+                }
+            });
+        }
+        seen
     }
 
     /// Whether the stored token of `user` works, asked once per validation (a token Billecta
