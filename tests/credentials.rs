@@ -343,47 +343,167 @@ async fn a_new_password_signs_in_and_a_replaced_token_reaches_payway() {
     .await;
 }
 
+/// A production onboarding of the tenant with its creditor settled; its name and the creditor.
+async fn production_creditor(server: &TestServer) -> (String, proto::Creditor) {
+    let production = common::create(server, "gp", proto::Environment::Production)
+        .await
+        .name;
+    common::confirm_account(server, &production, Environment::Production, READY_PASSWORD).await;
+    let creditor = common::create_creditor(server, common::creditor_request(&production)).await;
+    common::settle_company_settings(
+        server,
+        Environment::Production,
+        &creditor,
+        Some(common::gp_company_settings()),
+    )
+    .await;
+    (production, creditor)
+}
+
+/// A person creates an API user with rights on `creditor` in the production portal; its id.
+fn portal_api_user(
+    server: &TestServer,
+    creditor: &proto::Creditor,
+    username: &str,
+    password: &str,
+) -> uuid::Uuid {
+    let account = common::simulator_account(server, Environment::Production, ACCOUNT_EMAIL);
+    server
+        .simulator(Environment::Production)
+        .create_user(
+            account,
+            NewUser {
+                username: username.into(),
+                password: Some(password.into()),
+                is_api_user: true,
+                creditors: vec![creditor.creditor_public_id.parse().unwrap()],
+                ..NewUser::default()
+            },
+        )
+        .unwrap()
+        .user_public_id
+}
+
+async fn register_password(
+    server: &TestServer,
+    creditor: &proto::Creditor,
+    username: &str,
+    password: &str,
+) -> proto::Onboarding {
+    server
+        .client
+        .clone()
+        .register_api_credentials(proto::RegisterApiCredentialsRequest {
+            name: creditor.name.clone(),
+            username: username.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .onboarding
+        .unwrap()
+}
+
+/// Whether `token` reads `creditor` in the production simulator.
+async fn works_in_production(server: &TestServer, token: &str, creditor: &proto::Creditor) -> bool {
+    billecta_client::BillectaClient::new(
+        Environment::Production,
+        billecta_client::ClientSettings::new(server.simulator(Environment::Production).base_url()),
+    )
+    .unwrap()
+    .get_creditor(
+        &Secret::new(token),
+        &creditor.creditor_public_id,
+        Deadline::none(),
+    )
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_credential_is_rotated_to_another_user_without_an_outage() {
+    for_each_backend_and_sign_in(|server, sign_in| async move {
+        let (name, creditor) = production_creditor(&server).await;
+        portal_api_user(&server, &creditor, "api-2026@gp.se", "Första-lösen");
+        register_password(&server, &creditor, "api-2026@gp.se", "Första-lösen").await;
+        common::skip_webhooks(&server, &creditor.name, "later").await;
+        let held = payment_configuration(&server, &creditor.name).await.unwrap();
+        assert_eq!(
+            state(&common::get(&server, &name).await.unwrap()),
+            proto::OnboardingState::Ready
+        );
+
+        // The operator registers a new API user's credentials as the next credential.
+        portal_api_user(&server, &creditor, "api-2027@gp.se", "Andra-lösen");
+        let rotating = register_password(&server, &creditor, "api-2027@gp.se", "Andra-lösen").await;
+        assert_eq!(state(&rotating), proto::OnboardingState::ActionRequired);
+        assert_eq!(rotating.next_due[0].item, "payment_configuration.read");
+        let event = common::events(&server, &name).await.pop().unwrap();
+        assert!(event.summary.contains("Rotating from api-2026@gp.se"), "{}", event.summary);
+        // Until Payway reads it, the previous credential stays valid, and both are checked.
+        assert!(works_in_production(&server, &held.secure_token, &creditor).await);
+        let report = validate(&server, &name).await;
+        for name in ["api_access.reads_creditor", "api_access.previous_reads_creditor"] {
+            let checked = check(&report, name);
+            assert_eq!(checked.result, proto::CheckResult::Pass as i32, "{sign_in}: {checked:?}");
+        }
+
+        let read = payment_configuration(&server, &creditor.name).await.unwrap();
+        assert_eq!(read.username, "api-2027@gp.se");
+        assert_eq!(read.password, "Andra-lösen");
+        assert_ne!(read.secure_token, held.secure_token);
+        assert!(works_in_production(&server, &read.secure_token, &creditor).await);
+        let done = common::events(&server, &name).await.pop().unwrap();
+        assert!(
+            done.summary.contains("api-2026@gp.se") && done.summary.contains("removed"),
+            "the event names the user that may now be removed: {}",
+            done.summary
+        );
+        let after = common::get(&server, &name).await.unwrap();
+        assert_eq!(state(&after), proto::OnboardingState::Ready);
+        let report = validate(&server, &name).await;
+        assert!(
+            report
+                .checks
+                .iter()
+                .all(|c| c.check != "api_access.previous_reads_creditor"),
+            "the previous credential is gone"
+        );
+        // Only the account's user and the new API user's secrets are stored.
+        let pool = common::database_pool(&server.database).await;
+        let principals: Vec<Option<String>> = sqlx::query_scalar(
+            "SELECT DISTINCT principal FROM credentials c JOIN onboardings o ON o.id = c.onboarding_id \
+             WHERE o.environment = 'production' ORDER BY principal",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        assert_eq!(
+            principals,
+            [Some("api-2027@gp.se".to_owned()), Some(ACCOUNT_EMAIL.to_owned())]
+        );
+        let production = server.simulator(Environment::Production);
+        assert_eq!(
+            (production.sign_ins("api-2026@gp.se"), production.sign_ins("api-2027@gp.se")),
+            (1, 1),
+            "{sign_in}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_registered_without_a_password_breaks_api_access() {
     for_each_backend(|server| async move {
         let name = ready_onboarding(&server).await;
-        let creditor = creditor_of(&server, &name).await;
         // In production a separate API user; here a second token-only user is not possible (the
         // test environment has one user), so production plays it.
-        let production = common::create(&server, "gp", proto::Environment::Production)
-            .await
-            .name;
-        common::confirm_account(
-            &server,
-            &production,
-            Environment::Production,
-            READY_PASSWORD,
-        )
-        .await;
-        let prod_creditor =
-            common::create_creditor(&server, common::creditor_request(&production)).await;
-        common::settle_company_settings(
-            &server,
-            Environment::Production,
-            &prod_creditor,
-            Some(common::gp_company_settings()),
-        )
-        .await;
+        let (production, prod_creditor) = production_creditor(&server).await;
         let simulator = server.simulator(Environment::Production);
-        let account = common::simulator_account(&server, Environment::Production, ACCOUNT_EMAIL);
-        let api_user = simulator
-            .create_user(
-                account,
-                NewUser {
-                    username: "api@gp.se".into(),
-                    password: Some("Api-lösen".into()),
-                    is_api_user: true,
-                    creditors: vec![prod_creditor.creditor_public_id.parse().unwrap()],
-                    ..NewUser::default()
-                },
-            )
-            .unwrap()
-            .user_public_id;
+        let api_user = portal_api_user(&server, &prod_creditor, "api@gp.se", "Api-lösen");
         // Payway's operator signs in as the API user and registers only the token.
         let billecta = billecta_client::BillectaClient::new(
             Environment::Production,
@@ -447,7 +567,6 @@ async fn a_refused_token_registered_without_a_password_breaks_api_access() {
             state(&common::get(&server, &name).await.unwrap()),
             proto::OnboardingState::Ready
         );
-        let _ = creditor;
     })
     .await;
 }

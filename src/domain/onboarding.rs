@@ -153,6 +153,10 @@ pub struct ApiAccess {
     /// The id of the [`BillectaUser`] whose token the payment configuration hands out.
     #[serde(default)]
     pub user: Option<String>,
+    /// While the credential is rotated to another user: the user whose token Payway's payment code
+    /// may still use until it reads the new one. Kept stored and valid until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_user: Option<String>,
     /// Flags such as `API_USER_IS_ACCOUNT_USER`.
     pub warnings: Vec<String>,
     /// The callers that have read the payment configuration with the credential set at
@@ -171,6 +175,7 @@ impl ApiAccess {
         Self {
             username: user.username.clone(),
             user: Some(user.id.clone()),
+            previous_user: None,
             warnings,
             readers: Vec::new(),
             read_credential: None,
@@ -551,6 +556,22 @@ impl OnboardingRecord {
             user_public_id: None,
         });
         id
+    }
+
+    /// Whether anything still refers to user `id`: the account, or a creditor's API access (also as
+    /// the previous user of a rotation).
+    pub fn user_in_use(&self, id: &str) -> bool {
+        let by_account = self
+            .account
+            .as_ref()
+            .is_some_and(|account| account.user.as_deref() == Some(id));
+        by_account
+            || self.creditors.iter().any(|creditor| {
+                creditor.api_access.as_ref().is_some_and(|access| {
+                    access.user.as_deref() == Some(id)
+                        || access.previous_user.as_deref() == Some(id)
+                })
+            })
     }
 
     /// The creditors whose payment configuration hands out the token of user `id`.

@@ -76,6 +76,19 @@ pub fn shared_user_warnings(
     warnings
 }
 
+/// Forgets user `id` and its secrets when nothing refers to it any more; the secrets to remove.
+fn forget_unused_user(record: &mut OnboardingRecord, id: &str) -> Vec<(String, CredentialField)> {
+    if record.user_in_use(id) {
+        return Vec::new();
+    }
+    record.users.retain(|user| user.id != id);
+    pending_in(
+        record,
+        id,
+        &[CredentialField::Token, CredentialField::Password],
+    )
+}
+
 impl Operations {
     /// RegisterApiCredentials: obtains or takes the SecureToken, verifies it reads the creditor, and
     /// stores it (and the password) encrypted.
@@ -185,18 +198,40 @@ impl Operations {
                     // A read of the same caller recorded it meanwhile.
                     return Ok(Written::default());
                 }
+                let mut finished = None;
                 if current {
                     if waiting {
                         stages::payment_configuration_read(creditor, &reader, now);
                     }
                     if let Some(access) = &mut creditor.api_access {
                         access.note_read(&reader, read.set_time);
+                        if waiting {
+                            finished = access.previous_user.take();
+                        }
                     }
                 }
-                Ok(Written::from(format!(
+                let mut summary = format!(
                     "payment configuration of {} read by {reader} (credentials included)",
                     key.creditor
-                )))
+                );
+                let mut removed = Vec::new();
+                if let Some(previous) = finished {
+                    let label = record
+                        .user(&previous)
+                        .map(|user| user.label().to_owned())
+                        .unwrap_or_default();
+                    removed = forget_unused_user(record, &previous);
+                    if !removed.is_empty() {
+                        summary.push_str(&format!(
+                            ". The rotation is done: the service no longer holds the previous API user {label}, which may now be removed in Billecta's portal"
+                        ));
+                    }
+                }
+                Ok(Written {
+                    summary,
+                    secrets: Vec::new(),
+                    removed,
+                })
             },
         )
         .await?;
@@ -489,16 +524,43 @@ impl BillectaStage for ApiAccessVerification<'_> {
         let said = sign_in_sentence(record, &user, obtained, stored.token_changed, &cause, now);
         let unchanged = before == Some((user.clone(), token.fingerprint()));
         let creditor = creditor_mut(record, creditor_id);
-        let readers = creditor.api_access.take().filter(|_| unchanged);
+        let old = creditor.api_access.take();
+        // Another user's credential replaces one Payway's payment code uses: the one Payway holds
+        // stays stored and valid until it reads the new one (or, mid-rotation, the one it held).
+        let handed_out_before = claimed.before.state == StageState::Completed;
+        let old_user = old.as_ref().and_then(|access| access.user.clone());
+        let previous = old
+            .as_ref()
+            .and_then(|access| access.previous_user.clone())
+            .or(old_user.clone().filter(|_| handed_out_before))
+            .filter(|previous| *previous != user);
+        let readers = old.filter(|_| unchanged);
         let username = record.user(&user).and_then(|u| u.username.clone());
         let creditor = creditor_mut(record, creditor_id);
         creditor.api_access = Some(ApiAccess {
             username,
             user: Some(user.clone()),
+            previous_user: previous.clone(),
             warnings: warnings.clone(),
             ..readers.unwrap_or_default()
         });
         stages::api_access_verified(creditor, &warnings, !unchanged, now);
+        let mut removed = pending_in(
+            record,
+            creditor_id,
+            &[CredentialField::Password, CredentialField::Token],
+        );
+        // A user registered but never read (replaced mid-rotation) is forgotten.
+        if let Some(abandoned) = old_user.filter(|old| Some(old) != previous.as_ref()) {
+            removed.extend(forget_unused_user(record, &abandoned));
+        }
+        let rotation = match previous.as_deref().and_then(|id| record.user(id)) {
+            Some(previous) => format!(
+                " Rotating from {}: its credential stays stored and valid until Payway's payment code reads the new one.",
+                previous.label()
+            ),
+            None => String::new(),
+        };
         let flagged = if warnings.is_empty() {
             String::new()
         } else {
@@ -506,16 +568,12 @@ impl BillectaStage for ApiAccessVerification<'_> {
         };
         Ok(Written {
             summary: format!(
-                "API credentials of {} verified: they read the creditor{flagged}. {said}",
+                "API credentials of {} verified: they read the creditor{flagged}. {said}{rotation}",
                 self.key.creditor
             ),
             secrets: stored.secrets,
             // What a failed attempt kept to try again with is now the user's.
-            removed: pending_in(
-                record,
-                creditor_id,
-                &[CredentialField::Password, CredentialField::Token],
-            ),
+            removed,
         })
     }
 

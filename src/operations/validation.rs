@@ -654,6 +654,38 @@ impl Operations {
                 "the API user's token works but cannot read the creditor: the user lacks rights on it",
             )),
         }
+        let previous = creditor
+            .api_access
+            .as_ref()
+            .and_then(|access| access.previous_user.as_deref())
+            .and_then(|id| record.user(id));
+        if let Some(previous) = previous {
+            // Payway's payment code may still use it until it reads the new credential. Not
+            // critical: what puts it right (that read) is already due.
+            let check = Check::new("api_access.previous_reads_creditor", subject, at.clone());
+            let outcome = self
+                .checked_token(record, &previous.id, deadline, renewals, tokens)
+                .await;
+            let mut check = match outcome.token() {
+                None => outcome.check(check, ""),
+                Some(token) => match client.get_creditor(&token, public_id, deadline).await {
+                    Ok(_) => outcome.check(
+                        check,
+                        &format!(
+                            "the previous API user {}, whose token Payway's payment code may use until it reads the new one, reads the creditor",
+                            previous.label()
+                        ),
+                    ),
+                    Err(error) => check.billecta(
+                        &error,
+                        "CREDITOR_UNREADABLE",
+                        "the previous API user's token works but cannot read the creditor",
+                    ),
+                },
+            };
+            check.critical = false;
+            checks.push(check);
+        }
         for warning in
             shared_user_warnings(record, test, user.username.as_deref(), &token.fingerprint())
         {
