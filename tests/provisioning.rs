@@ -346,6 +346,81 @@ async fn stage_order_and_bad_input_are_refused_before_billecta_is_asked() {
     .await;
 }
 
+#[tokio::test]
+async fn numbers_that_pass_the_check_digit_but_belong_to_nobody_are_refused() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        let sent_before = simulator.state().request_counts;
+
+        // Each has a valid check digit: zeros, and a person's number whose month is 13.
+        for nobody in ["000000-0000", "0000000000", "811318-9875"] {
+            let refused = client
+                .create_creditor(proto::CreateCreditorRequest {
+                    organisation_number: nobody.into(),
+                    ..creditor_request(&name)
+                })
+                .await
+                .unwrap_err();
+            assert_refused(&refused, Code::InvalidArgument, "INVALID_FIELDS");
+            assert_eq!(bad_fields(&refused), ["organisation_number"], "{nobody}");
+        }
+        assert_eq!(
+            simulator.state().request_counts,
+            sent_before,
+            "nothing was sent to Billecta"
+        );
+        assert!(simulator.state().creditors.is_empty());
+
+        // A sole trader's personal identity number is a creditor's number too.
+        let sole_trader = create_creditor(
+            &server,
+            proto::CreateCreditorRequest {
+                organisation_number: "811218-9876".into(),
+                company_name: "Anna Andersson Konsult".into(),
+                ..creditor_request(&name)
+            },
+        )
+        .await;
+        assert_eq!(sole_trader.organisation_number, "811218-9876");
+
+        // Bankgiros of zeros, in both fields.
+        let sent_before = simulator.state().request_counts;
+        let refused = client
+            .update_company_settings(proto::UpdateCompanySettingsRequest {
+                name: sole_trader.name.clone(),
+                company_settings: Some(proto::CompanySettings {
+                    bankgiro_invoicing: "000-0000".into(),
+                    bankgiro_payments: "0000-0000".into(),
+                    ..gp_company_settings()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_refused(&refused, Code::InvalidArgument, "INVALID_FIELDS");
+        assert_eq!(
+            bad_fields(&refused),
+            [
+                "company_settings.bankgiro_invoicing",
+                "company_settings.bankgiro_payments"
+            ]
+        );
+        assert_eq!(
+            simulator.state().request_counts,
+            sent_before,
+            "nothing was sent to Billecta"
+        );
+        let after = common::get(&server, &name).await.unwrap();
+        assert_eq!(
+            stage_state(&after.creditors[0].stages, proto::Stage::CompanySettings),
+            proto::StageState::NotStarted
+        );
+    })
+    .await;
+}
+
 /// Asserts that creating the creditor of the onboarding `name` again is refused: it exists.
 async fn assert_creditor_exists_already(server: &TestServer, name: &str) {
     let again = server
