@@ -523,6 +523,82 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
 }
 
 #[tokio::test]
+async fn a_busy_stage_asks_for_a_retry_when_the_running_call_must_end_not_after_the_lease() {
+    for_each_backend(|server| async move {
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        let creditor = create_creditor(&server, creditor_request(&name)).await;
+        let write = "PUT /v1/creditors/creditor";
+
+        // Billecta never answers the write: the first call holds the stage until its deadline.
+        fail_next(simulator, write, Fault::Hang, 1);
+        let first_timeout = Duration::from_secs(4);
+        let mut first = tonic::Request::new(company_settings(&creditor.name));
+        first.set_timeout(first_timeout);
+        let mut first_client = server.client.clone();
+        let running =
+            tokio::spawn(async move { first_client.update_company_settings(first).await });
+        let started = std::time::Instant::now();
+        while simulator.request_count(write) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30) && !running.is_finished(),
+                "the first call reaches Billecta's write"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let mut client = server.client.clone();
+        let busy = client
+            .update_company_settings(company_settings(&creditor.name))
+            .await
+            .unwrap_err();
+        let told_at = std::time::Instant::now();
+        assert_refused(&busy, Code::Aborted, "STAGE_BUSY");
+        let delay = retry_delay(&busy);
+        // The first call must end by its deadline, and has 5 s after it to record its outcome: the
+        // delay is at most that, measured from when the first call arrived, and far from the
+        // 120 s lease.
+        assert!(
+            delay <= first_timeout + Duration::from_secs(5),
+            "{delay:?} is longer than the first call may take"
+        );
+
+        let first_outcome = running.await.expect("the first call's task");
+        assert!(first_outcome.is_err(), "{first_outcome:?}");
+        // The stage is free again by the time the delay named, or soon after on a busy machine.
+        let applied = loop {
+            match client
+                .update_company_settings(company_settings(&creditor.name))
+                .await
+            {
+                Ok(applied) => break applied.into_inner(),
+                Err(status) if reason(&status) == "STAGE_BUSY" => {
+                    assert!(
+                        told_at.elapsed() < delay + Duration::from_secs(15),
+                        "still busy long after the delay given: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("the retry fails: {status:?}"),
+            }
+        };
+        let onboarding = applied
+            .onboarding
+            .expect("the answer carries the onboarding");
+        assert_eq!(
+            stage_state(
+                &onboarding.creditors[0].stages,
+                proto::Stage::CompanySettings
+            ),
+            proto::StageState::ActionRequired,
+            "applied; the bankgiro for payments waits on Billecta's support"
+        );
+        assert_eq!(simulator.request_count(write), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_impatient_caller_does_not_cut_a_create_short() {
     for_each_backend(|server| async move {
         let mut client = server.client.clone();
