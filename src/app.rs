@@ -13,6 +13,7 @@ use crate::domain::Environment;
 use crate::grpc::OnboardingApi;
 use crate::grpc::PaymentConfigurationApi;
 use crate::grpc::call::CallLayer;
+use crate::grpc::status::explain_oversized;
 use crate::metrics::{self, Breaker, Funnel};
 use crate::operations::{Operations, StageTiming};
 use crate::proto;
@@ -32,6 +33,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::util::MapResponseLayer;
 
 /// The service names health reports on: "" for the server as a whole, and each API service.
 const HEALTH_SERVICES: [&str; 3] = [
@@ -272,6 +274,7 @@ impl Application {
             shutdown.clone(),
         ));
 
+        let max_message_bytes = config.max_message_bytes;
         let mut builder = Server::builder();
         if let Some(tls) = config.tls()? {
             builder = builder
@@ -286,6 +289,11 @@ impl Application {
                 config.max_concurrent_calls,
                 Arc::new(callers),
                 config.public_reflection,
+            ))
+            .layer(MapResponseLayer::new(
+                move |response: http::Response<tonic::body::Body>| {
+                    explain_oversized(response, max_message_bytes)
+                },
             ))
             .add_service(health_service)
             .add_service(reflection_v1)

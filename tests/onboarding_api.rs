@@ -724,3 +724,63 @@ async fn events_page_in_order() {
     })
     .await;
 }
+
+/// How many ErrorInfo details a status carries.
+fn error_infos(status: &tonic::Status) -> usize {
+    use tonic_types::{ErrorDetail, StatusExt};
+    status
+        .get_error_details_vec()
+        .iter()
+        .filter(|detail| matches!(detail, ErrorDetail::ErrorInfo(_)))
+        .count()
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_with_an_error_info_naming_the_limit() {
+    // The transport refuses it before any handler or database is involved: SQLite is enough.
+    let server =
+        TestServer::start_with(&Backend::Sqlite, |config| config.max_message_bytes = 4096).await;
+    let mut client = server.client.clone();
+    let created = create(&server, "gp", Environment::Test).await;
+
+    let oversized = proto::RecordAgreementRequest {
+        reference: "x".repeat(8192),
+        ..agreement_request(&created.name)
+    };
+    let refused = client.record_agreement(oversized).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert_eq!(error_infos(&refused), 1, "{refused:?}");
+    assert_eq!(reason(&refused), "MESSAGE_TOO_LARGE");
+    let info = {
+        use tonic_types::StatusExt;
+        refused.get_error_details().error_info().cloned().unwrap()
+    };
+    assert_eq!(info.domain, "billecta-onboarding.payway");
+    assert_eq!(info.metadata["limit_bytes"], "4096");
+    assert!(refused.message().contains("4096"), "{}", refused.message());
+    assert!(
+        refused.message().contains("--max-message-bytes"),
+        "{}",
+        refused.message()
+    );
+    let unchanged = get(&server, &created.name).await.unwrap();
+    assert_eq!(unchanged.etag, created.etag, "nothing was recorded");
+
+    // A streaming call is refused the same way.
+    let refused = client
+        .watch_onboarding(proto::WatchOnboardingRequest {
+            name: "x".repeat(8192),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert_eq!(error_infos(&refused), 1, "{refused:?}");
+    assert_eq!(reason(&refused), "MESSAGE_TOO_LARGE");
+
+    // A message within the limit is served as before.
+    client
+        .record_agreement(agreement_request(&created.name))
+        .await
+        .expect("a message within the limit is served");
+}

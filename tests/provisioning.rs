@@ -346,6 +346,81 @@ async fn stage_order_and_bad_input_are_refused_before_billecta_is_asked() {
     .await;
 }
 
+#[tokio::test]
+async fn numbers_that_pass_the_check_digit_but_belong_to_nobody_are_refused() {
+    for_each_backend(|server| async move {
+        let mut client = server.client.clone();
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        let sent_before = simulator.state().request_counts;
+
+        // Each has a valid check digit: zeros, and a person's number whose month is 13.
+        for nobody in ["000000-0000", "0000000000", "811318-9875"] {
+            let refused = client
+                .create_creditor(proto::CreateCreditorRequest {
+                    organisation_number: nobody.into(),
+                    ..creditor_request(&name)
+                })
+                .await
+                .unwrap_err();
+            assert_refused(&refused, Code::InvalidArgument, "INVALID_FIELDS");
+            assert_eq!(bad_fields(&refused), ["organisation_number"], "{nobody}");
+        }
+        assert_eq!(
+            simulator.state().request_counts,
+            sent_before,
+            "nothing was sent to Billecta"
+        );
+        assert!(simulator.state().creditors.is_empty());
+
+        // A sole trader's personal identity number is a creditor's number too.
+        let sole_trader = create_creditor(
+            &server,
+            proto::CreateCreditorRequest {
+                organisation_number: "811218-9876".into(),
+                company_name: "Anna Andersson Konsult".into(),
+                ..creditor_request(&name)
+            },
+        )
+        .await;
+        assert_eq!(sole_trader.organisation_number, "811218-9876");
+
+        // Bankgiros of zeros, in both fields.
+        let sent_before = simulator.state().request_counts;
+        let refused = client
+            .update_company_settings(proto::UpdateCompanySettingsRequest {
+                name: sole_trader.name.clone(),
+                company_settings: Some(proto::CompanySettings {
+                    bankgiro_invoicing: "000-0000".into(),
+                    bankgiro_payments: "0000-0000".into(),
+                    ..gp_company_settings()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_refused(&refused, Code::InvalidArgument, "INVALID_FIELDS");
+        assert_eq!(
+            bad_fields(&refused),
+            [
+                "company_settings.bankgiro_invoicing",
+                "company_settings.bankgiro_payments"
+            ]
+        );
+        assert_eq!(
+            simulator.state().request_counts,
+            sent_before,
+            "nothing was sent to Billecta"
+        );
+        let after = common::get(&server, &name).await.unwrap();
+        assert_eq!(
+            stage_state(&after.creditors[0].stages, proto::Stage::CompanySettings),
+            proto::StageState::NotStarted
+        );
+    })
+    .await;
+}
+
 /// Asserts that creating the creditor of the onboarding `name` again is refused: it exists.
 async fn assert_creditor_exists_already(server: &TestServer, name: &str) {
     let again = server
@@ -445,6 +520,82 @@ async fn a_creditor_whose_create_answer_was_lost_is_adopted_not_created_again() 
             "two creates sent in all, one of them lost"
         );
     }
+}
+
+#[tokio::test]
+async fn a_busy_stage_asks_for_a_retry_when_the_running_call_must_end_not_after_the_lease() {
+    for_each_backend(|server| async move {
+        let simulator = server.simulator(Environment::Test);
+        let name = activated(&server, Environment::Test).await;
+        let creditor = create_creditor(&server, creditor_request(&name)).await;
+        let write = "PUT /v1/creditors/creditor";
+
+        // Billecta never answers the write: the first call holds the stage until its deadline.
+        fail_next(simulator, write, Fault::Hang, 1);
+        let first_timeout = Duration::from_secs(4);
+        let mut first = tonic::Request::new(company_settings(&creditor.name));
+        first.set_timeout(first_timeout);
+        let mut first_client = server.client.clone();
+        let running =
+            tokio::spawn(async move { first_client.update_company_settings(first).await });
+        let started = std::time::Instant::now();
+        while simulator.request_count(write) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30) && !running.is_finished(),
+                "the first call reaches Billecta's write"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let mut client = server.client.clone();
+        let busy = client
+            .update_company_settings(company_settings(&creditor.name))
+            .await
+            .unwrap_err();
+        let told_at = std::time::Instant::now();
+        assert_refused(&busy, Code::Aborted, "STAGE_BUSY");
+        let delay = retry_delay(&busy);
+        // The first call must end by its deadline, and has 5 s after it to record its outcome: the
+        // delay is at most that, measured from when the first call arrived, and far from the
+        // 120 s lease.
+        assert!(
+            delay <= first_timeout + Duration::from_secs(5),
+            "{delay:?} is longer than the first call may take"
+        );
+
+        let first_outcome = running.await.expect("the first call's task");
+        assert!(first_outcome.is_err(), "{first_outcome:?}");
+        // The stage is free again by the time the delay named, or soon after on a busy machine.
+        let applied = loop {
+            match client
+                .update_company_settings(company_settings(&creditor.name))
+                .await
+            {
+                Ok(applied) => break applied.into_inner(),
+                Err(status) if reason(&status) == "STAGE_BUSY" => {
+                    assert!(
+                        told_at.elapsed() < delay + Duration::from_secs(15),
+                        "still busy long after the delay given: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("the retry fails: {status:?}"),
+            }
+        };
+        let onboarding = applied
+            .onboarding
+            .expect("the answer carries the onboarding");
+        assert_eq!(
+            stage_state(
+                &onboarding.creditors[0].stages,
+                proto::Stage::CompanySettings
+            ),
+            proto::StageState::ActionRequired,
+            "applied; the bankgiro for payments waits on Billecta's support"
+        );
+        assert_eq!(simulator.request_count(write), 2);
+    })
+    .await;
 }
 
 #[tokio::test]

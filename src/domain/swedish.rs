@@ -49,6 +49,31 @@ fn digits_of(text: &str, separators: &[char]) -> Option<Vec<u8>> {
     Some(digits)
 }
 
+/// Whether `yymmdd` (six digits) is a date of birth as a personal identity number writes it: a
+/// real month and day, or the day plus 60 (a coordination number). Without the `century` (19 or 20)
+/// the year is ambiguous, so 29 February passes in every year divisible by four: 1900 was not a
+/// leap year, but 2000 was.
+fn is_birth_date(yymmdd: &[u8], century: Option<u8>) -> bool {
+    let pair = |at: usize| u32::from(10 * yymmdd[at] + yymmdd[at + 1]);
+    let (year, month, day) = (pair(0), pair(2), pair(4));
+    let day = if day > 60 { day - 60 } else { day };
+    let leap = match century {
+        Some(century) => {
+            let year = u32::from(century) * 100 + year;
+            year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
+        }
+        None => year.is_multiple_of(4),
+    };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days_in_month).contains(&day)
+}
+
 fn text_of(digits: &[u8]) -> String {
     digits
         .iter()
@@ -57,12 +82,20 @@ fn text_of(digits: &[u8]) -> String {
 }
 
 /// A Swedish organisation number, normalised to `NNNNNN-NNNN`.
+///
+/// A number the check digit allows may still belong to nobody (`000000-0000` does): the ten digits
+/// must also be one of the two kinds Billecta's creditors have. An organisation's number has 20 or
+/// more in digits 3–4, where a person's has the month, so the two never collide. A sole trader's
+/// is the owner's personal identity number, whose digits 1–6 are the date of birth, YYMMDD; a
+/// coordination number (samordningsnummer, given to people not registered in Sweden, who may run a
+/// business here too) is accepted as well: its day is the day of birth plus 60.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OrganisationNumber(String);
 
 impl OrganisationNumber {
     /// Accepts `NNNNNN-NNNN`, ten digits, and the twelve-digit forms with a century or the `16`
-    /// prefix (`16NNNNNN-NNNN`, `19…`, `20…` for sole traders), and checks the Luhn check digit.
+    /// prefix (`16NNNNNN-NNNN`, `19…`, `20…` for sole traders), and checks the Luhn check digit and
+    /// that the number is an organisation's or a person's (see the type).
     pub fn parse(field: &str, text: &str) -> Result<Self, FieldViolation> {
         const FORM: &str = "must be a Swedish organisation number, NNNNNN-NNNN (ten digits with a valid check digit)";
         if text.trim().is_empty() {
@@ -70,9 +103,11 @@ impl OrganisationNumber {
         }
         let digits =
             digits_of(text, &['-', '+', ' ']).ok_or_else(|| FieldViolation::new(field, FORM))?;
-        let ten = match digits.len() {
-            10 => &digits[..],
-            12 if matches!(&digits[..2], [1, 6] | [1, 9] | [2, 0]) => &digits[2..],
+        let (prefix, ten) = match digits.len() {
+            10 => (None, &digits[..]),
+            12 if matches!(&digits[..2], [1, 6] | [1, 9] | [2, 0]) => {
+                (Some(10 * digits[0] + digits[1]), &digits[2..])
+            }
             _ => return Err(FieldViolation::new(field, FORM)),
         };
         if !luhn_valid(ten) {
@@ -80,6 +115,25 @@ impl OrganisationNumber {
                 field,
                 "is not a valid organisation number: the check digit does not match",
             ));
+        }
+        let organisation = 10 * ten[2] + ten[3] >= 20;
+        if !organisation {
+            if prefix == Some(16) {
+                return Err(FieldViolation::new(
+                    field,
+                    "is not a valid organisation number: the prefix 16 is for an organisation's \
+                     number, which has 20 or more in digits 3-4",
+                ));
+            }
+            // 19 or 20 before a person's number is the century of the birth date.
+            if !is_birth_date(&ten[..6], prefix) {
+                return Err(FieldViolation::new(
+                    field,
+                    "is not a valid organisation number: an organisation's has 20 or more in \
+                     digits 3-4, and a sole trader's (the owner's personal identity number) has \
+                     the date of birth, YYMMDD, in digits 1-6",
+                ));
+            }
         }
         let mut text = text_of(ten);
         text.insert(6, '-');
@@ -121,6 +175,13 @@ impl Bankgiro {
             return Err(FieldViolation::new(
                 field,
                 "is not a valid bankgiro number: the check digit does not match",
+            ));
+        }
+        // Zeros pass the check digit rule, but no account has them.
+        if digits.iter().all(|digit| *digit == 0) {
+            return Err(FieldViolation::new(
+                field,
+                "is not a valid bankgiro number: it is all zeros",
             ));
         }
         let text = text_of(&digits);
@@ -262,6 +323,73 @@ mod tests {
         }
     }
 
+    /// `nine` digits (separators allowed) completed with their check digit, as `NNNNNN-NNNN`.
+    fn numbered(nine: &str) -> String {
+        let digits = digits_of(nine, &['-']).unwrap();
+        let mut text = text_of(&digits);
+        text.push(char::from(b'0' + luhn_check_digit(&digits)));
+        text.insert(6, '-');
+        text
+    }
+
+    #[test]
+    fn numbers_that_belong_to_nobody_are_refused() {
+        for nobody in [
+            "000000-0000".to_owned(),
+            numbered("000000-000"),
+            numbered("551936-079"),
+            numbered("811318-987"),
+            numbered("810132-987"),
+            numbered("810100-987"),
+            numbered("810431-987"),
+            numbered("810160-987"),
+            numbered("810192-987"),
+            numbered("810229-987"),
+        ] {
+            assert!(luhn_valid(&digits_of(&nobody, &['-']).unwrap()));
+            let refused = OrganisationNumber::parse("org", &nobody).unwrap_err();
+            assert_eq!(refused.field, "org", "{nobody}");
+            assert!(
+                refused.description.contains("digits 3-4"),
+                "{nobody}: {}",
+                refused.description
+            );
+        }
+    }
+
+    #[test]
+    fn a_sole_traders_personal_identity_number_is_accepted() {
+        for person in [
+            numbered("811218-987"),
+            // A coordination number: the 18th, plus 60.
+            numbered("811278-987"),
+            numbered("810131-987"),
+            numbered("810191-987"),
+            numbered("040229-123"),
+            // 2000 was a leap year: 29 February of a two-digit 00 may be a real birthday.
+            numbered("000229-123"),
+        ] {
+            assert_eq!(
+                OrganisationNumber::parse("org", &person).unwrap().as_str(),
+                person
+            );
+        }
+        let person = numbered("811218-987");
+        assert_eq!(
+            OrganisationNumber::parse("org", &format!("19{person}"))
+                .unwrap()
+                .as_str(),
+            person
+        );
+        // With the century given, 29 February 1900 is known not to exist, and 2000's does.
+        let leap_day = numbered("000229-123");
+        assert!(OrganisationNumber::parse("org", &format!("19{leap_day}")).is_err());
+        assert!(OrganisationNumber::parse("org", &format!("20{leap_day}")).is_ok());
+        // The 16 prefix marks an organisation's number, never a person's.
+        let refused = OrganisationNumber::parse("org", &format!("16{person}")).unwrap_err();
+        assert!(refused.description.contains("prefix 16"), "{refused:?}");
+    }
+
     #[test]
     fn bankgiros_are_checked_and_normalised() {
         assert_eq!(
@@ -284,6 +412,11 @@ mod tests {
         );
         for bad in ["", "12-3456", "123456789", "5050_1055", "bg 5050-1055"] {
             assert!(Bankgiro::parse("bg", bad).is_err(), "{bad:?}");
+        }
+        for zeros in ["000-0000", "0000-0000", "0000000"] {
+            let refused = Bankgiro::parse("bg", zeros).unwrap_err();
+            assert_eq!(refused.field, "bg");
+            assert!(refused.description.contains("zeros"), "{zeros}");
         }
         let bankgiro = Bankgiro::parse("bg", "5050-1055").unwrap();
         assert!(bankgiro.matches("50501055") && bankgiro.matches("5050-1055"));

@@ -222,6 +222,48 @@ pub fn to_status(error: Error) -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// The status of a request message over `--max-message-bytes`.
+fn message_too_large(limit_bytes: usize) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        "MESSAGE_TOO_LARGE",
+        ERROR_DOMAIN,
+        HashMap::from([
+            ("limit_bytes".to_owned(), limit_bytes.to_string()),
+            ("setting".to_owned(), "--max-message-bytes".to_owned()),
+        ]),
+    );
+    Status::with_error_details(
+        Code::OutOfRange,
+        format!(
+            "the request message is larger than the {limit_bytes} bytes the server accepts; send \
+             a smaller one, or have the operators raise --max-message-bytes \
+             (ONBOARDING_MAX_MESSAGE_BYTES)"
+        ),
+        details,
+    )
+}
+
+/// Gives the answer to an oversized request message the ErrorInfo every error carries. tonic
+/// refuses such a message itself, before any handler, with OUT_OF_RANGE and no details, in a
+/// trailers-only answer (the status in the headers); no status of the service's own is
+/// OUT_OF_RANGE, and each has details.
+pub fn explain_oversized<B: Default>(
+    response: http::Response<B>,
+    limit_bytes: usize,
+) -> http::Response<B> {
+    let headers = response.headers();
+    let refused_by_tonic = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11")
+        && !headers.contains_key("grpc-status-details-bin");
+    if refused_by_tonic {
+        message_too_large(limit_bytes).into_http()
+    } else {
+        response
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         to_status(error)
@@ -245,6 +287,30 @@ mod tests {
             attempts: 3,
             outcome_unknown: false,
         }))
+    }
+
+    #[test]
+    fn only_tonics_own_out_of_range_is_explained() {
+        let explained = explain_oversized(
+            Status::out_of_range("Error, decoded message length too large").into_http::<()>(),
+            4096,
+        );
+        let status = Status::from_header_map(explained.headers()).expect("a status");
+        assert_eq!(status.code(), Code::OutOfRange);
+        assert!(status.message().contains("--max-message-bytes"));
+        let info = status.get_error_details().error_info().unwrap().clone();
+        assert_eq!(info.reason, "MESSAGE_TOO_LARGE");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata["limit_bytes"], "4096");
+
+        let served = http::Response::new(());
+        assert!(explain_oversized(served, 4096).headers().is_empty());
+        let ours = to_status(Error::NotFound {
+            resource: "tenants/gp".into(),
+        })
+        .into_http::<()>();
+        let kept = explain_oversized(ours, 4096);
+        assert_eq!(kept.headers()["grpc-status"], "5");
     }
 
     #[test]

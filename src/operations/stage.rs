@@ -176,7 +176,22 @@ pub(super) fn stage_mut<'a>(
     creditor_stage(creditor, target.stage)
 }
 
-/// Refuses a stage another call is working on, unless its lease ran out.
+/// How long a claim holds its stage, in microseconds: the lease, but no longer than the claiming
+/// call's deadline plus the margin to record the outcome in. The Billecta step ends by the deadline
+/// (the client fits every attempt and backoff into it), so after that margin nobody is working on
+/// the stage any more: a waiting call is told that time ([`check_free`]), not the whole lease, and a
+/// call whose holder crashed is taken over as soon. A create runs without a deadline and keeps the
+/// whole lease; one whose answer was lost is leased again for the settling time when its failure is
+/// recorded.
+fn lease_length(lease: Duration, deadline: Deadline) -> Micros {
+    let length = deadline
+        .remaining()
+        .map_or(lease, |left| lease.min(left.saturating_add(LEASE_MARGIN)));
+    i64::try_from(length.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Refuses a stage another call is working on, unless its lease ran out. The caller is told to
+/// retry when the lease ends: by then the holder has recorded its outcome or is presumed crashed.
 pub(super) fn check_free(stage: &StageRecord, subject: &str, now: Micros) -> Result<()> {
     match &stage.lease {
         Some(lease) if lease.expire_time > now => Err(Error::Busy {
@@ -213,7 +228,7 @@ impl Operations {
         mut stage: impl BillectaStage,
     ) -> Result<OnboardingRecord> {
         let claim = self
-            .claim(call, key, mutation, |record, now| {
+            .claim(call, key, mutation, deadline, |record, now| {
                 stage.prepare(record, now)
             })
             .await?;
@@ -274,17 +289,17 @@ impl Operations {
         Err(error)
     }
 
-    /// Step 1: claims `target` for this call after `prepare` checked the order and recorded what was
-    /// asked for.
+    /// Step 1: claims `target` for this call, until its `deadline` (see [`lease_length`]), after
+    /// `prepare` checked the order and recorded what was asked for.
     async fn claim(
         &self,
         call: &CallContext,
         key: &OnboardingKey,
         mutation: &Mutation,
+        deadline: Deadline,
         mut prepare: impl FnMut(&mut OnboardingRecord, Micros) -> Result<Prepared>,
     ) -> Result<Claim> {
         let owner = uuid::Uuid::new_v4().to_string();
-        let lease_micros = i64::try_from(self.timing.lease.as_micros()).unwrap_or(i64::MAX);
         let mut claimed = None;
         let conventions = Conventions {
             first_write: true,
@@ -299,7 +314,7 @@ impl Operations {
                 let prepared = record.clone();
                 let lease = Lease {
                     owner: owner.clone(),
-                    expire_time: now.saturating_add(lease_micros),
+                    expire_time: now.saturating_add(lease_length(self.timing.lease, deadline)),
                 };
                 let stage = stage_mut(record, &target);
                 let before = stage.clone();
@@ -411,5 +426,32 @@ fn billecta_deadline(caller: Deadline, claimed: &Claimed) -> Deadline {
     match (caller.remaining(), lease.remaining()) {
         (Some(caller_left), Some(lease_left)) if caller_left < lease_left => caller,
         _ => lease,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_lasts_until_the_claiming_calls_deadline_and_a_margin() {
+        let lease = Duration::from_secs(120);
+        let micros = |duration: Duration| i64::try_from(duration.as_micros()).unwrap();
+        assert_eq!(lease_length(lease, Deadline::none()), micros(lease));
+        let soon = lease_length(lease, Deadline::after(Duration::from_secs(3)));
+        assert!(
+            soon <= micros(Duration::from_secs(3) + LEASE_MARGIN),
+            "{soon}"
+        );
+        assert!(soon > micros(LEASE_MARGIN), "{soon}");
+        assert_eq!(
+            lease_length(lease, Deadline::after(Duration::from_secs(600))),
+            micros(lease)
+        );
+        // A deadline already past still leaves the margin to record the failure in.
+        assert_eq!(
+            lease_length(lease, Deadline::after(Duration::ZERO)),
+            micros(LEASE_MARGIN)
+        );
     }
 }
