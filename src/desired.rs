@@ -4,9 +4,10 @@
 
 use crate::domain::onboarding::CompanySettings;
 use crate::domain::swedish::{Bankgiro, OrganisationNumber};
+use crate::secret::Secret;
 use billecta_client::model::{
     Creditor, CreditorBankInfo, OutgoingBankgiro, PaymentMethod, PaymentMethodPriority,
-    PaymentMethodType,
+    PaymentMethodType, User, UserRight,
 };
 
 /// A new creditor: organisation number and company name, enabled, Swedish. Billecta reads a missing
@@ -20,6 +21,37 @@ pub fn new_creditor(organisation_number: &OrganisationNumber, company_name: &str
         use_cent_rounding: Some(false),
         uses_client_fund_for_invoicing: Some(false),
         ..Creditor::default()
+    }
+}
+
+/// A dedicated API user for one creditor: enabled, not an administrator, with the rights Payway's
+/// payment code needs on that creditor alone (read and write it, manage and attest its invoices,
+/// manage their payments).
+pub fn new_api_user(
+    username: &str,
+    full_name: &str,
+    password: &Secret,
+    creditor_public_id: &str,
+) -> User {
+    User {
+        username: Some(username.to_owned()),
+        email: Some(username.to_owned()),
+        full_name: Some(full_name.to_owned()),
+        password: Some(password.clone()),
+        is_enabled: Some(true),
+        is_api_user: Some(true),
+        is_administrator: Some(false),
+        can_manage_creditors: Some(false),
+        rights: Some(vec![UserRight {
+            creditor_public_id: Some(creditor_public_id.to_owned()),
+            can_read_creditor: Some(true),
+            can_write_creditor: Some(true),
+            can_manage_invoices: Some(true),
+            can_attest_invoice: Some(true),
+            can_manage_invoice_payments: Some(true),
+            ..UserRight::default()
+        }]),
+        ..User::default()
     }
 }
 

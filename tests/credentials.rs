@@ -11,7 +11,7 @@ mod common;
 use billecta_client::Deadline;
 use billecta_onboarding::domain::Environment;
 use billecta_onboarding::secret::Secret;
-use billecta_sim::NewUser;
+use billecta_sim::{ApiUsers, NewUser};
 use common::{
     ACCOUNT_EMAIL, READY_PASSWORD, SignIn, TestServer, for_each_backend,
     for_each_backend_and_sign_in, payment_configuration, proto, ready_onboarding, stage_status,
@@ -625,4 +625,235 @@ async fn api_access_goes_ahead_while_the_bankgiro_awaits_approval_but_ready_wait
         assert_eq!(waiting.blocked_on, proto::BlockedOn::BillectaSupport as i32);
     })
     .await;
+}
+
+async fn create_api_user(
+    server: &TestServer,
+    creditor: &proto::Creditor,
+    username: &str,
+    validate_only: bool,
+) -> Result<proto::Onboarding, tonic::Status> {
+    Ok(server
+        .client
+        .clone()
+        .create_api_user(proto::CreateApiUserRequest {
+            name: creditor.name.clone(),
+            username: username.into(),
+            validate_only,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .onboarding
+        .unwrap())
+}
+
+/// The production simulator's users named `username`.
+fn users_named(server: &TestServer, username: &str) -> Vec<billecta_sim::UserState> {
+    server
+        .simulator(Environment::Production)
+        .state()
+        .users
+        .into_iter()
+        .filter(|user| user.username.eq_ignore_ascii_case(username))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_api_user_makes_a_dedicated_user_and_registers_its_token() {
+    for_each_backend_and_sign_in(|server, sign_in| async move {
+        // Not in test: an account there has one user.
+        let (test, test_creditor) = common::settled_creditor(&server).await;
+        let refused = create_api_user(&server, &test_creditor, "api@gp.se", false)
+            .await
+            .unwrap_err();
+        common::assert_refused(&refused, tonic::Code::FailedPrecondition, "ONE_USER_ONLY");
+        let _ = test;
+
+        let (name, creditor) = production_creditor(&server).await;
+        let planned = create_api_user(&server, &creditor, "api@gp.se", true)
+            .await
+            .unwrap();
+        let access = stage_status(&planned.creditors[0].stages, proto::Stage::ApiAccess);
+        assert!(
+            access.message.contains("Would create"),
+            "{}",
+            access.message
+        );
+        assert!(
+            users_named(&server, "api@gp.se").is_empty(),
+            "validate_only made nothing"
+        );
+
+        let made = create_api_user(&server, &creditor, "api@gp.se", false)
+            .await
+            .unwrap();
+        let access = stage_status(&made.creditors[0].stages, proto::Stage::ApiAccess);
+        assert_eq!(
+            access.state,
+            proto::StageState::Completed as i32,
+            "{access:?}"
+        );
+        assert!(
+            made.creditors[0]
+                .api_access
+                .as_ref()
+                .unwrap()
+                .warnings
+                .is_empty(),
+            "a user of its own"
+        );
+        let user = &users_named(&server, "api@gp.se")[0];
+        assert!(user.is_api_user && !user.is_administrator);
+        assert_eq!(user.rights.len(), 1, "rights on this creditor only");
+        let configuration = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        assert_eq!(configuration.username, "api@gp.se");
+        assert!(configuration.password.len() >= 20, "a generated password");
+        assert!(works_in_production(&server, &configuration.secure_token, &creditor).await);
+        assert_eq!(
+            server
+                .simulator(Environment::Production)
+                .sign_ins("api@gp.se"),
+            1,
+            "{sign_in}"
+        );
+        // The generated password is never shown but in the payment configuration.
+        let shown = format!(
+            "{:?} {:?}",
+            common::get(&server, &name).await.unwrap(),
+            common::events(&server, &name).await
+        );
+        assert!(!shown.contains(&configuration.password));
+        let report = validate(&server, &name).await;
+        assert_eq!(
+            check(&report, "api_access.user_exists").result,
+            proto::CheckResult::Pass as i32
+        );
+
+        // A username Billecta already has is refused, and nothing is made.
+        portal_api_user(&server, &creditor, "someone@gp.se", "Hennes-lösen");
+        let taken = create_api_user(&server, &creditor, "someone@gp.se", false)
+            .await
+            .unwrap_err();
+        common::assert_refused(&taken, tonic::Code::FailedPrecondition, "USERNAME_TAKEN");
+        assert_eq!(users_named(&server, "someone@gp.se").len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_api_user_copes_with_each_way_billecta_may_treat_api_users() {
+    for_each_backend(|server| async move {
+        let (_, creditor) = production_creditor(&server).await;
+        let simulator = server.simulator(Environment::Production);
+
+        // API users are made in the portal only: the portal path, saying why; nothing made.
+        simulator.set_api_users(ApiUsers::PortalOnly);
+        let fallback = create_api_user(&server, &creditor, "api@gp.se", false)
+            .await
+            .unwrap();
+        let access = stage_status(&fallback.creditors[0].stages, proto::Stage::ApiAccess);
+        assert_eq!(access.state, proto::StageState::ActionRequired as i32);
+        assert_eq!(access.reason, "API_USER_PORTAL_PATH");
+        assert!(
+            access.message.contains("creating the user"),
+            "{}",
+            access.message
+        );
+        assert_eq!(fallback.next_due[0].item, "api_access.register");
+        assert!(users_named(&server, "api@gp.se").is_empty());
+
+        // API users never sign in with a password; an administrator gives them a token. Billecta
+        // is down just after the user is made: the next attempt carries that user on.
+        simulator.set_api_users(ApiUsers::TokenFromAdministrator);
+        common::fail_next(
+            simulator,
+            "POST /v1/authentication/securetoken/{id}",
+            billecta_sim::Fault::Status {
+                status: 503,
+                body: billecta_sim::FaultBody::Json,
+            },
+            20,
+        );
+        let down = create_api_user(&server, &creditor, "api@gp.se", false)
+            .await
+            .unwrap_err();
+        assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+        assert_eq!(users_named(&server, "api@gp.se").len(), 1, "made");
+        simulator.clear_faults();
+        let done = create_api_user(&server, &creditor, "api@gp.se", false)
+            .await
+            .unwrap();
+        let access = stage_status(&done.creditors[0].stages, proto::Stage::ApiAccess);
+        assert_eq!(
+            access.state,
+            proto::StageState::Completed as i32,
+            "{access:?}"
+        );
+        assert_eq!(users_named(&server, "api@gp.se").len(), 1, "not made twice");
+        let configuration = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        assert!(works_in_production(&server, &configuration.secure_token, &creditor).await);
+        assert_eq!(simulator.sign_ins("api@gp.se"), 0, "never signed in");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_carries_on_an_api_user_billecta_was_down_for() {
+    for backend in common::backends() {
+        let server = TestServer::start_with(&backend, |config| {
+            config.reconcile_interval_ms = 200;
+        })
+        .await;
+        let (name, creditor) = production_creditor(&server).await;
+        let simulator = server.simulator(Environment::Production);
+        simulator.set_api_users(ApiUsers::TokenFromAdministrator);
+        common::fail_next(
+            simulator,
+            "POST /v1/authentication/securetoken/{id}",
+            billecta_sim::Fault::Status {
+                status: 503,
+                body: billecta_sim::FaultBody::Json,
+            },
+            20,
+        );
+        let down = create_api_user(&server, &creditor, "api@gp.se", false)
+            .await
+            .unwrap_err();
+        assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+        simulator.clear_faults();
+
+        let started = std::time::Instant::now();
+        loop {
+            let onboarding = common::get(&server, &name).await.unwrap();
+            let access = stage_status(&onboarding.creditors[0].stages, proto::Stage::ApiAccess);
+            if access.state == proto::StageState::Completed as i32 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "not carried on: {access:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(users_named(&server, "api@gp.se").len(), 1, "not made twice");
+        let carried = common::events(&server, &name)
+            .await
+            .into_iter()
+            .rev()
+            .find(|event| event.method == "CreateApiUser")
+            .unwrap();
+        assert_eq!(
+            (carried.actor.as_str(), carried.outcome.as_str()),
+            ("reconciler", "OK")
+        );
+        let configuration = payment_configuration(&server, &creditor.name)
+            .await
+            .unwrap();
+        assert!(works_in_production(&server, &configuration.secure_token, &creditor).await);
+    }
 }

@@ -13,7 +13,7 @@ use common::{
     ACCOUNT_EMAIL, ORG_NO, OnboardingOutcome, TestServer, assert_refused, confirm_account,
     create_creditor, creditor_request, events, for_each_backend, for_each_backend_and_sign_in,
     gp_company_settings, payment_configuration, proto, settle_company_settings, skip_webhooks,
-    stage_state, stage_status, validate,
+    stage_status, validate,
 };
 use std::sync::{Arc, Mutex, OnceLock};
 use tonic::Code;

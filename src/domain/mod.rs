@@ -127,6 +127,9 @@ stored_enum! {
         /// A Billecta user's password, when it was given: to sign in again, only when the stored
         /// token is refused.
         Password => "password",
+        /// The password CreateApiUser generated for the API user it makes, kept with the creditor's
+        /// stage until the user's token is registered, so an interrupted attempt is carried on.
+        GeneratedPassword => "generated_password",
         /// The `Authorization` value Billecta's webhooks send to Payway (a creditor's).
         WebhookAuthorization => "webhook_authorization",
         /// Stored before credentials were kept per user; only the start-up upgrade reads these.

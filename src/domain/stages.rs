@@ -724,6 +724,24 @@ pub fn api_access_verified(
     );
 }
 
+/// CreateApiUser could not make a working API user through Billecta's API: the portal path is due,
+/// and `why` says what was made and what to do.
+pub fn api_user_portal_path(creditor: &mut CreditorRecord, why: &str, now: Micros) {
+    let stage = creditor_stage(creditor, Stage::ApiAccess);
+    if stage.state == StageState::Completed {
+        // The credentials registered before still work: they stay.
+        return;
+    }
+    stage.set(
+        StageState::ActionRequired,
+        BlockedOn::PaywayOperations,
+        vec![API_ACCESS_REGISTER.to_owned()],
+        "API_USER_PORTAL_PATH",
+        why,
+        now,
+    );
+}
+
 /// Payway's payment code read the configuration with the current credentials.
 pub fn payment_configuration_read(creditor: &mut CreditorRecord, reader: &str, now: Micros) {
     creditor_stage(creditor, Stage::PaymentConfiguration).set(

@@ -347,6 +347,13 @@ impl OnboardingService for OnboardingApi {
         mutating(&self.operations, request).await
     }
 
+    async fn create_api_user(
+        &self,
+        request: Request<proto::CreateApiUserRequest>,
+    ) -> Result<Response<proto::CreateApiUserResponse>, Status> {
+        mutating(&self.operations, request).await
+    }
+
     async fn record_webhook_setup(
         &self,
         request: Request<proto::RecordWebhookSetupRequest>,

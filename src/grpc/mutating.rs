@@ -161,6 +161,7 @@ mutating_request!(proto::UpdateCompanySettingsRequest);
 mutating_request!(proto::UpdateInvoiceSettingsRequest);
 mutating_request!(proto::SkipStageRequest);
 mutating_request!(proto::RegisterApiCredentialsRequest, secrets: [password, secure_token]);
+mutating_request!(proto::CreateApiUserRequest);
 mutating_request!(proto::RecordWebhookSetupRequest, secrets: [authorization]);
 mutating_request!(without etag: proto::PromoteToProductionRequest);
 

@@ -54,6 +54,7 @@ onboarding_answer!(
     proto::UpdateInvoiceSettingsResponse,
     proto::SkipStageResponse,
     proto::RegisterApiCredentialsResponse,
+    proto::CreateApiUserResponse,
     proto::RecordWebhookSetupResponse,
     proto::PromoteToProductionResponse,
 );
@@ -589,6 +590,40 @@ impl MutatingRpc for proto::RegisterApiCredentialsRequest {
     ) -> Result<OnboardingRecord, Error> {
         operations
             .register_api_credentials(call, key, mutation, credentials, deadline)
+            .await
+    }
+}
+
+impl MutatingRpc for proto::CreateApiUserRequest {
+    const METHOD: &'static str = "CreateApiUser";
+    const DETACHED: bool = true;
+    type Target = CreditorKey;
+    /// The username and the full name.
+    type Input = (String, String);
+    type Output = OnboardingRecord;
+    type Response = proto::CreateApiUserResponse;
+
+    fn target(&self, violations: &mut Violations) -> Option<CreditorKey> {
+        violations.check(CreditorKey::parse_name("name", &self.name))
+    }
+
+    fn input(&self, violations: &mut Violations) -> Option<(String, String)> {
+        let username = violations.check(validate::Email::parse("username", &self.username));
+        let full_name = if self.full_name.trim().is_empty() {
+            Some("Payway API".to_owned())
+        } else {
+            violations.check(validate::required_text("full_name", &self.full_name, 200))
+        };
+        Some((username?.into_string(), full_name?))
+    }
+
+    async fn run(
+        operations: &Operations,
+        (call, key, mutation, deadline): Parsed<'_, CreditorKey>,
+        (username, full_name): (String, String),
+    ) -> Result<OnboardingRecord, Error> {
+        operations
+            .create_api_user(call, key, mutation, username, full_name, deadline)
             .await
     }
 }

@@ -100,6 +100,20 @@ impl Operations {
         credentials: ApiCredentials,
         deadline: Deadline,
     ) -> Result<OnboardingRecord> {
+        let verification = self
+            .api_access_verification(key, credentials, mutation)
+            .await?;
+        self.run_stage(call, &key.onboarding, mutation, deadline, verification)
+            .await
+    }
+
+    /// The API_ACCESS stage that registers `credentials` for the creditor `key` names.
+    pub(super) async fn api_access_verification<'a>(
+        &self,
+        key: &'a CreditorKey,
+        credentials: ApiCredentials,
+        mutation: &Mutation,
+    ) -> Result<ApiAccessVerification<'a>> {
         let onboarding = &key.onboarding;
         let test = match onboarding.environment {
             Environment::Production => {
@@ -113,15 +127,13 @@ impl Operations {
             ApiCredentials::Password { password, .. } => self.keyring.keyed_fingerprint(password),
             ApiCredentials::Token { .. } => String::new(),
         };
-        let verification = ApiAccessVerification {
+        Ok(ApiAccessVerification {
             key,
             credentials,
             test,
             password_fingerprint,
             validate_only: mutation.validate_only,
-        };
-        self.run_stage(call, onboarding, mutation, deadline, verification)
-            .await
+        })
     }
 
     /// GetPaymentConfiguration: the one read that returns a secret. Every read is one audit log
@@ -361,14 +373,14 @@ impl Operations {
 
 /// API_ACCESS: the API user's credentials, verified by reading the creditor with them. With a
 /// password, the service signs in only if it holds no working token of that user with it.
-struct ApiAccessVerification<'a> {
+pub(super) struct ApiAccessVerification<'a> {
     key: &'a CreditorKey,
     credentials: ApiCredentials,
     /// The test environment's onboarding when this is production's, for the shared-user flags.
     test: Option<Arc<OnboardingRecord>>,
     /// The given password's keyed fingerprint (empty for a token).
     password_fingerprint: String,
-    validate_only: bool,
+    pub validate_only: bool,
 }
 
 impl ApiAccessVerification<'_> {
@@ -548,7 +560,11 @@ impl BillectaStage for ApiAccessVerification<'_> {
         let mut removed = pending_in(
             record,
             creditor_id,
-            &[CredentialField::Password, CredentialField::Token],
+            &[
+                CredentialField::Password,
+                CredentialField::Token,
+                CredentialField::GeneratedPassword,
+            ],
         );
         // A user registered but never read (replaced mid-rotation) is forgotten.
         if let Some(abandoned) = old_user.filter(|old| Some(old) != previous.as_ref()) {

@@ -7,6 +7,7 @@
 //! outcome in a second one.
 
 mod access;
+mod api_user;
 mod billecta;
 mod provisioning;
 mod reconcile;

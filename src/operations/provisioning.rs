@@ -171,6 +171,7 @@ impl Operations {
                 | CredentialField::LegacyAccountToken
                 | CredentialField::LegacyApiToken => secret.fingerprint(),
                 CredentialField::Password
+                | CredentialField::GeneratedPassword
                 | CredentialField::WebhookAuthorization
                 | CredentialField::LegacyAccountPassword
                 | CredentialField::LegacyApiPassword => self.keyring.keyed_fingerprint(secret),

@@ -150,6 +150,20 @@ impl Operations {
                         c.scope == creditor.id && c.field == field && c.verify_time.is_none()
                     })
                 };
+                // An API user CreateApiUser was making: carried on with the password it generated.
+                if let Some(stored) = pending(CredentialField::GeneratedPassword) {
+                    let username = stored.principal.clone().unwrap_or_default();
+                    self.create_api_user(
+                        &call(),
+                        &creditor_key,
+                        &Mutation::plain("CreateApiUser"),
+                        username,
+                        "Payway API".to_owned(),
+                        deadline,
+                    )
+                    .await?;
+                    return Ok(true);
+                }
                 let credentials = if let Some(stored) = pending(CredentialField::Password) {
                     ApiCredentials::Password {
                         username: stored.principal.clone().unwrap_or_default(),

@@ -56,6 +56,20 @@ pub(super) trait BillectaStage: Send + Sync {
         now: Micros,
     ) -> Result<Written>;
 
+    /// Step 1, after `prepare`, in the claim's transaction (never for validate_only): secrets to keep
+    /// before Billecta is asked, because the call may make something in Billecta that needs them
+    /// should it be interrupted. Nothing, unless a stage says otherwise.
+    fn kept_at_claim(
+        &self,
+        _operations: &Operations,
+        _call: &CallContext,
+        _record: &OnboardingRecord,
+        _target: &StageRef,
+        _now: Micros,
+    ) -> Result<Written> {
+        Ok(Written::default())
+    }
+
     /// Step 3 after Billecta failed, once the stage shows the failure (a stage completed before the
     /// call stays as it was, and this is not asked): what else is kept, such as secrets to try again
     /// with. Nothing, unless a stage says otherwise.
@@ -74,6 +88,12 @@ pub(super) trait BillectaStage: Send + Sync {
 
 /// What the claim's preparation settles: the claim's audit summary, and the stage to claim.
 pub(super) type Prepared = (String, StageRef);
+
+/// A secret kept by the claim, sealed.
+type Kept = (
+    crate::domain::onboarding::CredentialRecord,
+    crate::crypto::Sealed,
+);
 
 /// Why the Billecta step did not succeed.
 pub(super) enum Unsuccessful {
@@ -229,7 +249,15 @@ impl Operations {
     ) -> Result<OnboardingRecord> {
         let claim = self
             .claim(call, key, mutation, deadline, |record, now| {
-                stage.prepare(record, now)
+                let prepared = stage.prepare(record, now)?;
+                let kept = if mutation.validate_only {
+                    Vec::new()
+                } else {
+                    stage
+                        .kept_at_claim(self, call, record, &prepared.1, now)?
+                        .secrets
+                };
+                Ok((prepared, kept))
             })
             .await?;
         let claimed = match claim {
@@ -297,7 +325,7 @@ impl Operations {
         key: &OnboardingKey,
         mutation: &Mutation,
         deadline: Deadline,
-        mut prepare: impl FnMut(&mut OnboardingRecord, Micros) -> Result<Prepared>,
+        mut prepare: impl FnMut(&mut OnboardingRecord, Micros) -> Result<(Prepared, Vec<Kept>)>,
     ) -> Result<Claim> {
         let owner = uuid::Uuid::new_v4().to_string();
         let mut claimed = None;
@@ -310,7 +338,7 @@ impl Operations {
         let written = self
             .transact(call, key, mutation, conventions, |record, now| {
                 let original = record.clone();
-                let (summary, target) = prepare(record, now)?;
+                let ((summary, target), kept) = prepare(record, now)?;
                 let prepared = record.clone();
                 let lease = Lease {
                     owner: owner.clone(),
@@ -327,7 +355,11 @@ impl Operations {
                 }
                 stage.lease = Some(lease.clone());
                 claimed = Some((lease, before, original, prepared, target));
-                Ok(Written::from(summary))
+                Ok(Written {
+                    summary,
+                    secrets: kept,
+                    removed: Vec::new(),
+                })
             })
             .await?;
         match written {

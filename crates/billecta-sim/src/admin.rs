@@ -6,7 +6,7 @@
 
 use super::faults::FaultRule;
 use super::state::{AdminError, NewAccount, NewUser, StaffFlag};
-use super::{Shared, SignIn};
+use super::{ApiUsers, Shared, SignIn};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::StatusCode;
+use serde::Deserializer;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -34,14 +35,58 @@ pub struct FaultsRequest {
     pub rules: Vec<FaultRule>,
 }
 
-/// The body of `PUT /admin/settings` and the answer of `GET /admin/settings`: how the simulator
-/// answers the questions about Billecta it offers more than one answer to.
+/// The answer of `GET /admin/settings` and `PUT /admin/settings`: how the simulator answers the
+/// questions about Billecta it offers more than one answer to, every one of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// What `POST /v1/authentication/apiauthenticate` does with a user's live token.
     #[serde(rename = "SignIn")]
     pub sign_in: SignIn,
+    /// How API users are made and get their tokens.
+    #[serde(rename = "ApiUsers")]
+    pub api_users: ApiUsers,
+}
+
+/// The body of `PUT /admin/settings`: the settings to change. Each is optional, so a caller that
+/// knows only some of them (one written before a setting was added) changes those and leaves the
+/// others as they are; at least one must be given, and an unknown field, a null or an unknown
+/// value is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsRequest {
+    /// The new [`Settings::sign_in`]; absent leaves it.
+    #[serde(
+        rename = "SignIn",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "given"
+    )]
+    pub sign_in: Option<SignIn>,
+    /// The new [`Settings::api_users`]; absent leaves it.
+    #[serde(
+        rename = "ApiUsers",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "given"
+    )]
+    pub api_users: Option<ApiUsers>,
+}
+
+impl SettingsRequest {
+    fn is_empty(&self) -> bool {
+        self.sign_in.is_none() && self.api_users.is_none()
+    }
+}
+
+/// A setting that is present: absent is `None` (by `default`), but `null` is refused like any
+/// other value that is not a mode, rather than read as "leave it".
+fn given<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,8 +276,11 @@ async fn clear_faults(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn settings(shared: &Shared) -> Settings {
+    // One guard for both: the store's lock is not reentrant, and both read at the same moment.
+    let store = shared.store();
     Settings {
-        sign_in: shared.store().sign_in(),
+        sign_in: store.sign_in(),
+        api_users: store.api_users(),
     }
 }
 
@@ -240,11 +288,25 @@ async fn get_settings(State(shared): State<Arc<Shared>>) -> Response {
     Json(settings(&shared)).into_response()
 }
 
-/// 200 with the settings now in force.
+/// 200 with every setting now in force, after changing those the body gives.
 async fn put_settings(State(shared): State<Arc<Shared>>, bytes: Bytes) -> Response {
-    match body::<Settings>(&bytes) {
+    let request = body::<SettingsRequest>(&bytes).and_then(|request| {
+        if request.is_empty() {
+            // Most likely a caller that meant to change something: say so rather than answer 200.
+            return Err(AdminError::Invalid(
+                "the body gives no setting: expected SignIn, ApiUsers or both".to_owned(),
+            ));
+        }
+        Ok(request)
+    });
+    match request {
         Ok(request) => {
-            shared.set_sign_in(request.sign_in);
+            if let Some(sign_in) = request.sign_in {
+                shared.set_sign_in(sign_in);
+            }
+            if let Some(api_users) = request.api_users {
+                shared.set_api_users(api_users);
+            }
             Json(settings(&shared)).into_response()
         }
         Err(error) => error.into_response(),

@@ -4,7 +4,8 @@
 //! details, rights, and the errors Billecta answers. It is faithful where public material is clear
 //! and picks one documented answer where it is not (the open questions about Billecta's behaviour; see
 //! the crate's `README.md`), except where the service must be tested under each answer: whether
-//! sign-in rotates the token is a [`SignIn`] mode, changeable at run time. Every request and
+//! sign-in rotates the token is a [`SignIn`] mode, and how API users are made and signed in is an
+//! [`ApiUsers`] mode, both changeable at run time. Every request and
 //! response body is checked against Billecta's published schemas ([`schema`]), the same ones the
 //! client's contract tests use.
 //!
@@ -24,7 +25,7 @@ pub mod schema;
 mod server;
 mod state;
 
-pub use admin::{FaultsRequest, Settings};
+pub use admin::{FaultsRequest, Settings, SettingsRequest};
 pub use faults::{ActiveRule, Fault, FaultBody, FaultRule, FaultRuleError, FaultsState};
 pub use routes::PUBLIC_ROUTES;
 pub use state::{
@@ -110,6 +111,62 @@ impl std::str::FromStr for SignIn {
 )]
 pub struct UnknownSignIn(String);
 
+/// How Billecta treats API users (`IsApiUser`), which public material does not say (its API.md
+/// §2.4): the simulator offers each plausible answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApiUsers {
+    /// Created through the users API like any user, and sign in with their password.
+    #[default]
+    SignInWithPassword,
+    /// Created through the users API, but `apiauthenticate` refuses them (401, as a wrong password):
+    /// only an administrator's `POST /v1/authentication/securetoken/{UserPublicId}` gives one a token.
+    TokenFromAdministrator,
+    /// `POST /v1/users/user` refuses a user with `IsApiUser: true` (403, Billecta's forbidden body):
+    /// API users are made in the portal only.
+    PortalOnly,
+}
+
+impl ApiUsers {
+    const SIGN_IN_WITH_PASSWORD: &'static str = "sign-in-with-password";
+    const TOKEN_FROM_ADMINISTRATOR: &'static str = "token-from-administrator";
+    const PORTAL_ONLY: &'static str = "portal-only";
+}
+
+impl std::fmt::Display for ApiUsers {
+    /// The name the `--api-users` flag takes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApiUsers::SignInWithPassword => Self::SIGN_IN_WITH_PASSWORD,
+            ApiUsers::TokenFromAdministrator => Self::TOKEN_FROM_ADMINISTRATOR,
+            ApiUsers::PortalOnly => Self::PORTAL_ONLY,
+        })
+    }
+}
+
+impl std::str::FromStr for ApiUsers {
+    type Err = UnknownApiUsers;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            Self::SIGN_IN_WITH_PASSWORD => Ok(ApiUsers::SignInWithPassword),
+            Self::TOKEN_FROM_ADMINISTRATOR => Ok(ApiUsers::TokenFromAdministrator),
+            Self::PORTAL_ONLY => Ok(ApiUsers::PortalOnly),
+            _ => Err(UnknownApiUsers(text.to_owned())),
+        }
+    }
+}
+
+/// A name that is not an [`ApiUsers`] mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown API users mode {0:?}: expected {password}, {administrator} or {portal}",
+    password = ApiUsers::SIGN_IN_WITH_PASSWORD,
+    administrator = ApiUsers::TOKEN_FROM_ADMINISTRATOR,
+    portal = ApiUsers::PORTAL_ONLY
+)]
+pub struct UnknownApiUsers(String);
+
 /// How a simulator starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimulatorConfig {
@@ -125,13 +182,16 @@ pub struct SimulatorConfig {
     pub token_lifetime: Duration,
     /// What apiauthenticate does with a live token, from the start and again after a reset.
     pub sign_in: SignIn,
+    /// How API users are made and get their tokens, from the start and again after a reset.
+    pub api_users: ApiUsers,
 }
 
 impl SimulatorConfig {
     /// The default token lifetime: a year.
     pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-    /// `127.0.0.1`, a random port, no faults, seed 0, apiauthenticate returning the live token.
+    /// `127.0.0.1`, a random port, no faults, seed 0, apiauthenticate returning the live token, API
+    /// users made through the users API and signing in with their password.
     pub fn new(environment: Environment) -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -140,6 +200,7 @@ impl SimulatorConfig {
             faults: Vec::new(),
             token_lifetime: Self::DEFAULT_TOKEN_LIFETIME,
             sign_in: SignIn::default(),
+            api_users: ApiUsers::default(),
         }
     }
 }
@@ -199,6 +260,11 @@ impl Shared {
         tracing::info!(from = %previous, to = %sign_in, "sign-in mode set");
     }
 
+    pub(crate) fn set_api_users(&self, api_users: ApiUsers) {
+        let previous = self.store().set_api_users(api_users);
+        tracing::info!(from = %previous, to = %api_users, "API users mode set");
+    }
+
     pub(crate) fn state(&self) -> SimulatorState {
         let faults = self.faults().state();
         self.store().snapshot(faults)
@@ -220,6 +286,7 @@ pub async fn start(config: SimulatorConfig) -> anyhow::Result<RunningSimulator> 
             config.environment,
             config.token_lifetime,
             config.sign_in,
+            config.api_users,
         )),
         faults: Mutex::new(FaultPlan::new(config.seed, config.faults.clone())),
         start_seed: config.seed,
@@ -235,6 +302,7 @@ pub async fn start(config: SimulatorConfig) -> anyhow::Result<RunningSimulator> 
         seed = config.seed,
         faults = config.faults.len(),
         sign_in = %config.sign_in,
+        api_users = %config.api_users,
         "billecta simulator listening"
     );
     Ok(RunningSimulator {
@@ -300,7 +368,8 @@ impl RunningSimulator {
     }
 
     /// An administrator adds a user in the portal. In the test environment this fails: the account
-    /// already has its one user.
+    /// already has its one user. The portal makes API users in every [`ApiUsers`] mode; under
+    /// [`ApiUsers::TokenFromAdministrator`] one made here is still refused at apiauthenticate.
     pub fn create_user(&self, account_id: Uuid, user: NewUser) -> Result<CreatedUser, AdminError> {
         self.shared
             .store()
@@ -379,6 +448,19 @@ impl RunningSimulator {
         self.shared.store().sign_in()
     }
 
+    /// Changes how API users are treated from the next request on. Users and tokens that exist stay
+    /// as they are: an API user's live token keeps working under
+    /// [`ApiUsers::TokenFromAdministrator`], and an API user made before
+    /// [`ApiUsers::PortalOnly`] is not removed.
+    pub fn set_api_users(&self, api_users: ApiUsers) {
+        self.shared.set_api_users(api_users);
+    }
+
+    /// How API users are treated now.
+    pub fn api_users(&self) -> ApiUsers {
+        self.shared.store().api_users()
+    }
+
     /// Successful `POST /v1/authentication/apiauthenticate` calls (those answered with a token) of
     /// the user named `username`, compared without regard to case; 0 for no such user. Refused and
     /// faulted attempts count only in [`request_count`](Self::request_count).
@@ -392,7 +474,7 @@ impl RunningSimulator {
     }
 
     /// Forgets accounts, users, tokens, creditors and request counts, and goes back to the sign-in
-    /// mode the simulator was started with; keeps the fault rules.
+    /// and API users modes the simulator was started with; keeps the fault rules.
     pub fn reset(&self) {
         self.shared.store().reset();
     }
@@ -445,5 +527,37 @@ mod tests {
             "unknown sign-in mode \"rotate\": expected returns-live-token or issues-new-token"
         );
         assert_eq!(SimulatorConfig::default().sign_in, SignIn::ReturnsLiveToken);
+    }
+
+    #[test]
+    fn api_users_modes_have_kebab_names_for_flags_and_screaming_ones_on_the_wire() {
+        for (mode, name, wire) in [
+            (
+                ApiUsers::SignInWithPassword,
+                "sign-in-with-password",
+                "\"SIGN_IN_WITH_PASSWORD\"",
+            ),
+            (
+                ApiUsers::TokenFromAdministrator,
+                "token-from-administrator",
+                "\"TOKEN_FROM_ADMINISTRATOR\"",
+            ),
+            (ApiUsers::PortalOnly, "portal-only", "\"PORTAL_ONLY\""),
+        ] {
+            assert_eq!(mode.to_string(), name);
+            assert_eq!(name.parse::<ApiUsers>(), Ok(mode));
+            assert_eq!(serde_json::to_string(&mode).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<ApiUsers>(wire).unwrap(), mode);
+        }
+        let error = "PORTAL_ONLY".parse::<ApiUsers>().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "unknown API users mode \"PORTAL_ONLY\": expected sign-in-with-password, token-from-administrator or portal-only"
+        );
+        assert_eq!(
+            SimulatorConfig::default().api_users,
+            ApiUsers::SignInWithPassword
+        );
+        assert_eq!(ApiUsers::default(), ApiUsers::SignInWithPassword);
     }
 }

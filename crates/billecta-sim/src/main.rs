@@ -2,7 +2,7 @@
 //! against something that behaves like Billecta. Prints the base URL once it listens; stops
 //! gracefully on SIGTERM or SIGINT. See the crate's `README.md`.
 
-use billecta_sim::{self as simulator, Environment, FaultRule, SignIn, SimulatorConfig};
+use billecta_sim::{self as simulator, ApiUsers, Environment, FaultRule, SignIn, SimulatorConfig};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
@@ -63,6 +63,25 @@ struct Cli {
     )]
     sign_in: SignIn,
 
+    /// How Billecta treats API users (IsApiUser): made through the users API and signing in with
+    /// their password; made there but refused at apiauthenticate, so that only an administrator's
+    /// POST /v1/authentication/securetoken/{UserPublicId} gives one a token; or refused by
+    /// POST /v1/users/user (403), made in the portal only. Changeable at run time with
+    /// PUT /admin/settings.
+    #[arg(
+        long,
+        env = "BILLECTA_SIM_API_USERS",
+        default_value = "sign-in-with-password",
+        // As for --sign-in: listed for `--help`, read by `ApiUsers`'s own parser.
+        value_parser = PossibleValuesParser::new([
+            "sign-in-with-password",
+            "token-from-administrator",
+            "portal-only",
+        ])
+        .try_map(|name| name.parse::<ApiUsers>()),
+    )]
+    api_users: ApiUsers,
+
     /// Log filter (tracing-subscriber EnvFilter syntax).
     #[arg(long, env = "BILLECTA_SIM_LOG", default_value = "info")]
     log: String,
@@ -85,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         faults: cli.faults,
         token_lifetime: Duration::from_secs(cli.token_lifetime_days.saturating_mul(24 * 60 * 60)),
         sign_in: cli.sign_in,
+        api_users: cli.api_users,
     })
     .await?;
     println!("{}", running.base_url());
@@ -167,6 +187,44 @@ mod tests {
         assert_eq!(
             "returns-live-token".parse::<SignIn>(),
             Ok(SignIn::default())
+        );
+    }
+
+    #[test]
+    fn the_api_users_flag_parses_every_mode_and_defaults_to_signing_in_with_a_password() {
+        for mode in [
+            ApiUsers::SignInWithPassword,
+            ApiUsers::TokenFromAdministrator,
+            ApiUsers::PortalOnly,
+        ] {
+            let name = mode.to_string();
+            let cli = Cli::try_parse_from(["billecta-sim", "--api-users", &name]).unwrap();
+            assert_eq!(cli.api_users, mode, "--api-users {name}");
+        }
+        let error = Cli::try_parse_from(["billecta-sim", "--api-users", "PORTAL_ONLY"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("sign-in-with-password")
+                && error.contains("token-from-administrator")
+                && error.contains("portal-only"),
+            "{error}"
+        );
+        let command = Cli::command();
+        let flag = command
+            .get_arguments()
+            .find(|argument| argument.get_long() == Some("api-users"))
+            .unwrap();
+        assert_eq!(
+            flag.get_env().and_then(|name| name.to_str()),
+            Some("BILLECTA_SIM_API_USERS")
+        );
+        // From the definition, for the reason given for --sign-in above.
+        let default: Vec<_> = flag.get_default_values().iter().collect();
+        assert_eq!(default, ["sign-in-with-password"]);
+        assert_eq!(
+            "sign-in-with-password".parse::<ApiUsers>(),
+            Ok(ApiUsers::default())
         );
     }
 }

@@ -9,7 +9,7 @@
 
 use super::faults::FaultsState;
 use super::schema::{self, View};
-use crate::{Environment, SignIn};
+use crate::{ApiUsers, Environment, SignIn};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
@@ -65,6 +65,13 @@ impl ApiError {
 
     fn forbidden() -> Self {
         ApiError::Forbidden(NO_RIGHTS.to_owned())
+    }
+
+    /// 403 for an API user made through the users API under [`ApiUsers::PortalOnly`]: the same
+    /// forbidden body as any other refused right, as nothing public says Billecta would word it
+    /// otherwise.
+    fn api_user_in_portal_only() -> Self {
+        Self::forbidden()
     }
 }
 
@@ -182,7 +189,8 @@ pub struct CreatedAccount {
     pub username: String,
 }
 
-/// The admin API's new user, as an administrator adds one in the portal.
+/// The admin API's new user, as an administrator adds one in the portal: the portal makes API users
+/// in every [`ApiUsers`] mode.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewUser {
     pub username: String,
@@ -220,6 +228,8 @@ pub struct SimulatorState {
     pub environment: Environment,
     /// What apiauthenticate does with a live token now.
     pub sign_in: SignIn,
+    /// How API users are made and get their tokens now.
+    pub api_users: ApiUsers,
     pub accounts: Vec<AccountState>,
     pub users: Vec<UserState>,
     pub creditors: Vec<CreditorState>,
@@ -545,6 +555,9 @@ pub(crate) struct Store {
     /// afresh, and a mode left behind by the test before would change what the next one sees.
     start_sign_in: SignIn,
     sign_in: SignIn,
+    /// Likewise the API users mode the simulator was started with, and the one in force.
+    start_api_users: ApiUsers,
+    api_users: ApiUsers,
     accounts: Vec<Account>,
     users: Vec<User>,
     creditors: Vec<Creditor>,
@@ -553,12 +566,19 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub(crate) fn new(environment: Environment, token_lifetime: Duration, sign_in: SignIn) -> Self {
+    pub(crate) fn new(
+        environment: Environment,
+        token_lifetime: Duration,
+        sign_in: SignIn,
+        api_users: ApiUsers,
+    ) -> Self {
         Self {
             environment,
             token_lifetime,
             start_sign_in: sign_in,
             sign_in,
+            start_api_users: api_users,
+            api_users,
             accounts: Vec::new(),
             users: Vec::new(),
             creditors: Vec::new(),
@@ -567,10 +587,15 @@ impl Store {
         }
     }
 
-    /// Forgets everything: accounts, users, tokens, creditors and request counts; the sign-in mode
-    /// is the start mode again.
+    /// Forgets everything: accounts, users, tokens, creditors and request counts; the sign-in and
+    /// API users modes are the start modes again.
     pub(crate) fn reset(&mut self) {
-        *self = Self::new(self.environment, self.token_lifetime, self.start_sign_in);
+        *self = Self::new(
+            self.environment,
+            self.token_lifetime,
+            self.start_sign_in,
+            self.start_api_users,
+        );
     }
 
     pub(crate) fn sign_in(&self) -> SignIn {
@@ -580,6 +605,15 @@ impl Store {
     /// Sets the sign-in mode; the one it replaces.
     pub(crate) fn set_sign_in(&mut self, sign_in: SignIn) -> SignIn {
         std::mem::replace(&mut self.sign_in, sign_in)
+    }
+
+    pub(crate) fn api_users(&self) -> ApiUsers {
+        self.api_users
+    }
+
+    /// Sets the API users mode; the one it replaces.
+    pub(crate) fn set_api_users(&mut self, api_users: ApiUsers) -> ApiUsers {
+        std::mem::replace(&mut self.api_users, api_users)
     }
 
     /// Successful sign-ins of the user named `username` (any letter case), 0 for no such user.
@@ -638,6 +672,11 @@ impl Store {
     /// (every service instance that signs in gets the same one) and issues one only if there is
     /// none; [`SignIn::IssuesNewToken`] always issues one, and the one before dies, as Billecta
     /// allows one token per user.
+    ///
+    /// Whether an API user may sign in at all is not known either: under
+    /// [`ApiUsers::TokenFromAdministrator`] one is refused with the very 401 of a wrong password,
+    /// wherever it was made, so a client cannot tell the two apart and must fall back to an
+    /// administrator's `POST /v1/authentication/securetoken/{UserPublicId}`.
     pub(crate) fn api_authenticate(
         &mut self,
         username: &str,
@@ -656,7 +695,9 @@ impl Store {
             .password
             .as_ref()
             .is_some_and(|hash| hash.matches(password));
-        if !password_matches || !user.is_enabled {
+        let refused_as_api_user =
+            user.is_api_user && self.api_users == ApiUsers::TokenFromAdministrator;
+        if !password_matches || !user.is_enabled || refused_as_api_user {
             return Err(ApiError::denied());
         }
         let activated = self
@@ -961,7 +1002,9 @@ impl Store {
         Ok(username.to_owned())
     }
 
-    /// `POST /v1/users/user`: administrators only; `UserPublicId` is ignored and made here.
+    /// `POST /v1/users/user`: administrators only; `UserPublicId` is ignored and made here. Under
+    /// [`ApiUsers::PortalOnly`] a user with `IsApiUser: true` is refused (403) before anything else
+    /// in the body is looked at, as a rule about who may be made, not about the body's content.
     pub(crate) fn create_user(
         &mut self,
         caller: Uuid,
@@ -971,6 +1014,9 @@ impl Store {
         let user = self.caller(caller)?;
         if !user.is_administrator {
             return Err(ApiError::forbidden());
+        }
+        if view.is_api_user && self.api_users == ApiUsers::PortalOnly {
+            return Err(ApiError::api_user_in_portal_only());
         }
         let account_id = user.account_id;
         let username = self.check_user_input(account_id, &view, None)?;
@@ -985,7 +1031,10 @@ impl Store {
     }
 
     /// `PUT /v1/users/user`: administrators only; `UserPublicId` names the user, every settable
-    /// field is replaced, a non-null `Password` changes the password.
+    /// field is replaced, a non-null `Password` changes the password. Under [`ApiUsers::PortalOnly`]
+    /// turning a user into an API user is refused (403) like creating one, or the update would be a
+    /// way around the rule; an API user made in the portal keeps `IsApiUser: true` on updates, as a
+    /// PUT must send every field.
     pub(crate) fn update_user(&mut self, caller: Uuid, view: UserView) -> Result<(), ApiError> {
         let user = self.caller(caller)?;
         if !user.is_administrator {
@@ -996,11 +1045,14 @@ impl Store {
         if id.is_nil() {
             return Err(ApiError::invalid("UserPublicId is required."));
         }
-        let exists = self
+        let Some(existing) = self
             .user(id)
-            .is_some_and(|member| member.account_id == account_id);
-        if !exists {
+            .filter(|member| member.account_id == account_id)
+        else {
             return Err(ApiError::NotFound);
+        };
+        if view.is_api_user && !existing.is_api_user && self.api_users == ApiUsers::PortalOnly {
+            return Err(ApiError::api_user_in_portal_only());
         }
         let username = self.check_user_input(account_id, &view, Some(id))?;
         let member = self.user_mut(id).ok_or(ApiError::NotFound)?;
@@ -1243,6 +1295,7 @@ impl Store {
         SimulatorState {
             environment: self.environment,
             sign_in: self.sign_in,
+            api_users: self.api_users,
             accounts: self
                 .accounts
                 .iter()
@@ -1504,7 +1557,12 @@ mod tests {
     }
 
     fn activated_store(environment: Environment) -> (Store, Uuid) {
-        let mut store = Store::new(environment, Duration::from_secs(3600), SignIn::default());
+        let mut store = Store::new(
+            environment,
+            Duration::from_secs(3600),
+            SignIn::default(),
+            ApiUsers::default(),
+        );
         let created = store
             .admin_create_account(
                 NewAccount {
@@ -1618,9 +1676,163 @@ mod tests {
             Environment::Test,
             Duration::from_secs(3600),
             SignIn::IssuesNewToken,
+            ApiUsers::default(),
         );
         store.set_sign_in(SignIn::ReturnsLiveToken);
         store.reset();
+        assert_eq!(store.sign_in(), SignIn::IssuesNewToken);
+    }
+
+    /// `POST /v1/users/user` as the administrator `caller`: a user named `username` with
+    /// `is_api_user`, enabled, with a password.
+    fn create_through_the_api(
+        store: &mut Store,
+        caller: Uuid,
+        username: &str,
+        is_api_user: bool,
+    ) -> Result<Uuid, ApiError> {
+        let view = user_view_from(&json!({
+            "Username": username,
+            "Password": "api-secret",
+            "IsApiUser": is_api_user,
+            "IsEnabled": true,
+        }))
+        .unwrap();
+        store.create_user(caller, view, now())
+    }
+
+    #[test]
+    fn api_users_sign_in_with_their_password_by_default() {
+        let (mut store, caller) = activated_store(Environment::Production);
+        assert_eq!(store.api_users(), ApiUsers::SignInWithPassword);
+        let id = create_through_the_api(&mut store, caller, "api@example.com", true).unwrap();
+        let token = store
+            .api_authenticate("api@example.com", "api-secret", now())
+            .unwrap();
+        assert_eq!(
+            store.authenticate(token["Value"].as_str().unwrap(), now()),
+            Ok(id)
+        );
+        assert_eq!(store.sign_ins("api@example.com"), 1);
+    }
+
+    #[test]
+    fn an_api_user_gets_its_token_from_an_administrator_only_when_so_set() {
+        let (mut store, caller) = activated_store(Environment::Production);
+        assert_eq!(
+            store.set_api_users(ApiUsers::TokenFromAdministrator),
+            ApiUsers::SignInWithPassword
+        );
+        let made_by_api =
+            create_through_the_api(&mut store, caller, "api@example.com", true).unwrap();
+        // Wherever it was made: the portal's API user is refused the same way.
+        let account_id = store.user(caller).unwrap().account_id;
+        store
+            .admin_create_user(
+                account_id,
+                NewUser {
+                    username: "portal-api@example.com".into(),
+                    password: Some("api-secret".into()),
+                    is_api_user: true,
+                    ..NewUser::default()
+                },
+                now(),
+            )
+            .unwrap();
+        for username in ["api@example.com", "PORTAL-API@example.com"] {
+            for password in ["api-secret", "wrong"] {
+                assert_eq!(
+                    store.api_authenticate(username, password, now()),
+                    Err(ApiError::denied()),
+                    "{username} with {password}"
+                );
+            }
+            assert_eq!(store.sign_ins(username), 0);
+        }
+        let minted = store.issue_token(caller, Some(made_by_api), now()).unwrap();
+        assert_eq!(
+            store.authenticate(minted["Value"].as_str().unwrap(), now()),
+            Ok(made_by_api)
+        );
+
+        // Users that are not API users still sign in; the switch back lets API users in again.
+        create_through_the_api(&mut store, caller, "person@example.com", false).unwrap();
+        assert!(
+            store
+                .api_authenticate("person@example.com", "api-secret", now())
+                .is_ok()
+        );
+        store.set_api_users(ApiUsers::SignInWithPassword);
+        assert!(
+            store
+                .api_authenticate("api@example.com", "api-secret", now())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn portal_only_refuses_api_users_through_the_users_api_but_not_in_the_portal() {
+        let (mut store, caller) = activated_store(Environment::Production);
+        store.set_api_users(ApiUsers::PortalOnly);
+        assert_eq!(
+            create_through_the_api(&mut store, caller, "api@example.com", true),
+            Err(ApiError::forbidden())
+        );
+        assert!(!store.username_taken("api@example.com", None));
+
+        let person =
+            create_through_the_api(&mut store, caller, "person@example.com", false).unwrap();
+        // An update must not turn a user into an API user either.
+        let mut update = store.user(person).unwrap().view();
+        update.is_api_user = true;
+        assert_eq!(
+            store.update_user(caller, update),
+            Err(ApiError::forbidden())
+        );
+        assert!(!store.user(person).unwrap().is_api_user);
+
+        // The portal makes API users in every mode; the users API may update one, as a PUT
+        // repeats `IsApiUser: true`.
+        let account_id = store.user(caller).unwrap().account_id;
+        let portal = store
+            .admin_create_user(
+                account_id,
+                NewUser {
+                    username: "api@example.com".into(),
+                    password: Some("api-secret".into()),
+                    is_api_user: true,
+                    ..NewUser::default()
+                },
+                now(),
+            )
+            .unwrap();
+        let mut renamed = store.user(portal.user_public_id).unwrap().view();
+        renamed.full_name = Some("Integration".into());
+        store.update_user(caller, renamed).unwrap();
+        assert!(
+            store
+                .api_authenticate("api@example.com", "api-secret", now())
+                .is_ok()
+        );
+        let state = store.snapshot(FaultsState {
+            seed: 0,
+            rules: Vec::new(),
+        });
+        assert_eq!(state.api_users, ApiUsers::PortalOnly);
+    }
+
+    #[test]
+    fn a_reset_returns_to_the_start_api_users_mode() {
+        let mut store = Store::new(
+            Environment::Production,
+            Duration::from_secs(3600),
+            SignIn::IssuesNewToken,
+            ApiUsers::PortalOnly,
+        );
+        store.set_api_users(ApiUsers::SignInWithPassword);
+        store.set_sign_in(SignIn::ReturnsLiveToken);
+        store.reset();
+        assert_eq!(store.api_users(), ApiUsers::PortalOnly);
         assert_eq!(store.sign_in(), SignIn::IssuesNewToken);
     }
 

@@ -1,5 +1,5 @@
-//! The Billecta simulator over real HTTP: account lifecycle and tokens, both sign-in modes,
-//! creditors, users and rights, refused bodies, every fault kind, request counts and shutdown.
+//! The Billecta simulator over real HTTP: account lifecycle and tokens, both sign-in modes, every
+//! API users mode, creditors, users and rights, refused bodies, every fault kind, request counts and shutdown.
 //! Every response body these tests receive from the public API is checked against Billecta's
 //! schemas.
 
@@ -7,8 +7,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use billecta_sim::schema::{self, View};
 use billecta_sim::{
-    self as simulator, AdminError, Environment, Fault, FaultBody, FaultRule, NewAccount, NewUser,
-    PUBLIC_ROUTES, RunningSimulator, Settings, SignIn, SimulatorConfig, SimulatorState,
+    self as simulator, AdminError, ApiUsers, Environment, Fault, FaultBody, FaultRule, NewAccount,
+    NewUser, PUBLIC_ROUTES, RunningSimulator, Settings, SignIn, SimulatorConfig, SimulatorState,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -551,7 +551,10 @@ async fn the_sign_in_mode_changes_at_run_time_from_the_next_sign_in() {
     let admin = api.anonymous();
     let shown = admin.get("/admin/settings").await;
     assert_eq!(shown.status, StatusCode::OK);
-    assert_eq!(shown.json(), json!({"SignIn": "RETURNS_LIVE_TOKEN"}));
+    assert_eq!(
+        shown.json(),
+        json!({"SignIn": "RETURNS_LIVE_TOKEN", "ApiUsers": "SIGN_IN_WITH_PASSWORD"})
+    );
     let first = api.authenticate(email, PASSWORD).await;
 
     // Through the admin API.
@@ -559,8 +562,12 @@ async fn the_sign_in_mode_changes_at_run_time_from_the_next_sign_in() {
         .put("/admin/settings", &json!({"SignIn": "ISSUES_NEW_TOKEN"}))
         .await;
     assert_eq!(set.status, StatusCode::OK, "{}", set.text);
-    assert_eq!(set.json(), json!({"SignIn": "ISSUES_NEW_TOKEN"}));
+    assert_eq!(
+        set.json(),
+        json!({"SignIn": "ISSUES_NEW_TOKEN", "ApiUsers": "SIGN_IN_WITH_PASSWORD"})
+    );
     assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
+    assert_eq!(simulator.api_users(), ApiUsers::SignInWithPassword);
     let state: SimulatorState =
         serde_json::from_value(admin.get("/admin/state").await.json()).unwrap();
     assert_eq!(state.sign_in, SignIn::IssuesNewToken);
@@ -575,7 +582,8 @@ async fn the_sign_in_mode_changes_at_run_time_from_the_next_sign_in() {
     assert_eq!(
         settings(&admin).await,
         Settings {
-            sign_in: SignIn::ReturnsLiveToken
+            sign_in: SignIn::ReturnsLiveToken,
+            api_users: ApiUsers::SignInWithPassword,
         }
     );
     let third = api.authenticate(email, PASSWORD).await;
@@ -592,7 +600,7 @@ async fn the_sign_in_mode_changes_at_run_time_from_the_next_sign_in() {
         json!({"SignIn": "returns-live-token"}),
         json!({"sign_in": "RETURNS_LIVE_TOKEN"}),
         json!({"SignIn": "RETURNS_LIVE_TOKEN", "Rotate": false}),
-        json!({}),
+        json!({"SignIn": null}),
     ] {
         let refused = admin.put("/admin/settings", &body).await;
         assert!(
@@ -611,6 +619,15 @@ async fn the_sign_in_mode_changes_at_run_time_from_the_next_sign_in() {
     .await
     .unwrap();
     not_json.admin_error(StatusCode::BAD_REQUEST);
+    // A body that gives no setting is most likely a mistake, so it is refused too.
+    let nothing = admin.put("/admin/settings", &json!({})).await;
+    assert!(
+        nothing
+            .admin_error(StatusCode::BAD_REQUEST)
+            .contains("no setting"),
+        "{}",
+        nothing.text
+    );
     assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
     assert_eq!(simulator.sign_ins(email), 4);
     simulator.shutdown().await;
@@ -625,7 +642,8 @@ async fn a_reset_returns_to_the_sign_in_mode_the_simulator_started_with() {
     assert_eq!(
         settings(&admin).await,
         Settings {
-            sign_in: SignIn::IssuesNewToken
+            sign_in: SignIn::IssuesNewToken,
+            api_users: ApiUsers::SignInWithPassword,
         }
     );
 
@@ -636,6 +654,373 @@ async fn a_reset_returns_to_the_sign_in_mode_the_simulator_started_with() {
     simulator.reset();
     assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
     assert_eq!(simulator.state().sign_in, SignIn::IssuesNewToken);
+    simulator.shutdown().await;
+}
+
+const CREATE_USER: &str = "POST /v1/users/user";
+const NO_RIGHTS: &str = "The user does not have the rights required for this request.";
+
+/// A production simulator (where an account may have more than one user) treating API users as
+/// `api_users` says.
+async fn start_with_api_users(api_users: ApiUsers) -> RunningSimulator {
+    simulator::start(SimulatorConfig {
+        api_users,
+        ..SimulatorConfig::new(Environment::Production)
+    })
+    .await
+    .expect("starting the simulator")
+}
+
+/// The account's first user, an administrator, signed in; and a creditor it made.
+async fn administrator_with_creditor(simulator: &RunningSimulator) -> (Api, Uuid, Uuid) {
+    let (administrator, account_id, _) = account(simulator, "owner@tidningen.se").await;
+    let creditor = administrator
+        .create_creditor(&minimal_creditor("Tidningen i Norr AB", "556888-5645"))
+        .await;
+    (administrator, account_id, creditor)
+}
+
+/// A `UserView` for `POST /v1/users/user`: an enabled user with a password and read and write
+/// rights on `creditor`, an API user or not.
+fn new_user(username: &str, creditor: Uuid, is_api_user: bool) -> Value {
+    json!({
+        "Username": username, "Email": username, "Password": PASSWORD,
+        "IsApiUser": is_api_user, "IsEnabled": true, "Language": "SV",
+        "Rights": [{"CreditorPublicId": creditor.to_string(), "CanReadCreditor": true, "CanWriteCreditor": true}]
+    })
+}
+
+/// `POST /v1/users/user` with `body`, which must succeed; the new user's id.
+async fn create_user(administrator: &Api, body: &Value) -> Uuid {
+    let created = administrator
+        .post("/v1/users/user", Some(body))
+        .await
+        .view(View::Created);
+    Uuid::parse_str(created["PublicId"].as_str().unwrap()).expect("a GUID PublicId")
+}
+
+/// The user named `username` in the simulator's state, if there is one.
+fn user_named(simulator: &RunningSimulator, username: &str) -> Option<simulator::UserState> {
+    simulator
+        .state()
+        .users
+        .into_iter()
+        .find(|user| user.username.eq_ignore_ascii_case(username))
+}
+
+#[tokio::test]
+async fn by_default_an_api_user_made_through_the_users_api_signs_in_with_its_password() {
+    let simulator = start(Environment::Production).await;
+    assert_eq!(simulator.api_users(), ApiUsers::SignInWithPassword);
+    let (administrator, _, creditor) = administrator_with_creditor(&simulator).await;
+    let username = "api@tidningen.se";
+
+    let id = create_user(&administrator, &new_user(username, creditor, true)).await;
+    let stored = user_named(&simulator, username).expect("the API user");
+    assert_eq!(stored.user_public_id, id);
+    assert!(stored.is_api_user && stored.is_enabled && stored.has_password);
+
+    let token = administrator.authenticate(username, PASSWORD).await;
+    let api_user = administrator.token(&token);
+    api_user.creditor(creditor).await;
+    let own = api_user
+        .get(&format!("/v1/users/user/{id}"))
+        .await
+        .view(View::User);
+    assert_eq!(own["IsApiUser"], true);
+    assert_eq!(simulator.sign_ins(username), 1);
+    assert_eq!(simulator.state().api_users, ApiUsers::SignInWithPassword);
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_api_user_refused_at_sign_in_gets_its_token_from_an_administrator() {
+    let simulator = start_with_api_users(ApiUsers::TokenFromAdministrator).await;
+    assert_eq!(simulator.api_users(), ApiUsers::TokenFromAdministrator);
+    let (administrator, account_id, creditor) = administrator_with_creditor(&simulator).await;
+    let username = "api@tidningen.se";
+
+    let id = create_user(&administrator, &new_user(username, creditor, true)).await;
+    assert!(
+        user_named(&simulator, username)
+            .expect("the API user")
+            .is_api_user
+    );
+
+    // Refused exactly as a wrong password is: the client cannot tell the two apart.
+    let right = administrator.api_authenticate(username, PASSWORD).await;
+    let wrong = administrator.api_authenticate(username, "wrong").await;
+    right.denied();
+    wrong.denied();
+    assert_eq!(right.text, wrong.text);
+    assert_eq!(simulator.sign_ins(username), 0);
+    assert_eq!(simulator.request_count(SIGN_IN), 3);
+
+    let minted = administrator
+        .post(&format!("/v1/authentication/securetoken/{id}"), None)
+        .await
+        .view(View::SecureToken);
+    let token = minted["Value"].as_str().unwrap().to_owned();
+    let api_user = administrator.token(&token);
+    api_user.creditor(creditor).await;
+    let current = api_user
+        .get("/v1/authentication/securetoken")
+        .await
+        .view(View::SecureToken);
+    assert_eq!(current["Value"], token.as_str());
+    // Its sign-in still fails once it holds a token; the token lives on.
+    administrator
+        .api_authenticate(username, PASSWORD)
+        .await
+        .denied();
+    assert!(works(&administrator, &token).await);
+
+    // An API user made in the portal is refused the same way; other users sign in as before.
+    simulator
+        .create_user(
+            account_id,
+            NewUser {
+                username: "portal-api@tidningen.se".into(),
+                password: Some(PASSWORD.into()),
+                is_api_user: true,
+                creditors: vec![creditor],
+                ..NewUser::default()
+            },
+        )
+        .unwrap();
+    administrator
+        .api_authenticate("portal-api@tidningen.se", PASSWORD)
+        .await
+        .denied();
+    create_user(
+        &administrator,
+        &new_user("clerk@tidningen.se", creditor, false),
+    )
+    .await;
+    let clerk = administrator
+        .authenticate("clerk@tidningen.se", PASSWORD)
+        .await;
+    administrator.token(&clerk).creditor(creditor).await;
+    assert_eq!(simulator.sign_ins("owner@tidningen.se"), 1);
+    assert_eq!(
+        simulator.state().api_users,
+        ApiUsers::TokenFromAdministrator
+    );
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn portal_only_refuses_an_api_user_through_the_users_api() {
+    let simulator = start_with_api_users(ApiUsers::PortalOnly).await;
+    assert_eq!(simulator.api_users(), ApiUsers::PortalOnly);
+    let (administrator, account_id, creditor) = administrator_with_creditor(&simulator).await;
+    let username = "api@tidningen.se";
+
+    let refused = administrator
+        .post("/v1/users/user", Some(&new_user(username, creditor, true)))
+        .await;
+    assert_eq!(refused.message(StatusCode::FORBIDDEN), NO_RIGHTS);
+    assert!(user_named(&simulator, username).is_none());
+    let state = simulator.state();
+    assert_eq!(state.users.len(), 1);
+    assert_eq!(state.accounts[0].user_public_ids.len(), 1);
+    assert_eq!(state.request_counts[CREATE_USER], 1);
+    assert_eq!(state.api_users, ApiUsers::PortalOnly);
+    administrator
+        .api_authenticate(username, PASSWORD)
+        .await
+        .denied();
+
+    // A user that is not an API user is made as before, and signs in.
+    let clerk = create_user(
+        &administrator,
+        &new_user("clerk@tidningen.se", creditor, false),
+    )
+    .await;
+    let clerk_token = administrator
+        .authenticate("clerk@tidningen.se", PASSWORD)
+        .await;
+    administrator.token(&clerk_token).creditor(creditor).await;
+    // Nor can an update make it an API user.
+    let mut promoted = administrator
+        .get(&format!("/v1/users/user/{clerk}"))
+        .await
+        .view(View::User);
+    promoted["IsApiUser"] = json!(true);
+    let refused_update = administrator.put("/v1/users/user", &promoted).await;
+    assert_eq!(refused_update.message(StatusCode::FORBIDDEN), NO_RIGHTS);
+    assert!(
+        !user_named(&simulator, "clerk@tidningen.se")
+            .unwrap()
+            .is_api_user
+    );
+
+    // The portal makes the API user, which signs in with its password.
+    simulator
+        .create_user(
+            account_id,
+            NewUser {
+                username: username.into(),
+                password: Some(PASSWORD.into()),
+                is_api_user: true,
+                creditors: vec![creditor],
+                ..NewUser::default()
+            },
+        )
+        .unwrap();
+    let token = administrator.authenticate(username, PASSWORD).await;
+    administrator.token(&token).creditor(creditor).await;
+    assert_eq!(simulator.state().users.len(), 3);
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_setting_changes_at_run_time_without_touching_the_other() {
+    let simulator = start(Environment::Production).await;
+    let (administrator, _, creditor) = administrator_with_creditor(&simulator).await;
+    let admin = administrator.anonymous();
+    let put = |body: Value| {
+        let admin = admin.clone();
+        async move {
+            let reply = admin.put("/admin/settings", &body).await;
+            assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text);
+            serde_json::from_value::<Settings>(reply.json()).expect("settings")
+        }
+    };
+
+    // Only ApiUsers: SignIn stays.
+    let set = put(json!({"ApiUsers": "PORTAL_ONLY"})).await;
+    let expected = Settings {
+        sign_in: SignIn::ReturnsLiveToken,
+        api_users: ApiUsers::PortalOnly,
+    };
+    assert_eq!(set, expected);
+    assert_eq!(settings(&admin).await, expected);
+    assert_eq!(simulator.api_users(), ApiUsers::PortalOnly);
+    assert_eq!(simulator.sign_in(), SignIn::ReturnsLiveToken);
+    let state: SimulatorState =
+        serde_json::from_value(admin.get("/admin/state").await.json()).unwrap();
+    assert_eq!(state.api_users, ApiUsers::PortalOnly);
+    assert_eq!(state.sign_in, SignIn::ReturnsLiveToken);
+    let refused = administrator
+        .post(
+            "/v1/users/user",
+            Some(&new_user("api@tidningen.se", creditor, true)),
+        )
+        .await;
+    assert_eq!(refused.message(StatusCode::FORBIDDEN), NO_RIGHTS);
+
+    // Only SignIn: ApiUsers stays.
+    let set = put(json!({"SignIn": "ISSUES_NEW_TOKEN"})).await;
+    assert_eq!(
+        set,
+        Settings {
+            sign_in: SignIn::IssuesNewToken,
+            api_users: ApiUsers::PortalOnly,
+        }
+    );
+    assert_eq!(simulator.api_users(), ApiUsers::PortalOnly);
+
+    // Both at once.
+    let set =
+        put(json!({"SignIn": "RETURNS_LIVE_TOKEN", "ApiUsers": "TOKEN_FROM_ADMINISTRATOR"})).await;
+    assert_eq!(
+        set,
+        Settings {
+            sign_in: SignIn::ReturnsLiveToken,
+            api_users: ApiUsers::TokenFromAdministrator,
+        }
+    );
+    let id = create_user(
+        &administrator,
+        &new_user("api@tidningen.se", creditor, true),
+    )
+    .await;
+    administrator
+        .api_authenticate("api@tidningen.se", PASSWORD)
+        .await
+        .denied();
+
+    // In-process; from the next request on, the same user signs in.
+    simulator.set_api_users(ApiUsers::SignInWithPassword);
+    assert_eq!(
+        settings(&admin).await,
+        Settings {
+            sign_in: SignIn::ReturnsLiveToken,
+            api_users: ApiUsers::SignInWithPassword,
+        }
+    );
+    let token = administrator
+        .authenticate("api@tidningen.se", PASSWORD)
+        .await;
+    administrator.token(&token).creditor(creditor).await;
+    assert_eq!(
+        user_named(&simulator, "api@tidningen.se")
+            .unwrap()
+            .user_public_id,
+        id
+    );
+
+    // A body with an unknown field or value is refused whole: nothing changes, not even a
+    // setting it gives correctly.
+    for body in [
+        json!({"ApiUsers": "SOMETIMES"}),
+        json!({"ApiUsers": "portal-only"}),
+        json!({"ApiUsers": null}),
+        json!({"api_users": "PORTAL_ONLY"}),
+        json!({"ApiUsers": "PORTAL_ONLY", "Extra": true}),
+        json!({"SignIn": "ISSUES_NEW_TOKEN", "ApiUsers": "SOMETIMES"}),
+        json!({"SignIn": "SOMETIMES", "ApiUsers": "PORTAL_ONLY"}),
+    ] {
+        let refused = admin.put("/admin/settings", &body).await;
+        assert!(
+            refused
+                .admin_error(StatusCode::BAD_REQUEST)
+                .contains("does not parse"),
+            "{body}"
+        );
+    }
+    assert_eq!(simulator.api_users(), ApiUsers::SignInWithPassword);
+    assert_eq!(simulator.sign_in(), SignIn::ReturnsLiveToken);
+    simulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reset_returns_to_the_api_users_mode_the_simulator_started_with() {
+    let simulator = simulator::start(SimulatorConfig {
+        sign_in: SignIn::IssuesNewToken,
+        api_users: ApiUsers::PortalOnly,
+        ..SimulatorConfig::new(Environment::Production)
+    })
+    .await
+    .expect("starting the simulator");
+    let admin = Api::new(&simulator);
+    let start = Settings {
+        sign_in: SignIn::IssuesNewToken,
+        api_users: ApiUsers::PortalOnly,
+    };
+    assert_eq!(settings(&admin).await, start);
+
+    let set = admin
+        .put(
+            "/admin/settings",
+            &json!({"SignIn": "RETURNS_LIVE_TOKEN", "ApiUsers": "SIGN_IN_WITH_PASSWORD"}),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+    admin.post("/admin/reset", None).await.no_content();
+    assert_eq!(settings(&admin).await, start);
+
+    simulator.set_api_users(ApiUsers::TokenFromAdministrator);
+    simulator.set_sign_in(SignIn::ReturnsLiveToken);
+    simulator.reset();
+    assert_eq!(simulator.api_users(), ApiUsers::PortalOnly);
+    assert_eq!(simulator.sign_in(), SignIn::IssuesNewToken);
+    let state = simulator.state();
+    assert_eq!(
+        (state.sign_in, state.api_users),
+        (SignIn::IssuesNewToken, ApiUsers::PortalOnly)
+    );
     simulator.shutdown().await;
 }
 

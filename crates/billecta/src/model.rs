@@ -300,8 +300,8 @@ pub struct User {
     pub extra: Map<String, Value>,
 }
 
-/// `UserRightView`: what a user may do with one creditor. The two rights the onboarding checks are
-/// typed; the other flags travel in `extra`.
+/// `UserRightView`: what a user may do with one creditor. The rights the onboarding checks or grants
+/// are typed; the other flags travel in `extra`.
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -309,6 +309,9 @@ pub struct UserRight {
     pub creditor_public_id: Option<String>,
     pub can_read_creditor: Option<bool>,
     pub can_write_creditor: Option<bool>,
+    pub can_manage_invoices: Option<bool>,
+    pub can_attest_invoice: Option<bool>,
+    pub can_manage_invoice_payments: Option<bool>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
