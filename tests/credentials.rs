@@ -27,6 +27,18 @@ async fn creditor_of(server: &TestServer, name: &str) -> proto::Creditor {
     common::get(server, name).await.unwrap().creditors[0].clone()
 }
 
+/// A READY test onboarding whose payment configuration Payway's payment code read: its name, its
+/// creditor and the token Payway holds.
+async fn ready_and_read(server: &TestServer) -> (String, proto::Creditor, String) {
+    let name = ready_onboarding(server).await;
+    let creditor = creditor_of(server, &name).await;
+    let held = payment_configuration(server, &creditor.name)
+        .await
+        .unwrap()
+        .secure_token;
+    (name, creditor, held)
+}
+
 /// Billecta accepts `token`: it reads the creditor.
 async fn works(server: &TestServer, token: &str, creditor: &proto::Creditor) -> bool {
     common::test_billecta(server)
@@ -65,12 +77,7 @@ fn check<'a>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_renewed_once_and_reaches_payway_before_ready() {
     for_each_backend_and_sign_in(|server, sign_in| async move {
-        let name = ready_onboarding(&server).await;
-        let creditor = creditor_of(&server, &name).await;
-        let held = payment_configuration(&server, &creditor.name)
-            .await
-            .unwrap()
-            .secure_token;
+        let (name, creditor, held) = ready_and_read(&server).await;
         assert_eq!(sign_ins(&server), 1, "{sign_in}");
 
         // The user's token dies in Billecta (revoked): the next check signs in once with the
@@ -277,12 +284,7 @@ async fn validate_only_says_whether_a_sign_in_would_replace_a_token_payway_holds
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_password_signs_in_and_a_replaced_token_reaches_payway() {
     for_each_backend_and_sign_in(|server, sign_in| async move {
-        let name = ready_onboarding(&server).await;
-        let creditor = creditor_of(&server, &name).await;
-        let held = payment_configuration(&server, &creditor.name)
-            .await
-            .unwrap()
-            .secure_token;
+        let (name, creditor, held) = ready_and_read(&server).await;
         // A person changes the password in the portal and confirms the account with it.
         let simulator = server.simulator(Environment::Test);
         let user = simulator.state().users[0].user_public_id;
@@ -589,20 +591,7 @@ async fn api_access_goes_ahead_while_the_bankgiro_awaits_approval_but_ready_wait
             })
             .await
             .unwrap();
-        let registered = server
-            .client
-            .clone()
-            .register_api_credentials(proto::RegisterApiCredentialsRequest {
-                name: creditor.name.clone(),
-                username: ACCOUNT_EMAIL.into(),
-                password: READY_PASSWORD.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .onboarding
-            .unwrap();
+        let registered = register_password(&server, &creditor, ACCOUNT_EMAIL, READY_PASSWORD).await;
         let stages = &registered.creditors[0].stages;
         assert_eq!(
             common::stage_state(stages, proto::Stage::ApiAccess),
@@ -646,6 +635,19 @@ async fn create_api_user(
         .into_inner()
         .onboarding
         .unwrap())
+}
+
+/// Billecta is down for an administrator's tokens (more often than the client retries).
+fn tokens_unavailable(simulator: &billecta_sim::RunningSimulator) {
+    common::fail_next(
+        simulator,
+        "POST /v1/authentication/securetoken/{id}",
+        billecta_sim::Fault::Status {
+            status: 503,
+            body: billecta_sim::FaultBody::Json,
+        },
+        20,
+    );
 }
 
 /// The production simulator's users named `username`.
@@ -768,15 +770,7 @@ async fn create_api_user_copes_with_each_way_billecta_may_treat_api_users() {
         // API users never sign in with a password; an administrator gives them a token. Billecta
         // is down just after the user is made: the next attempt carries that user on.
         simulator.set_api_users(ApiUsers::TokenFromAdministrator);
-        common::fail_next(
-            simulator,
-            "POST /v1/authentication/securetoken/{id}",
-            billecta_sim::Fault::Status {
-                status: 503,
-                body: billecta_sim::FaultBody::Json,
-            },
-            20,
-        );
+        tokens_unavailable(simulator);
         let down = create_api_user(&server, &creditor, "api@gp.se", false)
             .await
             .unwrap_err();
@@ -812,15 +806,7 @@ async fn the_reconciler_carries_on_an_api_user_billecta_was_down_for() {
         let (name, creditor) = production_creditor(&server).await;
         let simulator = server.simulator(Environment::Production);
         simulator.set_api_users(ApiUsers::TokenFromAdministrator);
-        common::fail_next(
-            simulator,
-            "POST /v1/authentication/securetoken/{id}",
-            billecta_sim::Fault::Status {
-                status: 503,
-                body: billecta_sim::FaultBody::Json,
-            },
-            20,
-        );
+        tokens_unavailable(simulator);
         let down = create_api_user(&server, &creditor, "api@gp.se", false)
             .await
             .unwrap_err();

@@ -167,18 +167,10 @@ impl BillectaStage for ApiUserCreation<'_> {
     ) -> std::result::Result<Made, Unsuccessful> {
         let public_id = creditor_public_id(claimed)?;
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let account = super::provisioning::account_user_id(&claimed.record)?;
         let (account_token, users) = operations
-            .with_token(
-                &claimed.record,
-                &account,
-                deadline,
-                &claimed.renewals,
-                |token| async move {
-                    let users = client.list_users(&token, deadline).await?;
-                    Ok((token, users))
-                },
-            )
+            .with_account_token(claimed, deadline, |token| async move {
+                client.list_users(&token, deadline).await
+            })
             .await?;
         let existing = users.iter().find(|user| {
             user.username

@@ -97,36 +97,32 @@ pub(super) fn open_creditor_stage<'a>(
 }
 
 impl Operations {
-    /// The claimed creditor's Billecta id and the account user's token, checked by the step's first
-    /// request `first` (a refused token is renewed once, see [`Operations::with_token`]); the token
-    /// is handed on for the rest of the step.
-    pub(super) async fn account_access<T, F, Fut>(
+    /// The account user's token, checked by the step's first request `first` (a refused token is
+    /// renewed once, see [`Operations::with_token`]), with that request's answer; the token is
+    /// handed on for the rest of the step.
+    pub(super) async fn with_account_token<T, F, Fut>(
         &self,
         claimed: &Claimed,
         deadline: Deadline,
         first: F,
-    ) -> std::result::Result<(String, Secret, T), Unsuccessful>
+    ) -> std::result::Result<(Secret, T), Unsuccessful>
     where
-        F: Fn(Secret, String) -> Fut,
+        F: Fn(Secret) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, BillectaError>>,
     {
-        let public_id = creditor_public_id(claimed)?;
         let user = account_user_id(&claimed.record)?;
         let first = &first;
-        let public = public_id.as_str();
-        let (token, answer) = self
-            .with_token(
-                &claimed.record,
-                &user,
-                deadline,
-                &claimed.renewals,
-                |token| async move {
-                    let answer = first(token.clone(), public.to_owned()).await?;
-                    Ok((token, answer))
-                },
-            )
-            .await?;
-        Ok((public_id, token, answer))
+        self.with_token(
+            &claimed.record,
+            &user,
+            deadline,
+            &claimed.renewals,
+            |token| async move {
+                let answer = first(token.clone()).await?;
+                Ok((token, answer))
+            },
+        )
+        .await
     }
 
     fn secret_context<'a>(
@@ -745,20 +741,12 @@ impl BillectaStage for CreditorCreation<'_> {
     ) -> std::result::Result<(String, bool), Unsuccessful> {
         let organisation_number = &self.new.organisation_number;
         let client = operations.billecta.client(self.key.environment);
-        let user = account_user_id(&claimed.record)?;
         let (token, found) = operations
-            .with_token(
-                &claimed.record,
-                &user,
-                deadline,
-                &claimed.renewals,
-                |token| async move {
-                    let found = client
-                        .find_creditors_by_org_no(&token, organisation_number.as_str(), deadline)
-                        .await?;
-                    Ok((token, found))
-                },
-            )
+            .with_account_token(claimed, deadline, |token| async move {
+                client
+                    .find_creditors_by_org_no(&token, organisation_number.as_str(), deadline)
+                    .await
+            })
             .await?;
         if let Some(existing) = found.iter().find_map(|c| c.creditor_public_id.clone()) {
             if found.len() > 1 {
@@ -887,9 +875,11 @@ impl BillectaStage for CompanySettingsUpdate<'_> {
             .as_ref()
             .expect("a claim resolved the settings");
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let (public_id, token, mut creditor): (String, Secret, Creditor) = operations
-            .account_access(claimed, deadline, |token, public_id| async move {
-                client.get_creditor(&token, &public_id, deadline).await
+        let public_id = creditor_public_id(claimed)?;
+        let public = public_id.as_str();
+        let (token, mut creditor): (Secret, Creditor) = operations
+            .with_account_token(claimed, deadline, |token| async move {
+                client.get_creditor(&token, public, deadline).await
             })
             .await?;
         desired::apply_company_settings(&mut creditor, settings);
@@ -997,9 +987,11 @@ impl BillectaStage for InvoiceSettingsUpdate<'_> {
         deadline: Deadline,
     ) -> std::result::Result<(), Unsuccessful> {
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let (_, token, mut creditor) = operations
-            .account_access(claimed, deadline, |token, public_id| async move {
-                client.get_creditor(&token, &public_id, deadline).await
+        let public_id = creditor_public_id(claimed)?;
+        let public = public_id.as_str();
+        let (token, mut creditor) = operations
+            .with_account_token(claimed, deadline, |token| async move {
+                client.get_creditor(&token, public, deadline).await
             })
             .await?;
         let Some(number) = self.number else {
