@@ -843,3 +843,40 @@ async fn the_reconciler_carries_on_an_api_user_billecta_was_down_for() {
         assert!(works_in_production(&server, &configuration.secure_token, &creditor).await);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_shows_when_billecta_last_accepted_its_token() {
+    for_each_backend(|server| async move {
+        let name = ready_onboarding(&server).await;
+        let verified = |onboarding: &proto::Onboarding| {
+            let at = |credential: Option<&proto::Credential>| {
+                let time = credential.unwrap().verify_time.unwrap();
+                (time.seconds, time.nanos)
+            };
+            let api = at(onboarding.creditors[0]
+                .api_access
+                .as_ref()
+                .unwrap()
+                .credential
+                .as_ref());
+            (
+                api,
+                onboarding.creditors[0]
+                    .api_access
+                    .clone()
+                    .unwrap()
+                    .credential
+                    .unwrap()
+                    .fingerprint,
+            )
+        };
+        let before = verified(&common::get(&server, &name).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let report = validate(&server, &name).await;
+        let after = verified(report.onboarding.as_ref().unwrap());
+        assert!(after.0 > before.0, "{before:?} then {after:?}");
+        assert_eq!(after.1, before.1, "the same token, checked again");
+        assert_eq!(sign_ins(&server), 1);
+    })
+    .await;
+}

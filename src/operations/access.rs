@@ -3,7 +3,7 @@
 
 use super::provisioning::{
     NewSecret, creditor_mut, creditor_public_id, find_creditor, open_creditor_stage, pending_in,
-    sign_in_plan, sign_in_sentence, store_user_credentials,
+    sign_in_plan, sign_in_sentence, store_user_credentials, unchanged_token,
 };
 use super::stage::{BillectaStage, Claimed, Prepared, Unsuccessful};
 use super::users::Obtained;
@@ -243,6 +243,7 @@ impl Operations {
                     summary,
                     secrets: Vec::new(),
                     removed,
+                    ..Written::default()
                 })
             },
         )
@@ -363,6 +364,7 @@ impl Operations {
                         summary,
                         secrets: vec![secret],
                         removed: Vec::new(),
+                        ..Written::default()
                     })
                 },
             )
@@ -590,6 +592,7 @@ impl BillectaStage for ApiAccessVerification<'_> {
             secrets: stored.secrets,
             // What a failed attempt kept to try again with is now the user's.
             removed,
+            verified: unchanged_token(&user, token, stored.token_changed),
         })
     }
 
@@ -628,6 +631,7 @@ impl BillectaStage for ApiAccessVerification<'_> {
             summary: String::new(),
             secrets: vec![pending],
             removed: pending_in(record, creditor_id, &[other]),
+            ..Written::default()
         })
     }
 }

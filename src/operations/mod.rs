@@ -106,14 +106,15 @@ struct Written {
     secrets: Vec<(CredentialRecord, Sealed)>,
     /// Stored secrets to forget: (scope, field).
     removed: Vec<(String, CredentialField)>,
+    /// Stored secrets Billecta just accepted again, unchanged: (scope, field, fingerprint).
+    verified: Vec<(String, CredentialField, String)>,
 }
 
 impl From<String> for Written {
     fn from(summary: String) -> Self {
         Written {
             summary,
-            secrets: Vec::new(),
-            removed: Vec::new(),
+            ..Written::default()
         }
     }
 }
@@ -508,6 +509,7 @@ fn apply(
     if written.summary.is_empty()
         && written.secrets.is_empty()
         && written.removed.is_empty()
+        && written.verified.is_empty()
         && record == *before
     {
         return Ok(None);
@@ -535,6 +537,24 @@ fn apply(
             .credentials
             .retain(|c| !(c.scope == *scope && c.field == *field));
     }
+    // Only what stays as it was: a secret stored anew carries its own time.
+    written.verified.retain(|(scope, field, fingerprint)| {
+        let stored_anew = written
+            .secrets
+            .iter()
+            .any(|(c, _)| c.scope == *scope && c.field == *field);
+        let credential = record
+            .credentials
+            .iter_mut()
+            .find(|c| c.scope == *scope && c.field == *field && c.fingerprint == *fingerprint);
+        match credential {
+            Some(credential) if !stored_anew => {
+                credential.verify_time = Some(now);
+                true
+            }
+            _ => false,
+        }
+    });
     record.refresh();
     if conventions.bump_version && record.differs_for_callers(before) {
         record.version += 1;
@@ -561,6 +581,10 @@ impl Applied {
         }
         for (scope, field) in &self.written.removed {
             tx.delete_credential(&self.record, scope, *field).await?;
+        }
+        for (scope, field, _) in &self.written.verified {
+            tx.verify_credential(&self.record, scope, *field, self.event.event_time)
+                .await?;
         }
         tx.append_event(&self.record, &self.event).await?;
         Ok(())

@@ -493,6 +493,7 @@ impl BillectaStage for AccountActivation<'_> {
             secrets: stored.secrets,
             // What a failed attempt kept to try again with is now the user's.
             removed: pending_in(record, "", &[CredentialField::Password]),
+            verified: unchanged_token(&user, &obtained.token, stored.token_changed),
         })
     }
 
@@ -581,6 +582,19 @@ pub(super) fn store_user_credentials(
         secrets,
         token_changed: stored_token.map(|stored| stored != token.fingerprint()),
     })
+}
+
+/// The user's `token` when it is the one stored (`token_changed` of [`store_user_credentials`]):
+/// Billecta just accepted it again.
+pub(super) fn unchanged_token(
+    user: &str,
+    token: &Secret,
+    token_changed: Option<bool>,
+) -> Vec<(String, CredentialField, String)> {
+    match token_changed {
+        Some(false) => vec![(user.to_owned(), CredentialField::Token, token.fingerprint())],
+        _ => Vec::new(),
+    }
 }
 
 /// The pending (unverified) secrets of `fields` kept with a stage's scope, to remove.

@@ -359,6 +359,7 @@ impl Operations {
                     summary,
                     secrets: kept,
                     removed: Vec::new(),
+                    ..Written::default()
                 })
             })
             .await?;

@@ -178,6 +178,7 @@ impl Operations {
                 .iter()
                 .map(|(stored, _)| (stored.scope.clone(), stored.field))
                 .collect(),
+            ..Written::default()
         })
     }
 }

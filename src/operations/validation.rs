@@ -281,6 +281,16 @@ impl Operations {
             tally(CheckResult::Unknown)
         );
         let seen = stage_times(&record);
+        // The stored tokens Billecta accepted as they were: when each was last verified moves on.
+        let verified: Vec<(String, CredentialField, String)> = tokens
+            .iter()
+            .filter_map(|(user, outcome)| match outcome {
+                TokenOutcome::Works(token) => {
+                    Some((user.clone(), CredentialField::Token, token.fingerprint()))
+                }
+                _ => None,
+            })
+            .collect();
         let updated = self
             .transact(call, key, mutation, Conventions::WHOLE, |record, now| {
                 apply_checks(record, &checks, &seen, now);
@@ -295,6 +305,7 @@ impl Operations {
                     summary: format!("{summary} {said}").trim_end().to_owned(),
                     secrets,
                     removed: Vec::new(),
+                    verified: verified.clone(),
                 })
             })
             .await?

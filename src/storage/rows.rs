@@ -117,6 +117,7 @@ pub const LOCK_ONBOARDING_BY_ID: &str =
 pub const MOVE_REVISION: &str =
     "UPDATE onboardings SET revision = revision + 1 WHERE id = $1 AND tenant = $2";
 
+pub const VERIFY_CREDENTIAL: &str = "UPDATE credentials SET verify_time = $1 WHERE onboarding_id = $2 AND creditor_id = $3 AND field = $4 AND tenant = $5";
 pub const DELETE_CREDENTIAL: &str = "DELETE FROM credentials WHERE onboarding_id = $1 AND creditor_id = $2 AND field = $3 AND tenant = $4";
 
 pub const INSERT_EVENT: &str = "INSERT INTO events (onboarding_id, sequence, tenant, event_time, actor, method, request_id, correlation_id, outcome, summary, transitions) \

@@ -384,6 +384,26 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Notes that Billecta accepted a stored secret again at `time`.
+    pub async fn verify_credential(
+        &mut self,
+        record: &OnboardingRecord,
+        scope: &str,
+        field: CredentialField,
+        time: i64,
+    ) -> Result<()> {
+        sqlx::query(rows::VERIFY_CREDENTIAL)
+            .bind(time)
+            .bind(&record.id)
+            .bind(scope)
+            .bind(field.as_str())
+            .bind(&record.tenant)
+            .execute(self.db())
+            .await
+            .map_err(|error| noted(&self.disk_full, db_error(error)))?;
+        Ok(())
+    }
+
     /// Appends an event to an onboarding's audit trail.
     pub async fn append_event(
         &mut self,
