@@ -54,6 +54,10 @@ pub struct BillectaUser {
     /// Billecta's id of the user, once seen.
     #[serde(default)]
     pub user_public_id: Option<String>,
+    /// The service made the user (CreateApiUser) and generated its password, which is never shown:
+    /// the payment configuration hands out its token alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub made_here: bool,
 }
 
 impl BillectaUser {
@@ -554,6 +558,7 @@ impl OnboardingRecord {
             id: id.clone(),
             username: username.map(str::to_owned),
             user_public_id: None,
+            made_here: false,
         });
         id
     }

@@ -277,12 +277,13 @@ impl Operations {
         let secure_token = self
             .secret(record, &user.id, CredentialField::Token)
             .await?;
+        // A password the service generated is its own, to renew the token with; never shown.
         let password = match record.secret_of(&user.id, CredentialField::Password) {
-            Some(_) => Some(
+            Some(_) if !user.made_here => Some(
                 self.secret(record, &user.id, CredentialField::Password)
                     .await?,
             ),
-            None => None,
+            _ => None,
         };
         let payment_methods = creditor
             .company_settings

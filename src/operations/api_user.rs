@@ -23,8 +23,9 @@ use billecta_client::{BillectaError, Deadline, ErrorKind};
 
 /// What creating the API user came to.
 pub(super) enum Made {
-    /// The user signs in and reads the creditor: registered as RegisterApiCredentials does.
-    Registered(Obtained),
+    /// The user signs in and reads the creditor: registered as RegisterApiCredentials does. With
+    /// Billecta's id of the user, when known.
+    Registered(Obtained, Option<String>),
     /// Billecta refused a step: the portal path, with what was made and why.
     PortalPath(String),
 }
@@ -235,10 +236,13 @@ impl BillectaStage for ApiUserCreation<'_> {
             Err(error) => return Err(error.into()),
         };
         match client.get_creditor(&token, &public_id, deadline).await {
-            Ok(_) => Ok(Made::Registered(Obtained {
-                token,
-                signed_in: true,
-            })),
+            Ok(_) => Ok(Made::Registered(
+                Obtained {
+                    token,
+                    signed_in: true,
+                },
+                made.map(str::to_owned),
+            )),
             Err(error) if is_refusal(&error) => {
                 Ok(self.portal_path(made, "the new user's reading of the creditor", &error))
             }
@@ -256,10 +260,18 @@ impl BillectaStage for ApiUserCreation<'_> {
         now: Micros,
     ) -> Result<Written> {
         match made {
-            Made::Registered(obtained) => {
+            Made::Registered(obtained, made) => {
                 let written = self
                     .registration
                     .succeeded(operations, call, claimed, record, obtained, now)?;
+                if let Some(user) = record
+                    .users
+                    .iter_mut()
+                    .find(|user| user.is_named(&self.username))
+                {
+                    user.made_here = true;
+                    user.user_public_id = made.clone();
+                }
                 Ok(Written {
                     summary: format!(
                         "API user {} created in Billecta for {}. {}",
