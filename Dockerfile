@@ -13,6 +13,8 @@ RUN apt-get update \
 # service and what it depends on are compiled. The cache mounts keep the registry and the compiled
 # dependencies between builds, so a change to the service recompiles the service alone; the binary
 # is copied out because the target folder is a cache, not a layer.
+# CI carries out these COPY lines and this RUN line as written, without Docker, then starts the binary
+# and asks the HEALTHCHECK command (.ci/image_build.py): keep the RUN line to `cargo …` and `cp`.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto/ proto/
 COPY migrations/ migrations/
