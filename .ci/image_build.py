@@ -13,14 +13,17 @@ Everything is read from the Dockerfile, so this check follows it when it changes
    HEALTHCHECK command, which must report SERVING; then it is stopped with SIGTERM, as an
    orchestrator stops it, and must exit 0 within its shutdown grace.
 
-Usage: python3 .ci/image_build.py [--dockerfile Dockerfile] [--cache DIR] [--keep]
+Usage: python3 .ci/image_build.py [--dockerfile Dockerfile] [--cache DIR [--cache-limit-gib N]] [--keep]
 The cache folder defaults to the workspace's target folder ($CARGO_TARGET_DIR or ./target): compiled
-dependencies of an earlier release build there are reused, as BuildKit reuses its cache mount.
+dependencies of an earlier release build there are reused, as BuildKit reuses its cache mount. With
+--cache-limit-gib, a cache folder grown past N GiB is emptied first. Runs sharing a cache folder take
+turns (a lock on the folder that holds it).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import json
 import os
@@ -536,12 +539,28 @@ def main() -> int:
     )
     parser.add_argument("--dockerfile", default=str(REPO / "Dockerfile"))
     parser.add_argument("--cache", default=os.environ.get("CARGO_TARGET_DIR") or str(REPO / "target"))
+    parser.add_argument(
+        "--cache-limit-gib", type=float, help="empty the cache folder first when it holds more than this"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder, and say where")
     options = parser.parse_args()
 
     dockerfile = Path(options.dockerfile).resolve()
     context = dockerfile.parent
     cache = Path(options.cache).resolve()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Cargo would make a second run wait for the target folder anyway; the lock (on the folder that
+    # holds the cache, so that it creates no file) also keeps the emptying below away from a build in
+    # progress. It is held until the process ends.
+    lock = os.open(cache.parent, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if options.cache_limit_gib is not None and cache.is_dir():
+        size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file() and not f.is_symlink())
+        if size > options.cache_limit_gib * 2**30:
+            say(
+                f"the cache folder holds {size / 2**30:.1f} GiB, more than {options.cache_limit_gib}: emptied"
+            )
+            shutil.rmtree(cache)
     work = Path(tempfile.mkdtemp(prefix="image-build-"))
     started = time.monotonic()
     try:
