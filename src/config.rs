@@ -443,6 +443,7 @@ impl Config {
         ClientSettings {
             base_url: base_url.to_owned(),
             timeout: Duration::from_millis(self.billecta_timeout_ms),
+            timeout_name: "the client's timeout --billecta-timeout-ms",
             connect_timeout: Duration::from_millis(self.billecta_connect_timeout_ms),
             retry: RetryPolicy {
                 max_attempts: self.billecta_max_attempts,
