@@ -122,7 +122,10 @@ impl Application {
     /// database.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let keyring = config.keyring()?;
+        if config.sandbox_reset {
+            config.reset_sandbox()?;
+        }
+        let (keyring, new_key) = config.keyring_and_new_key()?;
         let callers = config.callers()?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -143,6 +146,11 @@ impl Application {
             cached_onboardings: config.cached_onboardings,
         })
         .await?;
+        // The sandbox's new key is kept once its database exists: a start that failed before left
+        // neither behind, and a restart finds both.
+        if let Some(new_key) = new_key {
+            new_key.write()?;
+        }
         store.migrate().await?;
         let sandbox = match config.sandbox {
             true => Some(Sandbox::start(&config).await?),
