@@ -4,7 +4,10 @@
 //!
 //! Shutdown protocol: health turns NOT_SERVING, the server stops accepting connections, open watch
 //! streams end with UNAVAILABLE (callers resume elsewhere with after_event), in-flight calls get
-//! `shutdown_grace` to finish, then the database pool is closed and the sandbox's simulators stop.
+//! `shutdown_grace` to finish; then the work still under way (calls past the grace, the reconciler's
+//! pass) is cut off and the stages it had claimed are released, so that the next call (after a
+//! restart, or on another replica) goes ahead at once; then the database pool is closed and the
+//! sandbox's simulators stop.
 
 use crate::auth::Callers;
 use crate::config::Config;
@@ -34,6 +37,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower::util::MapResponseLayer;
+
+/// The longest a shutdown spends releasing the stages of the calls it cut off.
+const RELEASE_TIME: Duration = Duration::from_secs(5);
 
 /// The service names health reports on: "" for the server as a whole, and each API service.
 const HEALTH_SERVICES: [&str; 3] = [
@@ -116,7 +122,10 @@ impl Application {
     /// database.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let keyring = config.keyring()?;
+        if config.sandbox_reset {
+            config.reset_sandbox()?;
+        }
+        let (keyring, new_key) = config.keyring_and_new_key()?;
         let callers = config.callers()?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -137,6 +146,11 @@ impl Application {
             cached_onboardings: config.cached_onboardings,
         })
         .await?;
+        // The sandbox's new key is kept once its database exists: a start that failed before left
+        // neither behind, and a restart finds both.
+        if let Some(new_key) = new_key {
+            new_key.write()?;
+        }
         store.migrate().await?;
         let sandbox = match config.sandbox {
             true => Some(Sandbox::start(&config).await?),
@@ -309,10 +323,10 @@ impl Application {
         tracing::info!(address = %local_addr, backend = ?store.backend(), sandbox = config.sandbox, "serving gRPC");
 
         let mut server = std::pin::pin!(server);
-        tokio::select! {
+        let served = tokio::select! {
             finished = &mut server => {
                 shutdown.cancel();
-                finished.context("the gRPC server stopped")?;
+                finished.context("the gRPC server stopped")
             }
             () = shutdown.cancelled() => {
                 for service in HEALTH_SERVICES {
@@ -320,24 +334,39 @@ impl Application {
                 }
                 tracing::info!(grace_ms = config.shutdown_grace_ms, "draining: no new connections, finishing calls in flight");
                 match tokio::time::timeout(config.shutdown_grace(), &mut server).await {
-                    Ok(finished) => finished.context("the gRPC server stopped")?,
-                    Err(_) => tracing::warn!("calls still in flight after the grace period were cut off"),
+                    Ok(finished) => finished.context("the gRPC server stopped"),
+                    Err(_) => {
+                        tracing::warn!("calls still in flight after the grace period were cut off");
+                        Ok(())
+                    }
                 }
             }
-        }
+        };
         health_task.abort();
         if let Some(metrics) = metrics_task {
             metrics.abort();
         }
+        // The reconciler's pass ends here; a stage it had claimed stays in the register of held
+        // leases, and is released with the calls' below.
         if let Some(reconciler) = reconciler {
             reconciler.abort();
+            let _ = reconciler.await;
+        }
+        // A database that does not answer must not hold the exit up: a lease not released is free
+        // once it runs out, as after a crash.
+        match tokio::time::timeout(RELEASE_TIME, operations.release_abandoned()).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(released, "stages of cut-off calls released"),
+            Err(_) => tracing::warn!(
+                "the database did not answer in time to release every stage of the cut-off calls; the rest are free once their leases run out"
+            ),
         }
         store.close().await;
         if let Some(sandbox) = sandbox {
             sandbox.stop().await;
         }
         tracing::info!("stopped");
-        Ok(())
+        served
     }
 }
 

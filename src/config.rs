@@ -5,9 +5,11 @@ use crate::auth::Callers;
 use crate::crypto::Keyring;
 use crate::domain::Environment;
 use crate::telemetry::{LogFormat, TraceExport};
+use anyhow::Context;
 use billecta_client::{BreakerPolicy, ClientSettings, RetryPolicy};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Onboards Payway tenants onto Billecta over gRPC and keeps their integration healthy.
@@ -62,10 +64,21 @@ pub struct Config {
     pub health_check_interval_ms: u64,
 
     /// Sandbox mode, for trying the service locally with no network: starts the built-in Billecta
-    /// simulator twice in-process (test and production, on free loopback ports, logged at start-up)
-    /// and talks to those instead of Billecta. The URL settings below are then ignored.
+    /// simulator twice in-process (test on 127.0.0.1:50061 and production on 127.0.0.1:50062 unless
+    /// --sandbox-test-listen and --sandbox-production-listen say otherwise, logged at start-up) and
+    /// talks to those instead of Billecta. The URL settings below are then ignored. Without
+    /// --encryption-keys, the key for stored secrets is generated on the first start and kept beside
+    /// the SQLite database, in <database>.sandbox-key (readable by its owner only; on PostgreSQL a
+    /// throwaway key), so a restarted sandbox reads what it stored before. The simulators keep
+    /// their state in memory only: after a restart, the onboardings refer to Billecta accounts and
+    /// creditors that no longer exist (ValidateOnboarding says so); --sandbox-reset starts afresh.
     #[arg(long, env = "ONBOARDING_SANDBOX", default_value_t = false)]
     pub sandbox: bool,
+
+    /// With --sandbox: deletes the sandbox's SQLite database and its key file before starting, to
+    /// start afresh (every onboarding is gone).
+    #[arg(long, env = "ONBOARDING_SANDBOX_RESET", default_value_t = false)]
+    pub sandbox_reset: bool,
 
     /// In sandbox mode: where the test-environment simulator listens (its admin API plays the people
     /// in Billecta's portal). Port 0 picks a free one.
@@ -164,7 +177,7 @@ pub struct Config {
     /// Keys that encrypt stored secrets (AES-256-GCM): a comma-separated list of `id:base64`, each key
     /// 32 random bytes (`openssl rand -base64 32`). The first, or --encryption-active-key, encrypts;
     /// every listed key decrypts, so keys rotate without downtime. Required outside --sandbox; the
-    /// sandbox generates a throwaway key when none is given.
+    /// sandbox without keys keeps a key of its own beside its database (see --sandbox).
     #[arg(
         long,
         env = "ONBOARDING_ENCRYPTION_KEYS",
@@ -412,6 +425,10 @@ impl Config {
             "--encryption-keys (ONBOARDING_ENCRYPTION_KEYS) is required: stored secrets are encrypted with it; only --sandbox may run without one"
         );
         anyhow::ensure!(
+            self.sandbox || !self.sandbox_reset,
+            "--sandbox-reset deletes the sandbox's database: it works with --sandbox only"
+        );
+        anyhow::ensure!(
             self.stage_lease_ms >= 10_000,
             "--stage-lease-ms must be at least 10000"
         );
@@ -443,6 +460,7 @@ impl Config {
         ClientSettings {
             base_url: base_url.to_owned(),
             timeout: Duration::from_millis(self.billecta_timeout_ms),
+            timeout_name: "the client's timeout --billecta-timeout-ms",
             connect_timeout: Duration::from_millis(self.billecta_connect_timeout_ms),
             retry: RetryPolicy {
                 max_attempts: self.billecta_max_attempts,
@@ -468,18 +486,138 @@ impl Config {
         }
     }
 
-    /// The keyring for stored secrets: the configured keys, or in sandbox mode without keys a
-    /// throwaway key (secrets stored with it cannot be read after a restart).
+    /// The keyring for stored secrets: the configured keys, or in sandbox mode without keys the
+    /// sandbox's own ([`Config::sandbox_keyring`]), its key file written at once if it is new.
     pub fn keyring(&self) -> anyhow::Result<Keyring> {
+        let (keyring, new_key) = self.keyring_and_new_key()?;
+        if let Some(new_key) = new_key {
+            new_key.write()?;
+        }
+        Ok(keyring)
+    }
+
+    /// The keyring for stored secrets, and the sandbox's key file still to write when its key was
+    /// made now: the caller writes it once the database exists, so that a start that fails before
+    /// (a port taken, say) leaves neither behind.
+    pub fn keyring_and_new_key(&self) -> anyhow::Result<(Keyring, Option<NewKeyFile>)> {
         if self.encryption_keys.trim().is_empty() && self.sandbox {
-            tracing::warn!(
-                "sandbox: no --encryption-keys given; secrets are encrypted with a throwaway key"
-            );
-            return Ok(Keyring::generate());
+            return self.sandbox_keyring();
         }
         let active = Some(self.encryption_active_key.trim()).filter(|id| !id.is_empty());
-        Keyring::parse(&self.encryption_keys, active)
-            .map_err(|error| anyhow::anyhow!("--encryption-keys: {error}"))
+        let keyring = Keyring::parse(&self.encryption_keys, active)
+            .map_err(|error| anyhow::anyhow!("--encryption-keys: {error}"))?;
+        Ok((keyring, None))
+    }
+
+    /// The sandbox's SQLite database file and its key file beside it, `<database>.sandbox-key`;
+    /// `None` for a database that is no file (PostgreSQL, SQLite in memory).
+    pub fn sandbox_files(&self) -> Option<(PathBuf, PathBuf)> {
+        let database = self.database.trim();
+        if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+            return None;
+        }
+        let path = match database.strip_prefix("sqlite:") {
+            Some(url) => {
+                let (path, options) = url.split_once('?').unwrap_or((url, ""));
+                if options.split('&').any(|option| option == "mode=memory") {
+                    return None;
+                }
+                path.strip_prefix("//").unwrap_or(path)
+            }
+            None => database,
+        };
+        if path.is_empty() || path == ":memory:" {
+            return None;
+        }
+        let key = PathBuf::from(format!("{path}.sandbox-key"));
+        Some((PathBuf::from(path), key))
+    }
+
+    /// `--sandbox-reset`: deletes the sandbox's database (with SQLite's files beside it) and its
+    /// key file, so that the sandbox starts afresh.
+    pub fn reset_sandbox(&self) -> anyhow::Result<()> {
+        let Some((database, key)) = self.sandbox_files() else {
+            anyhow::bail!(
+                "--sandbox-reset deletes the sandbox's SQLite file; the database {:?} is not one",
+                self.database
+            );
+        };
+        let mut files = vec![key];
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = database.clone().into_os_string();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for file in &files {
+            match std::fs::remove_file(file) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    anyhow::bail!("--sandbox-reset: deleting {}: {error}", file.display())
+                }
+            }
+        }
+        tracing::warn!(
+            database = %database.display(),
+            "sandbox: --sandbox-reset deleted the database and its key file; starting afresh"
+        );
+        Ok(())
+    }
+
+    /// The sandbox's key for stored secrets: read from its key file beside the database, or made
+    /// on the first start (the database not there yet), with the key file to write, so that a
+    /// restarted sandbox reads what it stored before. A database without its key file (or a key
+    /// file without its database) stops the start: the secrets could not be read, and a new key
+    /// would hide that until the first call failed. On a database that is no file, a throwaway key.
+    pub fn sandbox_keyring(&self) -> anyhow::Result<(Keyring, Option<NewKeyFile>)> {
+        let Some((database, key)) = self.sandbox_files() else {
+            tracing::warn!(
+                "sandbox: no --encryption-keys given and the database is no SQLite file; secrets are encrypted with a throwaway key and cannot be read after a restart"
+            );
+            return Ok((Keyring::generate(), None));
+        };
+        let (database_there, key_there) = (database.exists(), key.exists());
+        if database_there != key_there {
+            let (present, missing) = if database_there {
+                (
+                    format!("database {}", database.display()),
+                    format!("its key file {}", key.display()),
+                )
+            } else {
+                (
+                    format!("key file {}", key.display()),
+                    format!("its database {}", database.display()),
+                )
+            };
+            anyhow::bail!(
+                "the sandbox's {present} exists but {missing} does not, so the secrets stored in the \
+                 database cannot be read: put the missing file back, or start afresh with \
+                 --sandbox-reset (deletes the database and its key)"
+            );
+        }
+        let (spec, new_key) = if key_there {
+            let spec = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading the sandbox's key file {}", key.display()))?;
+            tracing::info!(
+                key_file = %key.display(),
+                "sandbox: stored secrets are encrypted with the key kept beside the database"
+            );
+            (spec, None)
+        } else {
+            let spec = new_sandbox_key()?;
+            let new_key = NewKeyFile {
+                path: key.clone(),
+                spec: spec.clone(),
+            };
+            (spec, Some(new_key))
+        };
+        let keyring = Keyring::parse(spec.trim(), None).map_err(|error| {
+            anyhow::anyhow!(
+                "the sandbox's key file {} holds no usable key ({error}); start afresh with --sandbox-reset",
+                key.display()
+            )
+        })?;
+        Ok((keyring, new_key))
     }
 
     /// The callers allowed in: the configured ones, or in sandbox mode without any the development
@@ -554,9 +692,82 @@ impl Config {
     }
 }
 
+/// A key the sandbox made on its first start, to keep in its key file beside the database.
+pub struct NewKeyFile {
+    path: PathBuf,
+    spec: String,
+}
+
+impl NewKeyFile {
+    /// Writes the key file, readable by its owner only; an existing file is never overwritten.
+    pub fn write(self) -> anyhow::Result<()> {
+        write_private(&self.path, &self.spec)
+            .with_context(|| format!("writing the sandbox's key file {}", self.path.display()))?;
+        tracing::info!(
+            key_file = %self.path.display(),
+            "sandbox: generated the key for stored secrets and kept it beside the database; delete both with --sandbox-reset"
+        );
+        Ok(())
+    }
+}
+
+/// The id of the sandbox's own key.
+const SANDBOX_KEY_ID: &str = "sandbox";
+
+/// A new key for the sandbox, in the --encryption-keys format: `sandbox:<base64 of 32 bytes>`.
+fn new_sandbox_key() -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| anyhow::anyhow!("no randomness for a key: {error}"))?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    Ok(format!("{SANDBOX_KEY_ID}:{encoded}\n"))
+}
+
+/// Writes a new file only its owner may read (mode 0600); an existing one is never overwritten.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sandbox_keeps_its_key_beside_a_sqlite_file_only() {
+        let files = |database: &str| {
+            let mut config = Config::for_database(database);
+            config.sandbox = true;
+            config
+                .sandbox_files()
+                .map(|(database, key)| (database.display().to_string(), key.display().to_string()))
+        };
+        let beside =
+            |database: &str| Some((database.to_owned(), format!("{database}.sandbox-key")));
+        assert_eq!(
+            files("billecta-onboarding.sqlite3"),
+            beside("billecta-onboarding.sqlite3")
+        );
+        assert_eq!(
+            files("sqlite://data/sandbox.db?mode=rwc"),
+            beside("data/sandbox.db")
+        );
+        assert_eq!(files("sqlite:sandbox.db"), beside("sandbox.db"));
+        assert_eq!(files("sqlite::memory:"), None);
+        assert_eq!(files("sqlite://shared.db?mode=memory&cache=shared"), None);
+        assert_eq!(files("postgres://postgres@127.0.0.1/onboarding"), None);
+    }
 
     #[test]
     fn the_sandbox_offers_its_public_key_on_loopback_only() {

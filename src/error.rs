@@ -72,6 +72,11 @@ pub enum Error {
     #[error("{0}")]
     Billecta(#[from] BillectaError),
 
+    /// The service is shutting down: the call's work was cut off, or refused before it began.
+    /// Another replica, or this one once restarted, takes the call.
+    #[error("the service is shutting down")]
+    ShuttingDown,
+
     /// Anything a caller cannot act on. Logged with its cause; callers see only that it happened.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),

@@ -12,6 +12,10 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// What a caller is told to wait when Billecta is down and did not say for how long.
 const BILLECTA_DEFAULT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What a caller is told to wait when the service is shutting down: a restart or another replica
+/// takes the call within moments.
+const SHUTTING_DOWN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The ErrorInfo domain of every error this service returns.
 pub const ERROR_DOMAIN: &str = "billecta-onboarding.payway";
 
@@ -209,6 +213,16 @@ pub fn to_status(error: Error) -> Status {
             details.set_error_info(reason, ERROR_DOMAIN, metadata(&pairs));
             (code, failure.to_string())
         }
+        Error::ShuttingDown => {
+            details.set_retry_info(Some(SHUTTING_DOWN_RETRY_AFTER));
+            details.set_error_info("SHUTTING_DOWN", ERROR_DOMAIN, HashMap::new());
+            (
+                Code::Unavailable,
+                "the service is shutting down; retry with the same request_id (another replica, \
+                 or this one once restarted, takes the call)"
+                    .to_owned(),
+            )
+        }
         Error::Internal(cause) | Error::Storage(StorageError::Internal(cause)) => {
             tracing::error!(error = ?cause, "internal error");
             details.set_error_info("INTERNAL", ERROR_DOMAIN, HashMap::new());
@@ -311,6 +325,18 @@ mod tests {
         .into_http::<()>();
         let kept = explain_oversized(ours, 4096);
         assert_eq!(kept.headers()["grpc-status"], "5");
+    }
+
+    #[test]
+    fn a_call_cut_off_by_a_shutdown_is_unavailable_with_a_short_wait() {
+        let status = to_status(Error::ShuttingDown);
+        assert_eq!(status.code(), Code::Unavailable);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "SHUTTING_DOWN");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(SHUTTING_DOWN_RETRY_AFTER)
+        );
     }
 
     #[test]

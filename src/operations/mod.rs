@@ -4,11 +4,13 @@
 //!
 //! The stages that drive Billecta never hold a transaction while they wait for Billecta: one runner
 //! ([`stage`]) claims the stage with a lease in one transaction, talks to Billecta, and records the
-//! outcome in a second one.
+//! outcome in a second one. The claims this process holds are kept in a register ([`leases`]), so
+//! that a clean shutdown releases those of the calls it cuts off.
 
 mod access;
 mod api_user;
 mod billecta;
+mod leases;
 mod provisioning;
 mod reconcile;
 mod stage;
@@ -86,6 +88,8 @@ pub struct Operations {
     keyring: Arc<Keyring>,
     timing: StageTiming,
     changes: broadcast::Sender<Change>,
+    /// The stages this process has claimed and not yet settled.
+    leases: Arc<leases::HeldLeases>,
 }
 
 /// How long stages stay claimed.
@@ -174,6 +178,7 @@ impl Operations {
             keyring,
             timing,
             changes,
+            leases: Arc::default(),
         }
     }
 

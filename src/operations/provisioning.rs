@@ -14,6 +14,7 @@ use crate::crypto::SecretContext;
 use crate::desired;
 use crate::domain::onboarding::{
     CompanySettings, CredentialRecord, CreditorRecord, InvoiceSettings, Lease, OnboardingRecord,
+    StageRecord,
 };
 use crate::domain::stages::{self, creditor_stage};
 use crate::domain::swedish::{InvoiceNumber, OrganisationNumber};
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::secret::Secret;
 use billecta_client::model::Creditor;
 use billecta_client::{BillectaError, Deadline, ErrorKind};
+use std::time::Duration;
 
 /// A secret to store for the environment (`scope` empty) or a creditor.
 pub(super) struct NewSecret<'a> {
@@ -802,22 +804,34 @@ impl BillectaStage for CreditorCreation<'_> {
         now: Micros,
     ) -> Result<Written> {
         if error.outcome_unknown {
-            // Billecta may still be creating it: nobody creates again until it has had time to
-            // finish, and the next attempt looks it up first.
-            let settle = operations.timing.settle;
-            let stage = stage_mut(record, &claimed.target);
-            stage.lease = Some(Lease {
-                owner: SETTLING.to_owned(),
-                expire_time: now
-                    .saturating_add(i64::try_from(settle.as_micros()).unwrap_or(i64::MAX)),
-            });
-            stage.message = format!(
-                "Billecta may have created the creditor although its answer was lost ({error}); it is looked up before any new attempt, from {} s on.",
-                settle.as_secs()
+            settling(
+                stage_mut(record, &claimed.target),
+                operations.timing.settle,
+                now,
+                &format!("its answer was lost ({error})"),
             );
         }
         Ok(Written::default())
     }
+
+    fn settles_when_abandoned(&self) -> bool {
+        // The create may be on its way to Billecta when the shutdown cuts the step off.
+        true
+    }
+}
+
+/// Keeps a CREDITOR stage whose create may have happened although `unknown` says why its outcome
+/// is not known: Billecta may still be creating the creditor, so nobody creates again for `settle`,
+/// the time it needs to finish, and the next attempt looks it up first.
+pub(super) fn settling(stage: &mut StageRecord, settle: Duration, now: Micros, unknown: &str) {
+    stage.lease = Some(Lease {
+        owner: SETTLING.to_owned(),
+        expire_time: now.saturating_add(i64::try_from(settle.as_micros()).unwrap_or(i64::MAX)),
+    });
+    stage.message = format!(
+        "Billecta may have created the creditor although {unknown}; it is looked up before any new attempt, from {} s on.",
+        settle.as_secs()
+    );
 }
 
 /// COMPANY_SETTINGS: the address and both bankgiros, written into Billecta's creditor.

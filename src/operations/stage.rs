@@ -10,8 +10,10 @@
 //!
 //! A stage supplies only what sets it apart ([`BillectaStage`]): the claim's checks, the work in
 //! Billecta, and what success and failure change. A lease that expires (its holder crashed) lets the
-//! next call take the stage over.
+//! next call take the stage over; one whose holder a clean shutdown cut off is released at once
+//! ([`super::leases`]).
 
+use super::leases::Held;
 use super::users::Renewals;
 use super::{CallContext, Committed, Conventions, Mutation, Operations, Written};
 use crate::domain::failure::StageFailure;
@@ -84,6 +86,13 @@ pub(super) trait BillectaStage: Send + Sync {
     ) -> Result<Written> {
         Ok(Written::default())
     }
+
+    /// Whether the Billecta step, cut off by a shutdown, may have made something in Billecta that a
+    /// new attempt could not find yet: the stage then stays leased for the settling time instead of
+    /// being freed at once. No, unless a stage says otherwise.
+    fn settles_when_abandoned(&self) -> bool {
+        false
+    }
 }
 
 /// What the claim's preparation settles: the claim's audit summary, and the stage to claim.
@@ -139,6 +148,9 @@ pub(super) struct Claimed {
     pub target: StageRef,
     /// Tokens the Billecta step renewed, stored with whatever outcome the call records.
     pub renewals: Renewals,
+    /// The lease ends before the caller's deadline (or the caller has none): it, not the caller,
+    /// bounds the Billecta step.
+    pub lease_bounds: bool,
 }
 
 /// Either the claim, or the answer when the call must not go on (validate_only, or a retry whose
@@ -195,6 +207,9 @@ pub(super) fn stage_mut<'a>(
         .expect("a claimed creditor is never removed");
     creditor_stage(creditor, target.stage)
 }
+
+/// The lease as an error that ran out of it names it.
+const LEASE_BOUND: &str = "the stage's lease --stage-lease-ms";
 
 /// How long a claim holds its stage, in microseconds: the lease, but no longer than the claiming
 /// call's deadline plus the margin to record the outcome in. The Billecta step ends by the deadline
@@ -264,23 +279,55 @@ impl Operations {
             Claim::Answered(record) => return Ok(*record),
             Claim::Claimed(claimed) => claimed,
         };
-        let deadline = billecta_deadline(deadline, &claimed);
-        let (summary, error) = match stage.call(self, &claimed, deadline).await {
+        self.hold(Held {
+            key: key.clone(),
+            target: claimed.target.clone(),
+            lease: claimed.lease.clone(),
+            call: call.clone(),
+            mutation: mutation.clone(),
+            settles: stage.settles_when_abandoned(),
+        })
+        .await?;
+        let outcome = self
+            .call_and_record(call, key, mutation, deadline, &claimed, &stage)
+            .await;
+        self.leases.let_go(&claimed.lease.owner);
+        outcome
+    }
+
+    /// Steps 2 and 3 of a claimed stage: Billecta, and the outcome recorded. A shutdown that stops
+    /// the Billecta step leaves the claim to [`Operations::release_abandoned`].
+    async fn call_and_record(
+        &self,
+        call: &CallContext,
+        key: &OnboardingKey,
+        mutation: &Mutation,
+        deadline: Deadline,
+        claimed: &Claimed,
+        stage: &impl BillectaStage,
+    ) -> Result<OnboardingRecord> {
+        let deadline = billecta_deadline(deadline, claimed, self.timing.lease);
+        let answer = self
+            .leases
+            .unless_stopped(stage.call(self, claimed, deadline))
+            .await
+            .ok_or(Error::ShuttingDown)?;
+        let (summary, error) = match answer {
             Ok(answer) => {
                 return self
-                    .record(call, key, mutation, &claimed, "OK", |record, now| {
-                        stage.succeeded(self, call, &claimed, record, &answer, now)
+                    .record(call, key, mutation, claimed, "OK", |record, now| {
+                        stage.succeeded(self, call, claimed, record, &answer, now)
                     })
                     .await;
             }
             Err(Unsuccessful::Billecta(error)) => {
                 let outcome = outcome_of(&error);
-                self.record(call, key, mutation, &claimed, outcome, |record, now| {
+                self.record(call, key, mutation, claimed, outcome, |record, now| {
                     let summary = format!("{} failed: {error}", stage.step());
                     if claimed.before.state == StageState::Completed {
                         // The setup in Billecta is what it was and works: the stage stays as it
                         // was, and nothing of this call is kept.
-                        restore(record, &claimed);
+                        restore(record, claimed);
                         return Ok(Written::from(summary));
                     }
                     // Any other stage shows the failure, waiting on the system when it is transient.
@@ -289,7 +336,7 @@ impl Operations {
                         &StageFailure::from(&error),
                         now,
                     );
-                    let kept = stage.failed(self, call, &claimed, record, &error, now)?;
+                    let kept = stage.failed(self, call, claimed, record, &error, now)?;
                     Ok(Written { summary, ..kept })
                 })
                 .await?;
@@ -309,8 +356,8 @@ impl Operations {
             Error::Internal(_) => "INTERNAL",
             _ => "FAILED_PRECONDITION",
         };
-        self.record(call, key, mutation, &claimed, outcome, |record, _| {
-            restore(record, &claimed);
+        self.record(call, key, mutation, claimed, outcome, |record, _| {
+            restore(record, claimed);
             Ok(Written::from(summary.clone()))
         })
         .await?;
@@ -328,6 +375,8 @@ impl Operations {
         mut prepare: impl FnMut(&mut OnboardingRecord, Micros) -> Result<(Prepared, Vec<Kept>)>,
     ) -> Result<Claim> {
         let owner = uuid::Uuid::new_v4().to_string();
+        let full_lease = i64::try_from(self.timing.lease.as_micros()).unwrap_or(i64::MAX);
+        let mut lease_bounds = true;
         let mut claimed = None;
         let conventions = Conventions {
             first_write: true,
@@ -340,9 +389,12 @@ impl Operations {
                 let original = record.clone();
                 let ((summary, target), kept) = prepare(record, now)?;
                 let prepared = record.clone();
+                let length = lease_length(self.timing.lease, deadline);
+                // Not shortened to the caller's deadline: the lease ends first.
+                lease_bounds = length == full_lease;
                 let lease = Lease {
                     owner: owner.clone(),
-                    expire_time: now.saturating_add(lease_length(self.timing.lease, deadline)),
+                    expire_time: now.saturating_add(length),
                 };
                 let stage = stage_mut(record, &target);
                 let before = stage.clone();
@@ -382,6 +434,7 @@ impl Operations {
                     original,
                     target,
                     renewals: Renewals::default(),
+                    lease_bounds,
                 })))
             }
         }
@@ -448,18 +501,19 @@ impl Operations {
     }
 }
 
-/// The deadline of the Billecta step: the caller's, but never past the lease, less a margin to
-/// record the outcome in.
-fn billecta_deadline(caller: Deadline, claimed: &Claimed) -> Deadline {
+/// The deadline of the Billecta step: the caller's, but never past the lease (of `lease` in all),
+/// less a margin to record the outcome in; named after whichever of the two it is, so that an
+/// error that runs out of it says which.
+fn billecta_deadline(caller: Deadline, claimed: &Claimed, lease: Duration) -> Deadline {
+    if !claimed.lease_bounds {
+        // The claim lasts until the caller's deadline and the margin: the caller's comes first.
+        return caller;
+    }
     let lease_left = Duration::from_micros(
         u64::try_from(claimed.lease.expire_time - now_micros()).unwrap_or_default(),
     )
     .saturating_sub(LEASE_MARGIN);
-    let lease = Deadline::after(lease_left);
-    match (caller.remaining(), lease.remaining()) {
-        (Some(caller_left), Some(lease_left)) if caller_left < lease_left => caller,
-        _ => lease,
-    }
+    Deadline::after(lease_left).bounded_by(LEASE_BOUND, lease)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub mod secret;
 pub mod timestamp;
 
 pub use error::{BillectaError, ErrorKind, Failure};
-pub use policy::{BreakerPolicy, BreakerState, Deadline, RetryPolicy};
+pub use policy::{Bound, BreakerPolicy, BreakerState, Deadline, RetryPolicy};
 pub use secret::Secret;
 
 use base64::Engine as _;
@@ -91,6 +91,8 @@ pub struct ClientSettings {
     pub base_url: String,
     /// The longest one attempt may take, response body included.
     pub timeout: Duration,
+    /// How an error that ran out of `timeout` names it, such as the setting it comes from.
+    pub timeout_name: &'static str,
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,
@@ -106,6 +108,7 @@ impl ClientSettings {
         ClientSettings {
             base_url: base_url.into(),
             timeout: Duration::from_secs(10),
+            timeout_name: "the client's timeout",
             connect_timeout: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             breaker: BreakerPolicy::default(),
@@ -419,6 +422,7 @@ struct Inner {
     base_url: String,
     http: reqwest::Client,
     timeout: Duration,
+    timeout_name: &'static str,
     retry: RetryPolicy,
     breaker: CircuitBreaker,
     slots: tokio::sync::Semaphore,
@@ -459,6 +463,7 @@ impl BillectaClient {
                 base_url,
                 http,
                 timeout: settings.timeout,
+                timeout_name: settings.timeout_name,
                 retry: settings.retry,
                 breaker: CircuitBreaker::new(settings.breaker),
                 slots: tokio::sync::Semaphore::new(settings.max_concurrency.max(1)),
@@ -900,7 +905,10 @@ impl BillectaClient {
             Some(left) => tokio::time::timeout(left, slot).await.map_err(|_| {
                 error(
                     Failure::DeadlineExceeded,
-                    "no time left while waiting for a free slot to Billecta".into(),
+                    format!(
+                        "{} ran out while waiting for a free slot to Billecta",
+                        deadline.bound()
+                    ),
                 )
             })?,
             None => slot.await,
@@ -908,12 +916,16 @@ impl BillectaClient {
         .expect("the slots are never closed");
         let timeout = deadline.cap(self.inner.timeout);
         // When the caller's deadline, not the client's timeout, ends the attempt, that says nothing
-        // about Billecta's health, and the caller is told its deadline ran out.
+        // about Billecta's health, and the caller is told which of its limits ran out: the one the
+        // deadline's maker named, which is not always the caller's own.
         let cut_by_deadline = timeout < self.inner.timeout;
         if timeout < MIN_ATTEMPT_TIME.min(self.inner.timeout) {
             return Err(error(
                 Failure::DeadlineExceeded,
-                "no time left for a call to Billecta".into(),
+                format!(
+                    "no time left for a call to Billecta: {} ran out",
+                    deadline.bound()
+                ),
             ));
         }
         let permit = self.inner.breaker.admit().map_err(|wait| {
@@ -932,14 +944,19 @@ impl BillectaClient {
             Err(_) if cut_by_deadline => {
                 permit.record(AttemptOutcome::Neutral);
                 let message = format!(
-                    "no answer before the caller's deadline ({} ms)",
-                    timeout.as_millis()
+                    "no answer within {} ms, before {} ran out",
+                    timeout.as_millis(),
+                    deadline.bound()
                 );
                 return Err(error(Failure::DeadlineExceeded, message));
             }
             Err(_) => {
                 permit.record(AttemptOutcome::Failed);
-                let message = format!("no answer within {} ms", timeout.as_millis());
+                let message = format!(
+                    "no answer within {} ({} ms)",
+                    self.inner.timeout_name,
+                    timeout.as_millis()
+                );
                 return Err(error(Failure::Timeout, message));
             }
             Ok(Err(failure)) => {

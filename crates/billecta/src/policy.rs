@@ -4,27 +4,53 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// When the caller stops waiting. Every attempt's timeout and every backoff fits inside it.
+/// When the caller stops waiting. Every attempt's timeout and every backoff fits inside it. It also
+/// says what set that time ([`Bound`]), so that an error can name what ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Deadline(Option<Instant>);
+pub struct Deadline {
+    at: Option<Instant>,
+    bound: Bound,
+}
 
 impl Deadline {
     /// No deadline of the caller's own; only the client's per-attempt timeout applies.
     pub fn none() -> Self {
-        Deadline(None)
+        Deadline::default()
     }
 
+    /// The caller's deadline, at `instant`.
     pub fn at(instant: Instant) -> Self {
-        Deadline(Some(instant))
+        Deadline {
+            at: Some(instant),
+            bound: Bound::caller(instant.saturating_duration_since(Instant::now())),
+        }
     }
 
+    /// The caller's deadline, `duration` from now.
     pub fn after(duration: Duration) -> Self {
-        Deadline(Instant::now().checked_add(duration))
+        Deadline {
+            at: Instant::now().checked_add(duration),
+            bound: Bound::caller(duration),
+        }
+    }
+
+    /// The same deadline, set by something else than the caller: `name` with its `length`, as an
+    /// error names it ("the stage's lease --stage-lease-ms", 120 s).
+    pub fn bounded_by(self, name: &'static str, length: Duration) -> Self {
+        Deadline {
+            bound: Bound { name, length },
+            ..self
+        }
+    }
+
+    /// What set this deadline.
+    pub fn bound(&self) -> Bound {
+        self.bound
     }
 
     /// The time left, or `None` when there is no deadline.
     pub fn remaining(&self) -> Option<Duration> {
-        self.0
+        self.at
             .map(|instant| instant.saturating_duration_since(Instant::now()))
     }
 
@@ -36,6 +62,38 @@ impl Deadline {
     /// The timeout for one attempt: the configured one, shortened to the time left.
     pub fn cap(&self, timeout: Duration) -> Duration {
         self.remaining().map_or(timeout, |left| left.min(timeout))
+    }
+}
+
+/// What set a [`Deadline`], as errors name it: the caller's own deadline unless its maker said
+/// otherwise, and the length it was given. Shown as "the caller's deadline (60000 ms)": an error
+/// that ran out of time says which limit it was, not only the time the last attempt had left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub name: &'static str,
+    pub length: Duration,
+}
+
+impl Bound {
+    const CALLER: &'static str = "the caller's deadline";
+
+    fn caller(length: Duration) -> Self {
+        Bound {
+            name: Self::CALLER,
+            length,
+        }
+    }
+}
+
+impl Default for Bound {
+    fn default() -> Self {
+        Bound::caller(Duration::ZERO)
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} ms)", self.name, self.length.as_millis())
     }
 }
 
@@ -311,6 +369,24 @@ mod tests {
             failure_threshold: threshold,
             open_for,
         })
+    }
+
+    #[test]
+    fn a_deadline_names_what_set_it() {
+        let caller = Deadline::after(Duration::from_secs(60));
+        assert_eq!(
+            caller.bound().to_string(),
+            "the caller's deadline (60000 ms)"
+        );
+        let lease = Deadline::after(Duration::from_secs(5)).bounded_by(
+            "the stage's lease --stage-lease-ms",
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            lease.bound().to_string(),
+            "the stage's lease --stage-lease-ms (10000 ms)"
+        );
+        assert!(lease.remaining().unwrap() <= Duration::from_secs(5));
     }
 
     #[test]

@@ -26,6 +26,7 @@ fn fast_settings(base_url: String) -> ClientSettings {
     ClientSettings {
         base_url,
         timeout: Duration::from_secs(3),
+        timeout_name: "the client's timeout",
         connect_timeout: Duration::from_secs(1),
         retry: RetryPolicy {
             max_attempts: 4,
