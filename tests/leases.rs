@@ -12,8 +12,8 @@ use billecta_onboarding::domain::Environment;
 use billecta_sim::{Fault, FaultBody};
 use common::{
     Client, ORG_NO, Replica, SHARED_ENCRYPTION_KEYS, TestServer, assert_refused, confirm_request,
-    create, creditor_request, fail_next, proto, reason, register_account_in_portal, stage_state,
-    stage_status,
+    create, creditor_request, events_via, fail_next, proto, reason, register_account_in_portal,
+    stage_state, stage_status,
 };
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -73,20 +73,6 @@ async fn restarted(server: &TestServer) -> Replica {
     server
         .replica_adjusted(|config| config.reconcile_interval_ms = 0)
         .await
-}
-
-async fn events_via(client: &Client, name: &str) -> Vec<proto::OnboardingEvent> {
-    client
-        .clone()
-        .list_onboarding_events(proto::ListOnboardingEventsRequest {
-            name: name.to_owned(),
-            page_size: 1000,
-            page_token: String::new(),
-        })
-        .await
-        .expect("lists events")
-        .into_inner()
-        .events
 }
 
 /// The ACCOUNT stage as `client` reads it.
@@ -163,18 +149,25 @@ async fn a_clean_shutdown_frees_the_stage_of_a_call_it_cut_off() {
 
         // Restarted (a new process on the same database): the stage is free and says why.
         let replica = restarted(&server).await;
-        assert_interrupted(&account_stage(&replica.client, &name).await);
-        let events = events_via(&replica.client, &name).await;
-        let last = events.last().expect("events");
+        let last = interrupted_by_shutdown(&replica, &name).await;
         assert_eq!(last.method, "ConfirmAccountActivation", "{last:?}");
         assert_eq!(last.outcome, "UNAVAILABLE", "{last:?}");
-        assert!(
-            last.summary.contains("cut off by a shutdown"),
-            "{}",
-            last.summary
-        );
         confirm_through(&replica, &name).await;
     }
+}
+
+/// Asserts that ACCOUNT shows INTERRUPTED to `replica` and that the last event of the trail says a
+/// shutdown cut the call off; returns that event.
+async fn interrupted_by_shutdown(replica: &common::Replica, name: &str) -> proto::OnboardingEvent {
+    assert_interrupted(&account_stage(&replica.client, name).await);
+    let events = events_via(&replica.client, name).await;
+    let last = events.last().expect("events").clone();
+    assert!(
+        last.summary.contains("cut off by a shutdown"),
+        "{}",
+        last.summary
+    );
+    last
 }
 
 #[tokio::test]
@@ -211,15 +204,8 @@ async fn the_reconcilers_claim_is_released_at_shutdown_too() {
 
         shut_down(&mut server).await;
         let replica = restarted(&server).await;
-        assert_interrupted(&account_stage(&replica.client, &name).await);
-        let events = events_via(&replica.client, &name).await;
-        let last = events.last().expect("events");
+        let last = interrupted_by_shutdown(&replica, &name).await;
         assert_eq!(last.actor, "reconciler", "{last:?}");
-        assert!(
-            last.summary.contains("cut off by a shutdown"),
-            "{}",
-            last.summary
-        );
         confirm_through(&replica, &name).await;
     }
 }

@@ -509,6 +509,19 @@ impl OnboardingRecord {
         self.users.iter().find(|user| user.is_named(username))
     }
 
+    /// The user named `username` whose token is stored, and whose stored password has the keyed
+    /// `password_fingerprint`: one the service may use without signing in.
+    pub fn user_holding(
+        &self,
+        username: &str,
+        password_fingerprint: &str,
+    ) -> Option<&BillectaUser> {
+        let user = self.user_named(username)?;
+        self.secret_of(&user.id, CredentialField::Token)?;
+        let stored = self.secret_of(&user.id, CredentialField::Password)?;
+        (stored.fingerprint == password_fingerprint).then_some(user)
+    }
+
     /// The user whose stored token has `fingerprint`.
     pub fn user_with_token(&self, fingerprint: &str) -> Option<&BillectaUser> {
         self.users.iter().find(|user| {

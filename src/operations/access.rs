@@ -465,7 +465,7 @@ impl BillectaStage for ApiAccessVerification<'_> {
         let obtained = match &self.credentials {
             ApiCredentials::Password { username, password } => {
                 operations
-                    .token_for_password(&claimed.record, username, password, deadline, reads)
+                    .token_for_password(&claimed.record, username, password, deadline, reads, true)
                     .await
             }
             ApiCredentials::Token { token, .. } => match reads(token.clone()).await {

@@ -127,6 +127,24 @@ impl Operations {
         .await
     }
 
+    /// The claimed creditor as Billecta holds it, read with the account user's token: its Billecta
+    /// id, the token (for the rest of the step) and the creditor.
+    pub(super) async fn claimed_creditor(
+        &self,
+        claimed: &Claimed,
+        deadline: Deadline,
+    ) -> std::result::Result<(String, Secret, Creditor), Unsuccessful> {
+        let client = self.billecta.client(claimed.record.environment);
+        let public_id = creditor_public_id(claimed)?;
+        let public = public_id.as_str();
+        let (token, creditor) = self
+            .with_account_token(claimed, deadline, |token| async move {
+                client.get_creditor(&token, public, deadline).await
+            })
+            .await?;
+        Ok((public_id, token, creditor))
+    }
+
     fn secret_context<'a>(
         record: &'a OnboardingRecord,
         scope: &'a str,
@@ -442,6 +460,7 @@ impl BillectaStage for AccountActivation<'_> {
                 &self.password,
                 deadline,
                 |token| async move { client.current_token(&token, deadline).await.map(drop) },
+                false,
             )
             .await;
         match obtained {
@@ -656,13 +675,10 @@ pub(super) fn sign_in_plan(
     password_fingerprint: &str,
 ) -> String {
     let user = record.user_named(username);
-    let same_password = user.is_some_and(|user| {
-        record.secret_of(&user.id, CredentialField::Token).is_some()
-            && record
-                .secret_of(&user.id, CredentialField::Password)
-                .is_some_and(|stored| stored.fingerprint == password_fingerprint)
-    });
-    if same_password {
+    if record
+        .user_holding(username, password_fingerprint)
+        .is_some()
+    {
         return format!(
             "Would use the stored SecureToken of {username}, and sign in only if Billecta refuses it."
         );
@@ -903,13 +919,8 @@ impl BillectaStage for CompanySettingsUpdate<'_> {
             .as_ref()
             .expect("a claim resolved the settings");
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let public_id = creditor_public_id(claimed)?;
-        let public = public_id.as_str();
-        let (token, mut creditor): (Secret, Creditor) = operations
-            .with_account_token(claimed, deadline, |token| async move {
-                client.get_creditor(&token, public, deadline).await
-            })
-            .await?;
+        let (public_id, token, mut creditor) =
+            operations.claimed_creditor(claimed, deadline).await?;
         desired::apply_company_settings(&mut creditor, settings);
         client.update_creditor(&token, &creditor, deadline).await?;
         let shown = client.get_creditor(&token, &public_id, deadline).await?;
@@ -1015,13 +1026,7 @@ impl BillectaStage for InvoiceSettingsUpdate<'_> {
         deadline: Deadline,
     ) -> std::result::Result<(), Unsuccessful> {
         let client = operations.billecta.client(self.key.onboarding.environment);
-        let public_id = creditor_public_id(claimed)?;
-        let public = public_id.as_str();
-        let (token, mut creditor) = operations
-            .with_account_token(claimed, deadline, |token| async move {
-                client.get_creditor(&token, public, deadline).await
-            })
-            .await?;
+        let (_, token, mut creditor) = operations.claimed_creditor(claimed, deadline).await?;
         let Some(number) = self.number else {
             return Ok(());
         };

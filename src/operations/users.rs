@@ -141,7 +141,8 @@ impl Operations {
 
     /// The token of the user Billecta knows as `username`, from the password a caller gave: the
     /// stored token if the password is the stored one and `verify` accepts the token, else a
-    /// sign-in, whose token `verify` must accept too.
+    /// sign-in, whose token `verify` must accept too when `verify_new` (a sign-in's token is
+    /// otherwise proof enough).
     pub(super) async fn token_for_password<F, Fut>(
         &self,
         record: &OnboardingRecord,
@@ -149,6 +150,7 @@ impl Operations {
         password: &Secret,
         deadline: Deadline,
         verify: F,
+        verify_new: bool,
     ) -> std::result::Result<Obtained, Unsuccessful>
     where
         F: Fn(Secret) -> Fut,
@@ -180,7 +182,9 @@ impl Operations {
             .authenticate(username, password, deadline)
             .await?
             .value;
-        verify(token.clone()).await?;
+        if verify_new {
+            verify(token.clone()).await?;
+        }
         Ok(Obtained {
             token,
             signed_in: true,
@@ -195,10 +199,10 @@ impl Operations {
         username: &str,
         password: &Secret,
     ) -> Option<String> {
-        let user = record.user_named(username)?;
-        record.secret_of(&user.id, CredentialField::Token)?;
-        let stored = record.secret_of(&user.id, CredentialField::Password)?;
-        (stored.fingerprint == self.keyring.keyed_fingerprint(password)).then(|| user.id.clone())
+        let fingerprint = self.keyring.keyed_fingerprint(password);
+        record
+            .user_holding(username, &fingerprint)
+            .map(|user| user.id.clone())
     }
 
     /// Stores what `renewals` holds in `record` (the change a call records), and puts every payment

@@ -751,8 +751,12 @@ pub fn assert_refused(status: &tonic::Status, code: tonic::Code, expected_reason
 }
 
 pub async fn events(server: &TestServer, name: &str) -> Vec<proto::OnboardingEvent> {
-    server
-        .client
+    events_via(&server.client, name).await
+}
+
+/// The audit trail of `name` as `client` (a replica's, say) lists it.
+pub async fn events_via(client: &Client, name: &str) -> Vec<proto::OnboardingEvent> {
+    client
         .clone()
         .list_onboarding_events(proto::ListOnboardingEventsRequest {
             name: name.to_owned(),
